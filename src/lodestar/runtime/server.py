@@ -1,0 +1,134 @@
+"""gRPC aio server bootstrap shared by every service.
+
+``GrpcServer`` owns the server, the standard health service, reflection, the
+interceptor chain and the metrics endpoint. ``serve`` runs one until SIGTERM or
+SIGINT, then shuts down gracefully: health turns NOT_SERVING first, in-flight
+calls are given ``shutdown_grace_s`` to finish, then the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from lodestar.runtime.interceptors import server_interceptors
+from lodestar.runtime.logging import configure_logging
+from lodestar.runtime.metrics import MetricsServer, start_metrics_server
+from lodestar.runtime.settings import ServerSettings
+from lodestar.runtime.telemetry import configure_tracing, shutdown_tracing
+
+_log = logging.getLogger(__name__)
+
+# 64 MiB: batches of vectors are large messages.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServiceRegistration:
+    """A servicer to add to the server, under its full proto service name."""
+
+    name: str
+    add_to_server: Callable[[grpc.aio.Server], None]
+
+
+class GrpcServer:
+    """A gRPC server with health, reflection, interceptors and metrics."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        services: Sequence[ServiceRegistration],
+        *,
+        on_stop: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._services = list(services)
+        self._on_stop = on_stop
+        self.health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._metrics: MetricsServer | None = None
+        self.port = 0
+        self.metrics_port: int | None = None
+
+    async def start(self) -> int:
+        """Bind, start serving and mark every service SERVING; returns the port."""
+        server = grpc.aio.server(
+            interceptors=server_interceptors(),
+            options=[
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        for service in self._services:
+            service.add_to_server(server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        names = [s.name for s in self._services]
+        reflection.enable_server_reflection(
+            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME],
+            server,
+        )
+        self.port = server.add_insecure_port(self.settings.address)
+        if self.port == 0:
+            raise RuntimeError(f"cannot bind gRPC server to {self.settings.address}")
+        await server.start()
+        self._server = server
+        if self.settings.metrics_port is not None:
+            self._metrics = start_metrics_server(self.settings.host, self.settings.metrics_port)
+            self.metrics_port = self._metrics.port
+        for name in ("", *names):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        _log.info("serving %s on %s:%d", ", ".join(names), self.settings.host, self.port)
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Health NOT_SERVING, wait shutdown_delay_s, drain in-flight calls, stop."""
+        if self._server is None:
+            return
+        await self.health.enter_graceful_shutdown()
+        if self.settings.shutdown_delay_s:
+            await asyncio.sleep(self.settings.shutdown_delay_s)
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        _log.info("draining in-flight calls (grace %.1fs)", grace)
+        await self._server.stop(grace)
+        self._server = None
+        if self._on_stop is not None:
+            await self._on_stop()
+        if self._metrics is not None:
+            self._metrics.stop()
+            self._metrics = None
+
+    async def wait_for_termination(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+
+async def serve(
+    settings: ServerSettings,
+    service_name: str,
+    build: Callable[[], Awaitable[GrpcServer]],
+) -> None:
+    """Run a service until SIGTERM/SIGINT, then stop it gracefully."""
+    configure_logging(settings.log_level, json_lines=settings.log_json)
+    configure_tracing(service_name)
+    server = await build()
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        _log.info("shutdown requested")
+    finally:
+        await server.stop()
+        shutdown_tracing()
+        _log.info("%s stopped", service_name)

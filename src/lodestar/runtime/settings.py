@@ -1,0 +1,46 @@
+"""Typed settings from environment variables.
+
+Every service has one settings class deriving from ``ServerSettings``, with its
+own prefix (``LODESTAR_EMBEDDING_``, ``LODESTAR_VECTOR_``, ...). Logging is
+configured once for the whole platform (``LODESTAR_LOG_LEVEL``, ``LODESTAR_LOG_JSON``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+class ServerSettings(BaseSettings):
+    """Settings every gRPC service shares; subclasses set ``env_prefix``."""
+
+    model_config = SettingsConfigDict(env_prefix="LODESTAR_", extra="ignore", frozen=True)
+
+    host: str = Field("127.0.0.1", description="Address the gRPC server binds to.")
+    port: int = Field(0, ge=0, le=65535, description="gRPC port (0 picks a free one).")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Prometheus metrics HTTP port; unset disables it."
+    )
+    shutdown_grace_s: float = Field(
+        10.0, ge=0, description="Seconds in-flight calls may take to finish on shutdown."
+    )
+    shutdown_delay_s: float = Field(
+        0.0,
+        ge=0,
+        description="Seconds to keep serving after health turns NOT_SERVING, so load "
+        "balancers stop sending traffic before the drain starts.",
+    )
+    log_level: LogLevel = Field(
+        "INFO", validation_alias=AliasChoices("LODESTAR_LOG_LEVEL"), description="Log level."
+    )
+    log_json: bool = Field(
+        False, validation_alias=AliasChoices("LODESTAR_LOG_JSON"), description="JSON log lines."
+    )
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
