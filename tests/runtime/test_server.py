@@ -25,7 +25,7 @@ class _Servicer(pb_grpc.EmbeddingServiceServicer):
     def __init__(self) -> None:
         self.release = asyncio.Event()
 
-    async def EmbedTexts(  # noqa: N802 - generated name
+    async def EmbedTexts(
         self, request: pb.EmbedTextsRequest, context: grpc.aio.ServicerContext
     ) -> pb.EmbedTextsResponse:
         first = request.texts[0] if request.texts else ""
@@ -43,7 +43,11 @@ async def running() -> AsyncIterator[tuple[GrpcServer, _Servicer, grpc.aio.Chann
     servicer = _Servicer()
     server = GrpcServer(
         ServerSettings(port=0, shutdown_grace_s=5),
-        [ServiceRegistration(SERVICE, lambda s: pb_grpc.add_EmbeddingServiceServicer_to_server(servicer, s))],
+        [
+            ServiceRegistration(
+                SERVICE, lambda s: pb_grpc.add_EmbeddingServiceServicer_to_server(servicer, s)
+            )
+        ],
     )
     port = await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
@@ -52,7 +56,9 @@ async def running() -> AsyncIterator[tuple[GrpcServer, _Servicer, grpc.aio.Chann
     await server.stop(0)
 
 
-async def test_health_reports_serving(running: tuple[GrpcServer, _Servicer, grpc.aio.Channel]) -> None:
+async def test_health_reports_serving(
+    running: tuple[GrpcServer, _Servicer, grpc.aio.Channel],
+) -> None:
     _, _, channel = running
     stub = health_pb2_grpc.HealthStub(channel)
     for name in ("", SERVICE):
@@ -96,7 +102,9 @@ async def test_unexpected_error_is_internal_without_leaking(
     _, _, channel = running
     stub = pb_grpc.EmbeddingServiceStub(channel)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.EmbedTexts(pb.EmbedTextsRequest(texts=["boom"]), metadata=[("x-request-id", "r-42")])
+        await stub.EmbedTexts(
+            pb.EmbedTextsRequest(texts=["boom"]), metadata=[("x-request-id", "r-42")]
+        )
     assert caught.value.code() == grpc.StatusCode.INTERNAL
     assert "secret" not in (caught.value.details() or "")
     assert "r-42" in (caught.value.details() or "")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
@@ -138,10 +139,9 @@ def to_grpc_status(error: LodestarError) -> grpc.Status:
         retry = error_details_pb2.RetryInfo()
         retry.retry_delay.FromMilliseconds(int(error.retry_after_s * 1000))
         details.append(_pack(retry))
-    status = status_pb2.Status(
-        code=error.code.value[0], message=error.message, details=details
-    )
-    return rpc_status.to_status(status)
+    status = status_pb2.Status(code=error.code.value[0], message=error.message, details=details)
+    result: grpc.Status = rpc_status.to_status(status)
+    return result
 
 
 @dataclass(frozen=True)
@@ -183,8 +183,8 @@ class ErrorDetails:
 
 
 def _status_from_error(error: grpc.RpcError) -> status_pb2.Status | None:
-    trailing = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
-    for key, value in trailing or ():
+    trailing: Any = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
+    for key, value in tuple(trailing or ()):
         if key == rpc_status.GRPC_DETAILS_METADATA_KEY:
             status = status_pb2.Status()
             status.MergeFromString(value)

@@ -45,8 +45,8 @@ Wrapper = Callable[[Behaviour, str, tuple[tuple[str, Any], ...], bool], Behaviou
 
 
 def _wrap_handler(
-    handler: grpc.RpcMethodHandler, method: str, metadata: Any, wrapper: Wrapper
-) -> grpc.RpcMethodHandler:
+    handler: grpc.RpcMethodHandler[Any, Any], method: str, metadata: Any, wrapper: Wrapper
+) -> grpc.RpcMethodHandler[Any, Any]:
     md = tuple(metadata or ())
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(
@@ -81,9 +81,11 @@ class _WrappingInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
@@ -121,7 +123,9 @@ def _split_method(method: str) -> tuple[str, str]:
     return service, name
 
 
-async def _abort_for(error: BaseException, context: grpc.aio.ServicerContext, method: str) -> None:
+async def _abort_for(
+    error: BaseException, context: grpc.aio.ServicerContext[Any, Any], method: str
+) -> None:
     """Turn an exception into the client's status; never leak a stack trace."""
     if isinstance(error, LodestarError):
         if error.code == grpc.StatusCode.INTERNAL:
@@ -134,7 +138,7 @@ async def _abort_for(error: BaseException, context: grpc.aio.ServicerContext, me
     )
 
 
-def _code_name(context: grpc.aio.ServicerContext, default: str) -> str:
+def _code_name(context: grpc.aio.ServicerContext[Any, Any], default: str) -> str:
     code = context.code()
     if isinstance(code, grpc.StatusCode):
         return code.name
@@ -172,7 +176,7 @@ def _errors_and_metrics_wrapper(
             except grpc.aio.AbortError:
                 code = _code_name(context, "UNKNOWN")
                 raise
-            except Exception as error:  # noqa: BLE001 - every error gets a status
+            except Exception as error:
                 code = error.code.name if isinstance(error, LodestarError) else "INTERNAL"
                 await _abort_for(error, context, method)
             finally:
@@ -194,7 +198,7 @@ def _errors_and_metrics_wrapper(
         except grpc.aio.AbortError:
             code = _code_name(context, "UNKNOWN")
             raise
-        except Exception as error:  # noqa: BLE001 - every error gets a status
+        except Exception as error:
             code = error.code.name if isinstance(error, LodestarError) else "INTERNAL"
             await _abort_for(error, context, method)
         finally:

@@ -86,7 +86,7 @@ def tracing_server_interceptor() -> grpc.aio.ServerInterceptor | None:
         return None
     from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-    interceptor: grpc.aio.ServerInterceptor = aio_server_interceptor()
+    interceptor: grpc.aio.ServerInterceptor = aio_server_interceptor()  # type: ignore[no-untyped-call]
     return interceptor
 
 
@@ -96,7 +96,7 @@ def tracing_client_interceptors() -> list[grpc.aio.ClientInterceptor]:
         return []
     from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
-    return list(aio_client_interceptors())
+    return list(aio_client_interceptors())  # type: ignore[no-untyped-call]
 
 
 def tracer(name: str) -> trace.Tracer:
