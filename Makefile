@@ -85,3 +85,7 @@ bench: $(VENV)/.installed ## Run the benchmarks (prints ratios against the raw l
 .PHONY: clean
 clean: ## Remove the virtual environment, tools and local data
 	rm -rf $(VENV) $(TOOLS) .data .pytest_cache .mypy_cache .ruff_cache
+
+.PHONY: readme
+readme: $(VENV)/.installed ## Regenerate the README's configuration table from the settings classes
+	$(PY) scripts/settings_table.py --write
