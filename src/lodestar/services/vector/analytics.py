@@ -1,0 +1,337 @@
+"""AnalyticsService: search, size and usage analytics over gRPC.
+
+The vector service records every search into an ``AnalyticsStore`` (a queue
+put) and samples collection sizes; gateways report usage through RecordUsage.
+Everything lives in one SQLite file under the vector service's data directory,
+so every gateway replica reads the same figures and they survive restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import sqlite3
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Final
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from lodestar.runtime.errors import InvalidArgument, NotFound, Unavailable
+from lodestar.runtime.server import ServiceRegistration
+from lodestar.runtime.telemetry import tracer
+from lodestar.services.vector.analytics_store import (
+    DATABASE_FILE,
+    AnalyticsStore,
+    CollectionGrowth,
+    SearchStats,
+    UsageRecord,
+    UsageStats,
+)
+from lodestar.vector.v1 import analytics_service_pb2 as pb
+from lodestar.vector.v1 import analytics_service_pb2_grpc as pb_grpc
+
+__all__ = [
+    "SERVICE_NAME",
+    "AnalyticsServicer",
+    "AnalyticsStore",
+    "SizesProvider",
+    "UsageRecord",
+    "analytics_registration",
+    "create_analytics",
+    "sample_sizes_periodically",
+]
+
+_log = logging.getLogger(__name__)
+
+SERVICE_NAME: Final = pb.DESCRIPTOR.services_by_name["AnalyticsService"].full_name
+DEFAULT_TOP_QUERIES: Final = 10
+MAX_TOP_QUERIES: Final = 100
+MAX_USAGE_EVENTS: Final = 10_000
+USAGE_COMMIT_TIMEOUT_S: Final = 30.0
+MAX_NAME_CHARS: Final = 255
+MAX_LABEL_CHARS: Final = 512
+# The range google.protobuf.Timestamp allows: 0001-01-01 to 9999-12-31.
+_MIN_SECONDS: Final = -62_135_596_800
+_MAX_SECONDS: Final = 253_402_300_799
+
+_Context = grpc.aio.ServicerContext
+# Live collection sizes: name → (points, disk bytes).
+SizesProvider = Callable[[], Awaitable[dict[str, tuple[int, int]]]]
+
+
+def create_analytics(
+    data_dir: Path,
+    *,
+    retention_days: float = 30.0,
+    max_rows: int = 1_000_000,
+    store_query_text: bool = True,
+) -> AnalyticsStore:
+    """Open (or create) the analytics store in ``data_dir``; ``close()`` it on shutdown."""
+    return AnalyticsStore(
+        data_dir / DATABASE_FILE,
+        retention_days=retention_days,
+        max_rows=max_rows,
+        store_query_text=store_query_text,
+    )
+
+
+def analytics_registration(servicer: AnalyticsServicer) -> ServiceRegistration:
+    """The registration to pass to ``GrpcServer`` for this servicer."""
+    return ServiceRegistration(
+        SERVICE_NAME,
+        lambda server: pb_grpc.add_AnalyticsServiceServicer_to_server(servicer, server),
+    )
+
+
+async def sample_sizes_periodically(
+    store: AnalyticsStore, sizes_provider: SizesProvider, interval_s: float
+) -> None:
+    """Record a size sample every ``interval_s`` until cancelled (run it as a task)."""
+    while True:
+        try:
+            store.record_sizes(await sizes_provider())
+        except Exception:  # a failed sample must not end the sampling
+            _log.exception("analytics: could not sample collection sizes")
+        await asyncio.sleep(interval_s)
+
+
+class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
+    """Transport for AnalyticsService: validation and proto conversion around the store."""
+
+    def __init__(self, store: AnalyticsStore, sizes_provider: SizesProvider | None = None) -> None:
+        self._store = store
+        self._sizes_provider = sizes_provider
+
+    async def GetSearchAnalytics(
+        self,
+        request: pb.GetSearchAnalyticsRequest,
+        context: _Context[pb.GetSearchAnalyticsRequest, pb.GetSearchAnalyticsResponse],
+    ) -> pb.GetSearchAnalyticsResponse:
+        collection = _name(request.collection, "collection")
+        start = _start_time(request.start_time) if request.HasField("start_time") else None
+        top = request.top_queries
+        if top < 0 or top > MAX_TOP_QUERIES:
+            raise InvalidArgument(
+                f"top_queries must be between 0 and {MAX_TOP_QUERIES} (0 means "
+                f"{DEFAULT_TOP_QUERIES}); got {top}",
+                field="top_queries",
+                reason="OUT_OF_RANGE",
+            )
+        with tracer(__name__).start_as_current_span("analytics.search"):
+            result = await asyncio.to_thread(
+                self._store.search_analytics,
+                collection=collection or None,
+                start_time=start,
+                top_queries=top or DEFAULT_TOP_QUERIES,
+            )
+        return pb.GetSearchAnalyticsResponse(
+            total=_search_stats(result.total),
+            collections=[_search_stats(s) for s in result.collections],
+            popular_queries=[
+                pb.QueryCount(query_text=q.query_text, count=q.count)
+                for q in result.popular_queries
+            ],
+        )
+
+    async def GetVectorAnalytics(
+        self,
+        request: pb.GetVectorAnalyticsRequest,
+        context: _Context[pb.GetVectorAnalyticsRequest, pb.GetVectorAnalyticsResponse],
+    ) -> pb.GetVectorAnalyticsResponse:
+        collection = _name(request.collection, "collection")
+        start = _start_time(request.start_time) if request.HasField("start_time") else None
+        current: dict[str, tuple[int, int]] | None = None
+        if self._sizes_provider is not None:
+            current = await self._sizes_provider()
+            if collection and collection not in current:
+                raise NotFound(
+                    f"collection {collection!r} does not exist",
+                    field="collection",
+                    reason="COLLECTION_NOT_FOUND",
+                )
+        with tracer(__name__).start_as_current_span("analytics.vectors"):
+            result = await asyncio.to_thread(
+                self._store.vector_analytics,
+                collection=collection or None,
+                start_time=start,
+                current=current,
+            )
+        if collection and not result.collections:
+            raise NotFound(
+                f"collection {collection!r} has no size records",
+                field="collection",
+                reason="COLLECTION_NOT_FOUND",
+            )
+        return pb.GetVectorAnalyticsResponse(
+            collections=[_growth(g) for g in result.collections],
+            total_points=result.total_points,
+            total_disk_bytes=result.total_disk_bytes,
+        )
+
+    async def RecordUsage(
+        self,
+        request: pb.RecordUsageRequest,
+        context: _Context[pb.RecordUsageRequest, pb.RecordUsageResponse],
+    ) -> pb.RecordUsageResponse:
+        if len(request.events) > MAX_USAGE_EVENTS:
+            raise InvalidArgument(
+                f"events holds {len(request.events)} events; send at most "
+                f"{MAX_USAGE_EVENTS} per call",
+                field="events",
+                reason="TOO_MANY_EVENTS",
+            )
+        records = [_usage_record(e, f"events[{i}]") for i, e in enumerate(request.events)]
+        if records:
+            self._store.record_usage(records)
+            # Acknowledge only what is committed: the gateway does not resend.
+            try:
+                await asyncio.wait_for(
+                    asyncio.wrap_future(self._store.flush_future()), USAGE_COMMIT_TIMEOUT_S
+                )
+            except (sqlite3.Error, TimeoutError) as error:
+                raise Unavailable(
+                    "usage events could not be stored; retry later",
+                    reason="ANALYTICS_STORE_UNAVAILABLE",
+                ) from error
+        return pb.RecordUsageResponse()
+
+    async def GetUsageAnalytics(
+        self,
+        request: pb.GetUsageAnalyticsRequest,
+        context: _Context[pb.GetUsageAnalyticsRequest, pb.GetUsageAnalyticsResponse],
+    ) -> pb.GetUsageAnalyticsResponse:
+        subject = _label(request.subject, "subject")
+        start = _start_time(request.start_time) if request.HasField("start_time") else None
+        with tracer(__name__).start_as_current_span("analytics.usage"):
+            result = await asyncio.to_thread(
+                self._store.usage_analytics, subject=subject or None, start_time=start
+            )
+        return pb.GetUsageAnalyticsResponse(
+            usage=[_usage_stats(u) for u in result.usage], total=_usage_stats(result.total)
+        )
+
+
+# --- validation ----------------------------------------------------------------
+
+
+def _name(value: str, field: str) -> str:
+    if len(value) > MAX_NAME_CHARS:
+        raise InvalidArgument(
+            f"{field} is {len(value)} characters long; at most {MAX_NAME_CHARS} allowed",
+            field=field,
+            reason="NAME_TOO_LONG",
+        )
+    return value
+
+
+def _label(value: str, field: str) -> str:
+    if len(value) > MAX_LABEL_CHARS:
+        raise InvalidArgument(
+            f"{field} is {len(value)} characters long; at most {MAX_LABEL_CHARS} allowed",
+            field=field,
+            reason="VALUE_TOO_LONG",
+        )
+    return value
+
+
+def _timestamp(value: timestamp_pb2.Timestamp, field: str) -> float:
+    if not _MIN_SECONDS <= value.seconds <= _MAX_SECONDS or not 0 <= value.nanos < 1_000_000_000:
+        raise InvalidArgument(
+            f"{field} is not a valid timestamp (seconds {value.seconds}, nanos {value.nanos})",
+            field=field,
+            reason="INVALID_TIMESTAMP",
+        )
+    return value.seconds + value.nanos / 1e9
+
+
+def _start_time(value: timestamp_pb2.Timestamp) -> float:
+    return _timestamp(value, "start_time")
+
+
+def _usage_record(event: pb.UsageEvent, field: str) -> UsageRecord:
+    route = _label(event.route, f"{field}.route")
+    if not route:
+        raise InvalidArgument(
+            f"{field}.route is empty; send the route template, e.g. 'POST /api/v1/generate'",
+            field=f"{field}.route",
+            reason="EMPTY_ROUTE",
+        )
+    if not 100 <= event.status_code <= 599:
+        raise InvalidArgument(
+            f"{field}.status_code must be an HTTP status (100-599); got {event.status_code}",
+            field=f"{field}.status_code",
+            reason="INVALID_STATUS_CODE",
+        )
+    for name in ("prompt_tokens", "completion_tokens"):
+        if getattr(event, name) < 0:
+            raise InvalidArgument(
+                f"{field}.{name} must not be negative; got {getattr(event, name)}",
+                field=f"{field}.{name}",
+                reason="NEGATIVE_TOKENS",
+            )
+    if not math.isfinite(event.latency_ms) or event.latency_ms < 0:
+        raise InvalidArgument(
+            f"{field}.latency_ms must be a finite, non-negative number; got {event.latency_ms}",
+            field=f"{field}.latency_ms",
+            reason="INVALID_LATENCY",
+        )
+    return UsageRecord(
+        subject=_label(event.subject, f"{field}.subject"),
+        route=route,
+        status_code=event.status_code,
+        prompt_tokens=event.prompt_tokens,
+        completion_tokens=event.completion_tokens,
+        latency_ms=event.latency_ms,
+        time=_timestamp(event.time, f"{field}.time") if event.HasField("time") else None,
+    )
+
+
+# --- conversion ------------------------------------------------------------------
+
+
+def _search_stats(stats: SearchStats) -> pb.SearchStats:
+    return pb.SearchStats(
+        collection=stats.collection,
+        search_count=stats.search_count,
+        latency_p50_ms=stats.latency_p50_ms,
+        latency_p95_ms=stats.latency_p95_ms,
+        latency_p99_ms=stats.latency_p99_ms,
+        zero_result_rate=stats.zero_result_rate,
+        mean_result_count=stats.mean_result_count,
+    )
+
+
+def _to_timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    whole = math.floor(seconds)
+    nanos = min(999_999_999, round((seconds - whole) * 1e9))
+    return timestamp_pb2.Timestamp(seconds=whole, nanos=nanos)
+
+
+def _growth(growth: CollectionGrowth) -> pb.CollectionGrowth:
+    return pb.CollectionGrowth(
+        collection=growth.collection,
+        points_count=max(0, growth.points_count),
+        disk_bytes=max(0, growth.disk_bytes),
+        samples=[
+            pb.SizeSample(
+                time=_to_timestamp(s.time),
+                points_count=max(0, s.points_count),
+                disk_bytes=max(0, s.disk_bytes),
+            )
+            for s in growth.samples
+        ],
+    )
+
+
+def _usage_stats(stats: UsageStats) -> pb.UsageStats:
+    return pb.UsageStats(
+        subject=stats.subject,
+        route=stats.route,
+        request_count=stats.request_count,
+        error_count=stats.error_count,
+        prompt_tokens=stats.prompt_tokens,
+        completion_tokens=stats.completion_tokens,
+    )

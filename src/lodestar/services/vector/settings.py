@@ -1,0 +1,111 @@
+"""Settings of the vector service (environment variables ``LODESTAR_VECTOR_*``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from lodestar.runtime.settings import ServerSettings
+
+BackendKind = Literal["embedded", "remote"]
+
+
+class VectorSettings(ServerSettings):
+    """How the vector service stores collections and serves them."""
+
+    model_config = SettingsConfigDict(env_prefix="LODESTAR_VECTOR_", extra="ignore", frozen=True)
+
+    port: int = Field(50052, ge=0, le=65535, description="gRPC port (0 picks a free one).")
+    metrics_port: int | None = Field(
+        9102, ge=0, le=65535, description="Prometheus metrics HTTP port; unset disables it."
+    )
+
+    backend: BackendKind = Field(
+        "embedded",
+        description="Where vectors live: `embedded` (the Qdrant engine in-process, under "
+        "data_dir) or `remote` (a Qdrant server or cluster at qdrant_url).",
+    )
+    data_dir: Path = Field(
+        Path("./.data/vector"),
+        description="Directory for embedded collections, snapshots and search analytics.",
+    )
+    snapshot_dir: Path | None = Field(
+        None, description="Directory for portable snapshots; unset means data_dir/snapshots."
+    )
+
+    qdrant_url: str = Field(
+        "http://127.0.0.1:6333", description="Remote backend: URL of the Qdrant server."
+    )
+    qdrant_api_key: SecretStr | None = Field(
+        None, description="Remote backend: API key of the Qdrant server."
+    )
+    prefer_grpc: bool = Field(
+        True, description="Remote backend: talk to Qdrant over gRPC rather than REST."
+    )
+    qdrant_grpc_port: int = Field(
+        6334, ge=1, le=65535, description="Remote backend: Qdrant's gRPC port."
+    )
+    qdrant_timeout_s: float = Field(
+        30.0, gt=0, description="Remote backend: timeout of each call to Qdrant, in seconds."
+    )
+    remote_config_cache_s: float = Field(
+        5.0,
+        ge=0,
+        description="Remote backend: seconds a collection's configuration is cached for "
+        "request validation.",
+    )
+
+    max_batch_points: int = Field(
+        10_000, ge=1, le=1_000_000, description="Most points one upsert or batch may carry."
+    )
+    max_batch_searches: int = Field(
+        100, ge=1, le=10_000, description="Most searches one BatchSearchPoints call may carry."
+    )
+    max_cluster_sample: int = Field(
+        50_000, ge=10, description="Most points a ClusterPoints call may cluster."
+    )
+
+    optimize_delay_s: float = Field(
+        2.0,
+        ge=0,
+        description="Embedded: quiet seconds after the last write before the background "
+        "optimizer builds indexes.",
+    )
+    indexing_threshold_kb: int = Field(
+        10_000,
+        ge=1,
+        description="Embedded: kilobytes of unindexed vectors above which a segment gets an "
+        "HNSW index (smaller ones are scanned exactly).",
+    )
+    indexing_threads: int = Field(
+        0, ge=0, description="Embedded: threads building an HNSW index (0: the engine's choice)."
+    )
+    optimizer_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Embedded: scheduling niceness of the optimizer process, so that index "
+        "builds yield the CPU to requests.",
+    )
+    fsync_writes: bool = Field(
+        False,
+        description="Embedded: also fsync every write before acknowledging it, so that it "
+        "survives power loss (a process crash never loses an acknowledged write).",
+    )
+    engine_threads: int = Field(
+        8, ge=1, le=256, description="Embedded: threads running engine calls off the event loop."
+    )
+
+    analytics_interval_s: float = Field(
+        60.0, gt=0, description="Seconds between samples of collection sizes for analytics."
+    )
+    analytics_retention_days: float = Field(
+        30.0, gt=0, description="Days search and size analytics are kept."
+    )
+
+    @property
+    def snapshots_path(self) -> Path:
+        return self.snapshot_dir if self.snapshot_dir is not None else self.data_dir / "snapshots"
