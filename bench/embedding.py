@@ -26,10 +26,9 @@ import re
 import signal
 import socket
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +43,7 @@ from lodestar.services.embedding.server import SERVICE_NAME, create_server
 from lodestar.services.embedding.settings import EmbeddingSettings
 
 RAW_BATCH = 32
+LATENCY_BLOCKS = 5
 THROUGHPUT_TARGET = 0.8
 OVERHEAD_TARGET_MS = 1.0
 
@@ -105,9 +105,9 @@ def _cycle_chunks(chunks: list[list[str]]) -> Iterator[list[str]]:
         yield from chunks
 
 
-def raw_single_latencies(model: Any, texts: Iterable[str], calls: int) -> list[float]:
+def raw_single_latencies(model: Any, texts: list[str]) -> list[float]:
     latencies = []
-    for _, text in zip(range(calls), texts, strict=False):
+    for text in texts:
         start = time.perf_counter()
         model.encode(text, normalize_embeddings=True)
         latencies.append(time.perf_counter() - start)
@@ -134,12 +134,10 @@ async def service_throughput(
     return sum(done) / (time.perf_counter() - start)
 
 
-async def service_single_latencies(
-    channel: grpc.aio.Channel, texts: Iterable[str], calls: int
-) -> list[float]:
+async def service_single_latencies(channel: grpc.aio.Channel, texts: list[str]) -> list[float]:
     stub = pb_grpc.EmbeddingServiceStub(channel)
     latencies = []
-    for _, text in zip(range(calls), texts, strict=False):
+    for text in texts:
         start = time.perf_counter()
         await stub.EmbedTexts(pb.EmbedTextsRequest(texts=[text]), timeout=60)
         latencies.append(time.perf_counter() - start)
@@ -179,13 +177,15 @@ async def subprocess_service(settings: EmbeddingSettings) -> AsyncIterator[str]:
     }
     if settings.threads is not None:
         env["LODESTAR_EMBEDDING_THREADS"] = str(settings.threads)
-    process = subprocess.Popen([sys.executable, "-m", "lodestar.services.embedding"], env=env)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "lodestar.services.embedding", env=env
+    )
     address = f"127.0.0.1:{port}"
     try:
         async with insecure_channel(address) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             for _ in range(600):
-                if process.poll() is not None:
+                if process.returncode is not None:
                     raise RuntimeError(f"the service exited with {process.returncode}")
                 with contextlib.suppress(grpc.aio.AioRpcError):
                     reply = await health.Check(
@@ -198,8 +198,9 @@ async def subprocess_service(settings: EmbeddingSettings) -> AsyncIterator[str]:
                 raise RuntimeError("the service did not become healthy in time")
         yield address
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 30)
 
 
 @dataclass
@@ -238,12 +239,15 @@ async def measure(args: argparse.Namespace) -> tuple[Figures, EmbeddingEngine, i
                 figures.service_tps.append(
                     await service_throughput(channels, texts, args.clients, args.seconds)
                 )
-                offset = round_ * args.calls
-                raw = raw_single_latencies(model, _cycle(texts[offset:] + texts), args.calls)
+                # Short alternating blocks, so that both sides see the same load.
+                raw: list[float] = []
+                served: list[float] = []
+                for block in range(LATENCY_BLOCKS):
+                    start = (round_ * LATENCY_BLOCKS + block) * args.calls // LATENCY_BLOCKS
+                    sample = (texts * 2)[start % len(texts) :][: args.calls // LATENCY_BLOCKS]
+                    raw += raw_single_latencies(model, sample)
+                    served += await service_single_latencies(channels[0], sample)
                 figures.raw_single_p50_s.append(statistics.median(raw))
-                served = await service_single_latencies(
-                    channels[0], _cycle(texts[offset:] + texts), args.calls
-                )
                 figures.service_single_p50_s.append(statistics.median(served))
                 print(
                     f"  round {round_ + 1}: raw {figures.raw_batch_tps[-1]:.0f} texts/s, "
@@ -291,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.embedding", description=__doc__)
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each window")
     parser.add_argument("--rounds", type=int, default=3, help="raw/service rounds")
-    parser.add_argument("--calls", type=int, default=100, help="calls per latency sample")
+    parser.add_argument("--calls", type=int, default=100, help="single calls per side and round")
     parser.add_argument("--clients", type=int, default=64, help="concurrent gRPC clients")
     parser.add_argument("--channels", type=int, default=64, help="connections they share")
     parser.add_argument("--server", choices=("inprocess", "subprocess"), default="inprocess")

@@ -50,5 +50,5 @@ async def channel(server: GrpcServer) -> AsyncIterator[grpc.aio.Channel]:
 
 
 @pytest.fixture
-def stub(channel: grpc.aio.Channel) -> pb_grpc.EmbeddingServiceStub:
+def stub(channel: grpc.aio.Channel) -> pb_grpc.EmbeddingServiceAsyncStub:
     return pb_grpc.EmbeddingServiceStub(channel)

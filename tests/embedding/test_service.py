@@ -25,7 +25,7 @@ def _vectors(reply: pb.EmbedTextsResponse) -> np.ndarray:
     return np.array([list(e.values) for e in reply.embeddings], dtype=np.float32)
 
 
-async def _embed(stub: pb_grpc.EmbeddingServiceStub, texts: list[str]) -> np.ndarray:
+async def _embed(stub: pb_grpc.EmbeddingServiceAsyncStub, texts: list[str]) -> np.ndarray:
     return _vectors(await stub.EmbedTexts(pb.EmbedTextsRequest(texts=texts), timeout=30))
 
 
@@ -34,7 +34,7 @@ def _metric(name: str) -> float:
 
 
 async def test_paraphrases_score_higher_than_unrelated_texts(
-    stub: pb_grpc.EmbeddingServiceStub,
+    stub: pb_grpc.EmbeddingServiceAsyncStub,
 ) -> None:
     vectors = await _embed(
         stub,
@@ -51,7 +51,7 @@ async def test_paraphrases_score_higher_than_unrelated_texts(
 
 
 async def test_reply_carries_model_tokens_and_unit_vectors(
-    stub: pb_grpc.EmbeddingServiceStub,
+    stub: pb_grpc.EmbeddingServiceAsyncStub,
 ) -> None:
     reply = await stub.EmbedTexts(
         pb.EmbedTextsRequest(texts=["hello world", "word " * 400]), timeout=30
@@ -67,7 +67,7 @@ async def test_reply_carries_model_tokens_and_unit_vectors(
 
 
 async def test_normalize_false_returns_the_raw_pooled_vector(
-    stub: pb_grpc.EmbeddingServiceStub, engine: EmbeddingEngine
+    stub: pb_grpc.EmbeddingServiceAsyncStub, engine: EmbeddingEngine
 ) -> None:
     text = "Raw vectors keep their length."
     reply = await stub.EmbedTexts(pb.EmbedTextsRequest(texts=[text], normalize=False), timeout=30)
@@ -77,7 +77,7 @@ async def test_normalize_false_returns_the_raw_pooled_vector(
 
 
 async def test_a_batch_equals_the_same_texts_one_by_one(
-    stub: pb_grpc.EmbeddingServiceStub,
+    stub: pb_grpc.EmbeddingServiceAsyncStub,
 ) -> None:
     texts = [
         "Rivers carry sediment to the sea.",
@@ -92,7 +92,7 @@ async def test_a_batch_equals_the_same_texts_one_by_one(
 
 
 async def test_concurrent_callers_each_get_their_own_vectors_from_shared_batches(
-    stub: pb_grpc.EmbeddingServiceStub, engine: EmbeddingEngine
+    stub: pb_grpc.EmbeddingServiceAsyncStub, engine: EmbeddingEngine
 ) -> None:
     texts = [f"Caller number {i} asks about topic {chr(65 + i)}." for i in range(24)]
     expected = engine.embed(texts).vectors
@@ -121,7 +121,7 @@ async def test_concurrent_callers_each_get_their_own_vectors_from_shared_batches
     ids=["no-texts", "empty-text", "whitespace-text", "too-many-texts", "too-many-chars"],
 )
 async def test_bad_input_is_invalid_argument_naming_the_field(
-    stub: pb_grpc.EmbeddingServiceStub, texts: list[str], field: str, reason: str, says: str
+    stub: pb_grpc.EmbeddingServiceAsyncStub, texts: list[str], field: str, reason: str, says: str
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.EmbedTexts(pb.EmbedTextsRequest(texts=texts), timeout=30)
@@ -133,7 +133,7 @@ async def test_bad_input_is_invalid_argument_naming_the_field(
     assert "Traceback" not in details.message
 
 
-async def test_model_info_reports_model_and_limits(stub: pb_grpc.EmbeddingServiceStub) -> None:
+async def test_model_info_reports_model_and_limits(stub: pb_grpc.EmbeddingServiceAsyncStub) -> None:
     reply = await stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
     assert reply.model == pb.ModelInfo(
         name="all-MiniLM-L6-v2",

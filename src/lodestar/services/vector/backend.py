@@ -104,9 +104,7 @@ class VectorBackend(Protocol):
     async def list_snapshots(self, collection: str) -> list[SnapshotInfo]:
         """Newest first."""
 
-    async def restore_snapshot(
-        self, collection: str, snapshot: str, target: str
-    ) -> CollectionInfo:
+    async def restore_snapshot(self, collection: str, snapshot: str, target: str) -> CollectionInfo:
         """Restore ``snapshot`` of ``collection`` into ``target`` (replaced when it is
         ``collection`` itself, created otherwise)."""
 

@@ -135,8 +135,7 @@ def tenant(value: str, field: str = "tenant") -> str | None:
     if len(value) > MAX_TENANT_CHARS or not value.isprintable() or value.strip() != value:
         raise _invalid(
             field,
-            f"must be at most {MAX_TENANT_CHARS} printable characters without surrounding "
-            "spaces",
+            f"must be at most {MAX_TENANT_CHARS} printable characters without surrounding spaces",
             "INVALID_TENANT",
         )
     return value
@@ -161,7 +160,9 @@ def uuid_text(value: str, field: str) -> str:
         raise _invalid(field, f"{_shown(value)} is not a UUID", "INVALID_ID") from None
 
 
-def point_ids(values: Sequence[pb.PointId], field: str, *, required: bool = True) -> list[m.PointId]:
+def point_ids(
+    values: Sequence[pb.PointId], field: str, *, required: bool = True
+) -> list[m.PointId]:
     if required and not values:
         raise _invalid(field, "at least one id is required", "MISSING_ID")
     if len(values) > MAX_IDS:
@@ -460,11 +461,16 @@ class _FilterReader:
 
     def filter(self, value: pb.Filter, field: str, depth: int = 0) -> m.Filter:
         if depth > MAX_FILTER_DEPTH:
-            raise _invalid(field, f"filters nest at most {MAX_FILTER_DEPTH} deep", "FILTER_TOO_DEEP")
+            raise _invalid(
+                field, f"filters nest at most {MAX_FILTER_DEPTH} deep", "FILTER_TOO_DEEP"
+            )
         return m.Filter(
-            must=tuple(self._condition(c, f"{field}.must[{i}]", depth) for i, c in enumerate(value.must)),
+            must=tuple(
+                self._condition(c, f"{field}.must[{i}]", depth) for i, c in enumerate(value.must)
+            ),
             should=tuple(
-                self._condition(c, f"{field}.should[{i}]", depth) for i, c in enumerate(value.should)
+                self._condition(c, f"{field}.should[{i}]", depth)
+                for i, c in enumerate(value.should)
             ),
             must_not=tuple(
                 self._condition(c, f"{field}.must_not[{i}]", depth)
@@ -476,7 +482,9 @@ class _FilterReader:
         self._conditions += 1
         if self._conditions > MAX_FILTER_CONDITIONS:
             raise _invalid(
-                field, f"a filter has at most {MAX_FILTER_CONDITIONS} conditions", "FILTER_TOO_LARGE"
+                field,
+                f"a filter has at most {MAX_FILTER_CONDITIONS} conditions",
+                "FILTER_TOO_LARGE",
             )
         kind = value.WhichOneof("kind")
         if kind == "field":
@@ -487,7 +495,9 @@ class _FilterReader:
             return m.HasId(tuple(point_ids(value.has_id.ids, f"{field}.has_id.ids")))
         if kind == "filter":
             return self.filter(value.filter, f"{field}.filter", depth + 1)
-        raise _invalid(field, "a condition needs field, is_empty, has_id or filter", "EMPTY_CONDITION")
+        raise _invalid(
+            field, "a condition needs field, is_empty, has_id or filter", "EMPTY_CONDITION"
+        )
 
     def _check_type(self, key: str, test: str, allowed: frozenset[m.FieldType], field: str) -> None:
         declared = self._schema.get(key)
@@ -514,7 +524,9 @@ class _FilterReader:
             bounds = value.range
             path = f"{field}.range"
             self._check_type(key, "range", _RANGE_FIELD_TYPES, path)
-            numbers = {n: getattr(bounds, n) for n in ("gt", "gte", "lt", "lte") if bounds.HasField(n)}  # type: ignore[arg-type]
+            numbers = {
+                n: getattr(bounds, n) for n in ("gt", "gte", "lt", "lte") if bounds.HasField(n)
+            }  # type: ignore[arg-type]
             if not numbers:
                 raise _invalid(path, "a range needs at least one bound", "EMPTY_CONDITION")
             for name, number in numbers.items():
@@ -533,7 +545,9 @@ class _FilterReader:
             if not moments:
                 raise _invalid(path, "a range needs at least one bound", "EMPTY_CONDITION")
             return m.FieldCondition(key=key, range=m.DatetimeRange(**moments))
-        raise _invalid(field, "a field condition needs match, range or datetime_range", "EMPTY_CONDITION")
+        raise _invalid(
+            field, "a field condition needs match, range or datetime_range", "EMPTY_CONDITION"
+        )
 
 
 def _match(match: pb.Match, kind: str, field: str) -> m.Match:
@@ -585,9 +599,7 @@ def optional_filter(
     return filter_(message.filter, schema, field)
 
 
-def selector(
-    value: pb.PointsSelector, schema: Mapping[str, m.FieldType], field: str
-) -> m.Selector:
+def selector(value: pb.PointsSelector, schema: Mapping[str, m.FieldType], field: str) -> m.Selector:
     ids = point_ids(value.ids, f"{field}.ids", required=False)
     chosen = filter_(value.filter, schema, f"{field}.filter") if value.HasField("filter") else None
     if not ids and chosen is None:
@@ -616,9 +628,7 @@ def page_size(value: int, field: str = "page_size") -> int:
     if value == 0:
         return DEFAULT_PAGE_SIZE
     if not 1 <= value <= MAX_PAGE_SIZE:
-        raise _invalid(
-            field, f"must be between 1 and {MAX_PAGE_SIZE}; got {value}", "OUT_OF_RANGE"
-        )
+        raise _invalid(field, f"must be between 1 and {MAX_PAGE_SIZE}; got {value}", "OUT_OF_RANGE")
     return value
 
 

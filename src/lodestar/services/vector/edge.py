@@ -107,7 +107,9 @@ def _vector(value: Any) -> list[float] | None:
     return list(value) if value is not None else None
 
 
-def records(values: Sequence[qe.Record], with_payload: bool, with_vector: bool) -> list[PointRecord]:
+def records(
+    values: Sequence[qe.Record], with_payload: bool, with_vector: bool
+) -> list[PointRecord]:
     return [
         PointRecord(
             point_id(r.id),
@@ -118,7 +120,9 @@ def records(values: Sequence[qe.Record], with_payload: bool, with_vector: bool) 
     ]
 
 
-def hits(values: Sequence[qe.ScoredPoint], with_payload: bool, with_vector: bool) -> list[ScoredHit]:
+def hits(
+    values: Sequence[qe.ScoredPoint], with_payload: bool, with_vector: bool
+) -> list[ScoredHit]:
     return [
         ScoredHit(
             point_id(p.id),
@@ -149,7 +153,9 @@ def query_request(query: SearchQuery, ef_search: int | None) -> qe.QueryRequest:
     )
 
 
-def average_vector(positives: Sequence[list[float]], negatives: Sequence[list[float]]) -> list[float]:
+def average_vector(
+    positives: Sequence[list[float]], negatives: Sequence[list[float]]
+) -> list[float]:
     """Qdrant's average-vector strategy: the positives' mean, pushed away from the negatives'."""
     mean = np.mean(np.asarray(positives, dtype=np.float64), axis=0)
     if negatives:

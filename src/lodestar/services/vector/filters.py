@@ -8,6 +8,7 @@ a Qdrant server through qdrant-client. Both express the same semantics: all of
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any, cast
 
 import numpy as np
 import qdrant_edge as qe
@@ -62,13 +63,14 @@ def _edge_field(condition: FieldCondition) -> qe.FieldCondition:
             value = match.value
             # qdrant-edge-py 0.9 reads a Python bool as the integer 0/1 (bool is an int
             # subclass), so boolean payloads never match; numpy's bool reaches its bool variant.
-            edge_match = qe.MatchValue(np.bool_(value) if isinstance(value, bool) else value)
+            edge_value: Any = np.bool_(value) if isinstance(value, bool) else value
+            edge_match = qe.MatchValue(edge_value)
         elif isinstance(match, MatchText):
             edge_match = qe.MatchText(match.text)
         elif isinstance(match, MatchAny):
-            edge_match = qe.MatchAny(list(match.values))
+            edge_match = qe.MatchAny(_values(match))
         else:
-            edge_match = qe.MatchExcept(list(match.values))
+            edge_match = qe.MatchExcept(_values(match))
         return qe.FieldCondition(condition.key, match=edge_match)
     bounds = condition.range
     if isinstance(bounds, NumberRange):
@@ -87,6 +89,10 @@ def _edge_field(condition: FieldCondition) -> qe.FieldCondition:
             ),
         )
     raise ValueError(f"field condition on {condition.key!r} has no test")
+
+
+def _values(match: MatchAny | MatchExcept) -> list[str] | list[int]:
+    return cast("list[str] | list[int]", list(match.values))
 
 
 def _optional_rfc3339(value: datetime | None) -> str | None:

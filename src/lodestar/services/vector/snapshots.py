@@ -127,7 +127,7 @@ class PortableSnapshots:
         atomic_write(path.with_name(name + CHECKSUM_SUFFIX), checksum.encode())
         return SnapshotInfo(name, collection, out.size, created, checksum)
 
-    def list(self, collection: str) -> list[SnapshotInfo]:
+    def infos(self, collection: str) -> list[SnapshotInfo]:
         directory = self._dir(collection)
         if not directory.is_dir():
             return []
@@ -162,7 +162,9 @@ class PortableSnapshots:
         with open(path, "rb") as handle:
             return _read_header(handle)
 
-    def open(self, collection: str, name: str) -> tuple[SnapshotHeader, Iterator[list[PointRecord]]]:
+    def open(
+        self, collection: str, name: str
+    ) -> tuple[SnapshotHeader, Iterator[list[PointRecord]]]:
         """Verify a snapshot's checksum; return its header and its points, chunk by chunk."""
         path = self.path(collection, name)
         expected = self._checksum(path)
@@ -220,4 +222,3 @@ def _read_points(path: Path, dimension: int) -> Iterator[list[PointRecord]]:
             rows: list[list[float]] = vectors.astype(np.float32).tolist()
             yield [PointRecord(i, v, p) for i, v, p in zip(ids, rows, payloads, strict=True)]
             seen += len(ids)
-

@@ -2154,6 +2154,8 @@ class ClusterPointsRequest(_message.Message):
     WITH_PAYLOAD_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     TENANT_FIELD_NUMBER: _builtins.int
+    DENSITY_EPS_FIELD_NUMBER: _builtins.int
+    DENSITY_MIN_SAMPLES_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     algorithm: Global___ClusterAlgorithm.ValueType
     num_clusters: _builtins.int
@@ -2168,6 +2170,15 @@ class ClusterPointsRequest(_message.Message):
     """Return payloads of representatives."""
     seed: _builtins.int
     tenant: _builtins.str
+    density_eps: _builtins.float
+    """Density only: the neighbourhood radius, in the collection's distance on
+    the clustered vectors (L2-normalised for cosine); default: estimated from
+    the sample.
+    """
+    density_min_samples: _builtins.int
+    """Density only: neighbours (itself included) that make a point a core
+    point, 2..1000, default 5.
+    """
     @_builtins.property
     def filter(self) -> Global___Filter: ...
     def __init__(
@@ -2183,13 +2194,24 @@ class ClusterPointsRequest(_message.Message):
         with_payload: _builtins.bool = ...,
         seed: _builtins.int | None = ...,
         tenant: _builtins.str = ...,
+        density_eps: _builtins.float | None = ...,
+        density_min_samples: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "filter", b"filter", "seed", b"seed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_density_eps", b"_density_eps", "_density_min_samples", b"_density_min_samples", "_seed", b"_seed", "density_eps", b"density_eps", "density_min_samples", b"density_min_samples", "filter", b"filter", "seed", b"seed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "algorithm", b"algorithm", "collection", b"collection", "filter", b"filter", "num_clusters", b"num_clusters", "representatives", b"representatives", "sample_size", b"sample_size", "seed", b"seed", "tenant", b"tenant", "with_member_ids", b"with_member_ids", "with_payload", b"with_payload"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_density_eps", b"_density_eps", "_density_min_samples", b"_density_min_samples", "_seed", b"_seed", "algorithm", b"algorithm", "collection", b"collection", "density_eps", b"density_eps", "density_min_samples", b"density_min_samples", "filter", b"filter", "num_clusters", b"num_clusters", "representatives", b"representatives", "sample_size", b"sample_size", "seed", b"seed", "tenant", b"tenant", "with_member_ids", b"with_member_ids", "with_payload", b"with_payload"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__density_eps: _TypeAlias = _typing.Literal["density_eps"]  # noqa: Y015
+    _WhichOneofArgType__density_eps: _TypeAlias = _typing.Literal["_density_eps", b"_density_eps"]  # noqa: Y015
+    _WhichOneofReturnType__density_min_samples: _TypeAlias = _typing.Literal["density_min_samples"]  # noqa: Y015
+    _WhichOneofArgType__density_min_samples: _TypeAlias = _typing.Literal["_density_min_samples", b"_density_min_samples"]  # noqa: Y015
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__density_eps) -> _WhichOneofReturnType__density_eps | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__density_min_samples) -> _WhichOneofReturnType__density_min_samples | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
 
 Global___ClusterPointsRequest: _TypeAlias = ClusterPointsRequest  # noqa: Y015

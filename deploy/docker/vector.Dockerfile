@@ -1,0 +1,34 @@
+# syntax=docker/dockerfile:1.7
+# The vector service: the Qdrant engine in-process (qdrant-edge) or a Qdrant
+# cluster through qdrant-client. Build from the repository root:
+#
+#   docker build -f deploy/docker/vector.Dockerfile -t lodestar/vector:0.1.0 .
+
+FROM python:3.11.14-slim-bookworm AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/lodestar/bin:$PATH
+RUN python -m venv /opt/lodestar
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY src ./src
+# Only this service's extra: no torch, no llama.cpp, no web framework.
+RUN pip install --no-cache-dir "./[vector]"
+
+FROM python:3.11.14-slim-bookworm
+RUN groupadd --system --gid 10001 lodestar \
+    && useradd --system --uid 10001 --gid lodestar --home-dir /home/lodestar \
+       --create-home --shell /usr/sbin/nologin lodestar \
+    && install -d -o lodestar -g lodestar /var/lib/lodestar/vector
+COPY --from=build /opt/lodestar /opt/lodestar
+ENV PATH=/opt/lodestar/bin:$PATH \
+    HOME=/home/lodestar \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    LODESTAR_VECTOR_HOST=0.0.0.0 \
+    LODESTAR_VECTOR_DATA_DIR=/var/lib/lodestar/vector
+WORKDIR /home/lodestar
+USER 10001:10001
+VOLUME ["/var/lib/lodestar/vector"]
+EXPOSE 50052 9102
+ENTRYPOINT ["python", "-m", "lodestar.services.vector"]

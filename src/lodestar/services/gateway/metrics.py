@@ -1,0 +1,41 @@
+"""The gateway's Prometheus metrics (prometheus_client's default registry)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120,
+)
+
+HTTP_REQUESTS = Counter(
+    "lodestar_gateway_http_requests_total",
+    "HTTP requests answered, by route template, method and status.",
+    ["route", "method", "status"],
+)
+HTTP_DURATION = Histogram(
+    "lodestar_gateway_http_request_duration_seconds",
+    "Time to answer an HTTP request (for streams: until the last byte).",
+    ["route", "method"],
+    buckets=_LATENCY_BUCKETS,
+)
+BREAKER_STATE = Gauge(
+    "lodestar_gateway_circuit_breaker_state",
+    "Circuit breaker of each backend replica: 0 closed, 1 half-open, 2 open.",
+    ["backend", "replica"],
+)
+RATE_LIMIT_REJECTIONS = Counter(
+    "lodestar_gateway_rate_limit_rejections_total",
+    "Requests refused with 429, by the limit reached (requests or tokens).",
+    ["limit"],
+)
+BACKEND_DURATION = Histogram(
+    "lodestar_gateway_backend_request_duration_seconds",
+    "Duration of gRPC calls to backends, by backend, method and status code.",
+    ["backend", "method", "code"],
+    buckets=_LATENCY_BUCKETS,
+)
+GENERATED_TOKENS = Counter(
+    "lodestar_gateway_generated_tokens_total",
+    "Tokens generated for clients through the gateway.",
+)

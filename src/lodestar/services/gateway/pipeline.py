@@ -1,0 +1,226 @@
+"""The generation pipeline behind ``POST /api/v1/generate``.
+
+A generation runs through ordered stages around the inference call. A stage
+serves one request option (``context`` for retrieval, ``store_embedding``,
+``use_feedback``), declares the extra permissions it needs, and may:
+
+- ``before``: rewrite the inference request (add retrieved passages or
+  examples to the prompt) and set ``generation.sources``;
+- ``after``: act on the answer (store it) and add fields to the response
+  through ``generation.extra``.
+
+Streaming answers are Server-Sent Events: ``sources`` first (when a stage set
+them), then ``token`` events with text deltas, then one ``done`` event with the
+finish reason, usage, timing and the stages' extra fields (or an ``error``
+event). A client that disconnects cancels the inference stream.
+
+An option that no installed stage serves is refused with 501, so a request
+never silently loses what it asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import grpc
+import orjson
+
+from lodestar.inference.v1 import inference_service_pb2 as ipb
+from lodestar.runtime.errors import LodestarError
+from lodestar.services.gateway.auth import Permission
+from lodestar.services.gateway.convert import inference as convert
+from lodestar.services.gateway.deps import Call, missing_permission
+from lodestar.services.gateway.errors import error_payload
+from lodestar.services.gateway.metrics import GENERATED_TOKENS
+from lodestar.services.gateway.schemas.inference import GenerateRequest
+
+_log = logging.getLogger(__name__)
+
+# Request options served by stages, and how to tell that a request uses them.
+OPTIONS: dict[str, Callable[[GenerateRequest], bool]] = {
+    "context": lambda r: r.context is not None,
+    "store_embedding": lambda r: r.store_embedding or r.collection is not None,
+    "use_feedback": lambda r: r.use_feedback,
+}
+
+
+@dataclass
+class Generation:
+    """One generation as it moves through the pipeline."""
+
+    body: GenerateRequest
+    call: Call
+    request: ipb.GenerateTextRequest
+    # Retrieved passages (set by a retrieval stage); streamed first.
+    sources: list[dict[str, Any]] | None = None
+    # Fields added to the response (and the stream's done event).
+    extra: dict[str, Any] = field(default_factory=dict)
+    # Filled when the answer is complete.
+    text: str = ""
+    finish_reason: str = "unspecified"
+    usage: ipb.Usage | None = None
+    model: str = ""
+
+
+class GenerateStage(Protocol):
+    """A pipeline stage; see the module docstring."""
+
+    option: str
+
+    def permissions(self, body: GenerateRequest) -> Iterable[Permission]: ...
+
+    async def before(self, generation: Generation) -> None: ...
+
+    async def after(self, generation: Generation) -> None: ...
+
+
+class NotEnabled(LodestarError):
+    """An option this gateway has no stage for (501)."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+    def __init__(self, option: str) -> None:
+        super().__init__(
+            f"{option} is not enabled on this gateway",
+            reason="OPTION_NOT_ENABLED",
+            field=option,
+        )
+
+
+def _sse(event: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+class GeneratePipeline:
+    def __init__(self, stages: Sequence[GenerateStage] = ()) -> None:
+        self.stages = list(stages)
+
+    def add(self, stage: GenerateStage) -> None:
+        self.stages.append(stage)
+
+    def _plan(self, body: GenerateRequest, call: Call) -> list[GenerateStage]:
+        served = {stage.option for stage in self.stages}
+        for option, used in OPTIONS.items():
+            if used(body) and option not in served:
+                raise NotEnabled(option)
+        active = [s for s in self.stages if OPTIONS.get(s.option, lambda _: True)(body)]
+        for stage in active:
+            for permission in stage.permissions(body):
+                if not call.principal.has(permission):
+                    raise missing_permission(permission)
+        return active
+
+    async def _admit(self, call: Call) -> None:
+        await call.gateway.limiter.check_tokens(call.principal.subject)
+
+    async def _debit(self, call: Call, tokens: int) -> None:
+        if tokens <= 0:
+            return
+        GENERATED_TOKENS.inc(tokens)
+        try:
+            await call.gateway.limiter.debit_tokens(call.principal.subject, tokens)
+        except Exception:  # noqa: BLE001 - accounting must not fail the answer
+            _log.exception("could not debit %d generated tokens", tokens)
+
+    async def _prepare(self, body: GenerateRequest, call: Call) -> tuple[Generation, list[GenerateStage]]:
+        stages = self._plan(body, call)
+        await self._admit(call)
+        generation = Generation(body, call, convert.generate_to_proto(body))
+        for stage in stages:
+            await stage.before(generation)
+        return generation, stages
+
+    def _response(self, generation: Generation, timing: ipb.Timing | None) -> dict[str, Any]:
+        usage = generation.usage or ipb.Usage()
+        out: dict[str, Any] = {
+            "text": generation.text,
+            "finish_reason": generation.finish_reason,
+            "usage": convert.usage_from_proto(usage).model_dump(),
+            "model": generation.model,
+        }
+        if timing is not None:
+            out["timing"] = convert.timing_from_proto(timing).model_dump()
+        if generation.sources is not None:
+            out["sources"] = generation.sources
+        out.update(generation.extra)
+        return out
+
+    async def generate(self, body: GenerateRequest, call: Call) -> dict[str, Any]:
+        """A whole answer, as the JSON object the route returns."""
+        generation, stages = await self._prepare(body, call)
+        response = await call.backends.inference.generate(generation.request, call.options)
+        generation.text = response.text
+        generation.finish_reason = convert.finish_reason(response.finish_reason)
+        generation.usage = response.usage
+        generation.model = response.model
+        await self._debit(call, response.usage.completion_tokens)
+        for stage in stages:
+            await stage.after(generation)
+        return self._response(generation, response.timing if response.HasField("timing") else None)
+
+    async def stream(self, body: GenerateRequest, call: Call) -> AsyncIterator[bytes]:
+        """SSE events. Everything that can fail before the first token (auth,
+        limits, stages, the inference call itself) fails when the first event
+        is awaited, so the route can still answer with an HTTP error."""
+        generation, stages = await self._prepare(body, call)
+        request = convert.stream_request_from(generation.request)
+        messages = call.backends.inference.stream(request, call.options)
+        first = await anext(messages, None)
+        return self._events(generation, stages, first, messages)
+
+    async def _events(
+        self,
+        generation: Generation,
+        stages: list[GenerateStage],
+        first: ipb.StreamGenerateTextResponse | None,
+        messages: AsyncIterator[ipb.StreamGenerateTextResponse],
+    ) -> AsyncIterator[bytes]:
+        call = generation.call
+        parts: list[str] = []
+        deltas = 0
+        last: ipb.StreamGenerateTextResponse | None = None
+        finished = False
+        try:
+            if generation.sources is not None:
+                yield _sse("sources", {"sources": generation.sources})
+            message = first
+            while message is not None:
+                last = message
+                if message.model:
+                    generation.model = message.model
+                if message.delta:
+                    deltas += 1
+                    parts.append(message.delta)
+                    yield _sse("token", {"delta": message.delta})
+                message = await anext(messages, None)
+            generation.text = "".join(parts)
+            if last is not None:
+                generation.finish_reason = convert.finish_reason(last.finish_reason)
+                generation.usage = last.usage
+            completion = generation.usage.completion_tokens if generation.usage else deltas
+            finished = True
+            await self._debit(call, completion)
+            for stage in stages:
+                await stage.after(generation)
+            timing = last.timing if last is not None and last.HasField("timing") else None
+            done = self._response(generation, timing)
+            done.pop("text")
+            done.pop("sources", None)
+            yield _sse("done", done)
+        except LodestarError as error:
+            yield _sse(
+                "error",
+                error_payload(
+                    error.code,
+                    error.message,
+                    reason=error.reason,
+                    metadata=error.metadata or None,
+                ),
+            )
+        finally:
+            if not finished:
+                # Cancelled or failed midway: the tokens produced still count.
+                await self._debit(call, deltas)

@@ -1,0 +1,554 @@
+"""Calls to backend replicas: deadlines, circuit breakers, failover, retries.
+
+Each backend service has a pool of replicas, one gRPC channel and one circuit
+breaker each. A call goes to the least busy replica whose breaker is closed.
+After ``failure_threshold`` consecutive failures (UNAVAILABLE, or a deadline
+that the client did not shorten) the breaker opens and the replica gets no
+traffic; ``open_s`` later a gRPC health check probes it (half-open) and, if it
+answers SERVING, the breaker closes again. Probing with a health check rather
+than with a client's request means no client request is sacrificed to find
+out. Idempotent calls that fail with UNAVAILABLE are retried once, on another
+replica when there is one. When every breaker is open the call fails at once
+with 503 and a Retry-After of the time until the next probe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Generic, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+
+from lodestar.runtime.channels import CHANNEL_OPTIONS
+from lodestar.runtime.context import REQUEST_ID_HEADER
+from lodestar.runtime.errors import (
+    DeadlineExceeded,
+    ErrorDetails,
+    InvalidArgument,
+    LodestarError,
+    Unavailable,
+)
+from lodestar.runtime.telemetry import tracing_client_interceptors
+from lodestar.services.gateway.metrics import BACKEND_DURATION, BREAKER_STATE
+
+_log = logging.getLogger(__name__)
+
+S = TypeVar("S")
+R = TypeVar("R")
+Metadata = tuple[tuple[str, str], ...]
+
+
+# --- deadlines ---------------------------------------------------------------------------
+
+_GRPC_TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
+_GRPC_TIMEOUT_UNIT_S = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+_SECONDS = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s)?\s*$")
+
+
+def parse_timeout_header(name: str, value: str) -> float:
+    """Seconds in an ``X-Request-Timeout`` (``2.5``, ``2.5s``, ``500ms``) or a
+    ``grpc-timeout`` (``500m``, ``2S``) header."""
+    if name == "grpc-timeout":
+        match = _GRPC_TIMEOUT.match(value.strip())
+        if match is not None:
+            return int(match.group(1)) * _GRPC_TIMEOUT_UNIT_S[match.group(2)]
+    else:
+        match = _SECONDS.match(value)
+        if match is not None:
+            return float(match.group(1)) * (0.001 if match.group(2) == "ms" else 1.0)
+    raise InvalidArgument(
+        f"header {name} must be a positive duration such as 2.5, 2.5s or 500ms"
+        if name != "grpc-timeout"
+        else "header grpc-timeout must be digits and a unit (H, M, S, m, u, n), e.g. 500m",
+        field=name,
+        reason="BAD_TIMEOUT_HEADER",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """When a request's work must be done (monotonic clock)."""
+
+    expires_at: float
+    # The client asked for less than the route's default: running out of
+    # time then says nothing about the backend's health.
+    shortened: bool = False
+
+    @classmethod
+    def after(cls, default_s: float, client_s: float | None = None) -> Deadline:
+        now = time.monotonic()
+        if client_s is not None and client_s < default_s:
+            return cls(now + client_s, True)
+        return cls(now + default_s, False)
+
+    def remaining(self) -> float:
+        return self.expires_at - time.monotonic()
+
+    def timeout(self, backend: str) -> float:
+        remaining = self.expires_at - time.monotonic()
+        if remaining <= 0.0005:
+            raise DeadlineExceeded(
+                f"the request's deadline passed before the {backend} service could be called",
+                reason="DEADLINE_EXCEEDED",
+            )
+        return remaining
+
+
+@dataclass(frozen=True, slots=True)
+class CallOptions:
+    """Per-request settings of every backend call: deadline and metadata."""
+
+    deadline: Deadline
+    metadata: Metadata = ()
+
+    @classmethod
+    def for_request(cls, deadline: Deadline, request_id: str) -> CallOptions:
+        return cls(deadline, ((REQUEST_ID_HEADER, request_id),) if request_id else ())
+
+
+# --- errors ------------------------------------------------------------------------------
+
+
+class BackendError(LodestarError):
+    """A backend's gRPC error, as the gateway passes it on."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        reason: str,
+        field_violations: Sequence[tuple[str, str]] = (),
+        metadata: dict[str, str] | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        first_field = field_violations[0][0] if field_violations else None
+        super().__init__(
+            message,
+            reason=reason,
+            field=first_field,
+            metadata=metadata,
+            retry_after_s=retry_after_s,
+        )
+        self.code = code
+        self.field_violations = list(field_violations)
+
+
+class AllReplicasUnavailable(Unavailable):
+    """Every replica's breaker is open: 503 at once, with Retry-After."""
+
+
+_TRANSPORT_MESSAGES = {
+    grpc.StatusCode.UNAVAILABLE: "the {backend} service is unavailable; retry shortly",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "the {backend} service did not answer within the deadline",
+    grpc.StatusCode.CANCELLED: "the call to the {backend} service was cancelled",
+}
+
+
+def _has_rich_status(error: grpc.RpcError) -> bool:
+    trailing = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
+    return any(key == rpc_status.GRPC_DETAILS_METADATA_KEY for key, _ in trailing or ())
+
+
+def backend_error(backend: str, error: grpc.RpcError) -> BackendError:
+    """The error a client sees for a failed backend call.
+
+    Errors a service raised on purpose (they carry google.rpc details) pass
+    through with their message, reason and field. Transport failures and bare
+    internal errors get a message that names the backend but leaks nothing of
+    its internals (addresses, stack traces).
+    """
+    details = ErrorDetails.from_rpc_error(error)
+    code = details.code
+    if _has_rich_status(error) and code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+        return BackendError(
+            code,
+            details.message,
+            reason=details.reason,
+            field_violations=details.field_violations,
+            metadata=details.metadata,
+            retry_after_s=details.retry_after_s,
+        )
+    template = _TRANSPORT_MESSAGES.get(code)
+    if template is not None:
+        message = template.format(backend=backend)
+        reason = "BACKEND_" + code.name
+    elif code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS):
+        _log.error("%s service internal error: %s", backend, details.message)
+        message = f"the {backend} service failed; the error has been logged"
+        reason = "BACKEND_INTERNAL"
+        code = grpc.StatusCode.INTERNAL
+    else:
+        message, reason = details.message, details.reason
+    return BackendError(
+        code,
+        message,
+        reason=reason,
+        field_violations=details.field_violations,
+        metadata={"backend": backend},
+        retry_after_s=details.retry_after_s,
+    )
+
+
+# --- circuit breaker ---------------------------------------------------------------------
+
+
+class BreakerState(IntEnum):
+    CLOSED = 0
+    HALF_OPEN = 1
+    OPEN = 2
+
+
+class CircuitBreaker:
+    """closed → open after N consecutive failures → half-open probe → closed."""
+
+    def __init__(
+        self,
+        failure_threshold: int,
+        open_s: float,
+        on_change: Callable[[BreakerState], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.failure_threshold = failure_threshold
+        self.open_s = open_s
+        self.state = BreakerState.CLOSED
+        self.consecutive_failures = 0
+        self.opened_at = 0.0
+        self._on_change = on_change
+        self._clock = clock
+
+    def _set(self, state: BreakerState) -> None:
+        if state is not self.state:
+            self.state = state
+            if self._on_change is not None:
+                self._on_change(state)
+
+    @property
+    def closed(self) -> bool:
+        return self.state is BreakerState.CLOSED
+
+    def probe_due(self) -> bool:
+        return self.state is BreakerState.OPEN and self._clock() - self.opened_at >= self.open_s
+
+    def retry_after(self) -> float:
+        if self.state is BreakerState.OPEN:
+            return max(0.0, self.opened_at + self.open_s - self._clock())
+        return 0.0
+
+    def begin_probe(self) -> None:
+        self._set(BreakerState.HALF_OPEN)
+
+    def record_success(self) -> None:
+        self.consecutive_failures = 0
+        self._set(BreakerState.CLOSED)
+
+    def record_failure(self) -> None:
+        self.consecutive_failures += 1
+        if self.state is BreakerState.HALF_OPEN or (
+            self.state is BreakerState.CLOSED
+            and self.consecutive_failures >= self.failure_threshold
+        ):
+            self.opened_at = self._clock()
+            self._set(BreakerState.OPEN)
+
+
+# --- replicas and pools ------------------------------------------------------------------
+
+
+class Replica(Generic[S]):
+    """One backend address: its channel, stubs, breaker and load."""
+
+    def __init__(
+        self, backend: str, address: str, channel: grpc.aio.Channel, stubs: S, breaker: CircuitBreaker
+    ) -> None:
+        self.backend = backend
+        self.address = address
+        self.channel = channel
+        self.stubs = stubs
+        self.breaker = breaker
+        self.in_flight = 0
+        self.health = health_pb2_grpc.HealthStub(channel)
+
+    def connection_failing(self) -> bool:
+        state = self.channel.get_state(try_to_connect=False)
+        return state is grpc.ChannelConnectivity.TRANSIENT_FAILURE
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaHealth:
+    address: str
+    breaker: str
+    serving: str
+    in_flight: int
+
+
+def channel_options(reconnect_backoff_max_s: float) -> list[tuple[str, int | str]]:
+    backoff_ms = max(100, int(reconnect_backoff_max_s * 1000))
+    return [
+        *CHANNEL_OPTIONS,
+        # Reconnect to a replica that comes back within seconds, not minutes.
+        ("grpc.initial_reconnect_backoff_ms", min(backoff_ms, 250)),
+        ("grpc.min_reconnect_backoff_ms", min(backoff_ms, 250)),
+        ("grpc.max_reconnect_backoff_ms", backoff_ms),
+    ]
+
+
+def _is_replica_failure(code: grpc.StatusCode, deadline: Deadline) -> bool:
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return True
+    return code is grpc.StatusCode.DEADLINE_EXCEEDED and not deadline.shortened
+
+
+class ReplicaPool(Generic[S]):
+    """The replicas of one backend service and the policy for calling them."""
+
+    def __init__(
+        self,
+        backend: str,
+        service_name: str,
+        addresses: Sequence[str],
+        make_stubs: Callable[[grpc.aio.Channel], S],
+        *,
+        failure_threshold: int = 5,
+        open_s: float = 5.0,
+        probe_timeout_s: float = 1.0,
+        reconnect_backoff_max_s: float = 2.0,
+    ) -> None:
+        if not addresses:
+            raise ValueError(f"{backend}: at least one replica address is needed")
+        self.backend = backend
+        self.service_name = service_name
+        self._probe_timeout_s = probe_timeout_s
+        options = channel_options(reconnect_backoff_max_s)
+        interceptors = tracing_client_interceptors()
+        self.replicas: list[Replica[S]] = []
+        for address in addresses:
+            channel = grpc.aio.insecure_channel(
+                address, options=options, interceptors=interceptors or None
+            )
+            gauge = BREAKER_STATE.labels(backend, address)
+            gauge.set(BreakerState.CLOSED)
+            breaker = CircuitBreaker(
+                failure_threshold, open_s, on_change=self._state_logger(address, gauge)
+            )
+            self.replicas.append(Replica(backend, address, channel, make_stubs(channel), breaker))
+        self._next = 0
+        self._probes: dict[int, asyncio.Task[bool]] = {}
+
+    def _state_logger(self, address: str, gauge: Any) -> Callable[[BreakerState], None]:
+        def changed(state: BreakerState) -> None:
+            gauge.set(int(state))
+            log = _log.warning if state is BreakerState.OPEN else _log.info
+            log("%s replica %s: circuit breaker %s", self.backend, address, state.name.lower())
+
+        return changed
+
+    # -- choosing a replica --
+
+    def _pick(self, exclude: Replica[S] | None) -> Replica[S] | None:
+        replicas = self.replicas
+        count = len(replicas)
+        start = self._next
+        self._next = (start + 1) % count
+        best: Replica[S] | None = None
+        best_key: tuple[bool, int] = (True, 1 << 30)
+        for i in range(count):
+            replica = replicas[(start + i) % count]
+            breaker = replica.breaker
+            if not breaker.closed:
+                if breaker.probe_due():
+                    self._start_probe(replica)
+                continue
+            if replica is exclude:
+                continue
+            key = (replica.connection_failing(), replica.in_flight)
+            if best is None or key < best_key:
+                best, best_key = replica, key
+        if best is None and exclude is not None and exclude.breaker.closed:
+            return exclude
+        return best
+
+    async def _choose(self, exclude: Replica[S] | None, deadline: Deadline) -> Replica[S]:
+        replica = self._pick(exclude)
+        if replica is not None:
+            return replica
+        if self._probes:
+            # Every breaker is open but some replica is being probed: a quick
+            # answer from it beats refusing the request.
+            wait = min(self._probe_timeout_s, max(0.0, deadline.remaining()))
+            await asyncio.wait(list(self._probes.values()), timeout=wait)
+            replica = self._pick(exclude)
+            if replica is not None:
+                return replica
+        retry_after = min(r.breaker.retry_after() for r in self.replicas)
+        raise AllReplicasUnavailable(
+            f"every replica of the {self.backend} service is failing; retry shortly",
+            reason="BACKEND_UNAVAILABLE",
+            metadata={"backend": self.backend},
+            retry_after_s=max(1.0, retry_after),
+        )
+
+    def _start_probe(self, replica: Replica[S]) -> None:
+        key = id(replica)
+        if key in self._probes:
+            return
+        replica.breaker.begin_probe()
+        task = asyncio.create_task(self._probe(replica), name=f"probe {replica.address}")
+        self._probes[key] = task
+        task.add_done_callback(lambda _: self._probes.pop(key, None))
+
+    async def _probe(self, replica: Replica[S]) -> bool:
+        try:
+            reply = await replica.health.Check(
+                health_pb2.HealthCheckRequest(service=self.service_name),
+                timeout=self._probe_timeout_s,
+                wait_for_ready=True,
+            )
+            serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+        except grpc.RpcError:
+            serving = False
+        if serving:
+            replica.breaker.record_success()
+        else:
+            replica.breaker.record_failure()
+        return serving
+
+    # -- calls --
+
+    def _settle(self, replica: Replica[S], code: grpc.StatusCode, deadline: Deadline) -> None:
+        if code is grpc.StatusCode.CANCELLED:
+            return
+        if _is_replica_failure(code, deadline):
+            replica.breaker.record_failure()
+        else:
+            # Any answer from the service, errors included, proves it alive.
+            replica.breaker.record_success()
+
+    async def unary(
+        self,
+        method: str,
+        invoke: Callable[[S, float, Metadata], Awaitable[R]],
+        options: CallOptions,
+        *,
+        idempotent: bool,
+    ) -> R:
+        """Call ``invoke`` on a healthy replica; retry once if idempotent."""
+        attempts = 2 if idempotent else 1
+        exclude: Replica[S] | None = None
+        for attempt in range(attempts):
+            replica = await self._choose(exclude, options.deadline)
+            timeout = options.deadline.timeout(self.backend)
+            replica.in_flight += 1
+            start = time.perf_counter()
+            try:
+                result = await invoke(replica.stubs, timeout, options.metadata)
+            except grpc.aio.AioRpcError as error:
+                code = error.code()
+                BACKEND_DURATION.labels(self.backend, method, code.name).observe(
+                    time.perf_counter() - start
+                )
+                self._settle(replica, code, options.deadline)
+                if code is grpc.StatusCode.UNAVAILABLE and attempt + 1 < attempts:
+                    exclude = replica
+                    continue
+                raise backend_error(self.backend, error) from None
+            except asyncio.CancelledError:
+                BACKEND_DURATION.labels(self.backend, method, "CANCELLED").observe(
+                    time.perf_counter() - start
+                )
+                raise
+            finally:
+                replica.in_flight -= 1
+            BACKEND_DURATION.labels(self.backend, method, "OK").observe(time.perf_counter() - start)
+            if not replica.breaker.closed or replica.breaker.consecutive_failures:
+                replica.breaker.record_success()
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def stream(
+        self,
+        method: str,
+        open_call: Callable[[S, float, Metadata], grpc.aio.UnaryStreamCall[Any, R]],
+        options: CallOptions,
+        *,
+        idempotent: bool,
+    ) -> AsyncIterator[R]:
+        """Messages of a server stream; the call is cancelled if the consumer
+        stops early (client disconnect). An idempotent stream that fails with
+        UNAVAILABLE before its first message is retried once."""
+        attempts = 2 if idempotent else 1
+        exclude: Replica[S] | None = None
+        for attempt in range(attempts):
+            replica = await self._choose(exclude, options.deadline)
+            call = open_call(replica.stubs, options.deadline.timeout(self.backend), options.metadata)
+            replica.in_flight += 1
+            start = time.perf_counter()
+            code_name = "OK"
+            received = False
+            try:
+                async for message in call:
+                    received = True
+                    yield message
+                self._settle(replica, grpc.StatusCode.OK, options.deadline)
+                return
+            except grpc.aio.AioRpcError as error:
+                code = error.code()
+                code_name = code.name
+                self._settle(replica, code, options.deadline)
+                if code is grpc.StatusCode.UNAVAILABLE and not received and attempt + 1 < attempts:
+                    exclude = replica
+                    continue
+                raise backend_error(self.backend, error) from None
+            except (asyncio.CancelledError, GeneratorExit):
+                code_name = "CANCELLED"
+                raise
+            finally:
+                if not call.done():
+                    call.cancel()
+                replica.in_flight -= 1
+                BACKEND_DURATION.labels(self.backend, method, code_name).observe(
+                    time.perf_counter() - start
+                )
+
+    # -- health and lifecycle --
+
+    async def health(self, timeout: float = 1.0) -> list[ReplicaHealth]:
+        """Each replica's gRPC health and breaker state (probes due ones)."""
+
+        async def check(replica: Replica[S]) -> ReplicaHealth:
+            try:
+                reply = await replica.health.Check(
+                    health_pb2.HealthCheckRequest(service=self.service_name), timeout=timeout
+                )
+                serving = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.aio.AioRpcError as error:
+                serving = "UNREACHABLE" if error.code() is not grpc.StatusCode.NOT_FOUND else (
+                    "SERVICE_UNKNOWN"
+                )
+            if serving == "SERVING" and replica.breaker.probe_due():
+                self._start_probe(replica)
+            return ReplicaHealth(
+                replica.address,
+                replica.breaker.state.name.lower(),
+                serving,
+                replica.in_flight,
+            )
+
+        return list(await asyncio.gather(*(check(r) for r in self.replicas)))
+
+    async def close(self) -> None:
+        for task in list(self._probes.values()):
+            task.cancel()
+        for task in list(self._probes.values()):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await asyncio.gather(*(r.channel.close() for r in self.replicas))

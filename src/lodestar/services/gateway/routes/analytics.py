@@ -1,0 +1,61 @@
+"""Analytics read from the vector service's persistent records."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from starlette.responses import Response
+
+from lodestar.services.gateway.auth import Permission
+from lodestar.services.gateway.convert import analytics as convert
+from lodestar.services.gateway.convert.common import datetime_to_timestamp
+from lodestar.services.gateway.deps import Call, require
+from lodestar.services.gateway.ratelimit import RouteClass
+from lodestar.services.gateway.responses import respond_json
+from lodestar.vector.v1 import analytics_service_pb2 as pb
+
+router = APIRouter(tags=["analytics"])
+
+Since = Annotated[datetime | None, Query(description="Only records at or after this time.")]
+
+
+@router.get("/analytics/vectors", summary="Collection sizes and growth")
+async def vector_analytics(
+    call: Annotated[Call, Depends(require(Permission.VIEW_ANALYTICS, RouteClass.READ))],
+    collection: Annotated[str, Query(max_length=64)] = "",
+    since: Since = None,
+) -> Response:
+    request = pb.GetVectorAnalyticsRequest(collection=collection)
+    if since is not None:
+        datetime_to_timestamp(since, request.start_time)
+    response = await call.backends.analytics.vector_analytics(request, call.options)
+    return respond_json(convert.vector_analytics_from_proto(response))
+
+
+@router.get("/analytics/search", summary="Search volume, latency and popular queries")
+async def search_analytics(
+    call: Annotated[Call, Depends(require(Permission.VIEW_ANALYTICS, RouteClass.READ))],
+    collection: Annotated[str, Query(max_length=64)] = "",
+    since: Since = None,
+    top_queries: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> Response:
+    request = pb.GetSearchAnalyticsRequest(collection=collection, top_queries=top_queries)
+    if since is not None:
+        datetime_to_timestamp(since, request.start_time)
+    response = await call.backends.analytics.search_analytics(request, call.options)
+    return respond_json(convert.search_analytics_from_proto(response))
+
+
+@router.get("/analytics/usage", summary="Usage per subject and route")
+async def usage_analytics(
+    call: Annotated[Call, Depends(require(Permission.VIEW_ANALYTICS, RouteClass.READ))],
+    subject: Annotated[str, Query(max_length=256)] = "",
+    since: Since = None,
+) -> Response:
+    request = pb.GetUsageAnalyticsRequest(subject=subject)
+    if since is not None:
+        datetime_to_timestamp(since, request.start_time)
+    response = await call.backends.analytics.usage_analytics(request, call.options)
+    return respond_json(convert.usage_analytics_from_proto(response))

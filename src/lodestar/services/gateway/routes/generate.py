@@ -1,0 +1,84 @@
+"""Text generation: one answer (JSON or Server-Sent Events) or a batch."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from starlette.responses import Response, StreamingResponse
+
+from lodestar.inference.v1 import inference_service_pb2 as ipb
+from lodestar.services.gateway.auth import Permission
+from lodestar.services.gateway.convert import inference as convert
+from lodestar.services.gateway.deps import Call, require
+from lodestar.services.gateway.metrics import GENERATED_TOKENS
+from lodestar.services.gateway.ratelimit import RouteClass
+from lodestar.services.gateway.responses import respond, respond_json
+from lodestar.services.gateway.schemas.inference import (
+    BatchGenerateRequest,
+    BatchGenerateResponse,
+    GenerateRequest,
+    GenerateResponse,
+)
+
+router = APIRouter(tags=["generation"])
+
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in rest:
+        yield chunk
+
+
+@router.post(
+    "/generate",
+    response_model=GenerateResponse,
+    summary="Generate text",
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def generate(
+    body: GenerateRequest,
+    call: Annotated[Call, Depends(require(Permission.GENERATE_TEXT, RouteClass.GENERATE))],
+) -> Response:
+    """Text or chat generation. With ``stream: true`` the answer comes as
+    Server-Sent Events: ``token`` events with text deltas, then a ``done`` event
+    with the finish reason, usage and timing (or an ``error`` event). Closing
+    the connection cancels the generation."""
+    pipeline = call.gateway.pipeline
+    if not body.stream:
+        return respond_json(await pipeline.generate(body, call))
+    events = await pipeline.stream(body, call)
+    # Pull the first event here: failures up to the first token still get
+    # their HTTP status instead of a 200 with an error event.
+    first = await anext(events, b"")
+    return StreamingResponse(
+        _prepend(first, events), media_type="text/event-stream", headers=_SSE_HEADERS
+    )
+
+
+@router.post(
+    "/generate/batch", response_model=BatchGenerateResponse, summary="Generate many texts"
+)
+async def generate_batch(
+    body: BatchGenerateRequest,
+    call: Annotated[Call, Depends(require(Permission.GENERATE_TEXT, RouteClass.GENERATE))],
+) -> Response:
+    """Many generations; results in request order, each with its own error."""
+    limiter = call.gateway.limiter
+    await limiter.check_tokens(call.principal.subject)
+    request = ipb.BatchGenerateTextRequest(
+        requests=[convert.generate_to_proto(item) for item in body.requests]
+    )
+    response = await call.backends.inference.batch_generate(request, call.options)
+    generated = sum(
+        r.response.usage.completion_tokens
+        for r in response.results
+        if r.WhichOneof("result") == "response"
+    )
+    if generated:
+        GENERATED_TOKENS.inc(generated)
+        await limiter.debit_tokens(call.principal.subject, generated)
+    return respond(convert.batch_from_proto(response))

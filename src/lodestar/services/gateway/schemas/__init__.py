@@ -1,0 +1,1 @@
+"""REST request and response models (pydantic), one module per backend."""

@@ -1,0 +1,138 @@
+"""REST models of text generation."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from lodestar.services.gateway.schemas.common import (
+    CollectionName,
+    RequestModel,
+    ResponseModel,
+)
+from lodestar.services.gateway.schemas.vector import Filter
+
+
+class ChatRole(StrEnum):
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+class ChatMessage(RequestModel):
+    role: ChatRole
+    content: str
+
+
+class ResponseFormat(RequestModel):
+    """Constrain the output: any JSON object, a JSON Schema, or a GBNF grammar."""
+
+    type: Literal["text", "json_object", "json_schema", "grammar"]
+    json_schema: dict[str, Any] | None = Field(None, description="For type json_schema.")
+    grammar: str | None = Field(None, description="For type grammar (llama.cpp GBNF).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type json_schema needs json_schema")
+        if self.type == "grammar" and not self.grammar:
+            raise ValueError("type grammar needs grammar")
+        if self.type != "json_schema" and self.json_schema is not None:
+            raise ValueError("json_schema is only for type json_schema")
+        if self.type != "grammar" and self.grammar is not None:
+            raise ValueError("grammar is only for type grammar")
+        return self
+
+
+class GenerateItem(RequestModel):
+    """One generation: a raw ``prompt`` or chat ``messages``, and sampling options."""
+
+    prompt: str | None = Field(None, min_length=1)
+    messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
+    max_tokens: int | None = Field(None, ge=1, le=131_072)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0, le=1000)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repeat_penalty: float | None = Field(None, ge=0.5, le=2)
+    stop: Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=16)] | None = None
+    seed: int | None = Field(None, ge=0, le=2**64 - 1)
+    response_format: ResponseFormat | None = None
+
+    @model_validator(mode="after")
+    def _prompt_or_messages(self) -> GenerateItem:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt or messages")
+        return self
+
+
+class ContextOptions(RequestModel):
+    """Retrieval-augmented generation: passages to ground the answer in."""
+
+    collection: CollectionName
+    limit: int = Field(5, ge=1, le=50)
+    score_threshold: float | None = None
+    filter: Filter | None = None
+
+
+class GenerateRequest(GenerateItem):
+    """``POST /api/v1/generate``; ``stream: true`` answers with Server-Sent Events."""
+
+    stream: bool = False
+    store_embedding: bool = Field(
+        False, description="Store prompt and answer as a vector; the response has its id."
+    )
+    collection: CollectionName | None = Field(
+        None, description="Where store_embedding stores (default: conversations)."
+    )
+    context: ContextOptions | None = Field(
+        None, description="Retrieve passages and answer from them, with sources."
+    )
+    use_feedback: bool = Field(
+        False, description="Use well-scored past interactions as examples."
+    )
+
+
+class Usage(ResponseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class Timing(ResponseModel):
+    time_to_first_token_ms: float
+    total_ms: float
+    queue_ms: float
+
+
+FinishReason = Literal["stop", "length", "cancelled", "unspecified"]
+
+
+class GenerateResponse(ResponseModel):
+    text: str
+    finish_reason: FinishReason
+    usage: Usage
+    model: str
+    timing: Timing | None = None
+
+
+class ItemError(ResponseModel):
+    code: str
+    message: str
+    reason: str
+    status: int
+
+
+class BatchItemResult(ResponseModel):
+    response: GenerateResponse | None = None
+    error: ItemError | None = None
+
+
+class BatchGenerateRequest(RequestModel):
+    requests: Annotated[list[GenerateItem], Field(min_length=1, max_length=64)]
+
+
+class BatchGenerateResponse(ResponseModel):
+    results: list[BatchItemResult]

@@ -1,0 +1,469 @@
+"""REST models of the vector routes: points, filters, search, recommend,
+cluster, collections and snapshots.
+
+Wherever a vector is expected a text may be given instead; the gateway embeds
+it with the embedding service.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import Field, StrictBool, StrictInt, StrictStr, model_validator
+
+from lodestar.services.gateway.schemas.common import (
+    CollectionName,
+    FiniteFloat,
+    NonEmptyText,
+    Page,
+    Payload,
+    PointIdIn,
+    PointIdOut,
+    RequestModel,
+    ResponseModel,
+    VectorIn,
+)
+
+# --- filters -----------------------------------------------------------------------------
+
+
+def _exactly_one(model: RequestModel, names: tuple[str, ...], what: str) -> None:
+    given = [name for name in names if getattr(model, name) is not None]
+    if len(given) != 1:
+        shown = ", ".join(names)
+        raise ValueError(
+            f"{what} needs exactly one of {shown}; got {', '.join(given) or 'none'}"
+        )
+
+
+class Match(RequestModel):
+    """Equality, membership or full-text test of a payload value."""
+
+    keyword: StrictStr | None = None
+    integer: StrictInt | None = None
+    boolean: StrictBool | None = None
+    text: StrictStr | None = Field(None, description="Full-text match.")
+    any: list[StrictStr] | list[StrictInt] | None = Field(
+        None, description="Any of these keywords or integers."
+    )
+    except_: list[StrictStr] | list[StrictInt] | None = Field(
+        None, alias="except", description="None of these keywords or integers."
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Match:
+        _exactly_one(
+            self, ("keyword", "integer", "boolean", "text", "any", "except_"), "match"
+        )
+        return self
+
+
+class Range(RequestModel):
+    gt: FiniteFloat | None = None
+    gte: FiniteFloat | None = None
+    lt: FiniteFloat | None = None
+    lte: FiniteFloat | None = None
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Range:
+        if self.gt is None and self.gte is None and self.lt is None and self.lte is None:
+            raise ValueError("range needs at least one of gt, gte, lt, lte")
+        return self
+
+
+class DatetimeRange(RequestModel):
+    gt: datetime | None = None
+    gte: datetime | None = None
+    lt: datetime | None = None
+    lte: datetime | None = None
+
+    @model_validator(mode="after")
+    def _bounded(self) -> DatetimeRange:
+        if self.gt is None and self.gte is None and self.lt is None and self.lte is None:
+            raise ValueError("datetime_range needs at least one of gt, gte, lt, lte")
+        return self
+
+
+class IsEmpty(RequestModel):
+    key: NonEmptyText
+
+
+class Condition(RequestModel):
+    """One clause: a payload key test, ``is_empty``, ``has_id`` or a nested ``filter``.
+
+    A key test is ``{"key": "color", "match": {"keyword": "red"}}``,
+    ``{"key": "price", "range": {"lt": 10}}`` or
+    ``{"key": "created", "datetime_range": {"gte": "2025-01-01T00:00:00Z"}}``.
+    """
+
+    key: NonEmptyText | None = Field(None, description="Payload key (dotted paths nest).")
+    match: Match | None = None
+    range: Range | None = None
+    datetime_range: DatetimeRange | None = None
+    is_empty: IsEmpty | None = None
+    has_id: list[PointIdIn] | None = None
+    filter: Filter | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Condition:
+        if self.key is not None:
+            _exactly_one(self, ("match", "range", "datetime_range"), f"condition on {self.key!r}")
+            if self.is_empty is not None or self.has_id is not None or self.filter is not None:
+                raise ValueError("a key condition cannot also have is_empty, has_id or filter")
+            return self
+        if self.match is not None or self.range is not None or self.datetime_range is not None:
+            raise ValueError("match, range and datetime_range need a key")
+        _exactly_one(self, ("is_empty", "has_id", "filter"), "condition")
+        return self
+
+
+class Filter(RequestModel):
+    """All of ``must``, at least one of ``should`` (when given), none of ``must_not``."""
+
+    must: list[Condition] = Field(default_factory=list)
+    should: list[Condition] = Field(default_factory=list)
+    must_not: list[Condition] = Field(default_factory=list)
+
+
+Condition.model_rebuild()
+
+# --- points ------------------------------------------------------------------------------
+
+
+class PointIn(RequestModel):
+    """A point to write: a vector, or a text to embed."""
+
+    id: PointIdIn | None = Field(None, description="Generated (UUID) when absent.")
+    vector: VectorIn | None = None
+    text: NonEmptyText | None = Field(None, description="Embedded into the vector.")
+    payload: Payload | None = None
+
+    @model_validator(mode="after")
+    def _vector_or_text(self) -> PointIn:
+        _exactly_one(self, ("vector", "text"), "a point")
+        return self
+
+
+class InsertRequest(RequestModel):
+    collection: CollectionName
+    points: Annotated[list[PointIn], Field(min_length=1, max_length=10_000)]
+
+
+class InsertResponse(ResponseModel):
+    ids: list[PointIdOut]
+    embedded: int = Field(0, description="Points whose vector was embedded from text.")
+
+
+class Point(ResponseModel):
+    id: PointIdOut
+    vector: list[float] | None = None
+    payload: Payload | None = None
+
+
+class ScoredPoint(ResponseModel):
+    id: PointIdOut
+    score: float
+    payload: Payload | None = None
+    vector: list[float] | None = None
+
+
+class UpdatePointRequest(RequestModel):
+    """New vector (or text) and/or payload of an existing point."""
+
+    vector: VectorIn | None = None
+    text: NonEmptyText | None = None
+    payload: Payload | None = None
+    replace_payload: bool = Field(False, description="Replace the payload instead of merging.")
+
+    @model_validator(mode="after")
+    def _something(self) -> UpdatePointRequest:
+        if self.vector is not None and self.text is not None:
+            raise ValueError("give vector or text, not both")
+        if self.vector is None and self.text is None and self.payload is None:
+            raise ValueError("give a vector, a text or a payload to update")
+        return self
+
+
+class UpdatePointResponse(ResponseModel):
+    id: PointIdOut
+    updated: bool
+
+
+class DeletePointResponse(ResponseModel):
+    id: PointIdOut
+    deleted: bool
+
+
+class Selector(RequestModel):
+    """Points by ids, by filter, or both (their intersection)."""
+
+    ids: list[PointIdIn] | None = None
+    filter: Filter | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> Selector:
+        if not self.ids and self.filter is None:
+            raise ValueError("select points with ids, a filter, or both")
+        return self
+
+
+class UpsertOp(RequestModel):
+    points: Annotated[list[PointIn], Field(min_length=1, max_length=10_000)]
+
+
+class SetPayloadOp(Selector):
+    payload: Payload
+    overwrite: bool = False
+
+
+class DeletePayloadKeysOp(Selector):
+    keys: Annotated[list[NonEmptyText], Field(min_length=1)]
+
+
+class Operation(RequestModel):
+    """One step of a batch: exactly one of upsert, delete, set_payload, delete_payload_keys."""
+
+    upsert: UpsertOp | None = None
+    delete: Selector | None = None
+    set_payload: SetPayloadOp | None = None
+    delete_payload_keys: DeletePayloadKeysOp | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Operation:
+        _exactly_one(
+            self, ("upsert", "delete", "set_payload", "delete_payload_keys"), "an operation"
+        )
+        return self
+
+
+class BatchRequest(RequestModel):
+    collection: CollectionName
+    operations: Annotated[list[Operation], Field(min_length=1, max_length=1000)]
+
+
+class OperationResult(ResponseModel):
+    affected_count: int
+    ids: list[PointIdOut] = Field(default_factory=list)
+
+
+class BatchResponse(ResponseModel):
+    results: list[OperationResult]
+
+
+# --- search ------------------------------------------------------------------------------
+
+
+class SearchRequest(RequestModel):
+    """Nearest neighbours of a vector, or of a text's embedding."""
+
+    collection: CollectionName
+    vector: VectorIn | None = None
+    text: NonEmptyText | None = None
+    filter: Filter | None = None
+    limit: int = Field(10, ge=1, le=1000)
+    offset: int = Field(0, ge=0, le=10_000)
+    score_threshold: FiniteFloat | None = None
+    with_payload: bool = True
+    with_vector: bool = False
+    hnsw_ef: int | None = Field(None, ge=1, le=100_000)
+    exact: bool = False
+
+    @model_validator(mode="after")
+    def _query(self) -> SearchRequest:
+        _exactly_one(self, ("vector", "text"), "a search")
+        return self
+
+
+class SearchResponse(ResponseModel):
+    points: list[ScoredPoint]
+    time_ms: float
+
+
+class BatchSearchRequest(RequestModel):
+    searches: Annotated[list[SearchRequest], Field(min_length=1, max_length=100)]
+
+
+class BatchSearchResponse(ResponseModel):
+    results: list[SearchResponse]
+
+
+class RecommendStrategy(StrEnum):
+    AVERAGE_VECTOR = "average_vector"
+    BEST_SCORE = "best_score"
+
+
+class Example(RequestModel):
+    """A recommendation example: a stored point's id, a vector or a text."""
+
+    id: PointIdIn | None = None
+    vector: VectorIn | None = None
+    text: NonEmptyText | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Example:
+        _exactly_one(self, ("id", "vector", "text"), "an example")
+        return self
+
+
+ExampleIn = Example | PointIdIn
+
+
+class RecommendRequest(RequestModel):
+    collection: CollectionName
+    positive: Annotated[list[ExampleIn], Field(min_length=1, max_length=1000)]
+    negative: Annotated[list[ExampleIn], Field(max_length=1000)] = Field(default_factory=list)
+    strategy: RecommendStrategy = RecommendStrategy.AVERAGE_VECTOR
+    filter: Filter | None = None
+    limit: int = Field(10, ge=1, le=1000)
+    offset: int = Field(0, ge=0, le=10_000)
+    score_threshold: FiniteFloat | None = None
+    with_payload: bool = True
+    with_vector: bool = False
+
+
+class ClusterAlgorithm(StrEnum):
+    KMEANS = "kmeans"
+    DENSITY = "density"
+
+
+class ClusterRequest(RequestModel):
+    collection: CollectionName
+    filter: Filter | None = None
+    algorithm: ClusterAlgorithm = ClusterAlgorithm.KMEANS
+    num_clusters: int = Field(8, ge=2, le=256)
+    sample_size: int = Field(10_000, ge=1, le=1_000_000)
+    representatives: int = Field(3, ge=0, le=100)
+    with_member_ids: bool = False
+    with_payload: bool = True
+    seed: int | None = Field(None, ge=0, le=2**64 - 1)
+
+
+class Cluster(ResponseModel):
+    id: int
+    centroid: list[float]
+    size: int
+    member_ids: list[PointIdOut] = Field(default_factory=list)
+    representatives: list[ScoredPoint] = Field(default_factory=list)
+
+
+class ClusterResponse(ResponseModel):
+    clusters: list[Cluster]
+    total_points: int
+    sampled_points: int
+    noise_points: int
+
+
+# --- collections ---------------------------------------------------------------------------
+
+
+class Distance(StrEnum):
+    COSINE = "cosine"
+    DOT = "dot"
+    EUCLID = "euclid"
+    MANHATTAN = "manhattan"
+
+
+class PayloadFieldType(StrEnum):
+    KEYWORD = "keyword"
+    TEXT = "text"
+    INTEGER = "integer"
+    FLOAT = "float"
+    DATETIME = "datetime"
+    BOOL = "bool"
+
+
+class CollectionStatus(StrEnum):
+    READY = "ready"
+    OPTIMIZING = "optimizing"
+    ERROR = "error"
+    UNKNOWN = "unknown"
+
+
+class HnswConfig(RequestModel):
+    m: int | None = Field(None, ge=0, le=512)
+    ef_construct: int | None = Field(None, ge=4, le=10_000)
+    full_scan_threshold: int | None = Field(None, ge=0)
+    ef_search: int | None = Field(None, ge=1, le=100_000)
+
+
+class ScalarQuantization(RequestModel):
+    quantile: float | None = Field(None, gt=0.5, le=1.0)
+    always_ram: bool = False
+
+
+class BinaryQuantization(RequestModel):
+    always_ram: bool = False
+
+
+class Quantization(RequestModel):
+    scalar: ScalarQuantization | None = None
+    binary: BinaryQuantization | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Quantization:
+        _exactly_one(self, ("scalar", "binary"), "quantization")
+        return self
+
+
+class CreateCollectionRequest(RequestModel):
+    """A new collection. Without ``dimension`` it takes the embedding model's."""
+
+    name: CollectionName
+    dimension: int | None = Field(None, ge=1, le=65536)
+    embedding_model: str | None = Field(
+        None, description="Model whose vectors the collection holds (must be the one served)."
+    )
+    distance: Distance = Distance.COSINE
+    payload_schema: dict[str, PayloadFieldType] = Field(default_factory=dict)
+    hnsw: HnswConfig | None = None
+    quantization: Quantization | None = None
+
+
+class UpdateCollectionRequest(RequestModel):
+    hnsw: HnswConfig | None = None
+    quantization: Quantization | None = None
+    add_payload_fields: dict[str, PayloadFieldType] = Field(default_factory=dict)
+    remove_payload_fields: list[str] = Field(default_factory=list)
+
+
+class CollectionConfig(ResponseModel):
+    dimension: int
+    distance: Distance
+    payload_schema: dict[str, PayloadFieldType]
+    hnsw: dict[str, int]
+    quantization: dict[str, Any] | None = None
+    embedding_model: str = ""
+
+
+class Collection(ResponseModel):
+    name: str
+    config: CollectionConfig
+    points_count: int
+    indexed_vectors_count: int
+    status: CollectionStatus
+    disk_bytes: int
+    create_time: datetime | None = None
+
+
+class CollectionList(Page):
+    collections: list[Collection]
+
+
+class Snapshot(ResponseModel):
+    name: str
+    collection: str
+    size_bytes: int
+    create_time: datetime | None = None
+    checksum: str = ""
+
+
+class SnapshotList(Page):
+    snapshots: list[Snapshot]
+
+
+class RestoreSnapshotRequest(RequestModel):
+    target_collection: CollectionName | None = Field(
+        None, description="Restore into this collection; default: replace the snapshot's own."
+    )

@@ -1,0 +1,55 @@
+"""Running the gateway app on uvicorn, with graceful shutdown.
+
+On SIGTERM/SIGINT uvicorn stops accepting connections, lets in-flight requests
+finish for up to ``shutdown_grace_s`` (streams included), then the app's
+lifespan closes the backend channels and the rate-limit store.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import uvicorn
+from fastapi import FastAPI
+
+from lodestar.runtime.logging import configure_logging
+from lodestar.runtime.telemetry import configure_tracing, shutdown_tracing
+from lodestar.services.gateway.app import create_app
+from lodestar.services.gateway.settings import GatewaySettings
+
+
+def create_server(settings: GatewaySettings, app: FastAPI | None = None) -> uvicorn.Server:
+    """An uvicorn server for the gateway (``await server.serve()`` runs it)."""
+    config = uvicorn.Config(
+        app or create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        # The platform's logging is configured once; the gateway writes its own access log.
+        log_config=None,
+        access_log=False,
+        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        loop="asyncio",
+        lifespan="on",
+        server_header=False,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
+        timeout_keep_alive=30,
+    )
+    return uvicorn.Server(config)
+
+
+def bound_port(server: uvicorn.Server) -> int:
+    """The port a started server listens on (useful with port 0)."""
+    for listener in server.servers:
+        for sock in listener.sockets:
+            return int(sock.getsockname()[1])
+    raise RuntimeError("the gateway server is not listening")
+
+
+async def serve(settings: GatewaySettings) -> None:
+    """Run the gateway until SIGTERM or SIGINT."""
+    configure_logging(settings.log_level, json_lines=settings.log_json)
+    configure_tracing("lodestar-gateway")
+    try:
+        await create_server(settings).serve()
+    finally:
+        shutdown_tracing()

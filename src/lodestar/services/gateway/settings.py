@@ -1,0 +1,222 @@
+"""Gateway settings, from ``LODESTAR_GATEWAY_*`` environment variables.
+
+The gateway serves HTTP rather than gRPC, so it has its own settings class
+instead of deriving from ``ServerSettings``; logging is still configured for
+the whole platform by ``LODESTAR_LOG_LEVEL`` and ``LODESTAR_LOG_JSON``.
+
+Lists (backend addresses, JWT algorithms) are comma-separated; mappings (the
+role table, rate limits) are JSON objects, e.g.
+``LODESTAR_GATEWAY_ROLES='{"reader": ["SearchVectors"]}'``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from lodestar.services.gateway.auth import DEFAULT_ROLES, Permission
+from lodestar.services.gateway.ratelimit import RouteClass
+
+# Signs and verifies development tokens when no JWKS URL is configured. It is
+# public knowledge, so a gateway using it must never face the internet.
+DEVELOPMENT_SIGNING_KEY = "lodestar-development-signing-key-do-not-use-in-production"
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+_DEFAULT_REQUESTS_PER_MINUTE: dict[RouteClass, int] = {
+    RouteClass.GENERATE: 120,
+    RouteClass.READ: 3000,
+    RouteClass.WRITE: 1200,
+    RouteClass.ADMIN: 120,
+}
+_DEFAULT_DEADLINES_S: dict[RouteClass, float] = {
+    RouteClass.GENERATE: 300.0,
+    RouteClass.READ: 10.0,
+    RouteClass.WRITE: 60.0,
+    RouteClass.ADMIN: 300.0,
+}
+
+
+def _split_commas(value: Any) -> Any:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+Addresses = Annotated[tuple[str, ...], NoDecode]
+
+
+class GatewaySettings(BaseSettings):
+    """Everything the gateway reads from its environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LODESTAR_GATEWAY_", extra="ignore", frozen=True
+    )
+
+    host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
+    port: int = Field(8080, ge=0, le=65535, description="HTTP port (0 picks a free one).")
+
+    embedding_addresses: Addresses = Field(
+        ("127.0.0.1:50051",),
+        description="Embedding service replicas, comma-separated host:port.",
+    )
+    vector_addresses: Addresses = Field(
+        ("127.0.0.1:50052",),
+        description="Vector service replicas (which also serve analytics), comma-separated.",
+    )
+    inference_addresses: Addresses = Field(
+        ("127.0.0.1:50053",),
+        description="Inference service replicas, comma-separated host:port.",
+    )
+
+    deadlines_s: dict[RouteClass, float] = Field(
+        default_factory=lambda: dict(_DEFAULT_DEADLINES_S),
+        description="Default deadline in seconds per route class (generate, read, write, "
+        "admin), JSON. A client's X-Request-Timeout or grpc-timeout header can only "
+        "shorten it.",
+    )
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above)."
+    )
+
+    jwt_signing_key: SecretStr = Field(
+        SecretStr(DEVELOPMENT_SIGNING_KEY),
+        description="HS256 key that signs and verifies tokens when no JWKS URL is set. "
+        "The default is a public development key.",
+    )
+    jwt_jwks_url: str = Field(
+        "",
+        description="JWKS URL of the identity provider. When set, tokens must be RS256 or "
+        "ES256 signed by one of its keys and HS256 tokens are refused.",
+    )
+    jwt_algorithms: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("RS256", "ES256"),
+        description="Algorithms accepted with a JWKS URL (comma-separated; asymmetric only).",
+    )
+    jwt_issuer: str = Field("lodestar", description="Required `iss` claim.")
+    jwt_audience: str = Field("lodestar-api", description="Required `aud` claim.")
+    jwt_leeway_s: float = Field(
+        30.0, ge=0, le=600, description="Clock skew tolerated on exp and nbf, in seconds."
+    )
+    jwt_required_claims: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("exp", "nbf", "iss", "aud", "sub"),
+        description="Claims every token must carry (comma-separated).",
+    )
+    jwks_cache_s: float = Field(
+        300.0, gt=0, description="How long keys fetched from the JWKS URL are trusted."
+    )
+    roles: dict[str, tuple[Permission, ...]] = Field(
+        default_factory=lambda: {role: tuple(perms) for role, perms in DEFAULT_ROLES.items()},
+        description="Role → permissions, JSON. Defaults: viewer, user, editor, operator, "
+        "admin (see the gateway's auth module).",
+    )
+
+    requests_per_minute: dict[RouteClass, int] = Field(
+        default_factory=lambda: dict(_DEFAULT_REQUESTS_PER_MINUTE),
+        description="Requests per minute per subject and route class (generate, read, "
+        "write, admin), JSON; 0 disables a class's limit.",
+    )
+    generated_tokens_per_minute: int = Field(
+        60_000, ge=0, description="Generated tokens per minute per subject; 0 disables it."
+    )
+    redis_url: str = Field(
+        "",
+        description="Redis URL for rate-limit state shared by gateway replicas "
+        "(e.g. redis://redis:6379/0); empty keeps it in memory.",
+    )
+    redis_key_prefix: str = Field("lodestar:ratelimit:", description="Prefix of Redis keys.")
+
+    breaker_failure_threshold: int = Field(
+        5, ge=1, description="Consecutive failures that open a replica's circuit breaker."
+    )
+    breaker_open_s: float = Field(
+        5.0, gt=0, description="Seconds a breaker stays open before a half-open health probe."
+    )
+    probe_timeout_s: float = Field(
+        1.0, gt=0, description="Deadline of a half-open probe (gRPC health check)."
+    )
+    reconnect_backoff_max_s: float = Field(
+        2.0,
+        gt=0,
+        description="Longest wait between reconnection attempts to a backend replica.",
+    )
+
+    embed_batch_size: int = Field(
+        256, ge=1, description="Most texts sent to the embedding service in one call."
+    )
+    store_text_key: str = Field(
+        "text",
+        description="Payload key that keeps the text of a point inserted by text "
+        "(empty: the text is not stored).",
+    )
+
+    metrics_public: bool = Field(
+        False,
+        description="Serve GET /metrics without a token (for scrapers on a trusted network); "
+        "otherwise it needs the ViewMetrics permission.",
+    )
+    docs_enabled: bool = Field(True, description="Serve the interactive API docs at /docs.")
+    shutdown_grace_s: float = Field(
+        10.0, ge=0, description="Seconds in-flight requests may take to finish on shutdown."
+    )
+    access_log: bool = Field(True, description="Log one line per request.")
+    log_level: LogLevel = Field(
+        "INFO", validation_alias=AliasChoices("LODESTAR_LOG_LEVEL"), description="Log level."
+    )
+    log_json: bool = Field(
+        False, validation_alias=AliasChoices("LODESTAR_LOG_JSON"), description="JSON log lines."
+    )
+
+    @field_validator(
+        "embedding_addresses",
+        "vector_addresses",
+        "inference_addresses",
+        "jwt_algorithms",
+        "jwt_required_claims",
+        mode="before",
+    )
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        return _split_commas(value)
+
+    @field_validator("embedding_addresses", "vector_addresses", "inference_addresses")
+    @classmethod
+    def _at_least_one(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("give at least one host:port address")
+        for address in value:
+            host, sep, port = address.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"{address!r} is not host:port")
+        return value
+
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        allowed = {"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "EdDSA"}
+        bad = [alg for alg in value if alg not in allowed]
+        if bad or not value:
+            raise ValueError(f"JWKS algorithms must be asymmetric ({sorted(allowed)}), got {bad}")
+        return value
+
+    @model_validator(mode="after")
+    def _complete_tables(self) -> GatewaySettings:
+        # A partial JSON override keeps the defaults of the classes it leaves out.
+        for name, defaults in (
+            ("deadlines_s", _DEFAULT_DEADLINES_S),
+            ("requests_per_minute", _DEFAULT_REQUESTS_PER_MINUTE),
+        ):
+            table: dict[RouteClass, Any] = getattr(self, name)
+            missing = {k: v for k, v in defaults.items() if k not in table}
+            if missing:
+                object.__setattr__(self, name, {**missing, **table})
+        if any(v <= 0 for v in self.deadlines_s.values()):
+            raise ValueError("deadlines_s values must be positive")
+        if any(v < 0 for v in self.requests_per_minute.values()):
+            raise ValueError("requests_per_minute values must be >= 0")
+        return self
+
+    def deadline_for(self, route_class: RouteClass) -> float:
+        return self.deadlines_s[route_class]

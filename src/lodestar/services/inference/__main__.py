@@ -1,0 +1,23 @@
+"""``python -m lodestar.services.inference``: run the inference service until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+
+from lodestar.runtime.server import GrpcServer, serve
+from lodestar.services.inference.server import create_server
+from lodestar.services.inference.settings import InferenceSettings
+
+
+def main() -> None:
+    settings = InferenceSettings()
+
+    async def build() -> GrpcServer:
+        # Loading the model blocks for a moment; keep the loop responsive.
+        return await asyncio.to_thread(create_server, settings)
+
+    asyncio.run(serve(settings, "inference", build))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,394 @@
+"""gRPC transport of the inference service: validation and proto ⇄ engine."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+
+from lodestar.inference.v1 import inference_service_pb2 as pb
+from lodestar.inference.v1 import inference_service_pb2_grpc as pb_grpc
+from lodestar.runtime.errors import InvalidArgument, LodestarError
+from lodestar.services.inference import metrics
+from lodestar.services.inference.constraints import OutputConstraint
+from lodestar.services.inference.engine import (
+    Completion,
+    FinishReason,
+    GenerationParams,
+    InferenceEngine,
+)
+
+_log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[object, object]
+
+MAX_STOP_SEQUENCES = 16
+MAX_STOP_CHARS = 256
+
+_ROLES: dict[int, str] = {
+    pb.ROLE_SYSTEM: "system",
+    pb.ROLE_USER: "user",
+    pb.ROLE_ASSISTANT: "assistant",
+}
+_FINISH_REASONS: dict[FinishReason, pb.FinishReason.ValueType] = {
+    FinishReason.STOP: pb.FINISH_REASON_STOP,
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.CANCELLED: pb.FINISH_REASON_CANCELLED,
+}
+
+
+# GenerateTextRequest and StreamGenerateTextRequest share their fields.
+_GenerationMessage = pb.GenerateTextRequest | pb.StreamGenerateTextRequest
+
+
+@dataclass(frozen=True)
+class PreparedGeneration:
+    """A validated request: prompt tokens and generation options."""
+
+    tokens: list[int]
+    params: GenerationParams
+    prompt_field: str
+
+
+def _in_range(value: float, low: float, high: float, *, low_open: bool = False) -> bool:
+    if not math.isfinite(value):
+        return False
+    return (low < value if low_open else low <= value) and value <= high
+
+
+def _out_of_range(field: str, value: float, expected: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"{field} is {value}; it must be {expected}", field=field, reason="OUT_OF_RANGE"
+    )
+
+
+class InferenceServicer(pb_grpc.InferenceServiceServicer):
+    """Every RPC of InferenceService over one continuously batched engine."""
+
+    def __init__(self, engine: InferenceEngine) -> None:
+        self._engine = engine
+        info = engine.info
+        self._model = info.name
+        self._model_info = pb.ModelInfo(
+            name=info.name,
+            path=info.path,
+            context_size=info.context_size,
+            max_concurrent_sequences=info.max_concurrent_sequences,
+            max_queue_length=info.max_queue_length,
+            gpu_layers=info.gpu_layers,
+            has_chat_template=info.has_chat_template,
+            vocab_size=info.vocab_size,
+            default_max_tokens=info.default_max_tokens,
+        )
+        self.max_batch_requests = info.max_concurrent_sequences + info.max_queue_length
+
+    # -- validation ------------------------------------------------------------------
+
+    def _prompt_text(self, request: _GenerationMessage) -> tuple[str, str]:
+        """The text to tokenize and the field it came from."""
+        prompt, messages = request.prompt, request.messages
+        if prompt and messages:
+            raise InvalidArgument(
+                "both prompt and messages are set; set exactly one of them",
+                field="prompt",
+                reason="PROMPT_AND_MESSAGES",
+            )
+        if messages:
+            turns: list[tuple[str, str]] = []
+            for index, message in enumerate(messages):
+                role = _ROLES.get(message.role)
+                if role is None:
+                    raise InvalidArgument(
+                        f"messages[{index}].role is unset; use ROLE_SYSTEM, ROLE_USER or "
+                        "ROLE_ASSISTANT",
+                        field=f"messages[{index}].role",
+                        reason="INVALID_ROLE",
+                    )
+                if not message.content.strip():
+                    raise InvalidArgument(
+                        f"messages[{index}].content is empty",
+                        field=f"messages[{index}].content",
+                        reason="EMPTY_MESSAGE",
+                    )
+                turns.append((role, message.content))
+            return self._engine.render_chat(turns), "messages"
+        if not prompt.strip():
+            raise InvalidArgument(
+                "prompt is empty and no messages are set; set exactly one of prompt or messages",
+                field="prompt",
+                reason="EMPTY_PROMPT",
+            )
+        return prompt, "prompt"
+
+    def _params(
+        self, sampling: pb.SamplingOptions, constraint: pb.OutputConstraint
+    ) -> GenerationParams:
+        defaults = self._engine.defaults
+        context_size = self._engine.context_size
+        max_tokens = min(defaults.max_tokens, context_size)
+        if sampling.HasField("max_tokens"):
+            max_tokens = sampling.max_tokens
+            if not 1 <= max_tokens <= context_size:
+                raise _out_of_range(
+                    "sampling.max_tokens",
+                    max_tokens,
+                    f"between 1 and {context_size} (the context size)",
+                )
+        temperature = defaults.temperature
+        if sampling.HasField("temperature"):
+            temperature = sampling.temperature
+            if not _in_range(temperature, 0.0, 2.0):
+                raise _out_of_range("sampling.temperature", temperature, "between 0 and 2")
+        top_p = defaults.top_p
+        if sampling.HasField("top_p"):
+            top_p = sampling.top_p
+            if not _in_range(top_p, 0.0, 1.0, low_open=True):
+                raise _out_of_range("sampling.top_p", top_p, "greater than 0 and at most 1")
+        top_k = defaults.top_k
+        if sampling.HasField("top_k"):
+            top_k = sampling.top_k
+            if not 0 <= top_k <= 1000:
+                raise _out_of_range("sampling.top_k", top_k, "between 0 and 1000 (0 turns it off)")
+        min_p = defaults.min_p
+        if sampling.HasField("min_p"):
+            min_p = sampling.min_p
+            if not _in_range(min_p, 0.0, 1.0):
+                raise _out_of_range("sampling.min_p", min_p, "between 0 and 1")
+        repeat_penalty = defaults.repeat_penalty
+        if sampling.HasField("repeat_penalty"):
+            repeat_penalty = sampling.repeat_penalty
+            if not _in_range(repeat_penalty, 0.5, 2.0):
+                raise _out_of_range("sampling.repeat_penalty", repeat_penalty, "between 0.5 and 2")
+        stops = tuple(sampling.stop)
+        if len(stops) > MAX_STOP_SEQUENCES:
+            raise InvalidArgument(
+                f"sampling.stop has {len(stops)} entries; at most {MAX_STOP_SEQUENCES} are allowed",
+                field="sampling.stop",
+                reason="TOO_MANY_STOP_SEQUENCES",
+            )
+        for index, stop in enumerate(stops):
+            if not stop or len(stop) > MAX_STOP_CHARS:
+                raise InvalidArgument(
+                    f"sampling.stop[{index}] must have 1 to {MAX_STOP_CHARS} characters",
+                    field=f"sampling.stop[{index}]",
+                    reason="INVALID_STOP_SEQUENCE",
+                )
+        kind = constraint.WhichOneof("kind")
+        output: OutputConstraint | None = None
+        if kind == "json_object" and constraint.json_object:
+            output = OutputConstraint("json_object")
+        elif kind == "json_schema":
+            output = OutputConstraint("json_schema", constraint.json_schema)
+        elif kind == "grammar":
+            output = OutputConstraint("grammar", constraint.grammar)
+        return GenerationParams(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            min_p=min_p,
+            repeat_penalty=repeat_penalty,
+            stop=stops,
+            seed=sampling.seed if sampling.HasField("seed") else None,
+            constraint=output,
+        )
+
+    def prepare(self, request: _GenerationMessage) -> PreparedGeneration:
+        """Validate a generation request; InvalidArgument names the offending field."""
+        params = self._params(request.sampling, request.constraint)
+        text, field = self._prompt_text(request)
+        tokens = self._engine.tokenize(text)
+        if not tokens:
+            raise InvalidArgument(f"{field} has no tokens", field=field, reason="EMPTY_PROMPT")
+        self._engine.check_prompt_length(len(tokens), field=field)
+        return PreparedGeneration(tokens, params, field)
+
+    # -- responses ---------------------------------------------------------------------
+
+    @staticmethod
+    def _usage(completion: Completion) -> pb.Usage:
+        usage = completion.usage
+        return pb.Usage(
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            total_tokens=usage.total_tokens,
+        )
+
+    @staticmethod
+    def _timing(completion: Completion) -> pb.Timing:
+        timing = completion.timing
+        return pb.Timing(
+            time_to_first_token_ms=timing.time_to_first_token_ms,
+            total_ms=timing.total_ms,
+            queue_ms=timing.queue_ms,
+        )
+
+    async def _generate(
+        self, request: _GenerationMessage, arrival: float
+    ) -> pb.GenerateTextResponse:
+        prepared = self.prepare(request)
+        stream = self._engine.stream(
+            prepared.tokens, prepared.params, arrival=arrival, prompt_field=prepared.prompt_field
+        )
+        result = await stream.collect()
+        completion = result.completion
+        return pb.GenerateTextResponse(
+            text=result.text,
+            finish_reason=_FINISH_REASONS[completion.finish_reason],
+            usage=self._usage(completion),
+            model=self._model,
+            timing=self._timing(completion),
+        )
+
+    @staticmethod
+    def _count(method: str, response: pb.GenerateTextResponse | None, error: bool = False) -> None:
+        if error or response is None:
+            reason = "error"
+        else:
+            reason = pb.FinishReason.Name(response.finish_reason).removeprefix("FINISH_REASON_")
+            reason = reason.lower()
+        metrics.REQUESTS_TOTAL.labels(method, reason).inc()
+
+    # -- RPCs ------------------------------------------------------------------------
+
+    async def GenerateText(
+        self, request: pb.GenerateTextRequest, context: Context
+    ) -> pb.GenerateTextResponse:
+        arrival = time.perf_counter()
+        try:
+            response = await self._generate(request, arrival)
+        except asyncio.CancelledError:
+            metrics.REQUESTS_TOTAL.labels("GenerateText", "cancelled").inc()
+            raise
+        except Exception:
+            self._count("GenerateText", None, error=True)
+            raise
+        self._count("GenerateText", response)
+        return response
+
+    async def StreamGenerateText(
+        self, request: pb.StreamGenerateTextRequest, context: Context
+    ) -> AsyncIterator[pb.StreamGenerateTextResponse]:
+        arrival = time.perf_counter()
+        method = "StreamGenerateText"
+        try:
+            prepared = self.prepare(request)
+            stream = self._engine.stream(
+                prepared.tokens,
+                prepared.params,
+                arrival=arrival,
+                prompt_field=prepared.prompt_field,
+            )
+        except Exception:
+            metrics.REQUESTS_TOTAL.labels(method, "error").inc()
+            raise
+        model = self._model
+        reason = "cancelled"
+        try:
+            async for chunk in stream:
+                completion = chunk.completion
+                if completion is None:
+                    yield pb.StreamGenerateTextResponse(delta=chunk.text, model=model)
+                    continue
+                reason = completion.finish_reason.value
+                yield pb.StreamGenerateTextResponse(
+                    delta=chunk.text,
+                    finish_reason=_FINISH_REASONS[completion.finish_reason],
+                    usage=self._usage(completion),
+                    model=model,
+                    timing=self._timing(completion),
+                )
+        except LodestarError:
+            reason = "error"
+            raise
+        finally:
+            # Covers the client cancelling, a deadline and a failed send alike.
+            stream.cancel()
+            metrics.REQUESTS_TOTAL.labels(method, reason).inc()
+
+    async def BatchGenerateText(
+        self, request: pb.BatchGenerateTextRequest, context: Context
+    ) -> pb.BatchGenerateTextResponse:
+        arrival = time.perf_counter()
+        items = request.requests
+        if not items:
+            raise InvalidArgument(
+                "requests is empty; send at least one", field="requests", reason="EMPTY_BATCH"
+            )
+        if len(items) > self.max_batch_requests:
+            raise InvalidArgument(
+                f"requests has {len(items)} entries; at most {self.max_batch_requests} are "
+                "allowed in one call",
+                field="requests",
+                reason="BATCH_TOO_LARGE",
+            )
+        outcomes = await asyncio.gather(
+            *(self._batch_item(index, item, arrival) for index, item in enumerate(items))
+        )
+        return pb.BatchGenerateTextResponse(results=outcomes)
+
+    async def _batch_item(
+        self, index: int, item: pb.GenerateTextRequest, arrival: float
+    ) -> pb.BatchGenerateTextResult:
+        method = "BatchGenerateText"
+        try:
+            response = await self._generate(item, arrival)
+        except LodestarError as error:
+            self._count(method, None, error=True)
+            field = f"requests[{index}].{error.field}" if error.field else f"requests[{index}]"
+            return pb.BatchGenerateTextResult(
+                error=pb.ItemError(
+                    code=error.code.value[0],
+                    message=f"{field}: {error.message}",
+                    reason=error.reason,
+                )
+            )
+        except asyncio.CancelledError:
+            metrics.REQUESTS_TOTAL.labels(method, "cancelled").inc()
+            raise
+        except Exception:
+            _log.exception("batch item %d failed", index)
+            self._count(method, None, error=True)
+            return pb.BatchGenerateTextResult(
+                error=pb.ItemError(
+                    code=grpc.StatusCode.INTERNAL.value[0],
+                    message=f"requests[{index}]: internal error; it has been logged",
+                    reason="INTERNAL",
+                )
+            )
+        self._count(method, response)
+        return pb.BatchGenerateTextResult(response=response)
+
+    async def CountTokens(
+        self, request: pb.CountTokensRequest, context: Context
+    ) -> pb.CountTokensResponse:
+        if request.text and request.messages:
+            raise InvalidArgument(
+                "both text and messages are set; set exactly one of them",
+                field="text",
+                reason="TEXT_AND_MESSAGES",
+            )
+        if not request.text and not request.messages:
+            raise InvalidArgument(
+                "text is empty and no messages are set; set exactly one of text or messages",
+                field="text",
+                reason="EMPTY_TEXT",
+            )
+        if request.messages:
+            probe = pb.GenerateTextRequest(messages=request.messages)
+            text, _ = self._prompt_text(probe)
+        else:
+            text = request.text
+        return pb.CountTokensResponse(
+            token_count=len(self._engine.tokenize(text)), context_size=self._engine.context_size
+        )
+
+    async def GetModelInfo(
+        self, request: pb.GetModelInfoRequest, context: Context
+    ) -> pb.GetModelInfoResponse:
+        return pb.GetModelInfoResponse(model=self._model_info)

@@ -1,0 +1,726 @@
+"""The remote backend: a Qdrant server or cluster through qdrant-client (async, gRPC preferred).
+
+The service's own view of a collection (payload schema with types, the
+embedding model, creation time, ``ef_search``) travels in Qdrant's collection
+metadata, so every service replica reads the same configuration. Snapshots
+are Qdrant's native snapshots. qdrant-client's local mode (``location=":memory:"``
+or a path; used by the tests) has no snapshots and no payload indexes: there the
+portable snapshot files stand in, and indexes are skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import grpc
+from qdrant_client import AsyncQdrantClient
+from qdrant_client import models as qm
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from lodestar.runtime.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    LodestarError,
+    NotFound,
+    Unavailable,
+)
+from lodestar.services.vector.edge import (
+    DEFAULT_EF_CONSTRUCT,
+    DEFAULT_FULL_SCAN_THRESHOLD_KB,
+    DEFAULT_M,
+    average_vector,
+)
+from lodestar.services.vector.filters import to_qdrant_filter
+from lodestar.services.vector.models import (
+    TENANT_KEY,
+    BinaryQuantization,
+    CollectionConfig,
+    CollectionInfo,
+    CollectionStatus,
+    CollectionUpdate,
+    DeleteOp,
+    DeletePayloadKeysOp,
+    Distance,
+    FieldType,
+    Filter,
+    HasId,
+    HnswOptions,
+    Operation,
+    PointId,
+    PointRecord,
+    Quantization,
+    RecommendQuery,
+    RecommendStrategy,
+    ScalarQuantization,
+    ScoredHit,
+    SearchQuery,
+    SetPayloadOp,
+    SnapshotInfo,
+    UpdateVectorsOp,
+    UpsertOp,
+    config_from_dict,
+    config_to_dict,
+    with_must,
+)
+from lodestar.services.vector.settings import VectorSettings
+from lodestar.services.vector.snapshots import PortableSnapshots
+
+_log = logging.getLogger(__name__)
+
+METADATA_KEY: Final = "lodestar"
+_SCROLL_CHUNK: Final = 1_000
+
+_DISTANCES: Final = {
+    Distance.COSINE: qm.Distance.COSINE,
+    Distance.DOT: qm.Distance.DOT,
+    Distance.EUCLID: qm.Distance.EUCLID,
+    Distance.MANHATTAN: qm.Distance.MANHATTAN,
+}
+_DISTANCES_BACK: Final = {v: k for k, v in _DISTANCES.items()}
+_SCHEMA_TYPES: Final = {
+    FieldType.KEYWORD: qm.PayloadSchemaType.KEYWORD,
+    FieldType.TEXT: qm.PayloadSchemaType.TEXT,
+    FieldType.INTEGER: qm.PayloadSchemaType.INTEGER,
+    FieldType.FLOAT: qm.PayloadSchemaType.FLOAT,
+    FieldType.DATETIME: qm.PayloadSchemaType.DATETIME,
+    FieldType.BOOL: qm.PayloadSchemaType.BOOL,
+}
+_SCHEMA_TYPES_BACK: Final = {v: k for k, v in _SCHEMA_TYPES.items()}
+
+
+def _not_found(name: str) -> NotFound:
+    return NotFound(
+        f"collection {name!r} does not exist",
+        reason="COLLECTION_NOT_FOUND",
+        metadata={"collection": name},
+    )
+
+
+def _exists(name: str) -> AlreadyExists:
+    return AlreadyExists(
+        f"collection {name!r} already exists",
+        reason="COLLECTION_EXISTS",
+        metadata={"collection": name},
+    )
+
+
+class RemoteBackend:
+    """Collections in a Qdrant server (or qdrant-client's local mode, for tests)."""
+
+    kind = "remote"
+
+    def __init__(
+        self, settings: VectorSettings, *, client: AsyncQdrantClient | None = None
+    ) -> None:
+        self._settings = settings
+        self._client = client or AsyncQdrantClient(
+            url=settings.qdrant_url,
+            api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
+            prefer_grpc=settings.prefer_grpc,
+            grpc_port=settings.qdrant_grpc_port,
+            timeout=max(1, round(settings.qdrant_timeout_s)),
+            check_compatibility=False,
+        )
+        inner = getattr(self._client, "_client", None)
+        self.local = type(inner).__module__.startswith("qdrant_client.local")
+        self._portable = PortableSnapshots(settings.snapshots_path) if self.local else None
+        self._configs: dict[str, tuple[float, CollectionConfig]] = {}
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _errors(self, collection: str | None = None) -> AsyncIterator[None]:
+        """Qdrant's and the transport's errors as the service's errors."""
+        try:
+            yield
+        except LodestarError:
+            raise
+        except UnexpectedResponse as error:
+            raise self._from_status(error.status_code or 0, str(error), collection) from None
+        except grpc.aio.AioRpcError as error:
+            raise self._from_grpc(error, collection) from None
+        except ResponseHandlingException as error:
+            raise Unavailable(
+                f"Qdrant is unreachable: {error}", reason="BACKEND_UNAVAILABLE"
+            ) from None
+        except (KeyError, ValueError) as error:
+            # Local mode reports missing collections and points with these.
+            text = str(error)
+            if collection is not None and "not found" in text.lower():
+                raise _not_found(collection) from None
+            raise InvalidArgument(f"rejected by the vector engine: {text}") from None
+
+    def _from_status(self, status: int, text: str, collection: str | None) -> Exception:
+        if status == 404 and collection is not None:
+            return _not_found(collection)
+        if status == 404:
+            return NotFound(text)
+        if status == 409:
+            return AlreadyExists(text)
+        if status in (400, 422):
+            return InvalidArgument(f"rejected by the vector engine: {text}")
+        if status in (502, 503, 504):
+            return Unavailable(f"Qdrant is unavailable: {text}", reason="BACKEND_UNAVAILABLE")
+        return RuntimeError(f"Qdrant answered {status}: {text}")
+
+    def _from_grpc(self, error: grpc.aio.AioRpcError, collection: str | None) -> Exception:
+        code = error.code()
+        text = error.details() or code.name
+        if code == grpc.StatusCode.NOT_FOUND:
+            return _not_found(collection) if collection is not None else NotFound(text)
+        if code == grpc.StatusCode.ALREADY_EXISTS:
+            return AlreadyExists(text)
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            return InvalidArgument(f"rejected by the vector engine: {text}")
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return DeadlineExceeded(f"Qdrant did not answer in time: {text}")
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
+            return Unavailable(f"Qdrant is unavailable: {text}", reason="BACKEND_UNAVAILABLE")
+        return RuntimeError(f"Qdrant failed with {code.name}: {text}")
+
+    async def _require(self, name: str) -> None:
+        async with self._errors(name):
+            exists = await self._client.collection_exists(name)
+        if not exists:
+            self._configs.pop(name, None)
+            raise _not_found(name)
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        async with self._errors():
+            await self._client.get_collections()  # fails early when Qdrant is unreachable
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    # --- collections ----------------------------------------------------------------------
+
+    def _metadata(self, config: CollectionConfig, create_time: datetime) -> dict[str, Any]:
+        return {
+            METADATA_KEY: {"config": config_to_dict(config), "create_time": create_time.isoformat()}
+        }
+
+    async def create_collection(self, name: str, config: CollectionConfig) -> CollectionInfo:
+        await self._create(name, config, datetime.now(UTC))
+        return await self.get_collection(name)
+
+    async def _create(self, name: str, config: CollectionConfig, create_time: datetime) -> None:
+        async with self._errors():
+            if await self._client.collection_exists(name):
+                raise _exists(name)
+            try:
+                await self._client.create_collection(
+                    name,
+                    vectors_config=qm.VectorParams(
+                        size=config.dimension, distance=_DISTANCES[config.distance]
+                    ),
+                    hnsw_config=_hnsw_diff(config.hnsw),
+                    quantization_config=_quantization(config.quantization),
+                    metadata=self._metadata(config, create_time),
+                )
+            except (UnexpectedResponse, grpc.aio.AioRpcError, ValueError):
+                if await self._client.collection_exists(name):
+                    raise _exists(name) from None
+                raise
+        await self._create_indexes(name, {TENANT_KEY: FieldType.KEYWORD, **config.payload_schema})
+        self._configs[name] = (time.monotonic(), config)
+
+    async def _create_indexes(self, name: str, schema: dict[str, FieldType]) -> None:
+        if self.local:
+            return  # local mode has no payload indexes (filters still work)
+        async with self._errors(name):
+            for key, kind in sorted(schema.items()):
+                field_schema: Any = (
+                    qm.KeywordIndexParams(type=qm.KeywordIndexType.KEYWORD, is_tenant=True)
+                    if key == TENANT_KEY
+                    else _SCHEMA_TYPES[kind]
+                )
+                await self._client.create_payload_index(name, key, field_schema=field_schema)
+
+    async def get_collection(self, name: str) -> CollectionInfo:
+        await self._require(name)
+        async with self._errors(name):
+            info = await self._client.get_collection(name)
+        config, create_time = self._config_of(info)
+        self._configs[name] = (time.monotonic(), config)
+        status = {
+            qm.CollectionStatus.GREEN: CollectionStatus.READY,
+            qm.CollectionStatus.RED: CollectionStatus.ERROR,
+        }.get(info.status, CollectionStatus.OPTIMIZING)
+        return CollectionInfo(
+            name=name,
+            config=config,
+            points_count=info.points_count or 0,
+            indexed_vectors_count=info.indexed_vectors_count or 0,
+            status=status,
+            disk_bytes=0,
+            create_time=create_time,
+        )
+
+    def _config_of(self, info: qm.CollectionInfo) -> tuple[CollectionConfig, datetime | None]:
+        own = (info.config.metadata or {}).get(METADATA_KEY)
+        if isinstance(own, dict) and "config" in own:
+            created = own.get("create_time")
+            return config_from_dict(own["config"]), (
+                datetime.fromisoformat(created) if isinstance(created, str) else None
+            )
+        # A collection made without this service: read Qdrant's own configuration.
+        vectors = info.config.params.vectors
+        if not isinstance(vectors, qm.VectorParams):
+            raise FailedPrecondition(
+                "the collection has named vectors, which this service does not serve",
+                reason="UNSUPPORTED_COLLECTION",
+            )
+        hnsw = info.config.hnsw_config
+        schema = {
+            key: _SCHEMA_TYPES_BACK[entry.data_type]
+            for key, entry in (info.payload_schema or {}).items()
+            if entry.data_type in _SCHEMA_TYPES_BACK and key != TENANT_KEY
+        }
+        config = CollectionConfig(
+            dimension=vectors.size,
+            distance=_DISTANCES_BACK.get(vectors.distance, Distance.COSINE),
+            payload_schema=schema,
+            hnsw=HnswOptions(hnsw.m, hnsw.ef_construct, hnsw.full_scan_threshold, None),
+        )
+        return config, info.created_at if isinstance(info.created_at, datetime) else None
+
+    async def collection_config(self, name: str) -> CollectionConfig:
+        cached = self._configs.get(name)
+        if (
+            cached is not None
+            and time.monotonic() - cached[0] < self._settings.remote_config_cache_s
+        ):
+            return cached[1]
+        return (await self.get_collection(name)).config
+
+    async def list_collections(self) -> list[str]:
+        async with self._errors():
+            response = await self._client.get_collections()
+        return sorted(c.name for c in response.collections)
+
+    async def update_collection(self, name: str, update: CollectionUpdate) -> CollectionInfo:
+        current = await self.get_collection(name)
+        config = current.config
+        schema = dict(config.payload_schema)
+        async with self._errors(name):
+            for key in update.remove_payload_fields:
+                if schema.pop(key, None) is not None and not self.local:
+                    await self._client.delete_payload_index(name, key)
+            added = {k: t for k, t in update.add_payload_fields.items() if schema.get(k) is not t}
+            for key in added:
+                if key in schema and not self.local:
+                    await self._client.delete_payload_index(name, key)
+            schema.update(added)
+        await self._create_indexes(name, added)
+        hnsw = config.hnsw.merged(update.hnsw) if update.hnsw is not None else config.hnsw
+        quantization = (
+            update.quantization if update.quantization is not None else config.quantization
+        )
+        new_config = CollectionConfig(
+            dimension=config.dimension,
+            distance=config.distance,
+            payload_schema=schema,
+            hnsw=hnsw,
+            quantization=quantization,
+            embedding_model=config.embedding_model,
+        )
+        async with self._errors(name):
+            await self._client.update_collection(
+                name,
+                hnsw_config=_hnsw_diff(hnsw) if update.hnsw is not None else None,
+                quantization_config=_quantization(update.quantization),
+                metadata=self._metadata(new_config, current.create_time or datetime.now(UTC)),
+            )
+        self._configs.pop(name, None)
+        return await self.get_collection(name)
+
+    async def delete_collection(self, name: str) -> None:
+        await self._require(name)
+        async with self._errors(name):
+            await self._client.delete_collection(name)
+        self._configs.pop(name, None)
+
+    # --- writes --------------------------------------------------------------------------------
+
+    async def apply(self, collection: str, operations: Sequence[Operation]) -> list[int]:
+        counts: list[int] = []
+        async with self._errors(collection):
+            for operation in operations:
+                counts.append(await self._apply_one(collection, operation))
+        return counts
+
+    async def _apply_one(self, collection: str, operation: Operation) -> int:
+        client = self._client
+        if isinstance(operation, UpsertOp):
+            points = operation.points
+            await client.upsert(
+                collection,
+                points=qm.Batch(
+                    ids=[p.id for p in points],
+                    vectors=[p.vector or [] for p in points],
+                    payloads=[p.payload or {} for p in points],
+                ),
+                wait=True,
+            )
+            return len(points)
+        if isinstance(operation, UpdateVectorsOp):
+            await client.update_vectors(
+                collection,
+                points=[qm.PointVectors(id=i, vector=v) for i, v in operation.points],
+                wait=True,
+            )
+            return len(operation.points)
+        selector = to_qdrant_filter(operation.selector.as_filter())
+        count = (await client.count(collection, count_filter=selector, exact=True)).count
+        if count == 0:
+            return 0
+        chosen = qm.FilterSelector(filter=selector)
+        if isinstance(operation, DeleteOp):
+            await client.delete(collection, points_selector=chosen, wait=True)
+        elif isinstance(operation, SetPayloadOp):
+            if operation.overwrite:
+                await client.overwrite_payload(collection, operation.payload, chosen, wait=True)
+            else:
+                await client.set_payload(collection, operation.payload, chosen, wait=True)
+        elif isinstance(operation, DeletePayloadKeysOp):
+            await client.delete_payload(collection, list(operation.keys), chosen, wait=True)
+        return count
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    async def retrieve(
+        self,
+        collection: str,
+        ids: Sequence[PointId],
+        *,
+        with_payload: bool,
+        with_vector: bool,
+        filter: Filter | None = None,
+    ) -> list[PointRecord]:
+        if not ids:
+            return []
+        async with self._errors(collection):
+            if filter is None:
+                found = await self._client.retrieve(
+                    collection, list(ids), with_payload=with_payload, with_vectors=with_vector
+                )
+            else:
+                found, _ = await self._client.scroll(
+                    collection,
+                    scroll_filter=to_qdrant_filter(
+                        with_must(filter, HasId(tuple(ids))) or Filter()
+                    ),
+                    limit=len(ids),
+                    with_payload=with_payload,
+                    with_vectors=with_vector,
+                )
+        return [_record(r, with_payload, with_vector) for r in found]
+
+    async def scroll(
+        self,
+        collection: str,
+        *,
+        filter: Filter | None,
+        limit: int,
+        offset: PointId | None,
+        with_payload: bool,
+        with_vector: bool,
+    ) -> tuple[list[PointRecord], PointId | None]:
+        async with self._errors(collection):
+            found, next_offset = await self._client.scroll(
+                collection,
+                scroll_filter=None if filter is None else to_qdrant_filter(filter),
+                limit=limit,
+                offset=offset,
+                with_payload=with_payload,
+                with_vectors=with_vector,
+            )
+        return (
+            [_record(r, with_payload, with_vector) for r in found],
+            None if next_offset is None else _point_id(next_offset),
+        )
+
+    async def count(self, collection: str, filter: Filter | None) -> int:
+        async with self._errors(collection):
+            result = await self._client.count(
+                collection,
+                count_filter=None if filter is None else to_qdrant_filter(filter),
+                exact=True,
+            )
+        return result.count
+
+    def _request(self, query: SearchQuery, ef_search: int | None) -> qm.QueryRequest:
+        return qm.QueryRequest(
+            query=query.vector,
+            filter=None if query.filter is None else to_qdrant_filter(query.filter),
+            params=_search_params(query.hnsw_ef or ef_search, query.exact, self.local),
+            limit=query.limit,
+            offset=query.offset or None,
+            score_threshold=query.score_threshold,
+            with_payload=query.with_payload,
+            with_vector=query.with_vector,
+        )
+
+    async def search(self, collection: str, query: SearchQuery) -> list[ScoredHit]:
+        return (await self.search_batch(collection, [query]))[0]
+
+    async def search_batch(
+        self, collection: str, queries: Sequence[SearchQuery]
+    ) -> list[list[ScoredHit]]:
+        ef = (await self.collection_config(collection)).hnsw.ef_search
+        async with self._errors(collection):
+            if len(queries) == 1:
+                query = queries[0]
+                request = self._request(query, ef)
+                response = await self._client.query_points(
+                    collection,
+                    query=query.vector,
+                    query_filter=request.filter,
+                    search_params=request.params,
+                    limit=query.limit,
+                    offset=request.offset,
+                    score_threshold=query.score_threshold,
+                    with_payload=query.with_payload,
+                    with_vectors=query.with_vector,
+                )
+                responses = [response]
+            else:
+                responses = await self._client.query_batch_points(
+                    collection, requests=[self._request(q, ef) for q in queries]
+                )
+        return [
+            [_hit(p, q.with_payload, q.with_vector) for p in r.points]
+            for r, q in zip(responses, queries, strict=True)
+        ]
+
+    async def recommend(self, collection: str, query: RecommendQuery) -> list[ScoredHit]:
+        ef = (await self.collection_config(collection)).hnsw.ef_search
+        remote_query: Any
+        if query.strategy is RecommendStrategy.BEST_SCORE:
+            remote_query = qm.RecommendQuery(
+                recommend=qm.RecommendInput(
+                    positive=list(query.positives),
+                    negative=list(query.negatives) or None,
+                    strategy=qm.RecommendStrategy.BEST_SCORE,
+                )
+            )
+        else:
+            remote_query = average_vector(query.positives, query.negatives)
+        async with self._errors(collection):
+            response = await self._client.query_points(
+                collection,
+                query=remote_query,
+                query_filter=None if query.filter is None else to_qdrant_filter(query.filter),
+                search_params=_search_params(ef, False, self.local),
+                limit=query.limit,
+                offset=query.offset or None,
+                score_threshold=query.score_threshold,
+                with_payload=query.with_payload,
+                with_vectors=query.with_vector,
+            )
+        return [_hit(p, query.with_payload, query.with_vector) for p in response.points]
+
+    async def sample(self, collection: str, filter: Filter | None, limit: int) -> list[PointRecord]:
+        async with self._errors(collection):
+            response = await self._client.query_points(
+                collection,
+                query=qm.SampleQuery(sample=qm.Sample.RANDOM),
+                query_filter=None if filter is None else to_qdrant_filter(filter),
+                limit=limit,
+                with_payload=False,
+                with_vectors=True,
+            )
+        return [PointRecord(_point_id(p.id), _vector(p.vector), None) for p in response.points]
+
+    # --- snapshots --------------------------------------------------------------------------------
+
+    async def create_snapshot(self, collection: str) -> SnapshotInfo:
+        await self._require(collection)
+        if self._portable is not None:
+            config = await self.collection_config(collection)
+            chunks = [chunk async for chunk in self._scroll_all(collection)]
+            return await asyncio.to_thread(self._portable.write, collection, config, chunks)
+        async with self._errors(collection):
+            description = await self._client.create_snapshot(collection, wait=True)
+        if description is None:
+            raise Unavailable("Qdrant did not report the snapshot it made")
+        return _snapshot(collection, description)
+
+    async def _scroll_all(self, collection: str) -> AsyncIterator[list[PointRecord]]:
+        offset: PointId | None = None
+        while True:
+            chunk, offset = await self.scroll(
+                collection,
+                filter=None,
+                limit=_SCROLL_CHUNK,
+                offset=offset,
+                with_payload=True,
+                with_vector=True,
+            )
+            yield chunk
+            if offset is None:
+                return
+
+    async def list_snapshots(self, collection: str) -> list[SnapshotInfo]:
+        if self._portable is not None:
+            return await asyncio.to_thread(self._portable.infos, collection)
+        async with self._errors(collection):
+            descriptions = await self._client.list_snapshots(collection)
+        snapshots = [_snapshot(collection, d) for d in descriptions]
+        snapshots.sort(
+            key=lambda s: (s.create_time or datetime.min.replace(tzinfo=UTC), s.name), reverse=True
+        )
+        return snapshots
+
+    async def delete_snapshot(self, collection: str, snapshot: str) -> None:
+        if self._portable is not None:
+            await asyncio.to_thread(self._portable.delete, collection, snapshot)
+            return
+        await self._native_snapshot(collection, snapshot)
+        async with self._errors(collection):
+            await self._client.delete_snapshot(collection, snapshot, wait=True)
+
+    async def _native_snapshot(self, collection: str, snapshot: str) -> SnapshotInfo:
+        for info in await self.list_snapshots(collection):
+            if info.name == snapshot:
+                return info
+        raise NotFound(
+            f"collection {collection!r} has no snapshot {snapshot!r}",
+            reason="SNAPSHOT_NOT_FOUND",
+            metadata={"collection": collection, "snapshot": snapshot},
+        )
+
+    async def restore_snapshot(self, collection: str, snapshot: str, target: str) -> CollectionInfo:
+        if target != collection:
+            async with self._errors():
+                if await self._client.collection_exists(target):
+                    raise AlreadyExists(
+                        f"collection {target!r} already exists; restore into a new name or "
+                        f"into {collection!r} itself",
+                        reason="COLLECTION_EXISTS",
+                        metadata={"collection": target},
+                    )
+        if self._portable is not None:
+            await self._restore_portable(collection, snapshot, target)
+        else:
+            info = await self._native_snapshot(collection, snapshot)
+            base = self._settings.qdrant_url.rstrip("/")
+            async with self._errors(target):
+                await self._client.recover_snapshot(
+                    target,
+                    location=f"{base}/collections/{collection}/snapshots/{snapshot}",
+                    api_key=self._settings.qdrant_api_key.get_secret_value()
+                    if self._settings.qdrant_api_key
+                    else None,
+                    checksum=info.checksum or None,
+                    wait=True,
+                )
+        self._configs.pop(target, None)
+        return await self.get_collection(target)
+
+    async def _restore_portable(self, collection: str, snapshot: str, target: str) -> None:
+        assert self._portable is not None
+        header, chunks = await asyncio.to_thread(self._portable.open, collection, snapshot)
+        points = await asyncio.to_thread(list, chunks)
+        create_time = datetime.now(UTC)
+        async with self._errors():
+            if await self._client.collection_exists(target):
+                existing = await self.get_collection(target)
+                create_time = existing.create_time or create_time
+                await self._client.delete_collection(target)
+        self._configs.pop(target, None)
+        await self._create(target, header.config, create_time)
+        for chunk in points:
+            await self.apply(target, [UpsertOp(chunk)])
+
+    async def sizes(self) -> dict[str, tuple[int, int]]:
+        sizes: dict[str, tuple[int, int]] = {}
+        for name in await self.list_collections():
+            with contextlib.suppress(NotFound):
+                info = await self.get_collection(name)
+                sizes[name] = (info.points_count, info.disk_bytes)
+        return sizes
+
+
+def _hnsw_diff(options: HnswOptions) -> qm.HnswConfigDiff:
+    return qm.HnswConfigDiff(
+        m=options.m if options.m is not None else DEFAULT_M,
+        ef_construct=options.ef_construct
+        if options.ef_construct is not None
+        else DEFAULT_EF_CONSTRUCT,
+        full_scan_threshold=options.full_scan_threshold
+        if options.full_scan_threshold is not None
+        else DEFAULT_FULL_SCAN_THRESHOLD_KB,
+    )
+
+
+def _quantization(value: Quantization | None) -> Any:
+    if isinstance(value, ScalarQuantization):
+        return qm.ScalarQuantization(
+            scalar=qm.ScalarQuantizationConfig(
+                type=qm.ScalarType.INT8, quantile=value.quantile, always_ram=value.always_ram
+            )
+        )
+    if isinstance(value, BinaryQuantization):
+        return qm.BinaryQuantization(
+            binary=qm.BinaryQuantizationConfig(always_ram=value.always_ram)
+        )
+    return None
+
+
+def _search_params(ef: int | None, exact: bool, local: bool) -> qm.SearchParams | None:
+    if local or (not ef and not exact):
+        return None  # local mode always searches exactly (and warns about parameters)
+    return qm.SearchParams(hnsw_ef=ef, exact=exact)
+
+
+def _point_id(value: Any) -> PointId:
+    return value if isinstance(value, int) else str(value)
+
+
+def _vector(value: Any) -> list[float] | None:
+    if isinstance(value, dict):
+        value = value.get("")
+    return None if value is None else [float(x) for x in value]
+
+
+def _record(record: qm.Record, with_payload: bool, with_vector: bool) -> PointRecord:
+    return PointRecord(
+        _point_id(record.id),
+        _vector(record.vector) if with_vector else None,
+        (record.payload or {}) if with_payload else None,
+    )
+
+
+def _hit(point: qm.ScoredPoint, with_payload: bool, with_vector: bool) -> ScoredHit:
+    return ScoredHit(
+        _point_id(point.id),
+        point.score,
+        (point.payload or {}) if with_payload else None,
+        _vector(point.vector) if with_vector else None,
+    )
+
+
+def _snapshot(collection: str, description: qm.SnapshotDescription) -> SnapshotInfo:
+    created: datetime | None = None
+    if description.creation_time:
+        created = datetime.fromisoformat(description.creation_time)
+        if created.tzinfo is None:
+            created = created.replace(tzinfo=UTC)
+    return SnapshotInfo(
+        name=description.name,
+        collection=collection,
+        size_bytes=description.size,
+        create_time=created,
+        checksum=description.checksum or "",
+    )
