@@ -35,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,22 +212,50 @@ def built(variant: str) -> tuple[dict[str, Any], ...]:
 # Kubernetes: schemas
 
 
+@functools.cache
+def _schema_dir(version: str) -> Path:
+    """kubernetes-validate's strict schemas (no unknown fields) for a Kubernetes minor."""
+    import kubernetes_validate
+
+    root = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
+    found = sorted(root.glob(f"v{version}.*-local-strict"))
+    if not found:
+        raise CheckError(f"kubernetes-validate has no schemas for Kubernetes {version}")
+    return found[-1]
+
+
+@functools.cache
+def _validator(version: str, kind: str, api_version: str) -> Any:
+    import jsonschema
+    from referencing import Registry, Resource
+
+    schema_dir = _schema_dir(version)
+    # rbac.authorization.k8s.io/v1 → rbac-v1; apps/v1 → apps-v1; v1 → v1
+    group = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
+    path = schema_dir / f"{kind.lower()}-{group}.json"
+    if not path.exists():
+        return None
+    schema = json.loads(path.read_text())
+    definitions = json.loads((schema_dir / "_definitions.json").read_text())
+    registry: Registry[Any] = Resource.from_contents(schema) @ Registry()
+    registry = Resource.from_contents(definitions) @ registry
+    return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
 def k8s_schema_problems(
     objects: Iterable[Mapping[str, Any]], version: str = K8S_VERSION
 ) -> list[str]:
-    """Each object against the Kubernetes JSON schema of its kind (strict)."""
-    import kubernetes_validate  # noqa: PLC0415 - heavy; only this check needs it
-
+    """Each object against the Kubernetes JSON schema of its kind (strict), every error."""
     problems = []
     for obj in objects:
         where = _obj_name(obj)
-        try:
-            kubernetes_validate.validate(dict(obj), version, strict=True)
-        except kubernetes_validate.ValidationError as error:
+        validator = _validator(version, str(obj.get("kind")), str(obj.get("apiVersion")))
+        if validator is None:
+            problems.append(f"{where}: no schema for {obj.get('apiVersion')} in Kubernetes {version}")
+            continue
+        for error in sorted(validator.iter_errors(dict(obj)), key=lambda e: list(map(str, e.path))):
             path = ".".join(str(p) for p in error.path) or "(root)"
             problems.append(f"{where}: {path}: {error.message}")
-        except kubernetes_validate.SchemaNotFoundError as error:
-            problems.append(f"{where}: {error.message}")
     return problems
 
 
@@ -450,6 +479,15 @@ def _lodestar_service_problems(
         if port_name not in names:
             problems.append(f"Service/{service}: no port named {port_name!r}")
 
+    # Torch and llama.cpp size their thread pools from the node's CPU count,
+    # not the pod's quota: the setting must match the CPU limit.
+    if service in ("embedding", "inference"):
+        cpu_limit = str(main.get("resources", {}).get("limits", {}).get("cpu", ""))
+        if cpu_limit.isdigit() and env.get(f"{prefix}THREADS") != cpu_limit:
+            problems.append(
+                f"{where}: {prefix}THREADS={env.get(f'{prefix}THREADS')} but the CPU limit is "
+                f"{cpu_limit}"
+            )
     if service == "vector" and env.get(f"{prefix}BACKEND", "embedded") == "embedded":
         problems.extend(_embedded_vector_problems(workload, objects))
     return problems
@@ -596,12 +634,25 @@ def env_name_problems(objects: Sequence[Mapping[str, Any]]) -> list[str]:
 # Envoy
 
 
+def _envoy_import(module: str) -> Any:
+    """Import an envoy-data-plane module.
+
+    Its generated classes use a pydantic idiom that newer pydantic deprecates
+    at import time; that warning is the library's, not a finding.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="Using `@model_validator` with mode='after' on a classmethod"
+        )
+        return importlib.import_module(module)
+
+
 def _envoy_module(type_url: str) -> None:
     """Import the envoy-data-plane module of a type URL (registers it for Any)."""
     full_name = type_url.rsplit("/", 1)[-1]
     package = full_name.rsplit(".", 1)[0]
     try:
-        importlib.import_module(f"envoy_data_plane.{package}")
+        _envoy_import(f"envoy_data_plane.{package}")
     except ImportError as error:
         raise ValueError(f"unknown type {type_url}") from error
 
@@ -624,8 +675,8 @@ def _check_proto(cls: type, value: Any, path: str, problems: list[str]) -> None:
     import betterproto2
     from betterproto2 import casing
 
-    from envoy_data_plane.message_pool import default_message_pool
-    from envoy_data_plane.google.protobuf import Any as AnyMessage
+    default_message_pool = _envoy_import("envoy_data_plane.message_pool").default_message_pool
+    AnyMessage = _envoy_import("envoy_data_plane.google.protobuf").Any  # noqa: N806
 
     if cls is AnyMessage:
         if not isinstance(value, dict) or "@type" not in value:
@@ -726,11 +777,11 @@ def _check_value(meta: Any, field_cls: type, value: Any, path: str, problems: li
 
 
 def envoy_schema_problems(config: Mapping[str, Any]) -> list[str]:
-    """The bootstrap against Envoy's API; then a full parse with the library."""
-    from envoy_data_plane.envoy.config.bootstrap.v3 import Bootstrap
+    """The bootstrap against Envoy's API: every field, type, enum and oneof."""
+    bootstrap = _envoy_import("envoy_data_plane.envoy.config.bootstrap.v3").Bootstrap
 
     problems: list[str] = []
-    _check_proto(Bootstrap, dict(config), "bootstrap", problems)
+    _check_proto(bootstrap, dict(config), "bootstrap", problems)
     return problems
 
 
@@ -1155,7 +1206,7 @@ def dockerfile_policy_problems(path: Path) -> list[str]:
     entry = " ".join(args for word, args in final_stage if word == "ENTRYPOINT")
     if f"lodestar.services.{service}" not in entry:
         problems.append(f"{path.name}: ENTRYPOINT does not run lodestar.services.{service}")
-    if service != "embedding" and "torch" in path.read_text():
+    if service != "embedding" and any("torch" in args for _, args in instructions):
         problems.append(f"{path.name}: mentions torch; only the embedding image has it")
     if service == "inference":
         args = " ".join(a for word, a in instructions if word == "ARG")

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from lodestar.runtime.errors import Unavailable
+from lodestar.runtime.errors import ResourceExhausted, Unavailable
 from lodestar.services.embedding.batcher import DynamicBatcher
 
 
@@ -183,3 +183,22 @@ async def test_close_finishes_queued_work_then_refuses_new_items(
     assert await queued == ["QUEUED"]
     with pytest.raises(Unavailable, match="shutting down"):
         await batcher.submit(["new"])
+
+
+async def test_a_full_queue_turns_callers_away_at_once(recorder: Recorder) -> None:
+    batcher: DynamicBatcher[str, str] = DynamicBatcher(recorder, max_batch_size=2, max_queued=3)
+    recorder.hold()
+    running = asyncio.create_task(batcher.submit(["running"]))
+    await recorder.wait_started()
+    queued = asyncio.create_task(batcher.submit(["a", "b"]))
+    await asyncio.sleep(0.01)
+    with pytest.raises(ResourceExhausted, match="already waiting") as caught:
+        await batcher.submit(["c", "d"])
+    assert caught.value.reason == "QUEUE_FULL"
+    assert caught.value.retry_after_s is not None
+    recorder.gate.set()
+    assert await running == ["RUNNING"]
+    assert await queued == ["A", "B"]
+    # An empty queue takes even a request larger than the limit.
+    assert await batcher.submit(["e", "f", "g", "h"]) == ["E", "F", "G", "H"]
+    await batcher.close()

@@ -9,8 +9,11 @@ one fills up by itself, so under load every pass is full without any waiting.
 A request larger than ``max_batch_size`` is split over several batches;
 small requests are merged. When the worker is idle, a batch is dispatched at
 once unless the previous batch merged several callers (a sign of concurrent
-traffic): then a partly filled batch lingers up to ``max_wait_s`` for more.
-A lone caller therefore never waits.
+traffic): then a partly filled batch lingers up to ``max_wait_s`` for as many
+callers as the previous batch had. A lone caller therefore never waits.
+
+At most ``max_queued`` items wait; beyond that callers are turned away with
+RESOURCE_EXHAUSTED at once rather than queueing into their deadlines.
 """
 
 from __future__ import annotations
@@ -21,11 +24,11 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 from opentelemetry import trace
 
-from lodestar.runtime.errors import Unavailable
+from lodestar.runtime.errors import ResourceExhausted, Unavailable
 from lodestar.runtime.telemetry import tracer
 from lodestar.services.embedding.metrics import (
     BATCH_DURATION_SECONDS,
@@ -76,10 +79,12 @@ class DynamicBatcher(Generic[T, R]):
         *,
         max_batch_size: int,
         max_wait_s: float = 0.0,
+        max_queued: int | None = None,
         name: str = "embedding",
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
+        self.max_queued = max_queued
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
@@ -104,6 +109,15 @@ class DynamicBatcher(Generic[T, R]):
             raise Unavailable("the embedding service is shutting down; retry on another replica")
         if not items:
             return []
+        # An empty queue takes any request, so a limit below the request size cannot starve it.
+        full = self.max_queued is not None and self._queued + len(items) > self.max_queued
+        if full and self._queued:
+            raise ResourceExhausted(
+                f"{self._queued} texts are already waiting (limit {self.max_queued}); "
+                "retry shortly or on another replica",
+                reason="QUEUE_FULL",
+                retry_after_s=1.0,
+            )
         loop = asyncio.get_running_loop()
         wakeup = self._ensure_started(loop)
         span_context = trace.get_current_span().get_span_context()
@@ -166,11 +180,15 @@ class DynamicBatcher(Generic[T, R]):
             slices = self._take_batch()
             if slices:
                 await self._execute(slices, loop, executor)
+            else:
+                self._set_queued(0)  # only abandoned requests were left; never spin
 
     async def _linger(self, wakeup: asyncio.Event) -> None:
-        """Wait up to max_wait_s for the batch to fill."""
+        """Wait up to max_wait_s for the batch to fill or the previous callers to return."""
         deadline = time.monotonic() + self.max_wait_s
-        while self._queued < self.max_batch_size:
+        while (
+            self._queued < self.max_batch_size and len(self._queue) < self._previous_batch_callers
+        ):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
@@ -238,7 +256,7 @@ class DynamicBatcher(Generic[T, R]):
                 request.results[s.start : s.start + s.count] = results[offset : offset + s.count]
                 request.pending -= s.count
                 if request.pending == 0:
-                    request.future.set_result(request.results)  # type: ignore[arg-type]
+                    request.future.set_result(cast(list[R], request.results))
             offset += s.count
 
     def _fail(self, slices: list[_Slice[T, R]], error: Exception) -> None:

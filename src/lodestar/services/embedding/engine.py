@@ -63,6 +63,7 @@ class EmbeddingEngine:
 
     def __init__(self, model: Any, *, name: str) -> None:
         import torch
+        from sentence_transformers.sentence_transformer.modules import Normalize
 
         self._torch = torch
         self._model = model
@@ -71,7 +72,7 @@ class EmbeddingEngine:
         modules = list(model.children())
         # A trailing Normalize layer is skipped so that normalisation is a
         # per-request choice; it is applied below when asked for.
-        if modules and type(modules[-1]).__name__ == "Normalize":
+        if modules and isinstance(modules[-1], Normalize):
             modules = modules[:-1]
         self._modules = modules
         max_seq = model.max_seq_length

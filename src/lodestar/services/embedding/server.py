@@ -28,6 +28,7 @@ def create_server(settings: EmbeddingSettings, engine: EmbeddingEngine | None = 
         engine or load_engine(settings),
         max_batch_size=settings.max_batch_size,
         max_wait_s=settings.max_wait_ms / 1000,
+        max_queued_texts=settings.max_queued_texts,
         max_texts_per_request=settings.max_texts_per_request,
         max_text_chars=settings.max_text_chars,
     )

@@ -62,6 +62,7 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         *,
         max_batch_size: int,
         max_wait_s: float,
+        max_queued_texts: int | None = None,
         max_texts_per_request: int,
         max_text_chars: int,
     ) -> None:
@@ -69,7 +70,10 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         self._max_texts = max_texts_per_request
         self._max_chars = max_text_chars
         self.batcher: DynamicBatcher[TextItem, pb.Embedding] = DynamicBatcher(
-            self._embed_batch, max_batch_size=max_batch_size, max_wait_s=max_wait_s
+            self._embed_batch,
+            max_batch_size=max_batch_size,
+            max_wait_s=max_wait_s,
+            max_queued=max_queued_texts,
         )
         info = engine.info
         self._model_info = pb.ModelInfo(

@@ -48,6 +48,12 @@ class EmbeddingSettings(ServerSettings):
         description="Longest a partly filled batch waits for more texts while concurrent "
         "callers are active; a lone caller never waits.",
     )
+    max_queued_texts: int = Field(
+        4096,
+        ge=1,
+        description="Most texts waiting for a forward pass; more are refused with "
+        "RESOURCE_EXHAUSTED so that overload fails fast instead of timing out.",
+    )
     max_texts_per_request: int = Field(
         256, ge=1, description="Most texts accepted in one EmbedTexts call."
     )

@@ -7,7 +7,7 @@ globals.
 
 Extensions add routers and generation stages without editing this module::
 
-    create_app(settings, extensions=[Extension("flows", api_routers=[rag.router],
+    create_app(settings, extensions=[Extension("flows", routers=[feedback.router],
                                                 on_start=install_stages)])
 """
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.routing import APIRoute, APIRouter
+from fastapi.routing import APIRoute, APIRouter, iter_route_contexts
 
 from lodestar.services.gateway.auth import Permission, TokenVerifier
 from lodestar.services.gateway.backends import Backends
@@ -29,7 +29,7 @@ from lodestar.services.gateway.errors import install_error_handlers
 from lodestar.services.gateway.middleware import GatewayMiddleware
 from lodestar.services.gateway.pipeline import GeneratePipeline
 from lodestar.services.gateway.ratelimit import RouteClass, create_rate_limiter
-from lodestar.services.gateway.routes import API_PREFIX, API_ROUTERS, ROOT_ROUTERS, system
+from lodestar.services.gateway.routes import API_ROUTERS, ROOT_ROUTERS, system
 from lodestar.services.gateway.settings import DEVELOPMENT_SIGNING_KEY, GatewaySettings
 
 _log = logging.getLogger(__name__)
@@ -42,8 +42,8 @@ class Extension:
     """Routes and startup work added to the gateway by another package."""
 
     name: str
-    api_routers: Sequence[APIRouter] = ()
-    root_routers: Sequence[APIRouter] = ()
+    # Routers with full paths (``routes.base.api_router`` adds /api/v1).
+    routers: Sequence[APIRouter] = ()
     # Called once the gateway is built (e.g. to add generation stages).
     on_start: Callable[[Gateway], Awaitable[None]] | None = None
     on_stop: Callable[[Gateway], Awaitable[None]] | None = None
@@ -59,6 +59,7 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
             settings.redis_key_prefix,
             settings.requests_per_minute,
             settings.generated_tokens_per_minute,
+            settings.rate_limit_window_s,
         ),
         pipeline=GeneratePipeline(),
     )
@@ -90,14 +91,15 @@ def route_security(app: FastAPI) -> list[RouteSecurity]:
     """What each API route needs: the permission matrix, read from the routes."""
     settings: GatewaySettings = app.state.settings
     out: list[RouteSecurity] = []
-    for route in app.routes:
+    for context in iter_route_contexts(app.routes):
+        route = context.original_route
         if not isinstance(route, APIRoute):
             continue
         declared: tuple[Any, Any] | None = None
         for dependency in route.dependant.dependencies:
             if hasattr(dependency.call, "route_class"):
                 declared = (dependency.call.permission, dependency.call.route_class)  # type: ignore[union-attr]
-        for method in sorted(route.methods):
+        for method in sorted(route.methods or ()):
             if declared is not None:
                 out.append(RouteSecurity(method, route.path, declared[0], declared[1], True))
             elif route.endpoint in _HANDLER_PERMISSIONS:
@@ -202,14 +204,10 @@ def create_app(
     )
     app.state.settings = settings
     install_error_handlers(app)
-    for router in API_ROUTERS:
-        app.include_router(router, prefix=API_PREFIX)
-    for router in ROOT_ROUTERS:
+    for router in [*API_ROUTERS, *ROOT_ROUTERS]:
         app.include_router(router)
     for extension in extensions:
-        for router in extension.api_routers:
-            app.include_router(router, prefix=API_PREFIX)
-        for router in extension.root_routers:
+        for router in extension.routers:
             app.include_router(router)
     _install_openapi_security(app)
     app.add_middleware(

@@ -191,7 +191,9 @@ class TokenVerifier:
         except jwt.ExpiredSignatureError:
             raise _invalid("the token has expired", reason="TOKEN_EXPIRED") from None
         except jwt.ImmatureSignatureError:
-            raise _invalid("the token is not valid yet (nbf)", reason="TOKEN_NOT_YET_VALID") from None
+            raise _invalid(
+                "the token is not valid yet (nbf)", reason="TOKEN_NOT_YET_VALID"
+            ) from None
         except jwt.InvalidAudienceError:
             raise _invalid(f"the token's audience is not {self._audience!r}") from None
         except jwt.InvalidIssuerError:

@@ -41,9 +41,7 @@ class VectorStubs:
 
 
 def _vector_stubs(channel: grpc.aio.Channel) -> VectorStubs:
-    return VectorStubs(
-        vpb_grpc.VectorServiceStub(channel), apb_grpc.AnalyticsServiceStub(channel)
-    )
+    return VectorStubs(vpb_grpc.VectorServiceStub(channel), apb_grpc.AnalyticsServiceStub(channel))
 
 
 def _embedding_stub(channel: grpc.aio.Channel) -> epb_grpc.EmbeddingServiceAsyncStub:
@@ -408,7 +406,10 @@ class Backends:
 
     def __init__(self, settings: GatewaySettings) -> None:
         def pool(
-            backend: str, service: str, addresses: Sequence[str], make: Callable[[grpc.aio.Channel], S]
+            backend: str,
+            service: str,
+            addresses: Sequence[str],
+            make: Callable[[grpc.aio.Channel], S],
         ) -> ReplicaPool[S]:
             return ReplicaPool(
                 backend,

@@ -53,7 +53,9 @@ def token_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     unknown = [role for role in args.role if role not in settings.roles]
     if unknown:
-        parser.error(f"unknown role(s) {', '.join(unknown)}; configured: {', '.join(settings.roles)}")
+        parser.error(
+            f"unknown role(s) {', '.join(unknown)}; configured: {', '.join(settings.roles)}"
+        )
     if not args.role and not args.permission:
         parser.error("give at least one --role or --permission")
     try:

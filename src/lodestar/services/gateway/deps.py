@@ -145,6 +145,7 @@ def require(
     of them, the route checking the rest; None: any valid token), rate-limited
     and timed as ``route_class`` (None: not rate-limited, read deadline)."""
     any_of = permission if isinstance(permission, tuple) else None
+    single = permission if isinstance(permission, Permission) else None
 
     async def dependency(request: Request) -> Call:
         gateway = gateway_of(request)
@@ -158,8 +159,8 @@ def require(
                     reason="MISSING_PERMISSION",
                     metadata={"permission": "|".join(p.value for p in any_of)},
                 )
-        elif permission is not None and not principal.has(permission):
-            raise missing_permission(permission)
+        elif single is not None and not principal.has(single):
+            raise missing_permission(single)
         if route_class is not None:
             decision = await gateway.limiter.check_request(principal.subject, route_class)
             if decision is not None:

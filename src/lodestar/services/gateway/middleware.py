@@ -146,7 +146,7 @@ class GatewayMiddleware:
             HTTP_DURATION.labels(template, method).observe(elapsed)
             if self.access_log and _access.isEnabledFor(logging.INFO):
                 _access.info(
-                    '%s %s %d %.1fms subject=%s',
+                    "%s %s %d %.1fms subject=%s",
                     method,
                     scope["path"],
                     status,

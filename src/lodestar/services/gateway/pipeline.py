@@ -42,7 +42,7 @@ _log = logging.getLogger(__name__)
 # Request options served by stages, and how to tell that a request uses them.
 OPTIONS: dict[str, Callable[[GenerateRequest], bool]] = {
     "context": lambda r: r.context is not None,
-    "store_embedding": lambda r: r.store_embedding or r.collection is not None,
+    "store_embedding": lambda r: r.store_embedding,
     "use_feedback": lambda r: r.use_feedback,
 }
 
@@ -106,7 +106,7 @@ class GeneratePipeline:
         for option, used in OPTIONS.items():
             if used(body) and option not in served:
                 raise NotEnabled(option)
-        active = [s for s in self.stages if OPTIONS.get(s.option, lambda _: True)(body)]
+        active = [s for s in self.stages if s.option not in OPTIONS or OPTIONS[s.option](body)]
         for stage in active:
             for permission in stage.permissions(body):
                 if not call.principal.has(permission):
@@ -122,10 +122,12 @@ class GeneratePipeline:
         GENERATED_TOKENS.inc(tokens)
         try:
             await call.gateway.limiter.debit_tokens(call.principal.subject, tokens)
-        except Exception:  # noqa: BLE001 - accounting must not fail the answer
+        except Exception:
             _log.exception("could not debit %d generated tokens", tokens)
 
-    async def _prepare(self, body: GenerateRequest, call: Call) -> tuple[Generation, list[GenerateStage]]:
+    async def _prepare(
+        self, body: GenerateRequest, call: Call
+    ) -> tuple[Generation, list[GenerateStage]]:
         stages = self._plan(body, call)
         await self._admit(call)
         generation = Generation(body, call, convert.generate_to_proto(body))

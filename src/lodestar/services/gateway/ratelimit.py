@@ -27,6 +27,10 @@ from lodestar.services.gateway.metrics import RATE_LIMIT_REJECTIONS
 _log = logging.getLogger(__name__)
 
 
+# A "need" every bucket meets: debits are taken whatever the level.
+_ALWAYS = -1e18
+
+
 class RouteClass(StrEnum):
     """Routes sharing a request budget and a default deadline."""
 
@@ -41,10 +45,11 @@ class BucketState:
     allowed: bool
     level: float
     limit: int
+    window_s: float = 60.0
 
     @property
     def per_second(self) -> float:
-        return self.limit / 60.0
+        return self.limit / self.window_s
 
     def seconds_until(self, level: float) -> float:
         return max(0.0, (level - self.level) / self.per_second)
@@ -58,24 +63,27 @@ class RateLimitDecision:
     remaining: int
     reset_s: int
     retry_after_s: int | None = None
+    window_s: int = 60
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         out = [
             (b"ratelimit-limit", str(self.limit).encode()),
             (b"ratelimit-remaining", str(self.remaining).encode()),
             (b"ratelimit-reset", str(self.reset_s).encode()),
-            (b"ratelimit-policy", f"{self.limit};w=60".encode()),
+            (b"ratelimit-policy", f"{self.limit};w={self.window_s}".encode()),
         ]
-        if self.retry_after_s is not None:
-            out.append((b"retry-after", str(self.retry_after_s).encode()))
+        # Retry-After is set by the 429 response itself.
         return out
 
 
 class BucketStore(Protocol):
     """Where bucket levels live."""
 
-    async def update(self, key: str, limit: int, *, need: float, cost: float) -> BucketState:
-        """Refill ``key``'s bucket; if it holds ``need`` units, take ``cost`` from it."""
+    async def update(
+        self, key: str, limit: int, window_s: float, *, need: float, cost: float
+    ) -> BucketState:
+        """Refill ``key``'s bucket (``limit`` per ``window_s``); if it holds
+        ``need`` units, take ``cost`` from it."""
 
     async def close(self) -> None: ...
 
@@ -86,26 +94,26 @@ class MemoryBucketStore:
     _PRUNE_AT = 100_000
 
     def __init__(self) -> None:
-        self._buckets: dict[str, tuple[float, float]] = {}
+        self._buckets: dict[str, tuple[float, float, float]] = {}
 
-    async def update(self, key: str, limit: int, *, need: float, cost: float) -> BucketState:
+    async def update(
+        self, key: str, limit: int, window_s: float, *, need: float, cost: float
+    ) -> BucketState:
         now = time.monotonic()
-        per_second = limit / 60.0
-        level, stamp = self._buckets.get(key, (float(limit), now))
+        per_second = limit / window_s
+        level, stamp, _ = self._buckets.get(key, (float(limit), now, window_s))
         level = min(float(limit), level + (now - stamp) * per_second)
         allowed = level >= need
         if allowed:
             level = max(level - cost, -float(limit))
         if len(self._buckets) >= self._PRUNE_AT:
             self._prune(now)
-        self._buckets[key] = (level, now)
-        return BucketState(allowed, level, limit)
+        self._buckets[key] = (level, now, window_s)
+        return BucketState(allowed, level, limit, window_s)
 
     def _prune(self, now: float) -> None:
         # A bucket that has refilled is the same as no bucket.
-        self._buckets = {
-            k: (lvl, ts) for k, (lvl, ts) in self._buckets.items() if now - ts < 60.0
-        }
+        self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < v[2]}
 
     async def close(self) -> None:
         self._buckets.clear()
@@ -115,7 +123,7 @@ _TOKEN_BUCKET_LUA = """
 local limit = tonumber(ARGV[1])
 local need = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
-local per_ms = limit / 60000.0
+local per_ms = limit / tonumber(ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local state = redis.call('HMGET', KEYS[1], 'level', 'ts')
@@ -152,18 +160,23 @@ class RedisBucketStore:
         self._prefix = prefix
         self._last_warning = 0.0
 
-    async def update(self, key: str, limit: int, *, need: float, cost: float) -> BucketState:
+    async def update(
+        self, key: str, limit: int, window_s: float, *, need: float, cost: float
+    ) -> BucketState:
         from redis.exceptions import RedisError
 
+        window_ms = max(1, round(window_s * 1000))
         try:
-            allowed, level = await self._script(keys=[self._prefix + key], args=[limit, need, cost])
+            allowed, level = await self._script(
+                keys=[self._prefix + key], args=[limit, need, cost, window_ms]
+            )
         except (RedisError, OSError) as error:
             now = time.monotonic()
             if now - self._last_warning > 10:
                 self._last_warning = now
                 _log.warning("rate-limit store unavailable, not limiting: %s", error)
-            return BucketState(True, float(limit), limit)
-        return BucketState(bool(int(allowed)), float(level), limit)
+            return BucketState(True, float(limit), limit, window_s)
+        return BucketState(bool(int(allowed)), float(level), limit, window_s)
 
     async def close(self) -> None:
         await self._redis.aclose()
@@ -177,38 +190,56 @@ class RateLimiter:
         store: BucketStore,
         requests_per_minute: dict[RouteClass, int],
         tokens_per_minute: int,
+        window_s: float = 60.0,
     ) -> None:
         self.store = store
         self._requests = requests_per_minute
         self._tokens = tokens_per_minute
+        self._window_s = window_s
+        self._window_label = f"{window_s:g}s" if window_s != 60.0 else "minute"
 
-    async def check_request(self, subject: str, route_class: RouteClass) -> RateLimitDecision | None:
+    async def check_request(
+        self, subject: str, route_class: RouteClass
+    ) -> RateLimitDecision | None:
         """Take one request from the subject's budget; 429 when it is spent."""
         limit = self._requests.get(route_class, 0)
         if limit <= 0:
             return None
-        state = await self.store.update(f"req:{route_class}:{subject}", limit, need=1, cost=1)
-        return self._decide(state, "requests", f"{limit} {route_class} requests per minute")
+        state = await self.store.update(
+            f"req:{route_class}:{subject}", limit, self._window_s, need=1, cost=1
+        )
+        return self._decide(
+            state, "requests", f"{limit} {route_class} requests per {self._window_label}"
+        )
 
     async def check_tokens(self, subject: str) -> RateLimitDecision | None:
         """Admit a generation while the subject's token budget is positive."""
         if self._tokens <= 0:
             return None
-        state = await self.store.update(f"tok:{subject}", self._tokens, need=1, cost=0)
-        return self._decide(state, "tokens", f"{self._tokens} generated tokens per minute")
+        state = await self.store.update(
+            f"tok:{subject}", self._tokens, self._window_s, need=1, cost=0
+        )
+        return self._decide(
+            state, "tokens", f"{self._tokens} generated tokens per {self._window_label}"
+        )
 
     async def debit_tokens(self, subject: str, tokens: int) -> None:
         if self._tokens <= 0 or tokens <= 0:
             return
-        await self.store.update(f"tok:{subject}", self._tokens, need=-math.inf, cost=tokens)
+        await self.store.update(
+            f"tok:{subject}", self._tokens, self._window_s, need=_ALWAYS, cost=tokens
+        )
 
     def _decide(self, state: BucketState, limit_name: str, policy: str) -> RateLimitDecision:
         reset = math.ceil(state.seconds_until(state.limit))
+        window = max(1, round(self._window_s))
         if state.allowed:
-            return RateLimitDecision(state.limit, max(0, math.floor(state.level)), reset)
+            return RateLimitDecision(
+                state.limit, max(0, math.floor(state.level)), reset, window_s=window
+            )
         RATE_LIMIT_REJECTIONS.labels(limit_name).inc()
         retry_after = max(1, math.ceil(state.seconds_until(1.0)))
-        decision = RateLimitDecision(state.limit, 0, reset, retry_after)
+        decision = RateLimitDecision(state.limit, 0, reset, retry_after, window)
         raise RateLimited(
             f"rate limit reached: {policy}; retry in {retry_after}s",
             decision,
@@ -223,9 +254,7 @@ class RateLimited(ResourceExhausted):
     """A 429 that carries its RateLimit-* headers."""
 
     def __init__(self, message: str, decision: RateLimitDecision, *, reason: str) -> None:
-        super().__init__(
-            message, reason=reason, retry_after_s=float(decision.retry_after_s or 1)
-        )
+        super().__init__(message, reason=reason, retry_after_s=float(decision.retry_after_s or 1))
         self.decision = decision
 
 
@@ -234,8 +263,9 @@ def create_rate_limiter(
     key_prefix: str,
     requests_per_minute: dict[RouteClass, int],
     tokens_per_minute: int,
+    window_s: float = 60.0,
 ) -> RateLimiter:
     store: BucketStore = (
         RedisBucketStore(redis_url, key_prefix) if redis_url else MemoryBucketStore()
     )
-    return RateLimiter(store, requests_per_minute, tokens_per_minute)
+    return RateLimiter(store, requests_per_minute, tokens_per_minute, window_s)

@@ -155,8 +155,8 @@ _TRANSPORT_MESSAGES = {
 
 
 def _has_rich_status(error: grpc.RpcError) -> bool:
-    trailing = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
-    return any(key == rpc_status.GRPC_DETAILS_METADATA_KEY for key, _ in trailing or ())
+    trailing: Any = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
+    return any(item[0] == rpc_status.GRPC_DETAILS_METADATA_KEY for item in trailing or ())
 
 
 def backend_error(backend: str, error: grpc.RpcError) -> BackendError:
@@ -268,7 +268,12 @@ class Replica(Generic[S]):
     """One backend address: its channel, stubs, breaker and load."""
 
     def __init__(
-        self, backend: str, address: str, channel: grpc.aio.Channel, stubs: S, breaker: CircuitBreaker
+        self,
+        backend: str,
+        address: str,
+        channel: grpc.aio.Channel,
+        stubs: S,
+        breaker: CircuitBreaker,
     ) -> None:
         self.backend = backend
         self.address = address
@@ -300,6 +305,12 @@ def channel_options(reconnect_backoff_max_s: float) -> list[tuple[str, int | str
         ("grpc.min_reconnect_backoff_ms", min(backoff_ms, 250)),
         ("grpc.max_reconnect_backoff_ms", backoff_ms),
     ]
+
+
+# An idempotent call is retried on these. CANCELLED reaches here only when the
+# server cancelled the call (a cancelled client request raises CancelledError
+# instead): a replica shutting down does that to the calls it was serving.
+_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 
 
 def _is_replica_failure(code: grpc.StatusCode, deadline: Deadline) -> bool:
@@ -370,7 +381,14 @@ class ReplicaPool(Generic[S]):
                 continue
             if replica is exclude:
                 continue
-            key = (replica.connection_failing(), replica.in_flight)
+            failing = replica.connection_failing()
+            if failing:
+                # A replica that cannot be connected to fails every call it
+                # would get: count that against it rather than send it calls.
+                breaker.record_failure()
+                if not breaker.closed:
+                    continue
+            key = (failing, replica.in_flight)
             if best is None or key < best_key:
                 best, best_key = replica, key
         if best is None and exclude is not None and exclude.breaker.closed:
@@ -413,7 +431,7 @@ class ReplicaPool(Generic[S]):
                 timeout=self._probe_timeout_s,
                 wait_for_ready=True,
             )
-            serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+            serving = bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
         except grpc.RpcError:
             serving = False
         if serving:
@@ -457,7 +475,7 @@ class ReplicaPool(Generic[S]):
                     time.perf_counter() - start
                 )
                 self._settle(replica, code, options.deadline)
-                if code is grpc.StatusCode.UNAVAILABLE and attempt + 1 < attempts:
+                if code in _RETRYABLE and attempt + 1 < attempts:
                     exclude = replica
                     continue
                 raise backend_error(self.backend, error) from None
@@ -489,7 +507,9 @@ class ReplicaPool(Generic[S]):
         exclude: Replica[S] | None = None
         for attempt in range(attempts):
             replica = await self._choose(exclude, options.deadline)
-            call = open_call(replica.stubs, options.deadline.timeout(self.backend), options.metadata)
+            call = open_call(
+                replica.stubs, options.deadline.timeout(self.backend), options.metadata
+            )
             replica.in_flight += 1
             start = time.perf_counter()
             code_name = "OK"
@@ -504,7 +524,7 @@ class ReplicaPool(Generic[S]):
                 code = error.code()
                 code_name = code.name
                 self._settle(replica, code, options.deadline)
-                if code is grpc.StatusCode.UNAVAILABLE and not received and attempt + 1 < attempts:
+                if code in _RETRYABLE and not received and attempt + 1 < attempts:
                     exclude = replica
                     continue
                 raise backend_error(self.backend, error) from None
@@ -521,18 +541,21 @@ class ReplicaPool(Generic[S]):
 
     # -- health and lifecycle --
 
-    async def health(self, timeout: float = 1.0) -> list[ReplicaHealth]:
+    async def health(self, check_timeout_s: float = 1.0) -> list[ReplicaHealth]:
         """Each replica's gRPC health and breaker state (probes due ones)."""
 
         async def check(replica: Replica[S]) -> ReplicaHealth:
             try:
                 reply = await replica.health.Check(
-                    health_pb2.HealthCheckRequest(service=self.service_name), timeout=timeout
+                    health_pb2.HealthCheckRequest(service=self.service_name),
+                    timeout=check_timeout_s,
                 )
                 serving = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
             except grpc.aio.AioRpcError as error:
-                serving = "UNREACHABLE" if error.code() is not grpc.StatusCode.NOT_FOUND else (
-                    "SERVICE_UNKNOWN"
+                serving = (
+                    "UNREACHABLE"
+                    if error.code() is not grpc.StatusCode.NOT_FOUND
+                    else ("SERVICE_UNKNOWN")
                 )
             if serving == "SERVING" and replica.breaker.probe_due():
                 self._start_probe(replica)

@@ -31,7 +31,7 @@ def create_server(settings: GatewaySettings, app: FastAPI | None = None) -> uvic
         loop="asyncio",
         lifespan="on",
         server_header=False,
-        timeout_graceful_shutdown=settings.shutdown_grace_s,
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)),
         timeout_keep_alive=30,
     )
     return uvicorn.Server(config)

@@ -51,9 +51,7 @@ Addresses = Annotated[tuple[str, ...], NoDecode]
 class GatewaySettings(BaseSettings):
     """Everything the gateway reads from its environment."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="LODESTAR_GATEWAY_", extra="ignore", frozen=True
-    )
+    model_config = SettingsConfigDict(env_prefix="LODESTAR_GATEWAY_", extra="ignore", frozen=True)
 
     host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
     port: int = Field(8080, ge=0, le=65535, description="HTTP port (0 picks a free one).")
@@ -120,6 +118,14 @@ class GatewaySettings(BaseSettings):
     )
     generated_tokens_per_minute: int = Field(
         60_000, ge=0, description="Generated tokens per minute per subject; 0 disables it."
+    )
+    rate_limit_window_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Window the rate limits refill over, in seconds: a subject may use a "
+        "whole window's allowance at once, then it refills evenly. The limits are per minute "
+        "at the default 60.",
     )
     redis_url: str = Field(
         "",

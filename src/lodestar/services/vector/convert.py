@@ -232,8 +232,14 @@ def _struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
         try:
             out[key] = _value_to_python(item)
         except _NonFiniteNumber as error:
-            raise _NonFiniteNumber(f"{key}.{error.path}" if error.path else key) from None
+            raise _NonFiniteNumber(_join(key, error.path)) from None
     return out
+
+
+def _join(head: str, tail: str) -> str:
+    if not tail:
+        return head
+    return f"{head}{tail}" if tail.startswith("[") else f"{head}.{tail}"
 
 
 def _value_to_python(value: struct_pb2.Value) -> Any:
@@ -257,7 +263,7 @@ def _value_to_python(value: struct_pb2.Value) -> Any:
             try:
                 items.append(_value_to_python(item))
             except _NonFiniteNumber as error:
-                raise _NonFiniteNumber(f"[{i}]{'.' + error.path if error.path else ''}") from None
+                raise _NonFiniteNumber(_join(f"[{i}]", error.path)) from None
         return items
     return None
 
@@ -641,7 +647,7 @@ def decode_page_token(value: str, kind: str, field: str = "page_token") -> dict[
     if not value:
         return {}
     try:
-        state = json.loads(base64.urlsafe_b64decode(value.encode("ascii")))
+        state = json.loads(base64.b64decode(value.encode("ascii"), altchars=b"-_", validate=True))
     except (ValueError, binascii.Error, UnicodeEncodeError):
         state = None
     if not isinstance(state, dict) or state.get("k") != kind:

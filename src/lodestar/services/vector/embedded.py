@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -135,6 +136,8 @@ class _Collection:
     # Writes applied while an optimizer works on a copy, to replay into that copy.
     delta: list[qe.UpdateOperation] | None = None
     last_write: float = 0.0
+    # When the oldest write not yet considered for an index build happened.
+    dirty_since: float = 0.0
     dirty: bool = False
     config_changed: bool = False
     deleted_since_optimize: int = 0
@@ -619,7 +622,10 @@ class EmbeddedBackend:
     # --- background optimization ------------------------------------------------------------
 
     def _mark_written(self, collection: _Collection) -> None:
-        collection.last_write = time.monotonic()
+        now = time.monotonic()
+        if not collection.dirty:
+            collection.dirty_since = now
+        collection.last_write = now
         collection.dirty = True
         task = collection.optimizer_task
         if (task is None or task.done()) and not self._closing:
@@ -639,10 +645,14 @@ class EmbeddedBackend:
 
     async def _optimizer_loop(self, collection: _Collection) -> None:
         delay = self._settings.optimize_delay_s
+        max_wait = self._settings.optimize_max_wait_s
         while collection.dirty and not collection.removed and not self._closing:
-            quiet = time.monotonic() - collection.last_write
-            if quiet < delay:
-                await asyncio.sleep(delay - quiet)
+            now = time.monotonic()
+            wait = min(
+                delay - (now - collection.last_write), max_wait - (now - collection.dirty_since)
+            )
+            if wait > 0:
+                await asyncio.sleep(wait)
                 continue
             collection.dirty = False
             try:
@@ -726,6 +736,7 @@ class EmbeddedBackend:
             "indexing_threshold_kb": self._settings.indexing_threshold_kb,
             "indexing_threads": self._settings.indexing_threads,
             "nice": self._settings.optimizer_nice,
+            "parent": os.getpid(),
         }
         process = await asyncio.create_subprocess_exec(
             sys.executable,

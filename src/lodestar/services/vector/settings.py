@@ -74,6 +74,12 @@ class VectorSettings(ServerSettings):
         description="Embedded: quiet seconds after the last write before the background "
         "optimizer builds indexes.",
     )
+    optimize_max_wait_s: float = Field(
+        30.0,
+        ge=0,
+        description="Embedded: longest time steady writes can postpone a background index "
+        "build.",
+    )
     indexing_threshold_kb: int = Field(
         10_000,
         ge=1,

@@ -33,7 +33,9 @@ def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
     return {key: value_to_python(item) for key, item in struct.fields.items()}
 
 
-def dict_to_struct(payload: dict[str, Any], out: struct_pb2.Struct | None = None) -> struct_pb2.Struct:
+def dict_to_struct(
+    payload: dict[str, Any], out: struct_pb2.Struct | None = None
+) -> struct_pb2.Struct:
     struct = struct_pb2.Struct() if out is None else out
     struct.update(payload)
     return struct

@@ -477,9 +477,7 @@ def update_collection_to_proto(
 ) -> pb.UpdateCollectionRequest:
     request = pb.UpdateCollectionRequest(
         name=name,
-        add_payload_fields={
-            k: _FIELD_TYPE_TO_PROTO[v] for k, v in body.add_payload_fields.items()
-        },
+        add_payload_fields={k: _FIELD_TYPE_TO_PROTO[v] for k, v in body.add_payload_fields.items()},
         remove_payload_fields=body.remove_payload_fields,
     )
     if body.hnsw is not None:

@@ -1,14 +1,15 @@
-"""Route modules by area. Each module has a ``router``; ``API_ROUTERS`` are
-mounted under /api/v1. An extension adds its own router module to the app
-(``create_app(settings, extensions=...)``)."""
+"""Route modules by area, each with a ``router`` (made by ``base.api_router``,
+so its paths start with /api/v1). An extension adds its own router modules to
+the app (``create_app(settings, extensions=...)``)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
 from lodestar.services.gateway.routes import analytics, collections, generate, system, vectors
+from lodestar.services.gateway.routes.base import API_PREFIX
 
-API_PREFIX = "/api/v1"
+__all__ = ["API_PREFIX", "API_ROUTERS", "ROOT_ROUTERS"]
 
 API_ROUTERS: list[APIRouter] = [
     system.router,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import Depends, Query
 from starlette.responses import Response
 
 from lodestar.services.gateway.auth import Permission
@@ -14,9 +14,10 @@ from lodestar.services.gateway.convert.common import datetime_to_timestamp
 from lodestar.services.gateway.deps import Call, require
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.responses import respond_json
+from lodestar.services.gateway.routes.base import api_router
 from lodestar.vector.v1 import analytics_service_pb2 as pb
 
-router = APIRouter(tags=["analytics"])
+router = api_router("analytics")
 
 Since = Annotated[datetime | None, Query(description="Only records at or after this time.")]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Path, Query
+from fastapi import Body, Depends, Path, Query
 from starlette.responses import Response
 
 from lodestar.runtime.errors import InvalidArgument
@@ -13,6 +13,7 @@ from lodestar.services.gateway.convert import vector as convert
 from lodestar.services.gateway.deps import Call, require
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.responses import no_content, respond
+from lodestar.services.gateway.routes.base import api_router
 from lodestar.services.gateway.schemas.vector import (
     Collection,
     CollectionList,
@@ -24,7 +25,7 @@ from lodestar.services.gateway.schemas.vector import (
 )
 from lodestar.vector.v1 import vector_service_pb2 as pb
 
-router = APIRouter(tags=["collections"])
+router = api_router("collections")
 
 Name = Annotated[str, Path(min_length=1, max_length=64)]
 PageSize = Annotated[int, Query(ge=1, le=1000)]
@@ -123,7 +124,9 @@ async def delete_collection(
     """The collection and all its points."""
     call.collection(name)
     call.whole_collection("delete a collection")
-    await call.backends.vector.delete_collection(pb.DeleteCollectionRequest(name=name), call.options)
+    await call.backends.vector.delete_collection(
+        pb.DeleteCollectionRequest(name=name), call.options
+    )
     return no_content()
 
 
@@ -193,7 +196,9 @@ async def restore_snapshot(
     if target:
         call.collection(target)
     response = await call.backends.vector.restore_snapshot(
-        pb.RestoreSnapshotRequest(collection=name, snapshot=snapshot, target_collection=target or ""),
+        pb.RestoreSnapshotRequest(
+            collection=name, snapshot=snapshot, target_collection=target or ""
+        ),
         call.options,
     )
     return respond(convert.collection_from_proto(response.collection))

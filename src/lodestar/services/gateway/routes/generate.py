@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import Depends
 from starlette.responses import Response, StreamingResponse
 
 from lodestar.inference.v1 import inference_service_pb2 as ipb
@@ -15,6 +15,7 @@ from lodestar.services.gateway.deps import Call, require
 from lodestar.services.gateway.metrics import GENERATED_TOKENS
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.responses import respond, respond_json
+from lodestar.services.gateway.routes.base import api_router
 from lodestar.services.gateway.schemas.inference import (
     BatchGenerateRequest,
     BatchGenerateResponse,
@@ -22,7 +23,7 @@ from lodestar.services.gateway.schemas.inference import (
     GenerateResponse,
 )
 
-router = APIRouter(tags=["generation"])
+router = api_router("generation")
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -59,9 +60,7 @@ async def generate(
     )
 
 
-@router.post(
-    "/generate/batch", response_model=BatchGenerateResponse, summary="Generate many texts"
-)
+@router.post("/generate/batch", response_model=BatchGenerateResponse, summary="Generate many texts")
 async def generate_batch(
     body: BatchGenerateRequest,
     call: Annotated[Call, Depends(require(Permission.GENERATE_TEXT, RouteClass.GENERATE))],

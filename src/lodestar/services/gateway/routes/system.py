@@ -35,8 +35,9 @@ from lodestar.services.gateway.metrics import (
     RATE_LIMIT_REJECTIONS,
 )
 from lodestar.services.gateway.responses import respond_json
+from lodestar.services.gateway.routes.base import api_router
 
-router = APIRouter(tags=["system"])
+router = api_router("system")
 scrape_router = APIRouter(tags=["system"])
 
 

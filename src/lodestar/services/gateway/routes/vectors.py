@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import Depends, Path, Query
 from starlette.responses import Response
 
 from lodestar.runtime.errors import InvalidArgument, NotFound
@@ -19,6 +19,7 @@ from lodestar.services.gateway.convert import vector as convert
 from lodestar.services.gateway.deps import Call, require
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.responses import respond
+from lodestar.services.gateway.routes.base import api_router
 from lodestar.services.gateway.schemas.common import parse_point_id
 from lodestar.services.gateway.schemas.vector import (
     BatchRequest,
@@ -39,7 +40,7 @@ from lodestar.services.gateway.schemas.vector import (
 )
 from lodestar.vector.v1 import vector_service_pb2 as pb
 
-router = APIRouter(tags=["vectors"])
+router = api_router("vectors")
 
 PointIdPath = Annotated[
     str, Path(alias="id", description="Unsigned integer or UUID.", max_length=64)
@@ -133,9 +134,7 @@ async def search_vectors(
     )
 
 
-@router.post(
-    "/vectors/search/batch", response_model=BatchSearchResponse, summary="Many searches"
-)
+@router.post("/vectors/search/batch", response_model=BatchSearchResponse, summary="Many searches")
 async def batch_search_vectors(
     body: BatchSearchRequest,
     call: Annotated[Call, Depends(require(Permission.SEARCH_VECTORS, RouteClass.READ))],

@@ -85,14 +85,29 @@ class GenerateRequest(GenerateItem):
         False, description="Store prompt and answer as a vector; the response has its id."
     )
     collection: CollectionName | None = Field(
-        None, description="Where store_embedding stores (default: conversations)."
+        None,
+        description="Where store_embedding stores and use_feedback looks (default: "
+        "conversations).",
     )
     context: ContextOptions | None = Field(
         None, description="Retrieve passages and answer from them, with sources."
     )
-    use_feedback: bool = Field(
-        False, description="Use well-scored past interactions as examples."
+    use_feedback: bool = Field(False, description="Use well-scored past interactions as examples.")
+    session_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="Conversation the interaction belongs to (stored with store_embedding).",
     )
+
+    @model_validator(mode="after")
+    def _collection_needs_store(self) -> GenerateRequest:
+        if self.collection is not None and not (self.store_embedding or self.use_feedback):
+            raise ValueError(
+                "collection is where store_embedding stores and use_feedback looks; "
+                "set store_embedding or use_feedback"
+            )
+        return self
 
 
 class Usage(ResponseModel):

@@ -33,9 +33,7 @@ def _exactly_one(model: RequestModel, names: tuple[str, ...], what: str) -> None
     given = [name for name in names if getattr(model, name) is not None]
     if len(given) != 1:
         shown = ", ".join(names)
-        raise ValueError(
-            f"{what} needs exactly one of {shown}; got {', '.join(given) or 'none'}"
-        )
+        raise ValueError(f"{what} needs exactly one of {shown}; got {', '.join(given) or 'none'}")
 
 
 class Match(RequestModel):
@@ -54,9 +52,7 @@ class Match(RequestModel):
 
     @model_validator(mode="after")
     def _one_kind(self) -> Match:
-        _exactly_one(
-            self, ("keyword", "integer", "boolean", "text", "any", "except_"), "match"
-        )
+        _exactly_one(self, ("keyword", "integer", "boolean", "text", "any", "except_"), "match")
         return self
 
 

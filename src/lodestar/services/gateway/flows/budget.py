@@ -1,0 +1,118 @@
+"""Fitting passages and examples into the model's context, counted in tokens.
+
+The rule: prompt tokens + max_tokens (+ a small safety margin) never exceed the
+context size. Every prompt that is sent has been counted by the inference
+service's own tokenizer (CountTokens on the very text or conversation it will
+render), so the budget holds exactly; estimates only choose what to try.
+
+The pieces (passages best first, then examples) are tried in order: all of
+them (one count, the usual case), else as many as an estimate from the first
+count allows, dropping the last until the count fits; if no whole piece fits,
+the first one is cut down to fit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, Protocol, Self, TypeVar
+
+from lodestar.runtime.errors import InvalidArgument
+
+R = TypeVar("R")
+
+# Estimates are made a little pessimistic so that the verifying count usually passes.
+_ESTIMATE_MARGIN = 1.15
+_MIN_CUT_CHARS = 64
+
+
+class Piece(Protocol):
+    @property
+    def size(self) -> int: ...
+
+    def cut(self, chars: int) -> Self: ...
+
+
+P = TypeVar("P", bound=Piece)
+
+
+@dataclass(frozen=True, slots=True)
+class Fitted(Generic[P, R]):
+    pieces: list[P]
+    rendered: R
+    prompt_tokens: int
+    # Pieces left out for lack of room (a cut piece counts as kept).
+    dropped: int
+    counts: int
+
+
+class ContextOverflow(InvalidArgument):
+    def __init__(self, prompt_tokens: int, max_tokens: int, context_size: int) -> None:
+        super().__init__(
+            f"the prompt is {prompt_tokens} tokens and max_tokens is {max_tokens}; together "
+            f"they exceed the model's context of {context_size} tokens; shorten the prompt "
+            "or lower max_tokens",
+            field="max_tokens",
+            reason="CONTEXT_OVERFLOW",
+            metadata={
+                "prompt_tokens": str(prompt_tokens),
+                "max_tokens": str(max_tokens),
+                "context_size": str(context_size),
+            },
+        )
+
+
+async def fit(
+    pieces: Sequence[P],
+    render: Callable[[Sequence[P]], R],
+    count: Callable[[R], Awaitable[int]],
+    *,
+    limit: int,
+    max_tokens: int,
+    context_size: int,
+) -> Fitted[P, R]:
+    """The most of ``pieces`` (a prefix-preferring subset) whose rendered prompt
+    counts at most ``limit`` tokens. ContextOverflow if even none fits."""
+    base_rendered = render([])
+    if not pieces:
+        base = await count(base_rendered)
+        if base > limit:
+            raise ContextOverflow(base, max_tokens, context_size)
+        return Fitted([], base_rendered, base, 0, 1)
+    full_rendered = render(pieces)
+    base, full = await asyncio.gather(count(base_rendered), count(full_rendered))
+    counts = 2
+    if base > limit:
+        raise ContextOverflow(base, max_tokens, context_size)
+    if full <= limit:
+        return Fitted(list(pieces), full_rendered, full, 0, counts)
+
+    total_chars = sum(max(1, p.size) for p in pieces)
+    per_char = max(full - base, 1) / total_chars
+    room = limit - base
+    chosen: list[P] = []
+    estimate = 0.0
+    for piece in pieces:
+        cost = max(1, piece.size) * per_char * _ESTIMATE_MARGIN
+        if estimate + cost <= room:
+            chosen.append(piece)
+            estimate += cost
+    while chosen:
+        rendered = render(chosen)
+        tokens = await count(rendered)
+        counts += 1
+        if tokens <= limit:
+            return Fitted(chosen, rendered, tokens, len(pieces) - len(chosen), counts)
+        chosen.pop()
+
+    chars = int(room / (per_char * _ESTIMATE_MARGIN))
+    while chars >= _MIN_CUT_CHARS:
+        cut = pieces[0].cut(chars)
+        rendered = render([cut])
+        tokens = await count(rendered)
+        counts += 1
+        if tokens <= limit:
+            return Fitted([cut], rendered, tokens, len(pieces) - 1, counts)
+        chars = int(chars * 0.7)
+    return Fitted([], base_rendered, base, len(pieces), counts)

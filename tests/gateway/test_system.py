@@ -1,0 +1,92 @@
+"""Health, metrics, the OpenAPI document and the token command."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from lodestar.services.gateway.auth import TokenVerifier
+from lodestar.services.gateway.cli import token_main
+from lodestar.services.gateway.settings import GatewaySettings
+from tests.gateway.fakes import FakeBackends
+from tests.gateway.harness import RunningGateway, gateway_settings, run_gateway
+
+
+async def test_health_liveness_and_details(
+    gateway: RunningGateway, client: httpx.AsyncClient
+) -> None:
+    live = await client.get("/api/v1/health")
+    assert live.json() == {"status": "ok"}
+    detailed = await client.get("/api/v1/health", headers=gateway.auth("viewer"))
+    assert detailed.status_code == 200
+    body = detailed.json()
+    assert body["status"] == "ok"
+    assert set(body["backends"]) == {"embedding", "vector", "inference"}
+    replica = body["backends"]["vector"]["replicas"][0]
+    assert replica["serving"] == "SERVING" and replica["breaker"] == "closed"
+
+
+async def test_prometheus_metrics_need_view_metrics(
+    gateway: RunningGateway, client: httpx.AsyncClient
+) -> None:
+    await client.post(
+        "/api/v1/vectors/search",
+        json={"collection": "alpha", "vector": [1, 0, 0, 0]},
+        headers=gateway.auth("viewer"),
+    )
+    assert (await client.get("/metrics")).status_code == 401
+    assert (await client.get("/metrics", headers=gateway.auth("editor"))).status_code == 403
+    scraped = await client.get("/metrics", headers=gateway.auth("operator"))
+    assert scraped.status_code == 200
+    assert scraped.headers["content-type"].startswith("text/plain")
+    text = scraped.text
+    assert (
+        'lodestar_gateway_http_requests_total{method="POST",route="/api/v1/vectors/search",'
+        'status="200"}' in text
+    )
+    assert "lodestar_gateway_circuit_breaker_state{" in text
+    assert 'lodestar_gateway_backend_request_duration_seconds_count{backend="vector"' in text
+    summary = await client.get("/api/v1/metrics", headers=gateway.auth("operator"))
+    data = summary.json()
+    assert data["requests"]["POST /api/v1/vectors/search"]["2xx"] >= 1
+    assert set(data["circuit_breakers"]) == {"embedding", "vector", "inference"}
+
+
+async def test_public_metrics_setting(fakes: FakeBackends) -> None:
+    settings = gateway_settings(
+        fakes.address("embedding"),
+        fakes.address("vector"),
+        fakes.address("inference"),
+        metrics_public=True,
+    )
+    async with run_gateway(settings) as gw, gw.client() as http:
+        assert (await http.get("/metrics")).status_code == 200
+
+
+async def test_openapi_document_and_docs(client: httpx.AsyncClient) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    assert schema["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    search = schema["paths"]["/api/v1/vectors/search"]["post"]
+    assert search["x-required-permissions"] == ["SearchVectors"]
+    assert search["security"] == [{"bearerAuth": []}]
+    assert "SearchVectors" in search["description"]
+    assert "security" not in schema["paths"]["/api/v1/health"]["get"]
+    for path in ("/api/v1/generate", "/api/v1/collections/{name}/snapshots/{snapshot}/restore"):
+        assert path in schema["paths"]
+    docs = await client.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+async def test_token_command(capsys: pytest.CaptureFixture[str]) -> None:
+    code = token_main(["--sub", "alice", "--role", "user", "--ttl", "1h", "--tenant", "acme"])
+    assert code == 0
+    token = capsys.readouterr().out.strip()
+    principal = await TokenVerifier(GatewaySettings()).verify(token)
+    assert principal.subject == "alice" and principal.tenant == "acme"
+    assert principal.roles == ("user",)
+    assert 3500 < principal.expires_at - principal.not_before <= 3600
+    for argv in (["--sub", "a", "--role", "wizard"], ["--sub", "a"], ["--sub", "a", "--role",
+                 "user", "--ttl", "soon"]):
+        with pytest.raises(SystemExit) as caught:
+            token_main(argv)
+        assert caught.value.code == 2

@@ -1,0 +1,392 @@
+"""Ingest end to end through the real embedding and vector services over gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import json_format
+
+from lodestar.embedding.v1 import embedding_service_pb2 as embedding_pb
+from lodestar.embedding.v1 import embedding_service_pb2_grpc as embedding_grpc
+from lodestar.ingest import IngestOptions, Ingestor, ingest_main
+from lodestar.ingest.chunking import ChunkingOptions, chunk_ids, format_for_name, split_text
+from lodestar.ingest.sinks import GrpcSink, IngestError, PointToWrite, UsageError, WriteResult
+from lodestar.ingest.sources import discover, read_source
+from lodestar.vector.v1 import vector_service_pb2 as vector_pb
+from lodestar.vector.v1 import vector_service_pb2_grpc as vector_grpc
+from tests.ingest.conftest import Services
+
+CHUNKING = ChunkingOptions(600, 80)
+
+
+@pytest.fixture
+def collection() -> str:
+    return f"ingest-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def vector(services: Services) -> AsyncIterator[vector_grpc.VectorServiceStub]:
+    async with grpc.aio.insecure_channel(services.vector_address) as channel:
+        yield vector_grpc.VectorServiceStub(channel)
+
+
+def options(collection: str, tmp_path: Path, **overrides: Any) -> IngestOptions:
+    base: dict[str, Any] = {
+        "collection": collection,
+        "create": True,
+        "chunking": CHUNKING,
+        "batch_size": 8,
+        "concurrency": 3,
+        "checkpoint_path": tmp_path / "state.sqlite3",
+        "progress": False,
+    }
+    return IngestOptions(**(base | overrides))
+
+
+async def ingest(
+    services: Services, paths: Sequence[Path | str], opts: IngestOptions, sink: Any = None
+) -> Any:
+    sink = sink or services.sink()
+    try:
+        return await Ingestor(opts, sink).run(discover([str(p) for p in paths]))
+    finally:
+        await sink.close()
+
+
+def expected_ids(paths: Sequence[Path]) -> dict[str, list[str]]:
+    """Chunk ids per source, computed without any service."""
+    out = {}
+    for ref in discover([str(p) for p in paths]):
+        document = read_source(ref)
+        assert not hasattr(document, "reason")
+        chunks = split_text(document.text, format_for_name(ref.source), CHUNKING)  # type: ignore[union-attr]
+        out[ref.source] = chunk_ids(ref.source, chunks)
+    return out
+
+
+async def count(vector: vector_grpc.VectorServiceStub, collection: str) -> int:
+    reply = await vector.CountPoints(vector_pb.CountPointsRequest(collection=collection))
+    return int(reply.count)
+
+
+async def stored_ids(vector: vector_grpc.VectorServiceStub, collection: str) -> set[str]:
+    ids: set[str] = set()
+    token = ""
+    while True:
+        page = await vector.ListPoints(
+            vector_pb.ListPointsRequest(collection=collection, page_size=1000, page_token=token)
+        )
+        ids.update(p.id.uuid for p in page.points)
+        token = page.next_page_token
+        if not token:
+            return ids
+
+
+async def test_ingest_stores_every_chunk_with_its_payload(
+    services: Services,
+    vector: vector_grpc.VectorServiceStub,
+    corpus: Path,
+    collection: str,
+    tmp_path: Path,
+) -> None:
+    (corpus / "empty.md").write_text("  \n")
+    (corpus / "latin1.txt").write_bytes("déjà vu".encode("latin-1"))
+    (corpus / "broken.md").symlink_to(corpus / "no-such-target.md")
+    report = await ingest(services, [corpus], options(collection, tmp_path))
+
+    ids = expected_ids(sorted(corpus.glob("*.rst")) + [corpus / "guide.md"])
+    total = sum(len(v) for v in ids.values())
+    assert report.collection_created
+    assert report.files_total == 12
+    assert report.files_ingested == 9
+    assert report.files_empty == 1
+    assert sorted(Path(s).name for s, _ in report.skipped) == ["broken.md", "latin1.txt"]
+    assert report.chunks == report.chunks_new == total
+    assert report.chunks_present == 0
+    assert await stored_ids(vector, collection) == {i for v in ids.values() for i in v}
+
+    guide = (corpus / "guide.md").resolve().as_posix()
+    reply = await vector.GetPoints(
+        vector_pb.GetPointsRequest(collection=collection, ids=[
+            vector_pb.PointId(uuid=i) for i in ids[guide]
+        ], with_payload=True)
+    )
+    payloads = [json_format.MessageToDict(p.payload) for p in reply.points]
+    assert [int(p["chunk_index"]) for p in payloads] == list(range(len(ids[guide])))
+    first = payloads[0]
+    assert first["source"] == guide
+    assert first["heading_path"] == ["Loops", "for"]
+    assert first["heading"] == "for"
+    assert first["text"].startswith("# Loops")
+    assert len(first["content_hash"]) == 64
+    assert first["ingested_at"].endswith("Z")
+    assert any(p.get("heading") == "continue" for p in payloads)
+
+    # The collection was made for the served model, with the ingest payload indexes.
+    info = await vector.GetCollection(vector_pb.GetCollectionRequest(name=collection))
+    assert info.collection.config.dimension == 384
+    assert info.collection.config.embedding_model == "all-MiniLM-L6-v2"
+    assert "source" in info.collection.config.payload_schema
+
+
+async def test_questions_find_the_right_source(
+    services: Services,
+    vector: vector_grpc.VectorServiceStub,
+    corpus: Path,
+    collection: str,
+    tmp_path: Path,
+) -> None:
+    await ingest(services, [corpus], options(collection, tmp_path))
+    async with grpc.aio.insecure_channel(services.embedding_address) as channel:
+        embedder = embedding_grpc.EmbeddingServiceStub(channel)
+        questions = {
+            "How do I delete a variable binding or a list item?": "del.rst",
+            "What happens when an assertion fails with optimization enabled?": "assert.rst",
+            "How does a with statement call __enter__ and __exit__ of a context manager?": (
+                "with.rst"
+            ),
+        }
+        reply = await embedder.EmbedTexts(embedding_pb.EmbedTextsRequest(texts=list(questions)))
+    for (question, source), embedding in zip(questions.items(), reply.embeddings, strict=True):
+        hits = await vector.SearchPoints(
+            vector_pb.SearchPointsRequest(
+                collection=collection, vector=embedding.values, limit=3, with_payload=True
+            )
+        )
+        sources = [Path(h.payload["source"]).name for h in hits.points]
+        assert source in sources, f"{question!r} found {sources}"
+
+
+async def test_running_again_creates_no_duplicates(
+    services: Services,
+    vector: vector_grpc.VectorServiceStub,
+    corpus: Path,
+    collection: str,
+    tmp_path: Path,
+) -> None:
+    first = await ingest(services, [corpus], options(collection, tmp_path))
+    stored = await count(vector, collection)
+    assert stored == first.chunks_new > 0
+
+    # With the checkpoint: every file is unchanged and skipped before chunking.
+    again = await ingest(services, [corpus], options(collection, tmp_path, create=False))
+    assert (again.files_unchanged, again.chunks, again.chunks_new) == (first.files_ingested, 0, 0)
+    assert await count(vector, collection) == stored
+
+    # Without it: every chunk is looked up, found, and not embedded again.
+    looked_up = await ingest(
+        services, [corpus], options(collection, tmp_path, checkpoint_path=None)
+    )
+    assert looked_up.chunks_present == looked_up.chunks == stored
+    assert looked_up.chunks_new == 0 and looked_up.chunks_pruned == 0
+    assert await count(vector, collection) == stored
+
+
+class _CrashingSink(GrpcSink):
+    """The real sink, but the process 'dies' after a number of stored batches."""
+
+    def __init__(self, services: Services, batches: int) -> None:
+        super().__init__(services.embedding_address, services.vector_address)
+        self.left = batches
+
+    async def write(self, collection: str, points: Sequence[PointToWrite]) -> WriteResult:
+        if self.left == 0:
+            raise IngestError("simulated crash")
+        self.left -= 1
+        return await super().write(collection, points)
+
+
+class _CountingSink(GrpcSink):
+    def __init__(self, services: Services) -> None:
+        super().__init__(services.embedding_address, services.vector_address)
+        self.embedded = 0
+
+    async def write(self, collection: str, points: Sequence[PointToWrite]) -> WriteResult:
+        self.embedded += len(points)
+        return await super().write(collection, points)
+
+
+async def test_an_interrupted_run_resumes_where_it_stopped(
+    services: Services,
+    vector: vector_grpc.VectorServiceStub,
+    corpus: Path,
+    collection: str,
+    tmp_path: Path,
+) -> None:
+    total = sum(len(v) for v in expected_ids([corpus]).values())
+    opts = options(collection, tmp_path, batch_size=4, concurrency=1)
+    with pytest.raises(IngestError, match="simulated crash"):
+        await ingest(services, [corpus], opts, _CrashingSink(services, batches=3))
+    assert await count(vector, collection) == 12
+
+    counting = _CountingSink(services)
+    resumed = await ingest(services, [corpus], opts, counting)
+    # Files finished before the crash are skipped by the checkpoint; the chunks of
+    # the file in flight are found with GetPoints; only the rest is embedded.
+    assert resumed.files_unchanged >= 1
+    assert resumed.chunks_present >= 1
+    assert counting.embedded == resumed.chunks_new == total - 12
+    assert await count(vector, collection) == total
+
+
+async def test_a_changed_file_replaces_its_old_chunks(
+    services: Services,
+    vector: vector_grpc.VectorServiceStub,
+    corpus: Path,
+    collection: str,
+    tmp_path: Path,
+) -> None:
+    target = corpus / "while.rst"
+    await ingest(services, [corpus], options(collection, tmp_path))
+    before = await stored_ids(vector, collection)
+
+    text = target.read_text()
+    target.write_text(text.replace("The "while" statement", "The while loop statement", 1))
+    again = await ingest(services, [corpus], options(collection, tmp_path))
+
+    now = expected_ids([corpus])
+    assert again.files_unchanged == len(now) - 1
+    assert again.files_ingested == 1
+    assert again.chunks_pruned >= 1
+    assert await stored_ids(vector, collection) == {i for v in now.values() for i in v}
+    assert before != await stored_ids(vector, collection)
+
+    # Emptying the file removes all of its chunks.
+    target.write_text("")
+    emptied = await ingest(services, [corpus], options(collection, tmp_path))
+    assert emptied.files_empty == 1
+    assert emptied.chunks_pruned == len(now[target.resolve().as_posix()])
+
+
+async def test_missing_collection_needs_create(
+    services: Services, corpus: Path, collection: str, tmp_path: Path
+) -> None:
+    with pytest.raises(UsageError, match="--create"):
+        await ingest(services, [corpus], options(collection, tmp_path, create=False))
+
+
+async def test_a_collection_of_another_dimension_is_refused(
+    services: Services,
+    vector: vector_grpc.VectorServiceStub,
+    corpus: Path,
+    collection: str,
+    tmp_path: Path,
+) -> None:
+    await vector.CreateCollection(
+        vector_pb.CreateCollectionRequest(
+            name=collection, config=vector_pb.CollectionConfig(dimension=8)
+        )
+    )
+    with pytest.raises(UsageError, match="8-dimensional"):
+        await ingest(services, [corpus], options(collection, tmp_path))
+
+
+async def test_chunk_size_above_the_service_limit_is_refused(
+    services: Services, corpus: Path, collection: str, tmp_path: Path
+) -> None:
+    opts = options(collection, tmp_path, chunking=ChunkingOptions(20_000, 100))
+    with pytest.raises(UsageError, match="10000 characters"):
+        await ingest(services, [corpus], opts)
+
+
+# --- the command ---------------------------------------------------------------------------
+
+
+def run_command(argv: list[str], stdin: bytes = b"") -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    status = ingest_main(argv, stdin=io.BytesIO(stdin), stdout=out, stderr=err)
+    return status, out.getvalue(), err.getvalue()
+
+
+async def test_the_command_ingests_files_and_stdin(
+    services: Services,
+    vector: vector_grpc.VectorServiceStub,
+    corpus: Path,
+    collection: str,
+    tmp_path: Path,
+) -> None:
+    argv = [
+        str(corpus / "assert.rst"),
+        "-",
+        "--collection",
+        collection,
+        "--create",
+        "--embedding-address",
+        services.embedding_address,
+        "--vector-address",
+        services.vector_address,
+        "--state",
+        str(tmp_path / "state.sqlite3"),
+        "--stdin-name",
+        "piped-notes",
+        "--json",
+    ]
+    piped = b"# Notes\n\nLodestar keeps its memories in a vector database.\n"
+    # The command runs its own event loop; the services keep serving on this one.
+    status, out, err = await asyncio.to_thread(run_command, argv, piped)
+    assert status == 0, err
+    summary = json.loads(out)
+    assert summary["collection_created"] is True
+    assert summary["files"]["ingested"] == 2
+    assert summary["chunks"]["new"] == summary["chunks"]["total"] == await count(
+        vector, collection
+    )
+    hits = await vector.ListPoints(
+        vector_pb.ListPointsRequest(collection=collection, page_size=100, with_payload=True)
+    )
+    assert "piped-notes" in {p.payload["source"] for p in hits.points}
+
+    status, out, err = await asyncio.to_thread(run_command, argv[:-1], piped)
+    assert status == 0, err
+    assert "2 unchanged since the last run" in out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--chunk-size", "100", "--chunk-overlap", "80"], "at most half"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--encoding", "klingon"], "unknown encoding"),
+        (["--via", "gateway"], "needs a token"),
+    ],
+)
+def test_bad_arguments_exit_2(
+    extra: list[str], message: str, corpus: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        ingest_main([str(corpus), "--collection", "c", *extra])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_missing_path_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        ingest_main([str(tmp_path / "nope"), "--collection", "c"])
+    assert exit_info.value.code == 2
+    assert "no such file or directory" in capsys.readouterr().err
+
+
+def test_an_unreachable_service_exits_1(corpus: Path, tmp_path: Path) -> None:
+    status, _, err = run_command(
+        [
+            str(corpus),
+            "--collection",
+            "c",
+            "--embedding-address",
+            "127.0.0.1:1",
+            "--connect-timeout",
+            "0.5",
+            "--no-progress",
+            "--no-checkpoint",
+        ]
+    )
+    assert status == 1
+    assert "embedding service at 127.0.0.1:1 is unreachable" in err

@@ -1,0 +1,68 @@
+"""Dockerfiles: hadolint-clean, multi-stage, pinned, non-root, only their own extra."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.ops._deploy_check import dc
+
+DOCKERFILES = dc.dockerfiles()
+
+
+def test_one_dockerfile_per_service() -> None:
+    assert sorted(p.name for p in DOCKERFILES) == sorted(
+        f"{s}.Dockerfile" for s in ("embedding", "vector", "inference", "gateway")
+    )
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_hadolint_is_clean(path: Path) -> None:
+    assert dc.hadolint_problems(path) == []
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_image_policy(path: Path) -> None:
+    assert dc.dockerfile_policy_problems(path) == []
+
+
+def test_only_the_embedding_image_installs_torch() -> None:
+    for path in DOCKERFILES:
+        instructions = " ".join(args for _, args in dc._dockerfile_instructions(path.read_text()))
+        assert ("torch" in instructions) == (path.name == "embedding.Dockerfile"), path.name
+
+
+def test_inference_image_builds_llama_cpp_with_the_makefile_flags() -> None:
+    text = (dc.DOCKER / "inference.Dockerfile").read_text()
+    flags = dc.makefile_llama_cmake_args()
+    assert "-DGGML_NATIVE=OFF" in flags
+    assert f'ARG LLAMA_CMAKE_ARGS="{flags}"' in text
+    assert 'CMAKE_ARGS="${LLAMA_CMAKE_ARGS}" pip install' in text
+
+
+def test_policy_catches_a_bad_dockerfile(tmp_path: Path) -> None:
+    bad = tmp_path / "gateway.Dockerfile"
+    bad.write_text(
+        "FROM python:3.11-slim\n"
+        'RUN pip install --no-cache-dir torch==2.13.0 "./[gateway,embedding]"\n'
+        'ENTRYPOINT ["python", "-m", "lodestar.services.vector"]\n'
+    )
+    problems = " | ".join(dc.dockerfile_policy_problems(bad))
+    for expected in (
+        "not a multi-stage build",
+        "not pinned",
+        "non-root USER",
+        "expected only [gateway]",
+        "ENTRYPOINT",
+        "mentions torch",
+        "dockerignore",
+    ):
+        assert expected in problems
+
+
+def test_hadolint_reports_findings(tmp_path: Path) -> None:
+    bad = tmp_path / "x.Dockerfile"
+    bad.write_text("FROM python\nRUN apt-get install curl\n")
+    problems = dc.hadolint_problems(bad)
+    assert problems and "DL3006" in problems[0]
