@@ -82,6 +82,10 @@ run: $(VENV)/.installed ## Start the whole stack on embedded defaults (Ctrl-C st
 bench: $(VENV)/.installed ## Run the benchmarks (prints ratios against the raw libraries)
 	$(PY) -m bench
 
+.PHONY: deploy-check
+deploy-check: $(VENV)/.installed system-deps ## Validate deploy/ offline (manifests, Envoy, rules, dashboards, images)
+	$(PY) scripts/deploy_check.py
+
 .PHONY: clean
 clean: ## Remove the virtual environment, tools and local data
 	rm -rf $(VENV) $(TOOLS) .data .pytest_cache .mypy_cache .ruff_cache

@@ -117,7 +117,9 @@ INFRASTRUCTURE_METRICS = frozenset(
         "kubelet_volume_stats_used_bytes",
     }
 )
-_SOURCE_METRIC = re.compile(r"\b(?:Counter|Gauge|Histogram|Summary)\(\s*\"([a-zA-Z_:][a-zA-Z0-9_:]*)\"")
+_SOURCE_METRIC = re.compile(
+    r"\b(?:Counter|Gauge|Histogram|Summary)\(\s*\"([a-zA-Z_:][a-zA-Z0-9_:]*)\""
+)
 
 
 class CheckError(RuntimeError):
@@ -215,7 +217,7 @@ def built(variant: str) -> tuple[dict[str, Any], ...]:
 @functools.cache
 def _schema_dir(version: str) -> Path:
     """kubernetes-validate's strict schemas (no unknown fields) for a Kubernetes minor."""
-    import kubernetes_validate
+    import kubernetes_validate  # type: ignore[import-untyped]
 
     root = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
     found = sorted(root.glob(f"v{version}.*-local-strict"))
@@ -226,7 +228,7 @@ def _schema_dir(version: str) -> Path:
 
 @functools.cache
 def _validator(version: str, kind: str, api_version: str) -> Any:
-    import jsonschema
+    import jsonschema  # type: ignore[import-untyped]
     from referencing import Registry, Resource
 
     schema_dir = _schema_dir(version)
@@ -251,7 +253,9 @@ def k8s_schema_problems(
         where = _obj_name(obj)
         validator = _validator(version, str(obj.get("kind")), str(obj.get("apiVersion")))
         if validator is None:
-            problems.append(f"{where}: no schema for {obj.get('apiVersion')} in Kubernetes {version}")
+            problems.append(
+                f"{where}: no schema for {obj.get('apiVersion')} in Kubernetes {version}"
+            )
             continue
         for error in sorted(validator.iter_errors(dict(obj)), key=lambda e: list(map(str, e.path))):
             path = ".".join(str(p) for p in error.path) or "(root)"
@@ -281,7 +285,9 @@ def _by_kind(objects: Iterable[Mapping[str, Any]], kind: str) -> dict[str, Mappi
 
 def _selects(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
     """Whether a label selector (matchLabels/matchExpressions or a plain map) matches."""
-    match_labels = selector.get("matchLabels", selector if "matchExpressions" not in selector else {})
+    match_labels = selector.get(
+        "matchLabels", selector if "matchExpressions" not in selector else {}
+    )
     if any(labels.get(k) != v for k, v in match_labels.items() if k != "matchExpressions"):
         return False
     for expr in selector.get("matchExpressions", []):
@@ -303,7 +309,9 @@ def _container_problems(
     problems = []
     name = f"{where} container {container.get('name')}"
     image = str(container.get("image", ""))
-    if "@sha256:" not in image and (":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest")):
+    if "@sha256:" not in image and (
+        ":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest")
+    ):
         problems.append(f"{name}: image {image!r} is not pinned to a tag or digest")
     resources = container.get("resources", {})
     for part in ("requests", "limits"):
@@ -383,7 +391,9 @@ def _reference_problems(
             ref = volume["secret"]
             need("Secret", ref["secretName"], secrets, ref.get("optional"))
         if "persistentVolumeClaim" in volume:
-            need("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"], claims, False)
+            need(
+                "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"], claims, False
+            )
         for source in volume.get("projected", {}).get("sources", []):
             if "configMap" in source:
                 ref = source["configMap"]
@@ -394,9 +404,7 @@ def _reference_problems(
     return problems
 
 
-def _env_of(
-    container: Mapping[str, Any], objects: Sequence[Mapping[str, Any]]
-) -> dict[str, str]:
+def _env_of(container: Mapping[str, Any], objects: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     """The container's environment as far as it is known statically."""
     config_maps = _by_kind(objects, "ConfigMap")
     env: dict[str, str] = {}
@@ -447,7 +455,10 @@ def _lodestar_service_problems(
         probe = main.get(probe_name) or {}
         if service == "gateway":
             http = probe.get("httpGet", {})
-            if http.get("path") != "/api/v1/health" or _port_number(main, http.get("port", 0)) != serving_port:
+            if (
+                http.get("path") != "/api/v1/health"
+                or _port_number(main, http.get("port", 0)) != serving_port
+            ):
                 problems.append(f"{where}: {probe_name} must GET /api/v1/health on the http port")
         else:
             grpc = probe.get("grpc")
@@ -511,8 +522,13 @@ def _embedded_vector_problems(
         problems.append(f"{where}: the embedded vector engine runs as a Deployment or StatefulSet")
     for hpa in _by_kind(objects, "HorizontalPodAutoscaler").values():
         target = hpa["spec"]["scaleTargetRef"]
-        if target.get("kind") == workload["kind"] and target.get("name") == workload["metadata"]["name"]:
-            problems.append(f"{where}: autoscaled by {_obj_name(hpa)}, but it must stay one replica")
+        if (
+            target.get("kind") == workload["kind"]
+            and target.get("name") == workload["metadata"]["name"]
+        ):
+            problems.append(
+                f"{where}: autoscaled by {_obj_name(hpa)}, but it must stay one replica"
+            )
     pod = _pod_template(workload).get("spec", {})
     main = next(c for c in pod["containers"] if c["name"] == "vector")
     data_dir = _env_of(main, objects).get("LODESTAR_VECTOR_DATA_DIR")
@@ -520,7 +536,8 @@ def _embedded_vector_problems(
     claim_templates = {t["metadata"]["name"] for t in spec.get("volumeClaimTemplates", [])}
     volume = next((v for v in pod.get("volumes", []) if mount and v["name"] == mount["name"]), None)
     persistent = mount is not None and (
-        mount["name"] in claim_templates or (volume is not None and "persistentVolumeClaim" in volume)
+        mount["name"] in claim_templates
+        or (volume is not None and "persistentVolumeClaim" in volume)
     )
     if not persistent:
         problems.append(
@@ -593,7 +610,9 @@ def settings_env_names(service: str) -> set[str] | None:
     classes = [
         obj
         for obj in vars(module).values()
-        if isinstance(obj, type) and issubclass(obj, BaseSettings) and obj.__module__ == module.__name__
+        if isinstance(obj, type)
+        and issubclass(obj, BaseSettings)
+        and obj.__module__ == module.__name__
     ]
     if not classes:
         return None
@@ -661,7 +680,9 @@ def _has_own_from_dict(cls: type) -> bool:
     import betterproto2
 
     own = getattr(cls, "from_dict", None)
-    return getattr(own, "__func__", None) is not getattr(betterproto2.Message.from_dict, "__func__", None)
+    return getattr(own, "__func__", None) is not getattr(
+        betterproto2.Message.from_dict, "__func__", None
+    )
 
 
 def _check_proto(cls: type, value: Any, path: str, problems: list[str]) -> None:
@@ -699,7 +720,7 @@ def _check_proto(cls: type, value: Any, path: str, problems: list[str]) -> None:
     if _has_own_from_dict(cls):
         try:
             cls.from_dict(value)  # type: ignore[attr-defined]
-        except Exception as error:  # noqa: BLE001 - any parse failure is the finding
+        except Exception as error:
             problems.append(f"{path}: not a valid {cls.__name__}: {error}")
         return
     if not isinstance(value, dict):
@@ -748,10 +769,11 @@ def _check_value(meta: Any, field_cls: type, value: Any, path: str, problems: li
         target = meta.unwrap() if meta.unwrap else field_cls
         _check_proto(target, value, path, problems)
     elif kind == betterproto2.TYPE_ENUM:
-        names = {m.name for m in field_cls} | set(
+        members: list[Any] = list(field_cls)  # type: ignore[call-overload]
+        names = {m.name for m in members} | set(
             getattr(field_cls, "betterproto_renamed_proto_names_to_value", dict)()
         )
-        proto_names = {getattr(m, "proto_name", None) for m in field_cls}
+        proto_names = {getattr(m, "proto_name", None) for m in members}
         if not (isinstance(value, int) or value in names or value in proto_names):
             problems.append(f"{path}: {value!r} is not one of {sorted(n for n in names if n)}")
     elif kind == betterproto2.TYPE_BOOL:
@@ -807,7 +829,9 @@ def envoy_policy_problems(config: Mapping[str, Any]) -> list[str]:
         if not cluster.get("outlier_detection"):
             problems.append(f"{where}: no outlier detection")
         thresholds = cluster.get("circuit_breakers", {}).get("thresholds", [])
-        if not thresholds or not all("max_requests" in t and "max_pending_requests" in t for t in thresholds):
+        if not thresholds or not all(
+            "max_requests" in t and "max_pending_requests" in t for t in thresholds
+        ):
             problems.append(f"{where}: no circuit-breaker thresholds")
 
     routed: set[str] = set()
@@ -897,10 +921,14 @@ def check_scrape_configs() -> list[str]:
     for job in config.get("scrape_configs", []):
         for sd in job.pop("kubernetes_sd_configs", []):
             if sd.get("role") not in KUBERNETES_SD_ROLES:
-                problems.append(f"job {job['job_name']}: unknown kubernetes_sd role {sd.get('role')}")
+                problems.append(
+                    f"job {job['job_name']}: unknown kubernetes_sd role {sd.get('role')}"
+                )
             unknown = set(sd) - {"role", "namespaces", "selectors", "attach_metadata", "api_server"}
             if unknown:
-                problems.append(f"job {job['job_name']}: unknown kubernetes_sd fields {sorted(unknown)}")
+                problems.append(
+                    f"job {job['job_name']}: unknown kubernetes_sd fields {sorted(unknown)}"
+                )
             job.setdefault("static_configs", [{"targets": ["discovered:1"]}])
     with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as handle:
         yaml.safe_dump(config, handle)
@@ -950,10 +978,16 @@ def check_runbooks() -> list[str]:
         if url.split("#", 1)[1] not in anchors:
             problems.append(f"{path.name}: {name}: no section {url} in docs/operations.md")
         if rule.get("labels", {}).get("severity") not in ("critical", "warning", "info"):
-            problems.append(f"{path.name}: {name}: severity label must be critical, warning or info")
+            problems.append(
+                f"{path.name}: {name}: severity label must be critical, warning or info"
+            )
         for key in ("summary", "description"):
             if not rule.get("annotations", {}).get(key):
                 problems.append(f"{path.name}: {name}: no {key} annotation")
+    if RUNBOOK.exists():
+        for anchor in re.findall(r"\]\(#([^)]+)\)", RUNBOOK.read_text()):
+            if anchor not in anchors:
+                problems.append(f"{RUNBOOK.name}: link to #{anchor}, which has no section")
     return problems
 
 
@@ -991,7 +1025,9 @@ def dashboard_expressions() -> list[Expression]:
             if variable.get("type") == "query" and isinstance(query, dict):
                 match = re.fullmatch(r"label_values\((.*),\s*\w+\)", query.get("query", ""))
                 if match:
-                    out.append(Expression(f"{path.name}: variable {variable['name']}", match.group(1)))
+                    out.append(
+                        Expression(f"{path.name}: variable {variable['name']}", match.group(1))
+                    )
     return out
 
 
@@ -1073,7 +1109,10 @@ def declared_metrics() -> dict[str, set[str]]:
 def promql_parse_problems(expressions: Sequence[Expression]) -> list[str]:
     """Parse every expression with promtool: each one a recording rule in its own group."""
     groups = [
-        {"name": f"expr-{i}", "rules": [{"record": f"check:expression_{i}", "expr": as_promql(e.expr)}]}
+        {
+            "name": f"expr-{i}",
+            "rules": [{"record": f"check:expression_{i}", "expr": as_promql(e.expr)}],
+        }
         for i, e in enumerate(expressions)
     ]
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
@@ -1104,9 +1143,15 @@ def promql_metric_problems(expressions: Sequence[Expression]) -> list[str]:
             problems.append(f"{expression.where}: unknown metric {name}")
         # Where a service already declares its metrics, the names must match.
         for name in names & known:
-            base = re.sub(r"_(bucket|sum|count)$", "", name) if name not in SERVICE_METRICS else name
+            base = (
+                re.sub(r"_(bucket|sum|count)$", "", name) if name not in SERVICE_METRICS else name
+            )
             match = re.match(r"lodestar_(\w+?)_", base)
-            part = match.group(1) if match else ("runtime" if base.startswith("grpc_server_") else None)
+            part = (
+                match.group(1)
+                if match
+                else ("runtime" if base.startswith("grpc_server_") else None)
+            )
             if part in declared and declared[part] and base not in declared[part]:
                 problems.append(
                     f"{expression.where}: {base} is not declared by src/lodestar/"
@@ -1177,7 +1222,9 @@ def _dockerfile_instructions(text: str) -> list[tuple[str, str]]:
 
 
 def makefile_llama_cmake_args() -> str:
-    match = re.search(r"^LLAMA_CMAKE_ARGS\s*:=\s*(.+)$", (REPO / "Makefile").read_text(), re.MULTILINE)
+    match = re.search(
+        r"^LLAMA_CMAKE_ARGS\s*:=\s*(.+)$", (REPO / "Makefile").read_text(), re.MULTILINE
+    )
     return match.group(1).strip() if match else ""
 
 
@@ -1190,11 +1237,15 @@ def dockerfile_policy_problems(path: Path) -> list[str]:
         problems.append(f"{path.name}: not a multi-stage build")
     for args in froms:
         image = args.split()[0]
-        if image.startswith("$") or any(image == f"{a.split()[-1]}" for a in froms if " AS " in a.upper()):
+        if image.startswith("$") or any(
+            image == f"{a.split()[-1]}" for a in froms if " AS " in a.upper()
+        ):
             continue
         pinned = "@sha256:" in image or re.search(r":\d+\.\d+\.\d+[\w.-]*$", image)
         if not pinned:
-            problems.append(f"{path.name}: base {image} is not pinned to an exact version or digest")
+            problems.append(
+                f"{path.name}: base {image} is not pinned to an exact version or digest"
+            )
     final_stage = instructions[max(i for i, (w, _) in enumerate(instructions) if w == "FROM") :]
     users = [args for word, args in final_stage if word == "USER"]
     if not users or users[-1].split(":")[0] in ("root", "0"):
@@ -1232,12 +1283,24 @@ def check_images() -> list[str]:
 # Runner
 
 
+def _on_variant(
+    check: Callable[[Sequence[Mapping[str, Any]]], list[str]], variant: str
+) -> Callable[[], list[str]]:
+    return lambda: check(built(variant))
+
+
 def k8s_checks() -> list[Check]:
     checks = []
     for variant in variants():
-        checks.append(Check(f"kustomize {variant}: schemas", lambda v=variant: k8s_schema_problems(built(v))))
-        checks.append(Check(f"kustomize {variant}: policy", lambda v=variant: k8s_policy_problems(built(v))))
-        checks.append(Check(f"kustomize {variant}: settings", lambda v=variant: env_name_problems(built(v))))
+        checks.append(
+            Check(f"kustomize {variant}: schemas", _on_variant(k8s_schema_problems, variant))
+        )
+        checks.append(
+            Check(f"kustomize {variant}: policy", _on_variant(k8s_policy_problems, variant))
+        )
+        checks.append(
+            Check(f"kustomize {variant}: settings", _on_variant(env_name_problems, variant))
+        )
     return checks
 
 

@@ -70,7 +70,7 @@ class FakeEmbedding(epb_grpc.EmbeddingServiceServicer):
     def __init__(self) -> None:
         self.recorder = Recorder()
 
-    async def EmbedTexts(  # noqa: N802 - generated name
+    async def EmbedTexts(
         self, request: epb.EmbedTextsRequest, context: grpc.aio.ServicerContext
     ) -> epb.EmbedTextsResponse:
         await self.recorder.record("EmbedTexts", request, context)
@@ -83,7 +83,7 @@ class FakeEmbedding(epb_grpc.EmbeddingServiceServicer):
             dimension=DIMENSION,
         )
 
-    async def GetModelInfo(  # noqa: N802
+    async def GetModelInfo(
         self, request: epb.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> epb.GetModelInfoResponse:
         await self.recorder.record("GetModelInfo", request, context)
@@ -118,33 +118,35 @@ class FakeVector(vpb_grpc.VectorServiceServicer):
     async def _rec(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> None:
         await self.recorder.record(method, request, context)
 
-    async def CreateCollection(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def CreateCollection(self, request: Any, context: Any) -> Any:
         await self._rec("CreateCollection", request, context)
         collection = _collection(request.name)
         collection.config.CopyFrom(request.config)
         return vpb.CreateCollectionResponse(collection=collection)
 
-    async def GetCollection(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def GetCollection(self, request: Any, context: Any) -> Any:
         await self._rec("GetCollection", request, context)
         if request.name == "missing":
-            raise NotFound(f"collection {request.name!r} does not exist", reason="COLLECTION_NOT_FOUND")
+            raise NotFound(
+                f"collection {request.name!r} does not exist", reason="COLLECTION_NOT_FOUND"
+            )
         return vpb.GetCollectionResponse(collection=_collection(request.name))
 
-    async def ListCollections(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def ListCollections(self, request: Any, context: Any) -> Any:
         await self._rec("ListCollections", request, context)
         return vpb.ListCollectionsResponse(
             collections=[_collection(n) for n in ("alpha", "docs-1", "docs-2")]
         )
 
-    async def UpdateCollection(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def UpdateCollection(self, request: Any, context: Any) -> Any:
         await self._rec("UpdateCollection", request, context)
         return vpb.UpdateCollectionResponse(collection=_collection(request.name))
 
-    async def DeleteCollection(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def DeleteCollection(self, request: Any, context: Any) -> Any:
         await self._rec("DeleteCollection", request, context)
         return vpb.DeleteCollectionResponse()
 
-    async def UpsertPoints(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def UpsertPoints(self, request: Any, context: Any) -> Any:
         await self._rec("UpsertPoints", request, context)
         for i, point in enumerate(request.points):
             if len(point.vector) != DIMENSION:
@@ -155,7 +157,7 @@ class FakeVector(vpb_grpc.VectorServiceServicer):
                 )
         return vpb.UpsertPointsResponse(ids=[p.id for p in request.points])
 
-    async def GetPoints(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def GetPoints(self, request: Any, context: Any) -> Any:
         await self._rec("GetPoints", request, context)
         points = []
         for point_id in request.ids:
@@ -169,18 +171,18 @@ class FakeVector(vpb_grpc.VectorServiceServicer):
             points.append(point)
         return vpb.GetPointsResponse(points=points)
 
-    async def UpdatePoints(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def UpdatePoints(self, request: Any, context: Any) -> Any:
         await self._rec("UpdatePoints", request, context)
         if any(u.id.num == 404 for u in request.updates):
             raise NotFound("point 404 does not exist", reason="POINT_NOT_FOUND")
         return vpb.UpdatePointsResponse(updated_count=len(request.updates))
 
-    async def DeletePoints(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def DeletePoints(self, request: Any, context: Any) -> Any:
         await self._rec("DeletePoints", request, context)
         count = sum(1 for i in request.selector.ids if i.num != 404)
         return vpb.DeletePointsResponse(deleted_count=count)
 
-    async def BatchUpdatePoints(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def BatchUpdatePoints(self, request: Any, context: Any) -> Any:
         await self._rec("BatchUpdatePoints", request, context)
         results = []
         for op in request.operations:
@@ -194,19 +196,19 @@ class FakeVector(vpb_grpc.VectorServiceServicer):
                 results.append(vpb.OperationResult(affected_count=1))
         return vpb.BatchUpdatePointsResponse(results=results)
 
-    async def ListPoints(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def ListPoints(self, request: Any, context: Any) -> Any:
         await self._rec("ListPoints", request, context)
         return vpb.ListPointsResponse()
 
-    async def CountPoints(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def CountPoints(self, request: Any, context: Any) -> Any:
         await self._rec("CountPoints", request, context)
         return vpb.CountPointsResponse(count=3)
 
-    async def SearchPoints(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def SearchPoints(self, request: Any, context: Any) -> Any:
         await self._rec("SearchPoints", request, context)
         return vpb.SearchPointsResponse(points=[_scored(request.with_vector)], time_ms=0.25)
 
-    async def BatchSearchPoints(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def BatchSearchPoints(self, request: Any, context: Any) -> Any:
         await self._rec("BatchSearchPoints", request, context)
         return vpb.BatchSearchPointsResponse(
             results=[
@@ -215,11 +217,11 @@ class FakeVector(vpb_grpc.VectorServiceServicer):
             ]
         )
 
-    async def RecommendPoints(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def RecommendPoints(self, request: Any, context: Any) -> Any:
         await self._rec("RecommendPoints", request, context)
         return vpb.RecommendPointsResponse(points=[_scored(request.with_vector)], time_ms=0.3)
 
-    async def ClusterPoints(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def ClusterPoints(self, request: Any, context: Any) -> Any:
         await self._rec("ClusterPoints", request, context)
         return vpb.ClusterPointsResponse(
             clusters=[
@@ -235,25 +237,25 @@ class FakeVector(vpb_grpc.VectorServiceServicer):
             sampled_points=3,
         )
 
-    async def CreateSnapshot(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def CreateSnapshot(self, request: Any, context: Any) -> Any:
         await self._rec("CreateSnapshot", request, context)
         return vpb.CreateSnapshotResponse(
             snapshot=vpb.Snapshot(name="snap-1", collection=request.collection, size_bytes=10)
         )
 
-    async def ListSnapshots(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def ListSnapshots(self, request: Any, context: Any) -> Any:
         await self._rec("ListSnapshots", request, context)
         return vpb.ListSnapshotsResponse(
             snapshots=[vpb.Snapshot(name="snap-1", collection=request.collection)]
         )
 
-    async def RestoreSnapshot(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def RestoreSnapshot(self, request: Any, context: Any) -> Any:
         await self._rec("RestoreSnapshot", request, context)
         return vpb.RestoreSnapshotResponse(
             collection=_collection(request.target_collection or request.collection)
         )
 
-    async def DeleteSnapshot(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def DeleteSnapshot(self, request: Any, context: Any) -> Any:
         await self._rec("DeleteSnapshot", request, context)
         return vpb.DeleteSnapshotResponse()
 
@@ -262,24 +264,24 @@ class FakeAnalytics(apb_grpc.AnalyticsServiceServicer):
     def __init__(self, recorder: Recorder) -> None:
         self.recorder = recorder
 
-    async def GetSearchAnalytics(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def GetSearchAnalytics(self, request: Any, context: Any) -> Any:
         await self.recorder.record("GetSearchAnalytics", request, context)
         return apb.GetSearchAnalyticsResponse(
             total=apb.SearchStats(search_count=2, latency_p50_ms=1.5),
             popular_queries=[apb.QueryCount(query_text="hello", count=2)],
         )
 
-    async def GetVectorAnalytics(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def GetVectorAnalytics(self, request: Any, context: Any) -> Any:
         await self.recorder.record("GetVectorAnalytics", request, context)
         return apb.GetVectorAnalyticsResponse(
             collections=[apb.CollectionGrowth(collection="alpha", points_count=3)], total_points=3
         )
 
-    async def RecordUsage(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def RecordUsage(self, request: Any, context: Any) -> Any:
         await self.recorder.record("RecordUsage", request, context)
         return apb.RecordUsageResponse()
 
-    async def GetUsageAnalytics(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def GetUsageAnalytics(self, request: Any, context: Any) -> Any:
         await self.recorder.record("GetUsageAnalytics", request, context)
         return apb.GetUsageAnalyticsResponse(
             usage=[apb.UsageStats(subject="alice", route="POST /api/v1/generate", request_count=1)]
@@ -308,11 +310,11 @@ class FakeInference(ipb_grpc.InferenceServiceServicer):
             timing=ipb.Timing(time_to_first_token_ms=1.0, total_ms=2.0),
         )
 
-    async def GenerateText(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def GenerateText(self, request: Any, context: Any) -> Any:
         await self.recorder.record("GenerateText", request, context)
         return self._answer(request)
 
-    async def StreamGenerateText(  # noqa: N802
+    async def StreamGenerateText(
         self, request: Any, context: Any
     ) -> AsyncIterator[ipb.StreamGenerateTextResponse]:
         await self.recorder.record("StreamGenerateText", request, context)
@@ -336,7 +338,7 @@ class FakeInference(ipb_grpc.InferenceServiceServicer):
             timing=ipb.Timing(time_to_first_token_ms=1.0, total_ms=5.0),
         )
 
-    async def BatchGenerateText(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def BatchGenerateText(self, request: Any, context: Any) -> Any:
         await self.recorder.record("BatchGenerateText", request, context)
         results = []
         for item in request.requests:
@@ -354,11 +356,11 @@ class FakeInference(ipb_grpc.InferenceServiceServicer):
                 results.append(ipb.BatchGenerateTextResult(response=self._answer(item)))
         return ipb.BatchGenerateTextResponse(results=results)
 
-    async def CountTokens(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def CountTokens(self, request: Any, context: Any) -> Any:
         await self.recorder.record("CountTokens", request, context)
         return ipb.CountTokensResponse(token_count=3, context_size=2048)
 
-    async def GetModelInfo(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def GetModelInfo(self, request: Any, context: Any) -> Any:
         await self.recorder.record("GetModelInfo", request, context)
         return ipb.GetModelInfoResponse(model=ipb.ModelInfo(name="fake-llm", context_size=2048))
 

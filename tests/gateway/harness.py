@@ -36,7 +36,8 @@ class RunningGateway:
         return {"Authorization": f"Bearer {self.token(*roles, sub=sub, **claims)}"}
 
     def client(self, **kwargs: Any) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.url, timeout=30, **kwargs)
+        kwargs.setdefault("timeout", 30)
+        return httpx.AsyncClient(base_url=self.url, **kwargs)
 
 
 @contextlib.asynccontextmanager
@@ -46,7 +47,7 @@ async def run_gateway(
     app = create_app(settings, extensions=extensions)
     server = create_server(settings, app)
     # Tests own the process's signals.
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

@@ -61,7 +61,12 @@ def _dev_key(settings: GatewaySettings) -> str:
 
 async def test_minted_token_verifies(settings: GatewaySettings, hs_verifier: TokenVerifier) -> None:
     token = mint_token(
-        settings, "bob", ["user"], 60, tenant="acme", collections=["docs-*"],
+        settings,
+        "bob",
+        ["user"],
+        60,
+        tenant="acme",
+        collections=["docs-*"],
         permissions=["ViewMetrics"],
     )
     principal = await hs_verifier.verify(token)
@@ -103,7 +108,9 @@ async def test_tampered_signature_and_claims(
     await _refused(hs_verifier, other_key)
 
 
-async def test_expired_and_not_yet_valid(settings: GatewaySettings, hs_verifier: TokenVerifier) -> None:
+async def test_expired_and_not_yet_valid(
+    settings: GatewaySettings, hs_verifier: TokenVerifier
+) -> None:
     key = _dev_key(settings)
     now = int(time.time())
     expired = jwt.encode(_claims(exp=now - 5, nbf=now - 100), key, algorithm="HS256")
@@ -141,7 +148,7 @@ async def test_wrong_issuer_audience_and_missing_claims(
 class _JwksHandler(BaseHTTPRequestHandler):
     document = b"{}"
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
@@ -165,7 +172,9 @@ def jwks_url(keys: dict[str, Any]) -> Iterator[str]:
     rsa_jwk.update(kid="rsa-1", alg="RS256", use="sig")
     ec_jwk = json.loads(ECAlgorithm.to_jwk(keys["ec"].public_key()))
     ec_jwk.update(kid="ec-1", alg="ES256", use="sig")
-    handler = type("Handler", (_JwksHandler,), {"document": json.dumps({"keys": [rsa_jwk, ec_jwk]}).encode()})
+    handler = type(
+        "Handler", (_JwksHandler,), {"document": json.dumps({"keys": [rsa_jwk, ec_jwk]}).encode()}
+    )
     server = HTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -190,8 +199,10 @@ async def test_rs256_and_es256_from_jwks(keys: dict[str, Any], jwks_url: str) ->
 
 async def test_algorithm_confusion_is_refused(keys: dict[str, Any], jwks_url: str) -> None:
     verifier = TokenVerifier(GatewaySettings(jwt_jwks_url=jwks_url))
-    public_pem = keys["rsa"].public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    public_pem = (
+        keys["rsa"]
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     # The classic attack: HS256 "signed" with the RSA public key as the secret.
     header = _b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "rsa-1"}).encode())

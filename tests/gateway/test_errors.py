@@ -90,7 +90,9 @@ async def test_invalid_fields_are_422_naming_the_field(
     assert field in error["message"]
 
 
-async def test_bad_query_and_path_values(gateway: RunningGateway, client: httpx.AsyncClient) -> None:
+async def test_bad_query_and_path_values(
+    gateway: RunningGateway, client: httpx.AsyncClient
+) -> None:
     headers = gateway.auth("viewer")
     missing = await client.get("/api/v1/vectors/1", headers=headers)
     error = _assert_error_shape(missing, 422, "INVALID_ARGUMENT")
@@ -128,8 +130,16 @@ async def test_oversized_chunked_body_is_413(
 @pytest.mark.parametrize(
     ("raised", "status", "code"),
     [
-        (InvalidArgument("vector has 3 dimensions", field="points[0].vector"), 400, "INVALID_ARGUMENT"),
-        (NotFound("collection 'zz' does not exist", reason="COLLECTION_NOT_FOUND"), 404, "NOT_FOUND"),
+        (
+            InvalidArgument("vector has 3 dimensions", field="points[0].vector"),
+            400,
+            "INVALID_ARGUMENT",
+        ),
+        (
+            NotFound("collection 'zz' does not exist", reason="COLLECTION_NOT_FOUND"),
+            404,
+            "NOT_FOUND",
+        ),
         (FailedPrecondition("collection is restoring"), 400, "FAILED_PRECONDITION"),
         (ResourceExhausted("queue full", retry_after_s=2.0), 429, "RESOURCE_EXHAUSTED"),
         (Internal("disk on fire at /var/lib/secret"), 500, "INTERNAL"),

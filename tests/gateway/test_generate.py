@@ -50,7 +50,8 @@ async def test_unary_generation(
     assert [m.role for m in request.messages] == [ipb.ROLE_SYSTEM, ipb.ROLE_USER]
     sampling = request.sampling
     assert (sampling.max_tokens, sampling.top_k, sampling.seed) == (16, 40, 7)
-    assert sampling.HasField("temperature") and sampling.temperature == 0
+    assert sampling.HasField("temperature")
+    assert sampling.temperature == 0
     assert list(sampling.stop) == ["\n\n"]
     assert json.loads(request.constraint.json_schema) == {"type": "object"}
 
@@ -98,7 +99,9 @@ async def test_stream_failure_before_first_token_is_an_http_error(
     from lodestar.runtime.errors import InvalidArgument
 
     fakes.inference.recorder.fail_next.append(
-        InvalidArgument("prompt is longer than the context", field="prompt", reason="PROMPT_TOO_LONG")
+        InvalidArgument(
+            "prompt is longer than the context", field="prompt", reason="PROMPT_TOO_LONG"
+        )
     )
     response = await client.post(
         GENERATE, json={"prompt": "x", "stream": True}, headers=gateway.auth("user")
@@ -115,9 +118,12 @@ async def test_client_disconnect_cancels_the_generation(
     inference.stream_delay_s = 0.02
     inference.stream_started.clear()
     inference.stream_cancelled.clear()
-    async with gateway.client() as http, http.stream(
-        "POST", GENERATE, json={"prompt": "long", "stream": True}, headers=gateway.auth("user")
-    ) as response:
+    async with (
+        gateway.client() as http,
+        http.stream(
+            "POST", GENERATE, json={"prompt": "long", "stream": True}, headers=gateway.auth("user")
+        ) as response,
+    ):
         assert response.status_code == 200
         lines = response.aiter_lines()
         assert (await anext(lines)).startswith("event: token")
@@ -164,7 +170,10 @@ async def test_stages_extend_generation(fakes: FakeBackends) -> None:
         fakes.address("embedding"), fakes.address("vector"), fakes.address("inference")
     )
     body = {"messages": [{"role": "user", "content": "What?"}], "context": {"collection": "docs"}}
-    async with run_gateway(settings, [Extension("echo", on_start=install)]) as gw, gw.client() as http:
+    async with (
+        run_gateway(settings, [Extension("echo", on_start=install)]) as gw,
+        gw.client() as http,
+    ):
         unary = await http.post(GENERATE, json=body, headers=gw.auth("user"))
         assert unary.status_code == 200, unary.text
         assert unary.json()["sources"] == [{"id": 1, "score": 0.9}]
@@ -173,8 +182,13 @@ async def test_stages_extend_generation(fakes: FakeBackends) -> None:
         assert sent.messages[-1].content == "Context: lodestar"
         streamed = await http.post(GENERATE, json={**body, "stream": True}, headers=gw.auth("user"))
         events = sse_events(streamed.text)
-        assert events[0] == ("sources", json.dumps({"sources": [{"id": 1, "score": 0.9}]}, separators=(",", ":")))
-        assert json.loads(events[-1][1])["answer_chars"] == len("".join(f"tok{i} " for i in range(5)))
+        assert events[0] == (
+            "sources",
+            json.dumps({"sources": [{"id": 1, "score": 0.9}]}, separators=(",", ":")),
+        )
+        assert json.loads(events[-1][1])["answer_chars"] == len(
+            "".join(f"tok{i} " for i in range(5))
+        )
         # The stage's extra permission is enforced (a custom role without SearchVectors).
         denied = await http.post(
             GENERATE, json=body, headers=gw.auth(sub="svc", permissions=["GenerateText"])

@@ -3,6 +3,7 @@ naming the missing permission; plus collection allow-lists and tenant scope."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import httpx
@@ -127,7 +128,7 @@ def test_every_route_has_a_sample(gateway: RunningGateway) -> None:
 
 def test_default_roles_form_a_ladder() -> None:
     order = [DEFAULT_ROLES[r] for r in ROLES]
-    assert all(a < b for a, b in zip(order, order[1:], strict=False))
+    assert all(a < b for a, b in itertools.pairwise(order))
     assert DEFAULT_ROLES["admin"] == frozenset(Permission)
 
 
@@ -145,8 +146,10 @@ async def test_permission_matrix(
         if not allowed:
             error = response.json().get("error", {}) if response.status_code == 403 else {}
             if response.status_code != 403 or permission.value not in error.get("message", ""):
-                failures.append(f"{method} {url}: expected 403 naming {permission}, got "
-                                f"{response.status_code} {response.text}")
+                failures.append(
+                    f"{method} {url}: expected 403 naming {permission}, got "
+                    f"{response.status_code} {response.text}"
+                )
             elif permission.value not in error["details"]["metadata"]["permission"].split("|"):
                 failures.append(f"{method} {url}: 403 details do not name {permission}")
     assert not failures, "\n".join(failures)
@@ -209,7 +212,9 @@ async def test_collection_allow_list(gateway: RunningGateway, client: httpx.Asyn
     assert [c["name"] for c in listed.json()["collections"]] == ["docs-1", "docs-2"]
     batch = await client.post(
         "/api/v1/vectors/search/batch",
-        json={"searches": [{"collection": "docs-2", "text": "a"}, {"collection": "x", "text": "b"}]},
+        json={
+            "searches": [{"collection": "docs-2", "text": "a"}, {"collection": "x", "text": "b"}]
+        },
         headers=headers,
     )
     assert batch.status_code == 403

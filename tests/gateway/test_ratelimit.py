@@ -96,9 +96,7 @@ async def test_generated_token_limit(fakes: FakeBackends) -> None:
         ).status_code == 200
 
 
-async def test_redis_budget_is_shared_by_two_gateways(
-    fakes: FakeBackends, redis_url: str
-) -> None:
+async def test_redis_budget_is_shared_by_two_gateways(fakes: FakeBackends, redis_url: str) -> None:
     settings = _settings(fakes, redis_url=redis_url, redis_key_prefix=f"t{time.time_ns()}:")
     async with (
         run_gateway(settings) as one,  # type: ignore[arg-type]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import httpx
 import pytest
 from prometheus_client import REGISTRY
 
@@ -41,13 +40,15 @@ def test_breaker_state_machine() -> None:
     assert breaker.state is BreakerState.CLOSED
     breaker.record_failure()
     assert breaker.state is BreakerState.OPEN
-    assert not breaker.probe_due() and breaker.retry_after() == 5.0
+    assert not breaker.probe_due()
+    assert breaker.retry_after() == 5.0
     now[0] += 5.0
     assert breaker.probe_due()
     breaker.begin_probe()
     assert breaker.state is BreakerState.HALF_OPEN
     breaker.record_failure()  # the probe failed: open again, timer restarted
-    assert breaker.state is BreakerState.OPEN and breaker.retry_after() == 5.0
+    assert breaker.state is BreakerState.OPEN
+    assert breaker.retry_after() == 5.0
     now[0] += 5.0
     breaker.begin_probe()
     breaker.record_success()
@@ -71,7 +72,8 @@ def test_timeout_headers_and_deadlines() -> None:
         parse_timeout_header("grpc-timeout", "1.5S")
     assert not Deadline.after(10, 20).shortened
     short = Deadline.after(10, 0.5)
-    assert short.shortened and 0.4 < short.remaining() <= 0.5
+    assert short.shortened
+    assert 0.4 < short.remaining() <= 0.5
 
 
 async def test_idempotent_calls_retry_once_others_do_not(fakes: FakeBackends) -> None:
@@ -158,7 +160,8 @@ async def test_failover_when_a_replica_dies_and_recovery(fakes: FakeBackends) ->
         workers = [asyncio.create_task(worker(i)) for i in range(4)]
         try:
             await asyncio.sleep(0.3)
-            assert first.recorder.calls and second.recorder.calls
+            assert first.recorder.calls
+            assert second.recorder.calls
             await server_one.stop(0)  # killed during a stream of requests
             deadline = time.monotonic() + 5
             while breaker_state(address_one) != BreakerState.OPEN:

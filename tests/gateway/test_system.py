@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+
 import httpx
 import pytest
 
-from lodestar.services.gateway.auth import TokenVerifier
+from lodestar.services.gateway.auth import TokenVerifier, mint_token
 from lodestar.services.gateway.cli import token_main
 from lodestar.services.gateway.settings import GatewaySettings
 from tests.gateway.fakes import FakeBackends
-from tests.gateway.harness import RunningGateway, gateway_settings, run_gateway
+from tests.gateway.harness import RunningGateway, free_port, gateway_settings, run_gateway
 
 
 async def test_health_liveness_and_details(
@@ -23,7 +29,8 @@ async def test_health_liveness_and_details(
     assert body["status"] == "ok"
     assert set(body["backends"]) == {"embedding", "vector", "inference"}
     replica = body["backends"]["vector"]["replicas"][0]
-    assert replica["serving"] == "SERVING" and replica["breaker"] == "closed"
+    assert replica["serving"] == "SERVING"
+    assert replica["breaker"] == "closed"
 
 
 async def test_prometheus_metrics_need_view_metrics(
@@ -74,7 +81,8 @@ async def test_openapi_document_and_docs(client: httpx.AsyncClient) -> None:
     for path in ("/api/v1/generate", "/api/v1/collections/{name}/snapshots/{snapshot}/restore"):
         assert path in schema["paths"]
     docs = await client.get("/docs")
-    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    assert docs.status_code == 200
+    assert "swagger" in docs.text.lower()
 
 
 async def test_token_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -82,11 +90,64 @@ async def test_token_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     token = capsys.readouterr().out.strip()
     principal = await TokenVerifier(GatewaySettings()).verify(token)
-    assert principal.subject == "alice" and principal.tenant == "acme"
+    assert principal.subject == "alice"
+    assert principal.tenant == "acme"
     assert principal.roles == ("user",)
     assert 3500 < principal.expires_at - principal.not_before <= 3600
-    for argv in (["--sub", "a", "--role", "wizard"], ["--sub", "a"], ["--sub", "a", "--role",
-                 "user", "--ttl", "soon"]):
+    for argv in (
+        ["--sub", "a", "--role", "wizard"],
+        ["--sub", "a"],
+        ["--sub", "a", "--role", "user", "--ttl", "soon"],
+    ):
         with pytest.raises(SystemExit) as caught:
             token_main(argv)
         assert caught.value.code == 2
+
+
+async def test_sigterm_drains_in_flight_requests_and_exits_cleanly(fakes: FakeBackends) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "LODESTAR_GATEWAY_PORT": str(port),
+        "LODESTAR_GATEWAY_EMBEDDING_ADDRESSES": fakes.address("embedding"),
+        "LODESTAR_GATEWAY_VECTOR_ADDRESSES": fakes.address("vector"),
+        "LODESTAR_GATEWAY_INFERENCE_ADDRESSES": fakes.address("inference"),
+        "LODESTAR_LOG_LEVEL": "WARNING",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "lodestar.services.gateway",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            for _ in range(300):
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await http.get("/api/v1/health")).status_code == 200:
+                        break
+                await asyncio.sleep(0.05)
+            fakes.vector.recorder.delay_s = 1.0
+            token = mint_token(GatewaySettings(), "alice", ["viewer"], 60)
+            slow = asyncio.create_task(
+                http.post(
+                    "/api/v1/vectors/search",
+                    json={"collection": "alpha", "vector": [1, 0, 0, 0]},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+            )
+            while not fakes.vector.recorder.calls:
+                await asyncio.sleep(0.01)
+            process.send_signal(signal.SIGTERM)
+            response = await slow
+            assert response.status_code == 200
+        _, stderr = await asyncio.wait_for(process.communicate(), 20)
+        assert process.returncode == 0, stderr.decode()[-2000:]
+        assert b"Traceback" not in stderr
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

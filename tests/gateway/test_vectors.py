@@ -87,7 +87,9 @@ async def test_search_by_text_with_filter(
             ],
         },
     }
-    response = await client.post("/api/v1/vectors/search", json=body, headers=gateway.auth("viewer"))
+    response = await client.post(
+        "/api/v1/vectors/search", json=body, headers=gateway.auth("viewer")
+    )
     assert response.status_code == 200, response.text
     hit = response.json()["points"][0]
     assert hit["vector"] == pytest.approx([0.1] * 4)
@@ -103,8 +105,10 @@ async def test_search_by_text_with_filter(
     assert request.score_threshold == pytest.approx(0.2)
     assert request.params.hnsw_ef == 64
     must = request.filter.must
-    assert must[0].field.key == "lang" and must[0].field.match.keyword == "en"
-    assert must[1].field.range.gte == 2020 and must[1].field.range.lt == 2030
+    assert must[0].field.key == "lang"
+    assert must[0].field.match.keyword == "en"
+    assert must[1].field.range.gte == 2020
+    assert must[1].field.range.lt == 2030
     assert not must[1].field.range.HasField("gt")
     assert must[2].field.datetime_range.gte.seconds == 1735689600
     assert list(must[3].field.match.any_keywords.values) == ["a", "b"]
@@ -149,7 +153,9 @@ async def test_recommend_by_ids_vectors_and_texts(
         "strategy": "best_score",
         "limit": 2,
     }
-    response = await client.post("/api/v1/vectors/recommend", json=body, headers=gateway.auth("viewer"))
+    response = await client.post(
+        "/api/v1/vectors/recommend", json=body, headers=gateway.auth("viewer")
+    )
     assert response.status_code == 200, response.text
     request = fakes.vector.recorder.last("RecommendPoints")
     assert request.strategy == vpb.RECOMMEND_STRATEGY_BEST_SCORE
@@ -160,16 +166,21 @@ async def test_recommend_by_ids_vectors_and_texts(
     assert list(request.negative[1].vector.values) == pytest.approx(fake_vector("disliked"))
 
 
-async def test_cluster(gateway: RunningGateway, client: httpx.AsyncClient, fakes: FakeBackends) -> None:
+async def test_cluster(
+    gateway: RunningGateway, client: httpx.AsyncClient, fakes: FakeBackends
+) -> None:
     body = {"collection": "alpha", "algorithm": "density", "with_member_ids": True, "seed": 3}
-    response = await client.post("/api/v1/vectors/cluster", json=body, headers=gateway.auth("viewer"))
+    response = await client.post(
+        "/api/v1/vectors/cluster", json=body, headers=gateway.auth("viewer")
+    )
     assert response.status_code == 200, response.text
     cluster = response.json()["clusters"][0]
     assert cluster["member_ids"] == [1]
     assert cluster["representatives"][0]["payload"] == {"text": "hello", "n": 3}
     request = fakes.vector.recorder.last("ClusterPoints")
     assert request.algorithm == vpb.CLUSTER_ALGORITHM_DENSITY
-    assert request.seed == 3 and request.with_member_ids
+    assert request.seed == 3
+    assert request.with_member_ids
 
 
 async def test_get_update_delete_point(
@@ -189,7 +200,8 @@ async def test_get_update_delete_point(
     assert updated.json() == {"id": 9, "updated": True}
     update = fakes.vector.recorder.last("UpdatePoints").updates[0]
     assert list(update.vector) == pytest.approx(fake_vector("new words"))
-    assert update.replace_payload and update.payload["k"] == 1
+    assert update.replace_payload
+    assert update.payload["k"] == 1
     not_there = await client.put(
         "/api/v1/vectors/404?collection=alpha", json={"payload": {}}, headers=headers
     )
@@ -208,8 +220,12 @@ async def test_batch_operations_in_order(
         "operations": [
             {"upsert": {"points": [{"text": "a"}, {"vector": [0, 0, 1, 0]}]}},
             {"set_payload": {"ids": [1], "payload": {"x": 1}, "overwrite": True}},
-            {"delete_payload_keys": {"filter": {"must": [{"key": "x", "match": {"integer": 1}}]},
-                                     "keys": ["x"]}},
+            {
+                "delete_payload_keys": {
+                    "filter": {"must": [{"key": "x", "match": {"integer": 1}}]},
+                    "keys": ["x"],
+                }
+            },
             {"delete": {"ids": [2, 3]}},
             {"upsert": {"points": [{"text": "b"}]}},
         ],
@@ -230,9 +246,19 @@ async def test_batch_operations_in_order(
 
 
 ROUTES: list[tuple[str, str, dict[str, Any] | None, str]] = [
-    ("POST", "/api/v1/vectors/insert", {"collection": "alpha", "points": [{"text": "t"}]}, "UpsertPoints"),
+    (
+        "POST",
+        "/api/v1/vectors/insert",
+        {"collection": "alpha", "points": [{"text": "t"}]},
+        "UpsertPoints",
+    ),
     ("POST", "/api/v1/vectors/search", {"collection": "alpha", "text": "t"}, "SearchPoints"),
-    ("POST", "/api/v1/vectors/recommend", {"collection": "alpha", "positive": [1]}, "RecommendPoints"),
+    (
+        "POST",
+        "/api/v1/vectors/recommend",
+        {"collection": "alpha", "positive": [1]},
+        "RecommendPoints",
+    ),
     ("POST", "/api/v1/vectors/cluster", {"collection": "alpha"}, "ClusterPoints"),
     ("GET", "/api/v1/vectors/1?collection=alpha", None, "GetPoints"),
     ("PUT", "/api/v1/vectors/1?collection=alpha", {"payload": {"a": 1}}, "UpdatePoints"),
@@ -256,7 +282,9 @@ async def test_every_point_route_carries_the_tenant(
     body: dict[str, Any] | None,
     rpc: str,
 ) -> None:
-    response = await client.request(method, url, json=body, headers=gateway.auth("admin", tenant="acme"))
+    response = await client.request(
+        method, url, json=body, headers=gateway.auth("admin", tenant="acme")
+    )
     assert response.status_code == 200, response.text
     assert fakes.vector.recorder.last(rpc).tenant == "acme"
     response = await client.request(method, url, json=body, headers=gateway.auth("admin"))
@@ -304,16 +332,19 @@ async def test_collection_not_found_and_snapshots(
     assert missing.status_code == 404
     assert missing.json()["error"]["details"]["reason"] == "COLLECTION_NOT_FOUND"
     snap = await client.post("/api/v1/collections/alpha/snapshot", headers=headers)
-    assert snap.status_code == 201 and snap.json()["name"] == "snap-1"
+    assert snap.status_code == 201
+    assert snap.json()["name"] == "snap-1"
     listed = await client.get("/api/v1/collections/alpha/snapshots", headers=headers)
     assert listed.json()["snapshots"][0]["collection"] == "alpha"
     restored = await client.post(
         "/api/v1/collections/alpha/snapshots/snap-1/restore", headers=headers
     )
-    assert restored.status_code == 200 and restored.json()["name"] == "alpha"
+    assert restored.status_code == 200
+    assert restored.json()["name"] == "alpha"
     assert fakes.vector.recorder.last("RestoreSnapshot").target_collection == ""
     deleted = await client.delete("/api/v1/collections/alpha", headers=headers)
-    assert deleted.status_code == 204 and deleted.content == b""
+    assert deleted.status_code == 204
+    assert deleted.content == b""
 
 
 async def test_analytics_passthrough(
@@ -325,7 +356,8 @@ async def test_analytics_passthrough(
     )
     assert search.json()["popular_queries"] == [{"query_text": "hello", "count": 2}]
     request = fakes.vector.recorder.last("GetSearchAnalytics")
-    assert request.collection == "alpha" and request.start_time.seconds == 1735689600
+    assert request.collection == "alpha"
+    assert request.start_time.seconds == 1735689600
     vectors = await client.get("/api/v1/analytics/vectors", headers=headers)
     assert vectors.json()["total_points"] == 3
     usage = await client.get("/api/v1/analytics/usage?subject=alice", headers=headers)

@@ -92,7 +92,8 @@ def test_text_is_decoded_and_normalised(tmp_path: Path) -> None:
     assert document.text == "café\nnext\nline"
     assert len(document.file_hash) == 64
     utf16 = _read(tmp_path, "naïve".encode("utf-16"), "u.txt")
-    assert isinstance(utf16, Document) and utf16.text == "naïve"
+    assert isinstance(utf16, Document)
+    assert utf16.text == "naïve"
 
 
 @pytest.mark.parametrize(
@@ -115,7 +116,8 @@ def test_another_encoding_can_be_chosen(tmp_path: Path) -> None:
     path.write_bytes("café".encode("latin-1"))
     [ref] = discover([str(path)])
     document = read_source(ref, encoding="latin-1")
-    assert isinstance(document, Document) and document.text == "café"
+    assert isinstance(document, Document)
+    assert document.text == "café"
 
 
 def test_a_file_that_cannot_be_opened_is_unreadable(tmp_path: Path) -> None:
@@ -129,7 +131,8 @@ def test_a_file_that_cannot_be_opened_is_unreadable(tmp_path: Path) -> None:
 def test_stdin_is_read_from_the_given_stream() -> None:
     [ref] = discover(["-"])
     document = read_source(ref, stdin=io.BytesIO(b"# Piped\n\ntext"))
-    assert isinstance(document, Document) and document.text == "# Piped\n\ntext"
+    assert isinstance(document, Document)
+    assert document.text == "# Piped\n\ntext"
 
 
 # --- checkpoint ----------------------------------------------------------------------------
@@ -148,7 +151,8 @@ def test_checkpoint_remembers_files_by_hash_within_a_scope(tmp_path: Path) -> No
     reopened = Checkpoint(path, scope)
     assert reopened.is_done("/a.md", "h1"), "the checkpoint survives the process"
     reopened.record("/a.md", "h2", 4)
-    assert reopened.is_done("/a.md", "h2") and not reopened.is_done("/a.md", "h1")
+    assert reopened.is_done("/a.md", "h2")
+    assert not reopened.is_done("/a.md", "h1")
     reopened.forget("/a.md")
     assert not reopened.is_done("/a.md", "h2")
     reopened.close()

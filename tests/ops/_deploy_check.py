@@ -14,7 +14,8 @@ def _load() -> ModuleType:
     if "deploy_check" in sys.modules:
         return sys.modules["deploy_check"]
     spec = importlib.util.spec_from_file_location("deploy_check", SCRIPT)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     # Registered before running: dataclasses look their module up by name.
     sys.modules["deploy_check"] = module

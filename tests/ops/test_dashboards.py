@@ -101,7 +101,7 @@ def test_metric_check_catches_unknown_and_undeclared_metrics() -> None:
 
 def test_metric_names_ignores_functions_labels_and_keywords() -> None:
     expr = (
-        'histogram_quantile(0.95, sum by (le, route) (rate(lodestar_gateway_http_request_'
+        "histogram_quantile(0.95, sum by (le, route) (rate(lodestar_gateway_http_request_"
         'duration_seconds_bucket{route=~".*search.*",le!="1.0"}[5m]))) / ignoring (code) '
         'group_left sum without (instance) (up{job="lodestar"}) > bool 0.5 offset 5m'
     )

@@ -65,4 +65,5 @@ def test_hadolint_reports_findings(tmp_path: Path) -> None:
     bad = tmp_path / "x.Dockerfile"
     bad.write_text("FROM python\nRUN apt-get install curl\n")
     problems = dc.hadolint_problems(bad)
-    assert problems and "DL3006" in problems[0]
+    assert problems
+    assert "DL3006" in problems[0]

@@ -200,7 +200,7 @@ def test_monitoring_ships_the_repository_rules_dashboards_and_scrape_config() ->
     }
     config = yaml.safe_load(by_prefix["prometheus-config"]["data"]["prometheus.yml"])
     assert config["rule_files"] == ["/etc/prometheus/rules/*.yaml"]
-    assert [j["job_name"] for j in config["scrape_configs"]][0] == "lodestar"
+    assert next(j["job_name"] for j in config["scrape_configs"]) == "lodestar"
 
 
 # The checks themselves must catch what they promise to catch.

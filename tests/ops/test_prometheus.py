@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import yaml
 
 from tests.ops._deploy_check import dc
@@ -40,7 +43,7 @@ def test_every_alert_is_unit_tested() -> None:
         for case in yaml.safe_load(path.read_text())["tests"]:
             tested |= {t["alertname"] for t in case.get("alert_rule_test", [])}
     alerts = {rule["alert"] for _, rule in dc.load_rules() if "alert" in rule}
-    assert REQUIRED_ALERTS <= alerts
+    assert alerts >= REQUIRED_ALERTS
     assert alerts - tested == set()
 
 
@@ -48,7 +51,9 @@ def test_every_alert_links_to_its_runbook_section() -> None:
     assert dc.check_runbooks() == []
 
 
-def test_runbook_check_catches_a_missing_section(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_runbook_check_catches_a_missing_section(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     runbook = tmp_path / "operations.md"
     runbook.write_text("# Operating\n\n### LodestarServiceDown\n")
     monkeypatch.setattr(dc, "RUNBOOK", runbook)
@@ -63,7 +68,7 @@ def test_github_anchors() -> None:
     assert dc.github_anchor("Deploy `prod` (3 nodes)") == "deploy-prod-3-nodes"
 
 
-def test_rule_test_failures_are_reported(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_rule_test_failures_are_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tests = yaml.safe_load((dc.PROMETHEUS / "tests" / "alerts_test.yaml").read_text())
     tests["rule_files"] = [str(p) for p in dc.rule_files()]
     first = tests["tests"][0]["alert_rule_test"][-1]
@@ -72,4 +77,5 @@ def test_rule_test_failures_are_reported(tmp_path, monkeypatch) -> None:  # type
     broken.write_text(yaml.safe_dump(tests))
     monkeypatch.setattr(dc, "rule_test_files", lambda: [broken])
     problems = dc.test_rules()
-    assert problems and "FAILED" in problems[0]
+    assert problems
+    assert "FAILED" in problems[0]

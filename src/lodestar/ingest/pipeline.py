@@ -28,7 +28,7 @@ from typing import Any, BinaryIO
 from lodestar.ingest.checkpoint import Checkpoint, checkpoint_scope
 from lodestar.ingest.chunking import ChunkingOptions, TextFormat, chunk_ids, split_text
 from lodestar.ingest.progress import Progress
-from lodestar.ingest.sinks import IngestError, PointToWrite, Sink, UsageError
+from lodestar.ingest.sinks import IngestError, PointToWrite, PruneNotPermitted, Sink, UsageError
 from lodestar.ingest.sources import DEFAULT_PATTERNS, Document, SourceRef, read_source
 
 
@@ -153,6 +153,7 @@ class Ingestor:
         self._progress_stream = progress_stream
         self._checkpoint: Checkpoint | None = None
         self._progress: Progress | None = None
+        self._prune = options.prune
 
     async def run(self, sources: Sequence[SourceRef]) -> IngestReport:
         started = time.perf_counter()
@@ -296,10 +297,14 @@ class Ingestor:
     async def _complete(self, file: _FileState, *, counts_as_ingested: bool) -> None:
         """Every chunk of the file is stored: drop stale ones, record it as done."""
         ref = file.document.ref
-        if self.options.prune and not ref.is_stdin:
-            self.report.chunks_pruned += await self.sink.prune(
-                self.options.collection, ref.source, file.ids
-            )
+        if self._prune and not ref.is_stdin:
+            try:
+                self.report.chunks_pruned += await self.sink.prune(
+                    self.options.collection, ref.source, file.ids
+                )
+            except PruneNotPermitted as error:
+                self._prune = False
+                self._require_progress().message(f"note: {error}")
         if self._checkpoint is not None:
             self._checkpoint.record(ref.source, file.document.file_hash, len(file.ids))
         if counts_as_ingested:

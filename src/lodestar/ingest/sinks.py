@@ -64,6 +64,10 @@ class UsageError(IngestError):
     """Arguments the destination cannot work with (exit status 2)."""
 
 
+class PruneNotPermitted(IngestError):
+    """The credentials may write points but not delete them: stale chunks are kept."""
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """The embedding model behind the sink, as far as the sink can tell."""
@@ -464,11 +468,17 @@ class GatewaySink:
         }
         if keep:
             selector["filter"]["must_not"] = [{"has_id": list(keep)}]
-        _, reply = await self._request(
+        status, reply = await self._request(
             "POST",
             "/vectors/batch",
             {"collection": collection, "operations": [{"delete": selector}]},
+            accept=(403,),
         )
+        if status == 403:
+            raise PruneNotPermitted(
+                "the token lacks DeleteVectors, so chunks of earlier versions of changed "
+                "files are kept (use --no-prune to silence this)"
+            )
         results = reply.get("results") if isinstance(reply, dict) else None
         return int(results[0].get("affected_count", 0)) if results else 0
 

@@ -91,7 +91,10 @@ def discover(
         path = Path(given)
         files = _walk(path, patterns) if path.is_dir() else [path]
         for file in files:
-            resolved = file.resolve()
+            try:
+                resolved = file.resolve(strict=True)
+            except OSError:  # a dangling link: reported as unreadable under its own name
+                resolved = file.absolute()
             source = resolved.as_posix()
             fmt = forced_format or format_for_name(resolved.name)
             refs.setdefault(source, SourceRef(source, resolved, fmt))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any, Generic, TypeVar
+
 from prometheus_client import Counter, Gauge, Histogram
+
+M = TypeVar("M", Counter, Gauge, Histogram)
 
 _LATENCY_BUCKETS = (
     0.0005,
@@ -54,3 +58,24 @@ GENERATED_TOKENS = Counter(
     "lodestar_gateway_generated_tokens_total",
     "Tokens generated for clients through the gateway.",
 )
+
+
+class Children(Generic[M]):
+    """A metric's labelled children, looked up once per label set (the hot
+    path then skips prometheus_client's locking ``labels()``). For
+    low-cardinality labels only."""
+
+    def __init__(self, metric: M) -> None:
+        self._metric: M = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *labels: str) -> M:
+        child = self._children.get(labels)
+        if child is None:
+            child = self._children[labels] = self._metric.labels(*labels)
+        return child  # type: ignore[no-any-return]
+
+
+HTTP_REQUESTS_BY = Children(HTTP_REQUESTS)
+HTTP_DURATION_BY = Children(HTTP_DURATION)
+BACKEND_DURATION_BY = Children(BACKEND_DURATION)

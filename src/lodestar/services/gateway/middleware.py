@@ -24,7 +24,7 @@ from opentelemetry import propagate, trace
 from lodestar.runtime.context import new_request_id, request_id_var
 from lodestar.runtime.telemetry import tracing_enabled
 from lodestar.services.gateway.errors import JSON, error_payload, internal_error_body
-from lodestar.services.gateway.metrics import HTTP_DURATION, HTTP_REQUESTS
+from lodestar.services.gateway.metrics import HTTP_DURATION_BY, HTTP_REQUESTS_BY
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -142,8 +142,8 @@ class GatewayMiddleware:
             template = getattr(route, "path_format", None) or getattr(route, "path", None)
             template = template or "unmatched"
             method = scope["method"]
-            HTTP_REQUESTS.labels(template, method, str(status)).inc()
-            HTTP_DURATION.labels(template, method).observe(elapsed)
+            HTTP_REQUESTS_BY(template, method, str(status)).inc()
+            HTTP_DURATION_BY(template, method).observe(elapsed)
             if self.access_log and _access.isEnabledFor(logging.INFO):
                 _access.info(
                     "%s %s %d %.1fms subject=%s",

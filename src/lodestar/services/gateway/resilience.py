@@ -38,7 +38,7 @@ from lodestar.runtime.errors import (
     Unavailable,
 )
 from lodestar.runtime.telemetry import tracing_client_interceptors
-from lodestar.services.gateway.metrics import BACKEND_DURATION, BREAKER_STATE
+from lodestar.services.gateway.metrics import BACKEND_DURATION_BY, BREAKER_STATE
 
 _log = logging.getLogger(__name__)
 
@@ -471,7 +471,7 @@ class ReplicaPool(Generic[S]):
                 result = await invoke(replica.stubs, timeout, options.metadata)
             except grpc.aio.AioRpcError as error:
                 code = error.code()
-                BACKEND_DURATION.labels(self.backend, method, code.name).observe(
+                BACKEND_DURATION_BY(self.backend, method, code.name).observe(
                     time.perf_counter() - start
                 )
                 self._settle(replica, code, options.deadline)
@@ -480,13 +480,13 @@ class ReplicaPool(Generic[S]):
                     continue
                 raise backend_error(self.backend, error) from None
             except asyncio.CancelledError:
-                BACKEND_DURATION.labels(self.backend, method, "CANCELLED").observe(
+                BACKEND_DURATION_BY(self.backend, method, "CANCELLED").observe(
                     time.perf_counter() - start
                 )
                 raise
             finally:
                 replica.in_flight -= 1
-            BACKEND_DURATION.labels(self.backend, method, "OK").observe(time.perf_counter() - start)
+            BACKEND_DURATION_BY(self.backend, method, "OK").observe(time.perf_counter() - start)
             if not replica.breaker.closed or replica.breaker.consecutive_failures:
                 replica.breaker.record_success()
             return result
@@ -535,7 +535,7 @@ class ReplicaPool(Generic[S]):
                 if not call.done():
                     call.cancel()
                 replica.in_flight -= 1
-                BACKEND_DURATION.labels(self.backend, method, code_name).observe(
+                BACKEND_DURATION_BY(self.backend, method, code_name).observe(
                     time.perf_counter() - start
                 )
 

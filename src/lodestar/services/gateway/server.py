@@ -7,7 +7,9 @@ lifespan closes the backend channels and the rate-limit store.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+from collections.abc import Iterator
 
 import uvicorn
 from fastapi import FastAPI
@@ -34,7 +36,19 @@ def create_server(settings: GatewaySettings, app: FastAPI | None = None) -> uvic
         timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)),
         timeout_keep_alive=30,
     )
-    return uvicorn.Server(config)
+    return _Server(config)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, minus re-raising the stop signal once it has shut down
+    gracefully: SIGTERM/SIGINT then end the process normally (exit status 0)
+    instead of by the signal or with a KeyboardInterrupt traceback."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
 
 
 def bound_port(server: uvicorn.Server) -> int:
@@ -49,7 +63,10 @@ async def serve(settings: GatewaySettings) -> None:
     """Run the gateway until SIGTERM or SIGINT."""
     configure_logging(settings.log_level, json_lines=settings.log_json)
     configure_tracing("lodestar-gateway")
+    # Imported here: the flows build on the gateway package this module belongs to.
+    from lodestar.services.gateway.flows import create_flows_app
+
     try:
-        await create_server(settings).serve()
+        await create_server(settings, create_flows_app(settings)).serve()
     finally:
         shutdown_tracing()

@@ -28,8 +28,14 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from lodestar.runtime.errors import FailedPrecondition, Internal, InvalidArgument, LodestarError
-from lodestar.runtime.errors import ResourceExhausted as ResourceExhaustedError
+from lodestar.runtime.errors import (
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    LodestarError,
+    ResourceExhausted,
+    Unavailable,
+)
 from lodestar.services.inference import metrics
 from lodestar.services.inference.constraints import OutputConstraint, to_gbnf
 from lodestar.services.inference.model import (
@@ -43,7 +49,6 @@ from lodestar.services.inference.settings import InferenceSettings
 from lodestar.services.inference.text import TextStream
 
 _log = logging.getLogger(__name__)
-_tracer = trace.get_tracer(__name__)
 
 # llama.cpp treats this seed value as "pick a random seed".
 _RANDOM_SEED = 0xFFFFFFFF
@@ -299,8 +304,10 @@ class InferenceEngine:
         flash_attention: bool = True,
         defaults: SamplingDefaults | None = None,
         own_model: bool = False,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self.model = model
+        self._tracer = tracer or trace.get_tracer(__name__)
         self.defaults = defaults or SamplingDefaults()
         self._own_model = own_model
         self._context = LlamaContext(
@@ -438,13 +445,12 @@ class InferenceEngine:
                 self._reserved += 1
                 self._waiting.append(request)
                 self._wakeup.notify()
+                metrics.QUEUE_DEPTH.inc()
         if refused:
             sampler.free()
             if self._closing:
-                raise ResourceExhaustedError(
-                    "the inference service is shutting down", reason="SHUTTING_DOWN"
-                )
-            raise ResourceExhaustedError(
+                raise Unavailable("the inference service is shutting down", reason="SHUTTING_DOWN")
+            raise ResourceExhausted(
                 f"all {self.max_concurrent_sequences} sequence slots are busy and "
                 f"{self.max_queue_length} requests are already waiting; retry later",
                 reason="QUEUE_FULL",
@@ -523,6 +529,7 @@ class InferenceEngine:
         with self._lock:
             self._closing = True
             stranded = [*self._active, *self._waiting]
+            metrics.QUEUE_DEPTH.dec(len(self._waiting))
             self._waiting.clear()
         self._active.clear()
         failure = Internal("the inference engine stopped unexpectedly; retry on another replica")
@@ -563,7 +570,6 @@ class InferenceEngine:
         free_slots = list(range(self.max_concurrent_sequences - 1, -1, -1))
         active = self._active
         seen_cancels = 0
-        reported = (-1, -1)
         observe_batch = metrics.DECODE_BATCH_SIZE.observe
         events: list[tuple[_Request, str, Completion | None, LodestarError | None]] = []
         finished: list[tuple[_Request, FinishReason, LodestarError | None]] = []
@@ -576,6 +582,7 @@ class InferenceEngine:
                 if self._closing:
                     dropped.extend(self._waiting)
                     self._waiting.clear()
+                    metrics.QUEUE_DEPTH.dec(len(dropped))
                     break
                 if self._cancels != seen_cancels:
                     seen_cancels = self._cancels
@@ -585,7 +592,9 @@ class InferenceEngine:
                 admitted = [
                     self._waiting.popleft() for _ in range(min(len(free_slots), len(self._waiting)))
                 ]
-                waiting = len(self._waiting)
+                if dropped or admitted:
+                    metrics.QUEUE_DEPTH.dec(len(dropped) + len(admitted))
+                    metrics.ACTIVE_SEQUENCES.inc(len(admitted))
 
             now = perf_counter()
             for request in dropped:
@@ -593,7 +602,7 @@ class InferenceEngine:
             for request in admitted:
                 request.slot = free_slots.pop()
                 request.admitted_at = now
-                request.span = _tracer.start_span(
+                request.span = self._tracer.start_span(
                     "inference.prompt",
                     context=request.otel_parent,
                     attributes={
@@ -607,10 +616,6 @@ class InferenceEngine:
                     if request.cancelled:
                         finished.append((request, FinishReason.CANCELLED, None))
                 active[:] = [r for r in active if not r.cancelled]
-            if (waiting, len(active)) != reported:
-                reported = (waiting, len(active))
-                metrics.QUEUE_DEPTH.set(waiting)
-                metrics.ACTIVE_SEQUENCES.set(len(active))
 
             # Build the step: one token per decoding sequence, then prompt chunks.
             n = 0
@@ -678,7 +683,7 @@ class InferenceEngine:
                                 reason = FinishReason.STOP
                             elif (
                                 request.completion_tokens >= request.max_tokens
-                                or request.n_past >= n_ctx
+                                or request.n_past + 1 >= n_ctx
                             ):
                                 reason = FinishReason.LENGTH
                         if text:
@@ -708,7 +713,7 @@ class InferenceEngine:
         metrics.TIME_TO_FIRST_TOKEN_SECONDS.observe(now - request.arrival)
         if request.span is not None:
             request.span.end()
-        request.span = _tracer.start_span("inference.decode", context=request.otel_parent)
+        request.span = self._tracer.start_span("inference.decode", context=request.otel_parent)
 
     def _finish(
         self,
@@ -721,6 +726,7 @@ class InferenceEngine:
         if request.slot >= 0:
             self._context.forget(request.slot)
             free_slots.append(request.slot)
+            metrics.ACTIVE_SEQUENCES.dec()
             request.slot = -1
         request.sampler.free()
         with self._lock:

@@ -227,8 +227,8 @@ class LlamaModel:
         return sampler
 
     def make_sampler(self, config: SamplerConfig) -> Sampler:
-        """A sampler chain: grammar, repetition penalty, top-k, top-p, min-p, temperature,
-        then a seeded draw (or greedy at temperature 0)."""
+        """A sampler chain: grammar, top-k, repetition penalty, top-p, min-p, temperature,
+        then a seeded draw (greedy at temperature 0)."""
         grammar = self.compile_grammar(config.grammar) if config.grammar is not None else None
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         add = llama_cpp.llama_sampler_chain_add
@@ -236,6 +236,10 @@ class LlamaModel:
         # choose among tokens the grammar allows.
         if grammar is not None:
             add(chain, grammar)
+        # Top-k before the penalty: penalising works per candidate, and 40 candidates
+        # cost far less than the whole vocabulary (llama.cpp's own advice).
+        if config.top_k > 0:
+            add(chain, llama_cpp.llama_sampler_init_top_k(config.top_k))
         if config.repeat_penalty != 1.0 and config.repeat_last_n > 0:
             add(
                 chain,
@@ -246,8 +250,6 @@ class LlamaModel:
         if config.temperature <= 0.0:
             add(chain, llama_cpp.llama_sampler_init_greedy())
             return Sampler(chain)
-        if config.top_k > 0:
-            add(chain, llama_cpp.llama_sampler_init_top_k(config.top_k))
         if config.top_p < 1.0:
             add(chain, llama_cpp.llama_sampler_init_top_p(config.top_p, 1))
         if config.min_p > 0.0:

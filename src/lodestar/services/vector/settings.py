@@ -77,8 +77,7 @@ class VectorSettings(ServerSettings):
     optimize_max_wait_s: float = Field(
         30.0,
         ge=0,
-        description="Embedded: longest time steady writes can postpone a background index "
-        "build.",
+        description="Embedded: longest time steady writes can postpone a background index build.",
     )
     indexing_threshold_kb: int = Field(
         10_000,

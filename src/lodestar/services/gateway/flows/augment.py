@@ -62,7 +62,9 @@ def _elapsed_ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 3)
 
 
-async def question_vector(call: Call, augmented: Augmentation, runtime: FlowsRuntime) -> list[float]:
+async def question_vector(
+    call: Call, augmented: Augmentation, runtime: FlowsRuntime
+) -> list[float]:
     """The question's embedding, computed once per generation."""
     if augmented.vector is None:
         question = augmented.question.strip()
@@ -81,7 +83,9 @@ async def question_vector(call: Call, augmented: Augmentation, runtime: FlowsRun
     return augmented.vector
 
 
-def _source(passage: Passage, citation: int, runtime: FlowsRuntime, text_key: str) -> dict[str, Any]:
+def _source(
+    passage: Passage, citation: int, runtime: FlowsRuntime, text_key: str
+) -> dict[str, Any]:
     chars = runtime.settings.source_excerpt_chars
     out: dict[str, Any] = {
         "id": passage.id,

@@ -19,6 +19,8 @@ _MODEL_INFO_TTL_S = 60.0
 class FlowsRuntime:
     settings: FlowsSettings
     usage: UsageRecorder
+    # Unix time the flows started (the "created" of the models listed).
+    started_at: float = field(default_factory=time.time)
     _inference_info: tuple[ipb.ModelInfo, float] | None = field(default=None, init=False)
 
     async def inference_info(self, call: Call) -> ipb.ModelInfo:

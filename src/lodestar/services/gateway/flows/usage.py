@@ -14,16 +14,21 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from prometheus_client import Counter
 
 from lodestar.runtime.errors import LodestarError
+from lodestar.services.gateway.auth import Permission
 from lodestar.services.gateway.middleware import STATE_SUBJECT
 from lodestar.services.gateway.resilience import CallOptions, Deadline
 from lodestar.vector.v1 import analytics_service_pb2 as apb
+
+if TYPE_CHECKING:
+    from lodestar.services.gateway.pipeline import Generation
+    from lodestar.services.gateway.schemas.inference import GenerateRequest
 
 _log = logging.getLogger(__name__)
 
@@ -213,3 +218,20 @@ class UsageMiddleware:
                             time.time(),
                         )
                     )
+
+
+class UsageStage:
+    """Always runs: leaves a generation's token counts for its usage event."""
+
+    option = "usage"
+
+    def permissions(self, body: GenerateRequest) -> Iterable[Permission]:
+        return ()
+
+    async def before(self, generation: Generation) -> None:
+        return None
+
+    async def after(self, generation: Generation) -> None:
+        usage = generation.usage
+        if usage is not None:
+            set_tokens(generation.call.request.scope, usage.prompt_tokens, usage.completion_tokens)

@@ -40,6 +40,7 @@ from lodestar.services.gateway.schemas.vector import (
 )
 from lodestar.vector.v1 import vector_service_pb2 as pb
 
+# The busiest routes first: routes are matched in order.
 router = api_router("vectors")
 
 PointIdPath = Annotated[
@@ -64,6 +65,53 @@ def _point_id(text: str) -> int | UUID:
             field="id",
             reason="BAD_POINT_ID",
         ) from None
+
+
+@router.post("/vectors/search", response_model=SearchResponse, summary="Similarity search")
+async def search_vectors(
+    body: SearchRequest,
+    call: Annotated[Call, Depends(require(Permission.SEARCH_VECTORS, RouteClass.READ))],
+) -> Response:
+    """Nearest neighbours of a vector or a text, with filter and threshold."""
+    call.collection(body.collection)
+    vector = body.vector if body.vector is not None else (await embed(call, [body.text or ""]))[0]
+    request = convert.search_to_proto(body, vector, tenant=call.tenant)
+    response = await call.backends.vector.search_points(request, call.options)
+    return respond(
+        convert.search_from_proto(
+            response, with_payload=body.with_payload, with_vector=body.with_vector
+        )
+    )
+
+
+@router.get("/vectors/{id}", response_model=Point, summary="Get a point")
+async def get_vector(
+    point_id: PointIdPath,
+    collection: CollectionQuery,
+    call: Annotated[Call, Depends(require(Permission.SEARCH_VECTORS, RouteClass.READ))],
+    with_payload: bool = True,
+    with_vector: bool = False,
+) -> Response:
+    call.collection(collection)
+    request = pb.GetPointsRequest(
+        collection=collection,
+        ids=[convert.point_id_to_proto(_point_id(point_id))],
+        with_payload=with_payload,
+        with_vector=with_vector,
+        tenant=call.tenant,
+    )
+    response = await call.backends.vector.get_points(request, call.options)
+    if not response.points:
+        raise NotFound(
+            f"no point {point_id} in collection {collection!r}",
+            reason="POINT_NOT_FOUND",
+            metadata={"collection": collection, "id": point_id},
+        )
+    return respond(
+        convert.point_from_proto(
+            response.points[0], with_payload=with_payload, with_vector=with_vector
+        )
+    )
 
 
 @router.post("/vectors/insert", response_model=InsertResponse, summary="Upsert points")
@@ -115,23 +163,6 @@ async def batch_vectors(
     )
     response = await call.backends.vector.batch_update_points(request, call.options)
     return respond(convert.batch_from_proto(response))
-
-
-@router.post("/vectors/search", response_model=SearchResponse, summary="Similarity search")
-async def search_vectors(
-    body: SearchRequest,
-    call: Annotated[Call, Depends(require(Permission.SEARCH_VECTORS, RouteClass.READ))],
-) -> Response:
-    """Nearest neighbours of a vector or a text, with filter and threshold."""
-    call.collection(body.collection)
-    vector = body.vector if body.vector is not None else (await embed(call, [body.text or ""]))[0]
-    request = convert.search_to_proto(body, vector, tenant=call.tenant)
-    response = await call.backends.vector.search_points(request, call.options)
-    return respond(
-        convert.search_from_proto(
-            response, with_payload=body.with_payload, with_vector=body.with_vector
-        )
-    )
 
 
 @router.post("/vectors/search/batch", response_model=BatchSearchResponse, summary="Many searches")
@@ -193,36 +224,6 @@ async def cluster_vectors(
     request = convert.cluster_to_proto(body, tenant=call.tenant)
     response = await call.backends.vector.cluster_points(request, call.options)
     return respond(convert.cluster_from_proto(response, with_payload=body.with_payload))
-
-
-@router.get("/vectors/{id}", response_model=Point, summary="Get a point")
-async def get_vector(
-    point_id: PointIdPath,
-    collection: CollectionQuery,
-    call: Annotated[Call, Depends(require(Permission.SEARCH_VECTORS, RouteClass.READ))],
-    with_payload: bool = True,
-    with_vector: bool = False,
-) -> Response:
-    call.collection(collection)
-    request = pb.GetPointsRequest(
-        collection=collection,
-        ids=[convert.point_id_to_proto(_point_id(point_id))],
-        with_payload=with_payload,
-        with_vector=with_vector,
-        tenant=call.tenant,
-    )
-    response = await call.backends.vector.get_points(request, call.options)
-    if not response.points:
-        raise NotFound(
-            f"no point {point_id} in collection {collection!r}",
-            reason="POINT_NOT_FOUND",
-            metadata={"collection": collection, "id": point_id},
-        )
-    return respond(
-        convert.point_from_proto(
-            response.points[0], with_payload=with_payload, with_vector=with_vector
-        )
-    )
 
 
 @router.put("/vectors/{id}", response_model=UpdatePointResponse, summary="Update a point")

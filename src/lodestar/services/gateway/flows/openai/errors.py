@@ -1,0 +1,165 @@
+"""Errors of the OpenAI-compatible routes, in OpenAI's shape:
+
+    {"error": {"message": "...", "type": "invalid_request_error",
+               "param": "messages[0].role", "code": "invalid_value"}}
+
+The official client reads ``error`` from the body and takes ``message``,
+``type``, ``param`` and ``code`` from it (``openai.APIStatusError``), and picks
+the exception class by HTTP status. The status is the gateway's own (one table
+for the whole platform) except for request validation, which OpenAI answers
+with 400 rather than 422.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import grpc
+import orjson
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from lodestar.runtime.context import current_request_id
+from lodestar.runtime.errors import LodestarError, http_status_for
+from lodestar.services.gateway.errors import JSON, field_path
+
+_log = logging.getLogger(__name__)
+
+# Backend field names → the OpenAI parameter they came from.
+_PARAM_ALIASES = {"texts": "input", "prompt": "prompt", "messages": "messages"}
+
+
+def param_of(field: str | None) -> str | None:
+    if not field:
+        return None
+    if field.startswith("sampling."):
+        return field.removeprefix("sampling.")
+    if field.startswith("constraint"):
+        return "response_format"
+    head, sep, rest = field.partition("[")
+    alias = _PARAM_ALIASES.get(head)
+    return (alias + sep + rest) if alias else field
+
+
+def _error_type(status: int) -> str:
+    if status == 429:
+        return "rate_limit_error"
+    if status == 401:
+        return "authentication_error"
+    if status == 403:
+        return "permission_error"
+    if status >= 500:
+        return "server_error"
+    return "invalid_request_error"
+
+
+def error_body(
+    message: str, *, status: int, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {
+        "error": {
+            "message": message,
+            "type": _error_type(status),
+            "param": param,
+            "code": code,
+        }
+    }
+
+
+def error_code(error: LodestarError) -> str:
+    if error.code is grpc.StatusCode.UNAUTHENTICATED:
+        return "invalid_api_key"
+    if error.code is grpc.StatusCode.RESOURCE_EXHAUSTED and "RATE_LIMITED" in error.reason:
+        return "rate_limit_exceeded"
+    return error.reason.lower()
+
+
+def lodestar_error_body(error: LodestarError) -> dict[str, Any]:
+    status = http_status_for(error.code)
+    message = error.message
+    request_id = current_request_id()
+    if status >= 500 and request_id:
+        message = f"{message} (request id {request_id})"
+    return error_body(message, status=status, param=param_of(error.field), code=error_code(error))
+
+
+def _response(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type=JSON, headers=headers)
+
+
+def lodestar_error_response(error: LodestarError) -> Response:
+    status = http_status_for(error.code)
+    headers: dict[str, str] = {}
+    if error.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
+    if error.code is grpc.StatusCode.UNAUTHENTICATED:
+        headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+    decision = getattr(error, "decision", None)
+    if decision is not None:
+        headers.update({k.decode(): v.decode() for k, v in decision.headers()})
+    return _response(lodestar_error_body(error), status, headers)
+
+
+def validation_error_response(error: RequestValidationError) -> Response:
+    problems = list(error.errors())
+    for problem in problems:
+        if problem.get("type") == "json_invalid":
+            return _response(
+                error_body("the request body is not valid JSON", status=400, code="invalid_json"),
+                400,
+            )
+    first = problems[0] if problems else {}
+    param = field_path(first.get("loc", ()))
+    kind = str(first.get("type", "invalid_value"))
+    if kind == "extra_forbidden":
+        message = f"unrecognized request argument supplied: {param}"
+        code = "unknown_parameter"
+    elif kind == "missing":
+        message = f"missing required parameter: {param}"
+        code = "missing_required_parameter"
+    else:
+        description = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        message = f"invalid value for {param}: {description}"
+        code = "invalid_value"
+    if len(problems) > 1:
+        message += f" (and {len(problems) - 1} more problems)"
+    return _response(error_body(message, status=400, param=param, code=code), 400)
+
+
+def http_error_response(error: HTTPException) -> Response:
+    status = error.status_code
+    return _response(
+        error_body(str(error.detail), status=status, code="http_error"),
+        status,
+        dict(error.headers or {}),
+    )
+
+
+class OpenAIRoute(APIRoute):
+    """A route whose failures (authentication, permission, validation, backend
+    errors) are answered in OpenAI's error shape."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except LodestarError as error:
+                return lodestar_error_response(error)
+            except RequestValidationError as error:
+                return validation_error_response(error)
+            except HTTPException as error:
+                return http_error_response(error)
+            except Exception:
+                _log.exception("unhandled error in %s %s", request.method, request.url.path)
+                message = f"internal error (request id {current_request_id()}); it has been logged"
+                return _response(error_body(message, status=500, code="internal"), 500)
+
+        return route

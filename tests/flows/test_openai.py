@@ -1,0 +1,280 @@
+"""The OpenAI-compatible API, driven by the official ``openai`` client."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+import numpy as np
+import openai
+import pytest
+from openai import AsyncOpenAI
+
+from lodestar.embedding.v1 import embedding_service_pb2 as epb
+from lodestar.embedding.v1 import embedding_service_pb2_grpc as epb_grpc
+from lodestar.runtime.channels import insecure_channel
+from tests.flows.conftest import Stack
+from tests.flows.harness import RunningGateway
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def _client(gateway: RunningGateway, *roles: str, key: str | None = None) -> AsyncOpenAI:
+    return AsyncOpenAI(
+        base_url=f"{gateway.url}/v1",
+        api_key=key or gateway.token(*roles, sub="openai-user"),
+        max_retries=0,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+async def oai(gateway: RunningGateway) -> AsyncIterator[AsyncOpenAI]:
+    async with _client(gateway, "user") as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+async def models(gateway: RunningGateway) -> dict[str, str]:
+    """The served model ids: generation and embedding."""
+    async with _client(gateway, "user") as client:
+        listed = [model.id async for model in client.models.list()]
+    assert len(listed) == 2
+    generation = next(m for m in listed if "SmolLM2" in m)
+    embedding = next(m for m in listed if m != generation)
+    return {"chat": generation, "embedding": embedding}
+
+
+async def test_models_lists_what_the_token_may_use(
+    gateway: RunningGateway, models: dict[str, str]
+) -> None:
+    async with _client(gateway, "viewer") as viewer:
+        page = await viewer.models.list()
+    assert [m.id for m in page.data] == [models["embedding"]]
+    assert all(m.owned_by == "lodestar" and m.object == "model" for m in page.data)
+
+
+async def test_chat_completion(oai: AsyncOpenAI, models: dict[str, str]) -> None:
+    completion = await oai.chat.completions.create(
+        model=models["chat"], messages=QUESTION, max_tokens=12, temperature=0, seed=1  # type: ignore[arg-type]
+    )
+    assert completion.object == "chat.completion"
+    assert completion.id.startswith("chatcmpl-")
+    assert completion.model == models["chat"]
+    choice = completion.choices[0]
+    assert choice.message.role == "assistant"
+    assert choice.message.content
+    assert choice.finish_reason in ("stop", "length")
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens > 0
+    assert completion.usage.total_tokens == (
+        completion.usage.prompt_tokens + completion.usage.completion_tokens
+    )
+
+
+async def test_streamed_chat_matches_the_whole_answer(
+    oai: AsyncOpenAI, models: dict[str, str]
+) -> None:
+    options = {"model": models["chat"], "messages": QUESTION, "max_tokens": 16, "temperature": 0}
+    whole = await oai.chat.completions.create(**options)  # type: ignore[call-overload]
+    stream = await oai.chat.completions.create(
+        **options, stream=True, stream_options={"include_usage": True}
+    )
+    deltas: list[str] = []
+    finish: list[str] = []
+    usage = None
+    roles = []
+    async for chunk in stream:
+        assert chunk.object == "chat.completion.chunk"
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            if choice.delta.role:
+                roles.append(choice.delta.role)
+            if choice.delta.content:
+                deltas.append(choice.delta.content)
+            if choice.finish_reason:
+                finish.append(choice.finish_reason)
+    assert roles == ["assistant"]
+    assert "".join(deltas) == whole.choices[0].message.content
+    assert finish == [whole.choices[0].finish_reason]
+    assert usage is not None and whole.usage is not None
+    assert usage.completion_tokens == whole.usage.completion_tokens
+
+
+async def test_chat_with_a_json_schema(oai: AsyncOpenAI, models: dict[str, str]) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
+        "required": ["answer"],
+        "additionalProperties": False,
+    }
+    completion = await oai.chat.completions.create(
+        model=models["chat"],
+        messages=[{"role": "user", "content": "Is Paris in France? Answer in JSON."}],
+        max_tokens=32,
+        temperature=0,
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "verdict", "schema": schema, "strict": True},
+        },
+    )
+    content = completion.choices[0].message.content
+    assert content is not None
+    assert json.loads(content)["answer"] in ("yes", "no")
+
+
+async def test_chat_with_json_object_output(oai: AsyncOpenAI, models: dict[str, str]) -> None:
+    completion = await oai.chat.completions.create(
+        model=models["chat"],
+        messages=[{"role": "user", "content": "Give a JSON object with a key named city."}],
+        max_tokens=24,
+        temperature=0,
+        response_format={"type": "json_object"},
+    )
+    content = completion.choices[0].message.content
+    assert content is not None and content.lstrip().startswith("{")
+
+
+async def test_stop_sequences_end_the_answer(oai: AsyncOpenAI, models: dict[str, str]) -> None:
+    options = {
+        "model": models["chat"],
+        "messages": [{"role": "user", "content": "Count from one to ten in words."}],
+        "max_tokens": 40,
+        "temperature": 0,
+    }
+    free = await oai.chat.completions.create(**options)  # type: ignore[call-overload]
+    text = free.choices[0].message.content or ""
+    words = text.split()
+    assert len(words) > 3, text
+    stop = words[2]
+    stopped = await oai.chat.completions.create(**options, stop=[stop])  # type: ignore[call-overload]
+    assert stop not in (stopped.choices[0].message.content or "")
+    assert stopped.choices[0].finish_reason == "stop"
+
+
+async def test_text_completion_whole_and_streamed(
+    oai: AsyncOpenAI, models: dict[str, str]
+) -> None:
+    options = {
+        "model": models["chat"],
+        "prompt": "The three primary colours are",
+        "max_tokens": 8,
+        "temperature": 0,
+    }
+    whole = await oai.completions.create(**options)  # type: ignore[call-overload]
+    assert whole.object == "text_completion"
+    assert whole.choices[0].text
+    assert whole.usage is not None and whole.usage.completion_tokens <= 8
+    stream = await oai.completions.create(**options, stream=True)  # type: ignore[call-overload]
+    parts = [chunk.choices[0].text async for chunk in stream if chunk.choices]
+    assert "".join(parts) == whole.choices[0].text
+
+
+async def test_embeddings_match_the_embedding_service(
+    oai: AsyncOpenAI, models: dict[str, str], stack: Stack
+) -> None:
+    texts = ["a red apple", "the stock market fell"]
+    # The client asks for base64 unless told otherwise, and decodes it.
+    default = await oai.embeddings.create(model=models["embedding"], input=texts)
+    floats = await oai.embeddings.create(
+        model=models["embedding"], input=texts, encoding_format="float"
+    )
+    async with insecure_channel(stack.embedding) as channel:
+        direct = await epb_grpc.EmbeddingServiceStub(channel).EmbedTexts(
+            epb.EmbedTextsRequest(texts=texts)
+        )
+    assert [d.index for d in default.data] == [0, 1]
+    assert default.usage.prompt_tokens == direct.total_tokens > 0
+    for index, expected in enumerate(direct.embeddings):
+        want = np.asarray(expected.values, dtype=np.float32)
+        for response in (default, floats):
+            got = np.asarray(response.data[index].embedding, dtype=np.float32)
+            assert got.shape == (384,)
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    one = await oai.embeddings.create(model=models["embedding"], input="just one")
+    assert len(one.data) == 1
+
+
+async def test_errors_have_openai_shape(
+    gateway: RunningGateway, oai: AsyncOpenAI, models: dict[str, str]
+) -> None:
+    with pytest.raises(openai.NotFoundError) as unknown:
+        await oai.chat.completions.create(model="gpt-4o", messages=QUESTION)  # type: ignore[arg-type]
+    assert unknown.value.code == "model_not_found"
+    assert unknown.value.param == "model"
+
+    with pytest.raises(openai.BadRequestError) as hot:
+        await oai.chat.completions.create(
+            model=models["chat"],
+            messages=QUESTION,  # type: ignore[arg-type]
+            temperature=5,
+        )
+    assert hot.value.param == "temperature"
+    assert hot.value.type == "invalid_request_error"
+
+    with pytest.raises(openai.BadRequestError) as many:
+        await oai.chat.completions.create(model=models["chat"], messages=QUESTION, n=2)  # type: ignore[arg-type]
+    assert many.value.param == "n"
+
+    with pytest.raises(openai.BadRequestError) as empty:
+        await oai.embeddings.create(model=models["embedding"], input=["fine", ""])
+    assert empty.value.param == "input[1]"
+
+    async with _client(gateway, key="not-a-jwt") as stranger:
+        with pytest.raises(openai.AuthenticationError) as denied:
+            await stranger.models.list()
+    assert denied.value.code == "invalid_api_key"
+
+    async with _client(gateway, "viewer") as viewer:
+        with pytest.raises(openai.PermissionDeniedError) as forbidden:
+            await viewer.chat.completions.create(model=models["chat"], messages=QUESTION)  # type: ignore[arg-type]
+    assert "GenerateText" in forbidden.value.message
+
+
+async def test_error_body_fields(gateway: RunningGateway) -> None:
+    async with gateway.client() as http:
+        reply = await http.post(
+            "/v1/chat/completions",
+            json={"model": "x", "messages": [{"role": "tool", "content": "hi"}]},
+            headers=gateway.auth("user"),
+        )
+    assert reply.status_code == 400
+    error = reply.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["param"] == "messages[0].role"
+
+
+async def test_the_prompt_may_not_exceed_the_context(
+    oai: AsyncOpenAI, models: dict[str, str]
+) -> None:
+    with pytest.raises(openai.BadRequestError) as raised:
+        await oai.completions.create(model=models["chat"], prompt="word " * 3000, max_tokens=4)
+    assert raised.value.param == "prompt"
+    assert raised.value.code == "prompt_too_long"
+
+
+async def test_usage_of_openai_routes_counts_tokens(
+    gateway: RunningGateway, oai: AsyncOpenAI, models: dict[str, str], client: httpx.AsyncClient
+) -> None:
+    from lodestar.services.gateway.flows import runtime_of
+
+    completion = await oai.chat.completions.create(
+        model=models["chat"],
+        messages=QUESTION,
+        max_tokens=4,
+        temperature=0,  # type: ignore[arg-type]
+    )
+    assert completion.usage is not None
+    await runtime_of(gateway.app.state.gateway).usage.flush()
+    reply = await client.get(
+        "/api/v1/analytics/usage",
+        params={"subject": "openai-user"},
+        headers=gateway.auth("operator"),
+    )
+    assert reply.status_code == 200, reply.text
+    rows = {row["route"]: row for row in reply.json()["usage"]}
+    chat = rows["POST /v1/chat/completions"]
+    assert chat["request_count"] >= 1
+    assert chat["completion_tokens"] >= completion.usage.completion_tokens
