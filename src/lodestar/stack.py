@@ -137,11 +137,17 @@ class _Stack:
 
 
 def _admin_token() -> str | None:
+    """A development admin token signed with the key the gateway runs with.
+
+    The gateway's process inherits this environment, so its settings (signing
+    key, issuer, audience) are the ones read here.
+    """
     try:
         auth = importlib.import_module("lodestar.services.gateway.auth")
+        settings = importlib.import_module("lodestar.services.gateway.settings")
     except ImportError:
         return None
-    token: str = auth.mint_development_token(subject="admin", roles=["admin"], ttl_s=24 * 3600)
+    token: str = auth.mint_token(settings.GatewaySettings(), "admin", ["admin"], 24 * 3600)
     return token
 
 

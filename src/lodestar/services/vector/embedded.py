@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -79,6 +80,7 @@ _COLLECTIONS_DIR: Final = "collections"
 _TMP_DIR: Final = "tmp"
 _SCROLL_CHUNK: Final = 1_000
 _RETRY_AFTER_FAILURE_S: Final = 30.0
+_MAX_SEARCH_BATCH: Final = 64
 # Deleted points that make a compaction worth a run.
 _VACUUM_MIN_DELETED: Final = 1_000
 
@@ -124,6 +126,9 @@ class _Shard:
         self.idle.set()
         self.retired = False
         self.remove_files = False
+        # Searches waiting for an engine call, and engine calls running.
+        self.pending: list[tuple[qe.QueryRequest, asyncio.Future[list[qe.ScoredPoint]]]] = []
+        self.searching = 0
 
 
 @dataclass(eq=False)
@@ -172,6 +177,7 @@ class EmbeddedBackend:
             max_workers=settings.engine_threads, thread_name_prefix="vector-engine"
         )
         self._closing = False
+        self._search_slots = settings.search_slots or os.cpu_count() or 2
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -188,19 +194,69 @@ class EmbeddedBackend:
             )
         return collection
 
+    def _use(self, shard: _Shard, count: int = 1) -> None:
+        shard.users += count
+        shard.idle.clear()
+
+    def _release(self, shard: _Shard, count: int = 1) -> None:
+        shard.users -= count
+        if shard.users == 0:
+            shard.idle.set()
+            if shard.retired:
+                self._dispose(shard)
+
     async def _read(self, name: str, fn: Callable[[qe.EdgeShard], T]) -> T:
         """Run a read on the collection's current shard, off the event loop."""
         shard = self._get(name).shard
-        shard.users += 1
-        shard.idle.clear()
+        self._use(shard)
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, fn, shard.engine)
         finally:
-            shard.users -= 1
-            if shard.users == 0:
-                shard.idle.set()
-                if shard.retired:
-                    self._dispose(shard)
+            self._release(shard)
+
+    async def _query(self, name: str, request: qe.QueryRequest) -> list[qe.ScoredPoint]:
+        """Run a query; queries that arrive while the engine is busy go in together.
+
+        At most ``search_slots`` engine calls run per shard. Queries arriving while
+        they are all busy wait, and the next free slot takes them all in one
+        ``query_batch``: one trip to a worker thread instead of one each, and the
+        engine plans them as one batch.
+        """
+        shard = self._get(name).shard
+        future: asyncio.Future[list[qe.ScoredPoint]] = asyncio.get_running_loop().create_future()
+        shard.pending.append((request, future))
+        self._use(shard)
+        if shard.searching < self._search_slots:
+            self._dispatch(shard)
+        return await future
+
+    def _dispatch(self, shard: _Shard) -> None:
+        batch = shard.pending[:_MAX_SEARCH_BATCH]
+        del shard.pending[:_MAX_SEARCH_BATCH]
+        shard.searching += 1
+        job = asyncio.get_running_loop().run_in_executor(
+            self._pool, _run_queries, shard.engine, [request for request, _ in batch]
+        )
+        job.add_done_callback(functools.partial(self._searched, shard, batch))
+
+    def _searched(
+        self,
+        shard: _Shard,
+        batch: list[tuple[qe.QueryRequest, asyncio.Future[list[qe.ScoredPoint]]]],
+        job: asyncio.Future[list[list[qe.ScoredPoint]]],
+    ) -> None:
+        shard.searching -= 1
+        error = job.exception()
+        for i, (_, future) in enumerate(batch):
+            if future.done():  # the caller went away
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(job.result()[i])
+        if shard.pending:
+            self._dispatch(shard)
+        self._release(shard, len(batch))
 
     def _retire(self, shard: _Shard, *, remove_files: bool) -> None:
         shard.retired = True
@@ -500,7 +556,7 @@ class EmbeddedBackend:
     async def search(self, collection: str, query: SearchQuery) -> list[ScoredHit]:
         target = self._get(collection)
         request = edge.query_request(query, target.meta.config.hnsw.ef_search)
-        found = await self._read(collection, lambda e: e.query(request))
+        found = await self._query(collection, request)
         return edge.hits(found, query.with_payload, query.with_vector)
 
     async def search_batch(
@@ -771,6 +827,14 @@ def _log_failure(what: str) -> Callable[[asyncio.Future[Any]], None]:
             _log.error("%s failed: %s", what, future.exception())
 
     return report
+
+
+def _run_queries(
+    engine: qe.EdgeShard, requests: list[qe.QueryRequest]
+) -> list[list[qe.ScoredPoint]]:
+    if len(requests) == 1:
+        return [engine.query(requests[0])]
+    return engine.query_batch(qe.QueryBatchRequest(requests))
 
 
 def _scroll_all(engine: qe.EdgeShard) -> Iterator[list[PointRecord]]:

@@ -100,6 +100,13 @@ class VectorSettings(ServerSettings):
         description="Embedded: also fsync every write before acknowledging it, so that it "
         "survives power loss (a process crash never loses an acknowledged write).",
     )
+    search_slots: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="Embedded: searches of one collection in the engine at once (0: one per "
+        "CPU); searches arriving meanwhile go in together as one batch.",
+    )
     engine_threads: int = Field(
         8, ge=1, le=256, description="Embedded: threads running engine calls off the event loop."
     )
