@@ -80,9 +80,7 @@ def llm() -> Iterator[LlamaModel]:
 
 
 @pytest.fixture(scope="session")
-async def stack(
-    tmp_path_factory: pytest.TempPathFactory, llm: LlamaModel
-) -> AsyncIterator[Stack]:
+async def stack(tmp_path_factory: pytest.TempPathFactory, llm: LlamaModel) -> AsyncIterator[Stack]:
     servers: list[GrpcServer] = []
     engines: list[InferenceEngine] = []
 

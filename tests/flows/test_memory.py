@@ -104,7 +104,11 @@ async def test_storing_needs_insert_permission(
 
 
 async def _generate(
-    http: httpx.AsyncClient, gateway: RunningGateway, prompt: str, collection: str, **options: object
+    http: httpx.AsyncClient,
+    gateway: RunningGateway,
+    prompt: str,
+    collection: str,
+    **options: object,
 ) -> dict[str, object]:
     reply = await http.post(
         "/api/v1/generate",
@@ -122,7 +126,11 @@ async def _generate(
 
 
 async def _score(
-    http: httpx.AsyncClient, gateway: RunningGateway, collection: str, interaction: object, score: float
+    http: httpx.AsyncClient,
+    gateway: RunningGateway,
+    collection: str,
+    interaction: object,
+    score: float,
 ) -> httpx.Response:
     return await http.post(
         "/api/v1/feedback",
@@ -156,7 +164,8 @@ async def test_feedback_changes_what_a_later_generation_uses(
     steered = await _generate(client, gateway, later, collection, use_feedback=True)
     assert _examples(steered) == [interaction]
     used = steered["feedback"]["examples"][0]  # type: ignore[index]
-    assert used["score"] == 5 and used["similarity"] >= 0.3
+    assert used["score"] == 5
+    assert used["similarity"] >= 0.3
     # The example is shown to the model: the prompt grew by its question and answer.
     steered_usage = steered["usage"]["prompt_tokens"]  # type: ignore[index]
     assert steered_usage > unscored["usage"]["prompt_tokens"]  # type: ignore[index]

@@ -57,7 +57,11 @@ async def test_models_lists_what_the_token_may_use(
 
 async def test_chat_completion(oai: AsyncOpenAI, models: dict[str, str]) -> None:
     completion = await oai.chat.completions.create(
-        model=models["chat"], messages=QUESTION, max_tokens=12, temperature=0, seed=1  # type: ignore[arg-type]
+        model=models["chat"],
+        messages=QUESTION,
+        max_tokens=12,
+        temperature=0,
+        seed=1,  # type: ignore[arg-type]
     )
     assert completion.object == "chat.completion"
     assert completion.id.startswith("chatcmpl-")
@@ -99,7 +103,8 @@ async def test_streamed_chat_matches_the_whole_answer(
     assert roles == ["assistant"]
     assert "".join(deltas) == whole.choices[0].message.content
     assert finish == [whole.choices[0].finish_reason]
-    assert usage is not None and whole.usage is not None
+    assert usage is not None
+    assert whole.usage is not None
     assert usage.completion_tokens == whole.usage.completion_tokens
 
 
@@ -134,7 +139,8 @@ async def test_chat_with_json_object_output(oai: AsyncOpenAI, models: dict[str, 
         response_format={"type": "json_object"},
     )
     content = completion.choices[0].message.content
-    assert content is not None and content.lstrip().startswith("{")
+    assert content is not None
+    assert content.lstrip().startswith("{")
 
 
 async def test_stop_sequences_end_the_answer(oai: AsyncOpenAI, models: dict[str, str]) -> None:
@@ -154,9 +160,7 @@ async def test_stop_sequences_end_the_answer(oai: AsyncOpenAI, models: dict[str,
     assert stopped.choices[0].finish_reason == "stop"
 
 
-async def test_text_completion_whole_and_streamed(
-    oai: AsyncOpenAI, models: dict[str, str]
-) -> None:
+async def test_text_completion_whole_and_streamed(oai: AsyncOpenAI, models: dict[str, str]) -> None:
     options = {
         "model": models["chat"],
         "prompt": "The three primary colours are",
@@ -166,7 +170,8 @@ async def test_text_completion_whole_and_streamed(
     whole = await oai.completions.create(**options)  # type: ignore[call-overload]
     assert whole.object == "text_completion"
     assert whole.choices[0].text
-    assert whole.usage is not None and whole.usage.completion_tokens <= 8
+    assert whole.usage is not None
+    assert whole.usage.completion_tokens <= 8
     stream = await oai.completions.create(**options, stream=True)  # type: ignore[call-overload]
     parts = [chunk.choices[0].text async for chunk in stream if chunk.choices]
     assert "".join(parts) == whole.choices[0].text

@@ -39,7 +39,8 @@ async def test_the_right_source_is_among_the_sources(
     assert set(context["timing_ms"]) == {"embed", "search", "prompt"}
     first = body["sources"][0]
     assert first["citation"] == 1
-    assert first["excerpt"] and "text" not in first["payload"]
+    assert first["excerpt"]
+    assert "text" not in first["payload"]
     assert first["score"] >= body["sources"][-1]["score"]
 
 
@@ -124,7 +125,9 @@ async def test_retrieval_is_confined_to_the_tenant(
         "context": {"collection": name},
         **ASK,
     }
-    own = await client.post("/api/v1/generate", json=ask, headers=gateway.auth("user", tenant="acme"))
+    own = await client.post(
+        "/api/v1/generate", json=ask, headers=gateway.auth("user", tenant="acme")
+    )
     other = await client.post(
         "/api/v1/generate", json=ask, headers=gateway.auth("user", tenant="globex")
     )

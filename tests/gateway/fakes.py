@@ -40,11 +40,14 @@ class Recorder:
     # Errors raised by the next calls (any method), first first.
     fail_next: list[LodestarError] = field(default_factory=list)
     delay_s: float = 0.0
+    # Set by every call (tests clear it to wait for the next one).
+    called: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def record(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> None:
         metadata = {k: str(v) for k, v in (context.invocation_metadata() or ())}
         metadata["time_remaining"] = str(context.time_remaining())
         self.calls.append((method, request, metadata))
+        self.called.set()
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if self.fail_next:

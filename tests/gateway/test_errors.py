@@ -90,6 +90,24 @@ async def test_invalid_fields_are_422_naming_the_field(
     assert field in error["message"]
 
 
+async def test_body_that_is_not_a_json_object(
+    gateway: RunningGateway, client: httpx.AsyncClient
+) -> None:
+    for content, content_type, hint in (
+        (b'{"collection": "alpha", "text": "q"}', "text/plain", True),
+        (b"[1, 2]", "application/json", False),
+        (b"", "application/json", False),
+    ):
+        response = await client.post(
+            SEARCH,
+            content=content,
+            headers={**gateway.auth("viewer"), "content-type": content_type},
+        )
+        error = _assert_error_shape(response, 422, "INVALID_ARGUMENT")
+        assert error["message"].startswith("the request body must be a JSON object")
+        assert ("Content-Type" in error["message"]) is hint
+
+
 async def test_bad_query_and_path_values(
     gateway: RunningGateway, client: httpx.AsyncClient
 ) -> None:

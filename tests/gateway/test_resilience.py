@@ -184,3 +184,32 @@ async def test_failover_when_a_replica_dies_and_recovery(fakes: FakeBackends) ->
             await server_two.stop(0)
     assert counts["requests"] > 50
     assert failures == []
+
+
+async def test_a_request_waits_for_a_due_probe_instead_of_failing(fakes: FakeBackends) -> None:
+    server = await start_vector_fake(FakeVector())
+    port = server.port
+    address = f"127.0.0.1:{port}"
+    settings = gateway_settings(
+        fakes.address("embedding"),
+        address,
+        fakes.address("inference"),
+        breaker_failure_threshold=1,
+        breaker_open_s=0.3,
+        probe_timeout_s=2,
+        reconnect_backoff_max_s=0.2,
+    )
+    try:
+        async with run_gateway(settings) as gw, gw.client() as http:
+            headers = gw.auth("viewer")
+            assert (await http.post(SEARCH, json=BODY, headers=headers)).status_code == 200
+            await server.stop(0)
+            assert (await http.post(SEARCH, json=BODY, headers=headers)).status_code == 503
+            assert breaker_state(address) == BreakerState.OPEN
+            server = await start_vector_fake(FakeVector(), port=port)
+            await asyncio.sleep(0.4)  # the breaker's open time is over: a probe is due
+            response = await http.post(SEARCH, json=BODY, headers=headers)
+            assert response.status_code == 200, response.text
+            assert breaker_state(address) == BreakerState.CLOSED
+    finally:
+        await server.stop(0)

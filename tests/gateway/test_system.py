@@ -131,6 +131,7 @@ async def test_sigterm_drains_in_flight_requests_and_exits_cleanly(fakes: FakeBa
                         break
                 await asyncio.sleep(0.05)
             fakes.vector.recorder.delay_s = 1.0
+            fakes.vector.recorder.called.clear()
             token = mint_token(GatewaySettings(), "alice", ["viewer"], 60)
             slow = asyncio.create_task(
                 http.post(
@@ -139,8 +140,7 @@ async def test_sigterm_drains_in_flight_requests_and_exits_cleanly(fakes: FakeBa
                     headers={"Authorization": f"Bearer {token}"},
                 )
             )
-            while not fakes.vector.recorder.calls:
-                await asyncio.sleep(0.01)
+            await asyncio.wait_for(fakes.vector.recorder.called.wait(), 10)
             process.send_signal(signal.SIGTERM)
             response = await slow
             assert response.status_code == 200

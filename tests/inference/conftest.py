@@ -29,9 +29,19 @@ def model() -> Iterator[LlamaModel]:
     model.close()
 
 
+# One compute thread: the test suite shares the CPU with other work, and llama.cpp's
+# threads wait for each other at every graph node, so they degrade badly when preempted.
+THREADS = 1
+
+
 def _settings(**overrides: object) -> InferenceSettings:
     return InferenceSettings(
-        port=0, metrics_port=None, shutdown_grace_s=2, context_size=CONTEXT_SIZE, **overrides
+        port=0,
+        metrics_port=None,
+        shutdown_grace_s=2,
+        context_size=CONTEXT_SIZE,
+        threads=THREADS,
+        **overrides,
     )
 
 

@@ -17,6 +17,7 @@ from lodestar.services.inference.engine import (
     InferenceEngine,
 )
 from lodestar.services.inference.model import LlamaModel
+from tests.inference.conftest import THREADS
 
 GREEDY = GenerationParams(
     max_tokens=16, temperature=0.0, top_p=1.0, top_k=0, min_p=0.0, repeat_penalty=1.0
@@ -33,7 +34,7 @@ def _sample(name: str, labels: dict[str, str] | None = None) -> float:
 @pytest.fixture
 def small_engine(model: LlamaModel) -> InferenceEngine:
     return InferenceEngine(
-        model, context_size=256, max_concurrent_sequences=1, max_queue_length=1, threads=2
+        model, context_size=256, max_concurrent_sequences=1, max_queue_length=1, threads=THREADS
     )
 
 
@@ -73,7 +74,7 @@ async def test_closing_the_engine_ends_running_generations_as_cancelled(
 
 
 async def test_length_limit_of_the_context_ends_with_length(model: LlamaModel) -> None:
-    engine = InferenceEngine(model, context_size=256, max_concurrent_sequences=1, threads=2)
+    engine = InferenceEngine(model, context_size=256, max_concurrent_sequences=1, threads=THREADS)
     try:
         # A long prompt, so that the context fills after a few dozen generated tokens.
         notes = "The dragon slept in the mountain. " * 22
@@ -120,7 +121,7 @@ async def test_prompt_and_decode_spans_belong_to_the_caller_trace(model: LlamaMo
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("test")
     engine = InferenceEngine(
-        model, context_size=256, max_concurrent_sequences=1, threads=2, tracer=tracer
+        model, context_size=256, max_concurrent_sequences=1, threads=THREADS, tracer=tracer
     )
     try:
         with tracer.start_as_current_span("caller") as caller:

@@ -25,7 +25,7 @@ from lodestar.services.gateway.auth import mint_token
 from lodestar.services.gateway.server import bound_port, create_server
 from lodestar.vector.v1 import vector_service_pb2 as vector_pb
 from lodestar.vector.v1 import vector_service_pb2_grpc as vector_grpc
-from tests.ingest.conftest import Services
+from tests.ingest.conftest import Services, write_corpus
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,12 @@ async def gateway(services: Services) -> AsyncIterator[Gateway]:
     yield Gateway(f"http://127.0.0.1:{bound_port(server)}", settings)
     server.should_exit = True
     await task
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    """A smaller corpus than the gRPC tests': four files."""
+    return write_corpus(tmp_path / "corpus", ("break", "global", "pass"))
 
 
 @pytest.fixture
@@ -106,7 +112,7 @@ async def test_ingest_through_the_gateway_is_idempotent(
     token = gateway.token("operator")
     first = await ingest(gateway, token, [corpus], options(collection, tmp_path))
     assert first.collection_created
-    assert first.files_ingested == 9
+    assert first.files_ingested == 4
     assert first.chunks_new == first.chunks > 0
     assert first.chunks_truncated is None  # the gateway does not say
     assert await count(vector, collection) == first.chunks
@@ -115,7 +121,7 @@ async def test_ingest_through_the_gateway_is_idempotent(
     assert info.collection.config.dimension == 384  # the gateway took the model's
 
     unchanged = await ingest(gateway, token, [corpus], options(collection, tmp_path))
-    assert unchanged.files_unchanged == 9
+    assert unchanged.files_unchanged == 4
     assert unchanged.chunks == 0
 
     # Without the checkpoint every chunk is sent again, and overwrites itself.
@@ -206,7 +212,7 @@ async def test_the_command_via_gateway(
     status = await asyncio.to_thread(ingest_main, argv, stdout=out, stderr=err)
     assert status == 0, err.getvalue()
     summary = json.loads(out.getvalue())
-    assert summary["files"]["ingested"] == 9
+    assert summary["files"]["ingested"] == 4
     assert summary["chunks"]["new"] == await count(vector, collection)
 
     bad = [*argv[:-2], "--token", "not-a-jwt", "--no-checkpoint"]

@@ -232,10 +232,12 @@ async def test_an_interrupted_run_resumes_where_it_stopped(
 
     counting = _CountingSink(services)
     resumed = await ingest(services, [corpus], opts, counting)
-    # Files finished before the crash are skipped by the checkpoint; the chunks of
-    # the file in flight are found with GetPoints; only the rest is embedded.
+    # Files finished before the crash are skipped by the checkpoint; the stored
+    # chunks of files in flight are found with GetPoints; only the rest is embedded.
     assert resumed.files_unchanged >= 1
     assert resumed.chunks_present >= 1
+    skipped_by_checkpoint = total - resumed.chunks
+    assert skipped_by_checkpoint + resumed.chunks_present == 12
     assert counting.embedded == resumed.chunks_new == total - 12
     assert await count(vector, collection) == total
 

@@ -7,8 +7,8 @@ then ask Prometheus's HTTP API what it scraped: every service's metric families,
 every dashboard and rule expression evaluating against real series, and every
 rule loaded without error.
 
-Still to come here: one gateway request yields one connected trace across the
-processes (an in-process OTLP receiver collecting every service's spans).
+test_tracing.py starts the same stack with tracing on (``start_services``) and
+checks that one gateway request yields one connected trace across the processes.
 """
 
 from __future__ import annotations
@@ -147,6 +147,26 @@ def _service_env(stack: LiveStack) -> dict[str, str]:
     return env
 
 
+def start_services(stack: LiveStack, env_for: Callable[[str], dict[str, str]]) -> None:
+    """The three gRPC services, then the gateway, each once it answers (ports already chosen)."""
+    for name in GRPC_SERVICES:
+        stack.start(name, [sys.executable, "-m", f"lodestar.services.{name}"], env_for(name))
+    for name in GRPC_SERVICES:
+        _wait(
+            name,
+            lambda n=name: _grpc_serving(stack.ports[n]),  # type: ignore[misc]
+            stack.processes,
+            STARTUP_TIMEOUT_S,
+        )
+    stack.start("gateway", [sys.executable, "-m", "lodestar.services.gateway"], env_for("gateway"))
+    _wait(
+        "gateway",
+        lambda: _http_ok(f"{stack.gateway}/api/v1/health"),
+        stack.processes,
+        STARTUP_TIMEOUT_S,
+    )
+
+
 def _prometheus_config(stack: LiveStack) -> Path:
     """The repository's local scrape config, pointed at this stack's ports."""
     config = yaml.safe_load((dc.PROMETHEUS / "prometheus.yml").read_text())
@@ -206,22 +226,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
         stack.metrics_ports[name] = _free_port()
     env = _service_env(stack)
     try:
-        for name in GRPC_SERVICES:
-            stack.start(name, [sys.executable, "-m", f"lodestar.services.{name}"], env)
-        for name in GRPC_SERVICES:
-            _wait(
-                name,
-                lambda n=name: _grpc_serving(stack.ports[n]),  # type: ignore[misc]
-                stack.processes,
-                STARTUP_TIMEOUT_S,
-            )
-        stack.start("gateway", [sys.executable, "-m", "lodestar.services.gateway"], env)
-        _wait(
-            "gateway",
-            lambda: _http_ok(f"{stack.gateway}/api/v1/health"),
-            stack.processes,
-            STARTUP_TIMEOUT_S,
-        )
+        start_services(stack, lambda _name: env)
         _drive_traffic(stack)
         config = _prometheus_config(stack)
         stack.start(

@@ -57,6 +57,12 @@ def configure_tracing(service_name: str) -> bool:
         elif name == "otlp":
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
+            protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get(
+                "OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"
+            )
+            if protocol.strip().lower() != "grpc":
+                # Only the gRPC exporter is installed; say so rather than fail quietly.
+                _log.warning("OTLP protocol %r is not supported; exporting over grpc", protocol)
             exporter = OTLPSpanExporter()
         else:
             _log.warning("unknown OTEL_TRACES_EXPORTER %r ignored", name)

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar, cast
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from lodestar.runtime.errors import ResourceExhausted, Unavailable
@@ -227,8 +228,16 @@ class DynamicBatcher(Generic[T, R]):
         links = [s.request.link for s in slices if s.request.link is not None]
         callers = len({id(s.request) for s in slices})
         self._previous_batch_callers = callers
+        # The dispatcher task keeps the context of the request that started it; a
+        # batch belongs to its first caller's trace instead (every caller is linked).
+        parent = (
+            trace.set_span_in_context(trace.NonRecordingSpan(links[0].context))
+            if links
+            else otel_context.Context()
+        )
         with self._tracer.start_as_current_span(
             f"{self._name}.batch",
+            context=parent,
             links=links,
             attributes={f"{self._name}.batch_size": len(items), f"{self._name}.callers": callers},
         ):

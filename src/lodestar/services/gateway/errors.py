@@ -132,8 +132,23 @@ def field_path(loc: Sequence[int | str]) -> str:
     return out or "body"
 
 
-def _validation_response(error: RequestValidationError) -> Response:
+_NOT_AN_OBJECT = frozenset({"missing", "model_attributes_type", "model_type", "dict_type"})
+
+
+def _validation_response(error: RequestValidationError, content_type: str) -> Response:
     problems = list(error.errors())
+    if any(
+        tuple(p.get("loc", ())) == ("body",) and p.get("type") in _NOT_AN_OBJECT for p in problems
+    ):
+        # The body as a whole is missing or not an object: say what is expected.
+        hint = "" if "json" in content_type else " with Content-Type: application/json"
+        return error_response(
+            422,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the request body must be a JSON object{hint}",
+            reason="INVALID_REQUEST",
+            field_violations=[("body", "must be a JSON object")],
+        )
     if any(p.get("type") == "json_invalid" for p in problems):
         first = next(p for p in problems if p.get("type") == "json_invalid")
         position = first.get("ctx", {}).get("error", "")
@@ -174,7 +189,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_validation_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, RequestValidationError)
-        return _validation_response(error)
+        return _validation_response(error, request.headers.get("content-type", ""))
 
     async def on_http_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, StarletteHTTPException)

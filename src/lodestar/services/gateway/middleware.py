@@ -107,7 +107,9 @@ class GatewayMiddleware:
             return message
 
         span_cm = None
-        if tracing_enabled():
+        # FastAPI's own telemetry (or an ASGI instrumentation around the app) may
+        # already have opened the server span from the traceparent: one is enough.
+        if tracing_enabled() and not trace.get_current_span().get_span_context().is_valid:
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
             span_cm = self._tracer.start_as_current_span(
                 f"{scope['method']} {scope['path']}",

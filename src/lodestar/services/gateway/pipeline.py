@@ -20,6 +20,7 @@ never silently loses what it asked for.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -97,6 +98,7 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
 class GeneratePipeline:
     def __init__(self, stages: Sequence[GenerateStage] = ()) -> None:
         self.stages = list(stages)
+        self._background: set[asyncio.Task[None]] = set()
 
     def add(self, stage: GenerateStage) -> None:
         self.stages.append(stage)
@@ -225,4 +227,7 @@ class GeneratePipeline:
         finally:
             if not finished:
                 # Cancelled or failed midway: the tokens produced still count.
-                await self._debit(call, deltas)
+                # In a task of its own, as this one may be being cancelled.
+                task = asyncio.create_task(self._debit(call, deltas))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)

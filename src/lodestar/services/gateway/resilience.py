@@ -403,7 +403,9 @@ class ReplicaPool(Generic[S]):
             # Every breaker is open but some replica is being probed: a quick
             # answer from it beats refusing the request.
             wait = min(self._probe_timeout_s, max(0.0, deadline.remaining()))
-            await asyncio.wait(list(self._probes.values()), timeout=wait)
+            await asyncio.wait(
+                list(self._probes.values()), timeout=wait, return_when=asyncio.FIRST_COMPLETED
+            )
             replica = self._pick(exclude)
             if replica is not None:
                 return replica

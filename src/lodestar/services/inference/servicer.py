@@ -29,6 +29,7 @@ Context = grpc.aio.ServicerContext[object, object]
 
 MAX_STOP_SEQUENCES = 16
 MAX_STOP_CHARS = 256
+TOKENIZE_INLINE_CHARS = 16_384
 
 _ROLES: dict[int, str] = {
     pb.ROLE_SYSTEM: "system",
@@ -198,11 +199,17 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             constraint=output,
         )
 
-    def prepare(self, request: _GenerationMessage) -> PreparedGeneration:
+    async def _tokenize(self, text: str) -> list[int]:
+        # Long texts take milliseconds to tokenize; keep the event loop free meanwhile.
+        if len(text) > TOKENIZE_INLINE_CHARS:
+            return await asyncio.to_thread(self._engine.tokenize, text)
+        return self._engine.tokenize(text)
+
+    async def prepare(self, request: _GenerationMessage) -> PreparedGeneration:
         """Validate a generation request; InvalidArgument names the offending field."""
         params = self._params(request.sampling, request.constraint)
         text, field = self._prompt_text(request)
-        tokens = self._engine.tokenize(text)
+        tokens = await self._tokenize(text)
         if not tokens:
             raise InvalidArgument(f"{field} has no tokens", field=field, reason="EMPTY_PROMPT")
         self._engine.check_prompt_length(len(tokens), field=field)
@@ -231,7 +238,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     async def _generate(
         self, request: _GenerationMessage, arrival: float
     ) -> pb.GenerateTextResponse:
-        prepared = self.prepare(request)
+        prepared = await self.prepare(request)
         stream = self._engine.stream(
             prepared.tokens, prepared.params, arrival=arrival, prompt_field=prepared.prompt_field
         )
@@ -277,7 +284,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         arrival = time.perf_counter()
         method = "StreamGenerateText"
         try:
-            prepared = self.prepare(request)
+            prepared = await self.prepare(request)
             stream = self._engine.stream(
                 prepared.tokens,
                 prepared.params,
@@ -385,7 +392,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         else:
             text = request.text
         return pb.CountTokensResponse(
-            token_count=len(self._engine.tokenize(text)), context_size=self._engine.context_size
+            token_count=len(await self._tokenize(text)), context_size=self._engine.context_size
         )
 
     async def GetModelInfo(

@@ -246,14 +246,15 @@ class EmbeddedBackend:
         job: asyncio.Future[list[list[qe.ScoredPoint]]],
     ) -> None:
         shard.searching -= 1
-        error = job.exception()
+        error = asyncio.CancelledError() if job.cancelled() else job.exception()
+        results = job.result() if error is None else []
         for i, (_, future) in enumerate(batch):
             if future.done():  # the caller went away
                 continue
             if error is not None:
                 future.set_exception(error)
             else:
-                future.set_result(job.result()[i])
+                future.set_result(results[i])
         if shard.pending:
             self._dispatch(shard)
         self._release(shard, len(batch))

@@ -331,7 +331,10 @@ class VectorStore:
         if tenant is not None:
             query = replace(query, filter=_confined(query.filter, tenant))
         started = time.perf_counter()
-        hits = await self.backend.search(collection, query)
+        with _trace.start_as_current_span(
+            "vector.search", attributes={"vector.collection": collection}
+        ):
+            hits = await self.backend.search(collection, query)
         elapsed = time.perf_counter() - started
         return hits, self._observe(collection, "search", elapsed, len(hits), query_text)
 
@@ -350,7 +353,11 @@ class VectorStore:
                 for q in (searches[i] for i in indexes)
             ]
             started = time.perf_counter()
-            found = await self.backend.search_batch(collection, queries)
+            with _trace.start_as_current_span(
+                "vector.search",
+                attributes={"vector.collection": collection, "vector.queries": len(queries)},
+            ):
+                found = await self.backend.search_batch(collection, queries)
             elapsed = time.perf_counter() - started
             for i, hits in zip(indexes, found, strict=True):
                 ms = self._observe(collection, "search", elapsed, len(hits), searches[i].query_text)
@@ -408,20 +415,23 @@ class VectorStore:
         if excluded:
             base = filter or Filter()
             filter = Filter(base.must, base.should, (*base.must_not, HasId(excluded)))
-        hits = await self.backend.recommend(
-            collection,
-            RecommendQuery(
-                positives=positive,
-                negatives=negative,
-                strategy=strategy,
-                filter=filter,
-                limit=query.limit,
-                offset=query.offset,
-                score_threshold=query.score_threshold,
-                with_payload=query.with_payload,
-                with_vector=query.with_vector,
-            ),
-        )
+        with _trace.start_as_current_span(
+            "vector.recommend", attributes={"vector.collection": collection}
+        ):
+            hits = await self.backend.recommend(
+                collection,
+                RecommendQuery(
+                    positives=positive,
+                    negatives=negative,
+                    strategy=strategy,
+                    filter=filter,
+                    limit=query.limit,
+                    offset=query.offset,
+                    score_threshold=query.score_threshold,
+                    with_payload=query.with_payload,
+                    with_vector=query.with_vector,
+                ),
+            )
         elapsed = time.perf_counter() - started
         return hits, self._observe(collection, "recommend", elapsed, len(hits), "")
 

@@ -1,0 +1,259 @@
+"""Ingest benchmark: ``lodestar ingest`` end to end against raw sentence-transformers.
+
+    python -m bench.ingest [--rounds 3] [--topics 79] [--server subprocess|inprocess]
+
+In one run, over the same corpus (the Python language reference topics that
+ship with every Python, ``pydoc_data.topics``, written out as .rst files, so
+nothing is downloaded) and the same chunks:
+
+- raw: ``SentenceTransformer.encode(chunks, batch_size=32)`` on the bundled
+  all-MiniLM-L6-v2, in this process (chunks/s);
+- ingest: the ingest pipeline end to end, from reading the files to every
+  point acknowledged by the vector service (embedding service and vector
+  service as their own processes by default, on loopback), into a fresh
+  collection each round, without a checkpoint (chunks/s).
+
+Raw and ingest windows alternate for ``--rounds`` rounds and the medians are
+compared, so that load from other processes affects both sides alike.
+Target: ingest ≥ 0.7 × raw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from lodestar.ingest import IngestOptions, Ingestor
+from lodestar.ingest.chunking import (
+    DEFAULT_CHUNK_OVERLAP,
+    DEFAULT_CHUNK_SIZE,
+    ChunkingOptions,
+    format_for_name,
+    split_text,
+)
+from lodestar.ingest.sinks import GrpcSink
+from lodestar.ingest.sources import SourceRef, discover, read_source
+from lodestar.runtime.channels import insecure_channel
+from lodestar.services.embedding.engine import EmbeddingEngine
+from lodestar.services.embedding.settings import EmbeddingSettings
+
+RAW_BATCH = 32
+TARGET_RATIO = 0.7
+
+
+def write_corpus(directory: Path, limit: int) -> list[SourceRef]:
+    from pydoc_data.topics import topics
+
+    for name in sorted(topics)[:limit]:
+        (directory / f"{name}.rst").write_text(topics[name], encoding="utf-8")
+    return discover([str(directory)])
+
+
+def chunk_texts(sources: list[SourceRef], chunking: ChunkingOptions) -> list[str]:
+    texts: list[str] = []
+    for ref in sources:
+        document = read_source(ref)
+        assert not hasattr(document, "reason"), document
+        text: str = document.text  # type: ignore[union-attr]
+        texts.extend(c.text for c in split_text(text, format_for_name(ref.source), chunking))
+    return texts
+
+
+def raw_throughput(model: Any, texts: list[str]) -> float:
+    start = time.perf_counter()
+    model.encode(texts, batch_size=RAW_BATCH, normalize_embeddings=True)
+    return len(texts) / (time.perf_counter() - start)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _wait_healthy(process: asyncio.subprocess.Process, address: str) -> None:
+    async with insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for _ in range(1200):
+            if process.returncode is not None:
+                raise RuntimeError(f"a service exited with {process.returncode}")
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"the service at {address} did not become healthy in time")
+
+
+@contextlib.asynccontextmanager
+async def subprocess_services(data_dir: Path) -> AsyncIterator[tuple[str, str]]:
+    """Embedding and vector services as their own processes (as ``lodestar run`` starts them)."""
+    embedding_port, vector_port = _free_port(), _free_port()
+    env = {**os.environ, "LODESTAR_LOG_LEVEL": "WARNING"}
+    embedding = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "lodestar.services.embedding",
+        env={**env, "LODESTAR_EMBEDDING_PORT": str(embedding_port)}
+        | {"LODESTAR_EMBEDDING_METRICS_PORT": "0"},
+    )
+    vector = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "lodestar.services.vector",
+        env={**env, "LODESTAR_VECTOR_PORT": str(vector_port)}
+        | {"LODESTAR_VECTOR_METRICS_PORT": "0", "LODESTAR_VECTOR_DATA_DIR": str(data_dir)},
+    )
+    addresses = (f"127.0.0.1:{embedding_port}", f"127.0.0.1:{vector_port}")
+    try:
+        await _wait_healthy(embedding, addresses[0])
+        await _wait_healthy(vector, addresses[1])
+        yield addresses
+    finally:
+        for process in (embedding, vector):
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+        for process in (embedding, vector):
+            await asyncio.wait_for(process.wait(), 60)
+
+
+@contextlib.asynccontextmanager
+async def inprocess_services(
+    engine: EmbeddingEngine, data_dir: Path
+) -> AsyncIterator[tuple[str, str]]:
+    """Both services in this process, the embedding one sharing the raw side's model."""
+    from lodestar.services.embedding.server import create_server as create_embedding
+    from lodestar.services.vector.server import create_server as create_vector
+    from lodestar.services.vector.settings import VectorSettings
+
+    embedding = create_embedding(EmbeddingSettings(port=0, metrics_port=None), engine)
+    vector = await create_vector(VectorSettings(port=0, metrics_port=None, data_dir=data_dir))
+    embedding_port = await embedding.start()
+    vector_port = await vector.start()
+    try:
+        yield f"127.0.0.1:{embedding_port}", f"127.0.0.1:{vector_port}"
+    finally:
+        await embedding.stop(5)
+        await vector.stop(5)
+
+
+async def ingest_throughput(
+    addresses: tuple[str, str], sources: list[SourceRef], options: IngestOptions
+) -> tuple[float, int]:
+    sink = GrpcSink(*addresses)
+    try:
+        report = await Ingestor(options, sink).run(sources)
+    finally:
+        await sink.close()
+    if report.chunks_new != report.chunks:
+        raise RuntimeError(f"expected a fresh collection, got {report.as_dict()}")
+    return report.chunks / report.elapsed_s, report.chunks
+
+
+@dataclass
+class Figures:
+    raw: list[float] = field(default_factory=list)
+    ingest: list[float] = field(default_factory=list)
+
+
+async def measure(args: argparse.Namespace) -> tuple[Figures, int, int]:
+    chunking = ChunkingOptions(args.chunk_size, args.chunk_overlap)
+    engine = EmbeddingEngine.load(EmbeddingSettings().model_path)
+    model = engine.model
+    figures = Figures()
+    with tempfile.TemporaryDirectory(prefix="lodestar-bench-ingest-") as tmp:
+        corpus = Path(tmp) / "corpus"
+        corpus.mkdir()
+        sources = write_corpus(corpus, args.topics)
+        texts = chunk_texts(sources, chunking)
+        services = (
+            subprocess_services(Path(tmp) / "vector")
+            if args.server == "subprocess"
+            else inprocess_services(engine, Path(tmp) / "vector")
+        )
+        async with services as addresses:
+
+            def options(collection: str) -> IngestOptions:
+                return IngestOptions(
+                    collection=collection,
+                    create=True,
+                    chunking=chunking,
+                    batch_size=args.batch_size,
+                    concurrency=args.concurrency,
+                    checkpoint_path=None,
+                    progress=False,
+                )
+
+            # Warm both sides up (allocator, kernels, connections).
+            raw_throughput(model, texts[:64])
+            await ingest_throughput(addresses, sources[:3], options("bench-warmup"))
+            for round_ in range(args.rounds):
+                figures.raw.append(raw_throughput(model, texts))
+                rate, chunks = await ingest_throughput(
+                    addresses, sources, options(f"bench-round-{round_}")
+                )
+                if chunks != len(texts):
+                    raise RuntimeError(f"ingest made {chunks} chunks, raw side {len(texts)}")
+                figures.ingest.append(rate)
+                print(
+                    f"  round {round_ + 1}: raw {figures.raw[-1]:.1f} chunks/s, "
+                    f"ingest {figures.ingest[-1]:.1f} chunks/s",
+                    flush=True,
+                )
+    return figures, len(sources), len(texts)
+
+
+def report(figures: Figures, args: argparse.Namespace, files: int, chunks: int) -> bool:
+    import torch
+
+    raw = statistics.median(figures.raw)
+    ingest = statistics.median(figures.ingest)
+    ratio = ingest / raw
+    met = ratio >= TARGET_RATIO
+    print(
+        f"ingest: {files} files, {chunks} chunks of <= {args.chunk_size} chars "
+        f"(overlap {args.chunk_overlap}), all-MiniLM-L6-v2, {torch.get_num_threads()} torch "
+        f"threads; services {args.server}; batch {args.batch_size} x {args.concurrency} in "
+        f"flight; medians of {args.rounds} rounds"
+    )
+    print(
+        f"  raw encode batch {RAW_BATCH}: {raw:8.1f} chunks/s | lodestar ingest end to end: "
+        f"{ingest:8.1f} chunks/s | ratio {ratio:.2f} (target >= {TARGET_RATIO:.2f}) "
+        f"{'ok' if met else 'MISSED'}"
+    )
+    return met
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3, help="raw/ingest rounds")
+    parser.add_argument("--topics", type=int, default=79, help="pydoc topics in the corpus")
+    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
+    parser.add_argument("--chunk-overlap", type=int, default=DEFAULT_CHUNK_OVERLAP)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--server", choices=("subprocess", "inprocess"), default="subprocess")
+    parser.add_argument("--check", action="store_true", help="exit 1 when the target is missed")
+    args = parser.parse_args(argv)
+    figures, files, chunks = asyncio.run(measure(args))
+    met = report(figures, args, files, chunks)
+    return 1 if args.check and not met else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
