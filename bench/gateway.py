@@ -16,7 +16,9 @@ processes on loopback and this process as the client:
 - latency at a moderate load: one client paced at ``--rate`` calls/s, p50 and
   p99 of each path, and the gateway's added latency (gateway − direct) at both;
 - requests/s at saturation: ``--clients`` concurrent clients for
-  ``--seconds``, with the gateway process's CPU use during the window.
+  ``--seconds``, spread over ``--client-processes`` processes (one Python
+  client process cannot keep a server busy), with the gateway process's CPU
+  use during the window.
 
 Direct and gateway windows alternate for ``--rounds`` rounds and the medians
 are reported, so that load from other processes affects both alike. Targets:
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import multiprocessing as mp
 import os
 import random
 import signal
@@ -37,6 +40,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import grpc
@@ -198,21 +202,85 @@ async def _paced(call: Call, count: int, rate: float) -> list[float]:
     return latencies
 
 
-async def _saturate(call: Call, clients: int, seconds: float) -> float:
-    """Calls per second from ``clients`` concurrent loops over ``seconds``."""
-    stop = time.perf_counter() + seconds
-    done = [0]
+@dataclass(frozen=True)
+class Target:
+    """What a saturation worker process calls (picklable)."""
 
-    async def loop(offset: int) -> None:
-        i = offset
-        while time.perf_counter() < stop:
+    vector: str
+    gateway: str
+    token: str
+    points: int
+    query: list[float]
+
+
+async def _worker_loop(
+    target: Target, path: str, clients: int, seconds: float, start_at: float
+) -> int:
+    channel = insecure_channel(target.vector)
+    stub = pb_grpc.VectorServiceStub(channel)
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(
+        base_url=target.gateway,
+        headers={"Authorization": f"Bearer {target.token}"},
+        limits=limits,
+        timeout=30,
+    ) as http:
+        paths = _paths(stub, http, target.points, target.query)
+        call: Call = getattr(paths, path)
+        for i in range(clients):  # open the connections before the window
             await call(i)
-            done[0] += 1
-            i += clients
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        stop = time.perf_counter() + seconds
+        done = [0]
 
-    start = time.perf_counter()
-    await asyncio.gather(*(loop(c) for c in range(clients)))
-    return done[0] / (time.perf_counter() - start)
+        async def loop(offset: int) -> None:
+            i = offset
+            while time.perf_counter() < stop:
+                await call(i)
+                done[0] += 1
+                i += clients
+
+        await asyncio.gather(*(loop(c) for c in range(clients)))
+    await channel.close()
+    return done[0]
+
+
+def _saturation_worker(
+    target: Target, path: str, clients: int, seconds: float, start_at: float
+) -> int:
+    return asyncio.run(_worker_loop(target, path, clients, seconds, start_at))
+
+
+async def _saturate(
+    pool: ProcessPoolExecutor,
+    processes: int,
+    target: Target,
+    path: str,
+    clients: int,
+    seconds: float,
+    gateway_pid: int,
+) -> tuple[float, float]:
+    """Calls per second from ``clients`` concurrent loops spread over
+    ``processes`` client processes (one Python client process cannot keep a
+    server busy on its own), all in the same ``seconds`` window; and the
+    gateway process's CPU use (cores) in that window."""
+    loop = asyncio.get_running_loop()
+    start_at = time.time() + 1.0
+    per_process = max(1, clients // processes)
+    runs = asyncio.gather(
+        *(
+            loop.run_in_executor(
+                pool, _saturation_worker, target, path, per_process, seconds, start_at
+            )
+            for _ in range(processes)
+        )
+    )
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+    cpu_before = _cpu_seconds(gateway_pid)
+    await asyncio.sleep(seconds)
+    cpu = (_cpu_seconds(gateway_pid) - cpu_before) / seconds
+    counts = await runs
+    return sum(counts) / seconds, cpu
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -255,6 +323,7 @@ async def measure(args: argparse.Namespace) -> Figures:
     url = f"http://127.0.0.1:{gateway_port}"
     token = mint_token(GatewaySettings(), "bench", ["viewer"], 3600)
     figures = Figures()
+    pool = ProcessPoolExecutor(args.client_processes, mp_context=mp.get_context("spawn"))
     async with (
         _process(["-m", "lodestar.services.vector"], vector_env),
         _process(["-m", "lodestar.services.gateway"], gateway_env) as gateway_pid,
@@ -282,6 +351,7 @@ async def measure(args: argparse.Namespace) -> Figures:
                 for i in range(200):
                     await direct(i)
                     await via(i)
+            target = Target(f"127.0.0.1:{vector_port}", url, token, args.points, query)
             for round_no in range(args.rounds):
                 for name, (direct, via) in pairs.items():
                     for side, call in (("direct", direct), ("gateway", via)):
@@ -289,20 +359,24 @@ async def measure(args: argparse.Namespace) -> Figures:
                         figures.latency.setdefault(key, []).append(
                             await _paced(call, args.calls, args.rate)
                         )
-                for name, (direct, via) in pairs.items():
-                    for side, call in (("direct", direct), ("gateway", via)):
+                for name in pairs:
+                    for side in ("direct", "gateway"):
                         key = f"{name}.{side}"
-                        cpu_before = _cpu_seconds(gateway_pid)
-                        start = time.perf_counter()
-                        rps = await _saturate(call, args.clients, args.seconds)
+                        rps, cpu = await _saturate(
+                            pool,
+                            args.client_processes,
+                            target,
+                            f"{name}_{side}",
+                            args.clients,
+                            args.seconds,
+                            gateway_pid,
+                        )
                         if side == "gateway":
-                            cpu = (_cpu_seconds(gateway_pid) - cpu_before) / (
-                                time.perf_counter() - start
-                            )
                             figures.gateway_cpu.append(cpu)
                         figures.rps.setdefault(key, []).append(rps)
                 print(f"  round {round_no + 1}/{args.rounds} done", flush=True)
         await channel.close()
+    pool.shutdown()
     return figures
 
 
@@ -311,7 +385,7 @@ def report(figures: Figures, args: argparse.Namespace) -> bool:
         f"\nvector collection: {args.points} points × {args.dim}-d; "
         f"latency at {args.rate:g} calls/s "
         f"(one client, {args.calls} calls × {args.rounds} rounds); "
-        f"saturation with {args.clients} clients"
+        f"saturation with {args.clients} clients in {args.client_processes} processes"
     )
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
     header = f"{'':22}{'direct gRPC':>14}{'via gateway':>14}{'added':>12}{'ratio':>8}"
@@ -351,6 +425,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=600, help="paced calls per window")
     parser.add_argument("--rate", type=float, default=200.0, help="paced calls per second")
     parser.add_argument("--clients", type=int, default=32, help="clients at saturation")
+    parser.add_argument(
+        "--client-processes",
+        type=int,
+        default=max(2, os.cpu_count() or 2),
+        help="processes the saturation clients are spread over",
+    )
     parser.add_argument("--seconds", type=float, default=3.0, help="saturation window")
     parser.add_argument("--rounds", type=int, default=3, help="direct/gateway rounds")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")

@@ -37,9 +37,11 @@ _EPILOG = """\
 Chunk sizes are in characters. Chunk ids are UUIDv5 of the source (the file's
 absolute path) and the chunk's SHA-256, so running again stores nothing twice.
 Completed files are remembered in a local checkpoint (--state) and skipped while
-their bytes are unchanged; chunks of a file interrupted half-way are looked up
-with GetPoints and only the missing ones are embedded. When a file has changed,
-its chunks that no longer exist are deleted (unless --no-prune).
+their bytes are unchanged. Over gRPC, the chunks of a file interrupted half-way
+are looked up with GetPoints and only the missing ones are embedded; through the
+gateway (which has no bulk lookup) they are sent again and overwrite themselves.
+When a file has changed, its chunks that no longer exist are deleted (unless
+--no-prune).
 """
 
 
@@ -137,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="bearer token for the gateway (default: env LODESTAR_TOKEN)",
     )
     transport.add_argument(
-        "--timeout", type=float, default=60.0, metavar="SECONDS", help="deadline of each call"
+        "--timeout", type=float, default=60.0, metavar="SECONDS", help="deadline of each call (default 60)"
     )
     transport.add_argument(
         "--connect-timeout",

@@ -47,7 +47,11 @@ def configure_tracing(service_name: str) -> bool:
         SpanExporter,
     )
 
-    resource = Resource.create({SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME", service_name)})
+    # Default resource names match the Kubernetes manifests: lodestar-<service>.
+    default_name = (
+        service_name if service_name.startswith("lodestar") else f"lodestar-{service_name}"
+    )
+    resource = Resource.create({SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME", default_name)})
     provider = TracerProvider(resource=resource)
     exporters = os.environ.get("OTEL_TRACES_EXPORTER", "otlp").lower().split(",")
     for name in (e.strip() for e in exporters):
