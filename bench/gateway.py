@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from lodestar.runtime.channels import insecure_channel
 from lodestar.services.gateway.auth import mint_token
@@ -283,6 +284,40 @@ async def _saturate(
     return sum(counts) / seconds, cpu
 
 
+_ROUTES = {
+    "get": ("GET", "/api/v1/vectors/{id}", "GetPoints"),
+    "search": ("POST", "/api/v1/vectors/search", "SearchPoints"),
+}
+_HTTP = "lodestar_gateway_http_request_duration_seconds"
+_BACKEND = "lodestar_gateway_backend_request_duration_seconds"
+
+
+async def _server_times(
+    http: httpx.AsyncClient, token: str
+) -> dict[str, tuple[float, float, float, float]]:
+    """Cumulative handler and backend-call times of each benchmarked route,
+    from the gateway's own Prometheus histograms."""
+    text = (await http.get("/metrics", headers={"Authorization": f"Bearer {token}"})).text
+    values: dict[tuple[str, ...], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            for suffix in ("_sum", "_count"):
+                if sample.name == _HTTP + suffix:
+                    values[(suffix, labels["method"], labels["route"])] = sample.value
+                elif sample.name == _BACKEND + suffix and labels.get("code") == "OK":
+                    values[(suffix, labels["method"])] = sample.value
+    return {
+        name: (
+            values.get(("_sum", method, route), 0.0),
+            values.get(("_sum", rpc), 0.0),
+            values.get(("_count", method, route), 0.0),
+            values.get(("_count", rpc), 0.0),
+        )
+        for name, (method, route, rpc) in _ROUTES.items()
+    }
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -293,6 +328,9 @@ class Figures:
     latency: dict[str, list[list[float]]] = field(default_factory=dict)
     rps: dict[str, list[float]] = field(default_factory=dict)
     gateway_cpu: list[float] = field(default_factory=list)
+    # Per call: (seconds in the gateway's handler, seconds waiting for the
+    # vector service, requests, backend calls), from the gateway's metrics.
+    inside: dict[str, list[tuple[float, float, float, float]]] = field(default_factory=dict)
 
     def p(self, name: str, q: float) -> float:
         return statistics.median(_pct(run, q) for run in self.latency[name])
@@ -322,6 +360,7 @@ async def measure(args: argparse.Namespace) -> Figures:
     }
     url = f"http://127.0.0.1:{gateway_port}"
     token = mint_token(GatewaySettings(), "bench", ["viewer"], 3600)
+    ops_token = mint_token(GatewaySettings(), "bench-ops", ["operator"], 3600)
     figures = Figures()
     pool = ProcessPoolExecutor(args.client_processes, mp_context=mp.get_context("spawn"))
     async with (
@@ -356,9 +395,15 @@ async def measure(args: argparse.Namespace) -> Figures:
                 for name, (direct, via) in pairs.items():
                     for side, call in (("direct", direct), ("gateway", via)):
                         key = f"{name}.{side}"
+                        before = await _server_times(http, ops_token) if side == "gateway" else None
                         figures.latency.setdefault(key, []).append(
                             await _paced(call, args.calls, args.rate)
                         )
+                        if before is not None:
+                            after = await _server_times(http, ops_token)
+                            figures.inside.setdefault(name, []).append(
+                                tuple(a - b for a, b in zip(after[name], before[name], strict=True))
+                            )
                 for name in pairs:
                     for side in ("direct", "gateway"):
                         key = f"{name}.{side}"
@@ -408,6 +453,16 @@ def report(figures: Figures, args: argparse.Namespace) -> bool:
             f"{label + ' req/s':22}{direct_rps:>14.0f}{via_rps:>14.0f}"
             f"{'':>12}{via_rps / direct_rps:>8.2f}"
         )
+    for name, label in (("get", "GET point"), ("search", "search (k=10)")):
+        runs = figures.inside.get(name, [])
+        if runs and all(r[2] and r[3] for r in runs):
+            handler = statistics.median(r[0] / r[2] for r in runs) * 1000
+            backend = statistics.median(r[1] / r[3] for r in runs) * 1000
+            print(
+                f"{label}: mean {handler:.3f} ms in the gateway's handler stack, "
+                f"{backend:.3f} ms of it waiting for the vector service "
+                f"(own work {handler - backend:.3f} ms, from its metrics)"
+            )
     if figures.gateway_cpu:
         cpu = statistics.median(figures.gateway_cpu)
         print(f"gateway process CPU at saturation: {cpu * 100:.0f}% of one core (median)")

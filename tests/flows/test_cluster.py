@@ -119,3 +119,21 @@ async def test_recommend_by_texts(client: httpx.AsyncClient, gateway: RunningGat
     )
     assert reply.status_code == 200, reply.text
     assert {p["id"] for p in reply.json()["points"]} <= set(ids["fruit"])
+
+
+async def test_openapi_documents_the_flows_routes_and_their_permissions(
+    client: httpx.AsyncClient,
+) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    expected = {
+        ("/api/v1/feedback", "post"): ["GenerateText"],
+        ("/api/v1/vectors/cluster/subset", "post"): ["SearchVectors"],
+        ("/v1/chat/completions", "post"): ["GenerateText"],
+        ("/v1/completions", "post"): ["GenerateText"],
+        ("/v1/embeddings", "post"): ["SearchVectors"],
+        ("/v1/models", "get"): ["GenerateText", "SearchVectors"],
+    }
+    for (path, method), permissions in expected.items():
+        operation = schema["paths"][path][method]
+        assert operation["x-required-permissions"] == permissions, path
+        assert operation["security"] == [{"bearerAuth": []}]

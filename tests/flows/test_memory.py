@@ -239,3 +239,42 @@ async def test_feedback_needs_generate_permission(
         "/api/v1/feedback", json={"interaction_id": 1, "score": 3}, headers=gateway.auth("viewer")
     )
     assert reply.status_code == 403, reply.text
+
+
+async def test_retrieval_feedback_and_memory_together(
+    client: httpx.AsyncClient, gateway: RunningGateway, docs: str
+) -> None:
+    collection = fresh("together")
+    question = "Which module implements a priority queue with heaps?"
+    first = await _generate(client, gateway, question, collection, store_embedding=True)
+    scored = await _score(client, gateway, collection, first["stored"]["id"], 5)  # type: ignore[index]
+    assert scored.status_code == 200, scored.text
+    reply = await client.post(
+        "/api/v1/generate",
+        json={
+            "messages": [{"role": "user", "content": question}],
+            "context": {"collection": docs, "limit": 2},
+            "use_feedback": True,
+            "store_embedding": True,
+            "collection": collection,
+            "stream": True,
+            **ASK,
+        },
+        headers=gateway.auth("user"),
+    )
+    assert reply.status_code == 200, reply.text
+    events = sse_events(reply.text)
+    assert events[0][0] == "sources"
+    sources = events[0][1]["sources"]
+    assert "heapq" in [s["payload"]["source"] for s in sources]
+    done = events[-1][1]
+    assert [e["id"] for e in done["feedback"]["examples"]] == [first["stored"]["id"]]  # type: ignore[index]
+    assert done["context"]["used"] == 2
+    stored = await client.get(
+        f"/api/v1/vectors/{done['stored']['id']}",
+        params={"collection": collection},
+        headers=gateway.auth("user"),
+    )
+    assert stored.status_code == 200, stored.text
+    assert stored.json()["payload"]["source_ids"] == [s["id"] for s in sources]
+    assert stored.json()["payload"]["prompt"] == question

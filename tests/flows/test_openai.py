@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -10,6 +11,7 @@ import numpy as np
 import openai
 import pytest
 from openai import AsyncOpenAI
+from openai.types.chat import ChatCompletionMessageParam
 
 from lodestar.embedding.v1 import embedding_service_pb2 as epb
 from lodestar.embedding.v1 import embedding_service_pb2_grpc as epb_grpc
@@ -17,7 +19,9 @@ from lodestar.runtime.channels import insecure_channel
 from tests.flows.conftest import Stack
 from tests.flows.harness import RunningGateway
 
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+QUESTION: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "What is the capital of France?"}
+]
 
 
 def _client(gateway: RunningGateway, *roles: str, key: str | None = None) -> AsyncOpenAI:
@@ -61,7 +65,7 @@ async def test_chat_completion(oai: AsyncOpenAI, models: dict[str, str]) -> None
         messages=QUESTION,
         max_tokens=12,
         temperature=0,
-        seed=1,  # type: ignore[arg-type]
+        seed=1,
     )
     assert completion.object == "chat.completion"
     assert completion.id.startswith("chatcmpl-")
@@ -206,21 +210,21 @@ async def test_errors_have_openai_shape(
     gateway: RunningGateway, oai: AsyncOpenAI, models: dict[str, str]
 ) -> None:
     with pytest.raises(openai.NotFoundError) as unknown:
-        await oai.chat.completions.create(model="gpt-4o", messages=QUESTION)  # type: ignore[arg-type]
+        await oai.chat.completions.create(model="gpt-4o", messages=QUESTION)
     assert unknown.value.code == "model_not_found"
     assert unknown.value.param == "model"
 
     with pytest.raises(openai.BadRequestError) as hot:
         await oai.chat.completions.create(
             model=models["chat"],
-            messages=QUESTION,  # type: ignore[arg-type]
+            messages=QUESTION,
             temperature=5,
         )
     assert hot.value.param == "temperature"
     assert hot.value.type == "invalid_request_error"
 
     with pytest.raises(openai.BadRequestError) as many:
-        await oai.chat.completions.create(model=models["chat"], messages=QUESTION, n=2)  # type: ignore[arg-type]
+        await oai.chat.completions.create(model=models["chat"], messages=QUESTION, n=2)
     assert many.value.param == "n"
 
     with pytest.raises(openai.BadRequestError) as empty:
@@ -234,7 +238,7 @@ async def test_errors_have_openai_shape(
 
     async with _client(gateway, "viewer") as viewer:
         with pytest.raises(openai.PermissionDeniedError) as forbidden:
-            await viewer.chat.completions.create(model=models["chat"], messages=QUESTION)  # type: ignore[arg-type]
+            await viewer.chat.completions.create(model=models["chat"], messages=QUESTION)
     assert "GenerateText" in forbidden.value.message
 
 
@@ -269,7 +273,7 @@ async def test_usage_of_openai_routes_counts_tokens(
         model=models["chat"],
         messages=QUESTION,
         max_tokens=4,
-        temperature=0,  # type: ignore[arg-type]
+        temperature=0,
     )
     assert completion.usage is not None
     await runtime_of(gateway.app.state.gateway).usage.flush()
@@ -283,3 +287,34 @@ async def test_usage_of_openai_routes_counts_tokens(
     chat = rows["POST /v1/chat/completions"]
     assert chat["request_count"] >= 1
     assert chat["completion_tokens"] >= completion.usage.completion_tokens
+
+
+async def test_a_client_that_disconnects_cancels_the_generation(
+    gateway: RunningGateway, models: dict[str, str]
+) -> None:
+    from prometheus_client import REGISTRY
+
+    labels = {"method": "StreamGenerateText", "finish_reason": "cancelled"}
+    before = REGISTRY.get_sample_value("lodestar_inference_requests_total", labels) or 0
+    body = {
+        "model": models["chat"],
+        "messages": [{"role": "user", "content": "Write a very long story about the sea."}],
+        "max_tokens": 600,
+        "stream": True,
+    }
+    async with (
+        gateway.client() as http,
+        http.stream(
+            "POST", "/v1/chat/completions", json=body, headers=gateway.auth("user")
+        ) as reply,
+    ):
+        assert reply.status_code == 200
+        async for line in reply.aiter_lines():
+            if '"content":"' in line and '"content":""' not in line:
+                break
+    for _ in range(100):
+        after = REGISTRY.get_sample_value("lodestar_inference_requests_total", labels) or 0
+        if after > before:
+            break
+        await asyncio.sleep(0.05)
+    assert after == before + 1

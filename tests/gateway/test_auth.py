@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import jwt
@@ -17,10 +17,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from lodestar.runtime.errors import Unauthenticated
+from lodestar.runtime.errors import Unauthenticated, Unavailable
 from lodestar.services.gateway.auth import Permission, TokenVerifier, mint_token, parse_duration
 from lodestar.services.gateway.settings import GatewaySettings
-from tests.gateway.harness import RunningGateway
+from tests.gateway.harness import RunningGateway, free_port
 
 ISSUER = "lodestar"
 AUDIENCE = "lodestar-api"
@@ -147,8 +147,10 @@ async def test_wrong_issuer_audience_and_missing_claims(
 
 class _JwksHandler(BaseHTTPRequestHandler):
     document = b"{}"
+    hits: ClassVar[list[int]] = [0]
 
     def do_GET(self) -> None:
+        type(self).hits[0] += 1
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
@@ -193,8 +195,19 @@ async def test_rs256_and_es256_from_jwks(keys: dict[str, Any], jwks_url: str) ->
     stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     forged = jwt.encode(_claims(), stranger, algorithm="RS256", headers={"kid": "rsa-1"})
     await _refused(verifier, forged)
-    unknown_kid = jwt.encode(_claims(), keys["rsa"], algorithm="RS256", headers={"kid": "nope"})
-    await _refused(verifier, unknown_kid)
+    # Unknown key ids refetch the key set at most once per interval.
+    before = _JwksHandler.hits[0]
+    for n in range(5):
+        unknown = jwt.encode(_claims(), keys["rsa"], algorithm="RS256", headers={"kid": f"no{n}"})
+        await _refused(verifier, unknown)
+    assert _JwksHandler.hits[0] - before <= 1
+
+
+async def test_unreachable_key_set_is_503_not_401(keys: dict[str, Any]) -> None:
+    verifier = TokenVerifier(GatewaySettings(jwt_jwks_url=f"http://127.0.0.1:{free_port()}/jwks"))
+    token = jwt.encode(_claims(), keys["rsa"], algorithm="RS256", headers={"kid": "rsa-1"})
+    with pytest.raises(Unavailable):
+        await verifier.verify(token)
 
 
 async def test_algorithm_confusion_is_refused(keys: dict[str, Any], jwks_url: str) -> None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
+import signal
+import sys
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from pydoc_data.topics import topics
 from typing import Any
 
 import grpc
@@ -22,7 +26,7 @@ from lodestar.ingest.sinks import GrpcSink, IngestError, PointToWrite, UsageErro
 from lodestar.ingest.sources import discover, read_source
 from lodestar.vector.v1 import vector_service_pb2 as vector_pb
 from lodestar.vector.v1 import vector_service_pb2_grpc as vector_grpc
-from tests.ingest.conftest import CORPUS_TOPICS, Services
+from tests.ingest.conftest import CORPUS_TOPICS, Services, write_corpus
 
 CHUNKING = ChunkingOptions(600, 80)
 
@@ -393,3 +397,52 @@ def test_an_unreachable_service_exits_1(corpus: Path, tmp_path: Path) -> None:
     )
     assert status == 1
     assert "embedding service at 127.0.0.1:1 is unreachable" in err
+
+
+async def test_sigterm_stops_the_command_with_a_summary(
+    services: Services,
+    vector: vector_grpc.VectorServiceAsyncStub,
+    tmp_path: Path,
+    collection: str,
+) -> None:
+    corpus = write_corpus(tmp_path / "all", tuple(sorted(topics)))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "lodestar.cli",
+        "ingest",
+        str(corpus),
+        "--collection",
+        collection,
+        "--create",
+        "--embedding-address",
+        services.embedding_address,
+        "--vector-address",
+        services.vector_address,
+        "--state",
+        str(tmp_path / "state.sqlite3"),
+        "--batch-size",
+        "8",
+        "--concurrency",
+        "1",
+        "--no-progress",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(120):
+            while process.returncode is None:
+                with contextlib.suppress(grpc.aio.AioRpcError):  # not created yet
+                    if await count(vector, collection) >= 8:
+                        break
+                await asyncio.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        out, err = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 143, err.decode()
+    assert out.decode().startswith("ingest interrupted")
+    stored = await count(vector, collection)
+    assert 8 <= stored < sum(len(v) for v in expected_ids([corpus]).values())

@@ -177,8 +177,9 @@ async def test_acknowledged_writes_survive_kill_9(
         await asyncio.gather(killer(), *(writer(w) for w in range(WRITERS)))
 
     assert len(acknowledged) > 1_000
-    # The optimizer child dies with the service.
-    deadline = time.monotonic() + 5
+    # The optimizer child dies with the service (the kernel kills it; one that had not
+    # yet asked for that when the service died notices and exits by itself).
+    deadline = time.monotonic() + 60
     while _optimizer_processes(tmp_path):
         assert time.monotonic() < deadline, "an optimizer process outlived the service"
         await asyncio.sleep(0.05)

@@ -2,8 +2,8 @@
 
 Exit status: 0 when the run finished (files that could not be read are reported
 and skipped, not fatal); 1 when a service is unreachable or refuses the work;
-2 for bad arguments; 130 when interrupted (what was stored stays stored, and
-the next run resumes).
+2 for bad arguments; 130 when interrupted by Ctrl-C, 143 by SIGTERM (what was
+stored stays stored, and the next run resumes).
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import codecs
+import contextlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import BinaryIO, TextIO
@@ -32,6 +34,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 _EPILOG = """\
 Chunk sizes are in characters. Chunk ids are UUIDv5 of the source (the file's
@@ -139,7 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="bearer token for the gateway (default: env LODESTAR_TOKEN)",
     )
     transport.add_argument(
-        "--timeout", type=float, default=60.0, metavar="SECONDS", help="deadline of each call (default 60)"
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="deadline of each call (default 60)",
     )
     transport.add_argument(
         "--connect-timeout",
@@ -256,6 +263,16 @@ def ingest_main(
         print("lodestar ingest: no files matched; nothing to do", file=err)
 
     async def run() -> Ingestor:
+        # SIGTERM stops a run as Ctrl-C does: what is stored stays, a summary is printed.
+        main = asyncio.current_task()
+
+        def terminate() -> None:
+            terminated.append(True)
+            if main is not None:
+                main.cancel()
+
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, terminate)
         sink = make_sink(args)
         ingestor = Ingestor(options, sink, stdin=stdin, progress_stream=err)
         holder.append(ingestor)
@@ -266,11 +283,16 @@ def ingest_main(
         return ingestor
 
     holder: list[Ingestor] = []
+    terminated: list[bool] = []
     status = EXIT_OK
     try:
         asyncio.run(run())
     except KeyboardInterrupt:
         status = EXIT_INTERRUPTED
+    except asyncio.CancelledError:
+        if not terminated:
+            raise
+        status = EXIT_TERMINATED
     except UsageError as error:
         print(f"lodestar ingest: {error}", file=err)
         status = EXIT_USAGE
@@ -279,7 +301,7 @@ def ingest_main(
         status = EXIT_FAILED
     if holder:
         report = holder[0].report
-        report.interrupted = report.interrupted or status == EXIT_INTERRUPTED
+        report.interrupted = report.interrupted or status in (EXIT_INTERRUPTED, EXIT_TERMINATED)
         if args.json:
             print(json.dumps(report.as_dict(), indent=2), file=out)
         elif report.files_total or report.interrupted:

@@ -78,8 +78,13 @@ class IngestReport:
     error: str | None = None
 
     @property
+    def chunks_done(self) -> int:
+        """Chunks stored by this run or found already stored."""
+        return self.chunks_new + self.chunks_present
+
+    @property
     def chunks_per_s(self) -> float:
-        return self.chunks / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        return self.chunks_done / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -94,6 +99,7 @@ class IngestReport:
             },
             "chunks": {
                 "total": self.chunks,
+                "done": self.chunks_done,
                 "new": self.chunks_new,
                 "already_present": self.chunks_present,
                 "truncated": self.chunks_truncated,
@@ -113,7 +119,7 @@ class IngestReport:
             f"  files:  {self.files_total} found, {self.files_ingested} ingested, "
             f"{self.files_unchanged} unchanged since the last run, {self.files_empty} empty, "
             f"{len(self.skipped)} skipped",
-            f"  chunks: {self.chunks} processed, {self.chunks_new} new, "
+            f"  chunks: {self.chunks} read, {self.chunks_new} new, "
             f"{self.chunks_present} already present, {self.chunks_pruned} stale removed",
             f"  time:   {self.elapsed_s:.1f} s, {self.chunks_per_s:.1f} chunks/s",
         ]

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import jwt
 
-from lodestar.runtime.errors import Unauthenticated
+from lodestar.runtime.errors import Unauthenticated, Unavailable
 
 if TYPE_CHECKING:
     from lodestar.services.gateway.settings import GatewaySettings
@@ -139,6 +139,7 @@ class TokenVerifier:
     """
 
     _CACHE_LIMIT = 10_000
+    _REFRESH_INTERVAL_S = 10.0
 
     def __init__(self, settings: GatewaySettings) -> None:
         self._issuer = settings.jwt_issuer
@@ -149,9 +150,13 @@ class TokenVerifier:
         self._jwks: jwt.PyJWKClient | None = None
         self._jwks_cache_s = settings.jwks_cache_s
         self._keys: dict[str, tuple[Any, float]] = {}
+        self._last_refresh = float("-inf")
         if settings.jwt_jwks_url:
             self._jwks = jwt.PyJWKClient(
-                settings.jwt_jwks_url, cache_jwk_set=True, lifespan=int(settings.jwks_cache_s)
+                settings.jwt_jwks_url,
+                cache_jwk_set=True,
+                lifespan=int(settings.jwks_cache_s),
+                timeout=5,
             )
             self._algorithms = list(settings.jwt_algorithms)
             self._secret = ""
@@ -218,21 +223,39 @@ class TokenVerifier:
         now = time.monotonic()
         if cached is not None and now - cached[1] < self._jwks_cache_s:
             return cached[0]
-        assert self._jwks is not None
-        jwks = self._jwks
         try:
-            # PyJWKClient fetches with urllib, which blocks: keep it off the event loop.
-            if kid:
-                signing_key = await asyncio.to_thread(jwks.get_signing_key, kid)
-            else:
-                keys = await asyncio.to_thread(jwks.get_signing_keys)
-                if len(keys) != 1:
-                    raise _invalid("token header has no 'kid' and the key set has several keys")
-                signing_key = keys[0]
+            key = self._find_key(await self._key_set(refresh=False), kid)
+            if key is None and now - self._last_refresh >= self._REFRESH_INTERVAL_S:
+                # An unknown kid may be a freshly rotated key; refetching for
+                # every unknown kid would let anyone hammer the provider.
+                self._last_refresh = now
+                key = self._find_key(await self._key_set(refresh=True), kid)
+        except jwt.PyJWKClientConnectionError:
+            # The identity provider is unreachable: not the caller's fault.
+            raise Unavailable(
+                "the identity provider's signing keys cannot be fetched; retry shortly",
+                reason="JWKS_UNAVAILABLE",
+                retry_after_s=5.0,
+            ) from None
         except jwt.PyJWKClientError as error:
             raise _invalid(f"no signing key for this token: {error}") from None
-        self._keys[cache_key] = (signing_key.key, now)
-        return signing_key.key
+        if key is None:
+            raise _invalid(f"no signing key {kid!r} in the identity provider's key set")
+        self._keys[cache_key] = (key, now)
+        return key
+
+    async def _key_set(self, *, refresh: bool) -> list[jwt.PyJWK]:
+        assert self._jwks is not None
+        # PyJWKClient fetches with urllib, which blocks: keep it off the event loop.
+        return await asyncio.to_thread(self._jwks.get_signing_keys, refresh)
+
+    @staticmethod
+    def _find_key(keys: list[jwt.PyJWK], kid: str | None) -> Any:
+        if not kid:
+            if len(keys) != 1:
+                raise _invalid("token header has no 'kid' and the key set has several keys")
+            return keys[0].key
+        return next((k.key for k in keys if k.key_id == kid), None)
 
     def _principal(self, claims: Mapping[str, Any]) -> Principal:
         subject = claims.get("sub")

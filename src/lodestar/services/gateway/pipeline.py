@@ -166,9 +166,10 @@ class GeneratePipeline:
         return self._response(generation, response.timing if response.HasField("timing") else None)
 
     async def stream(self, body: GenerateRequest, call: Call) -> AsyncIterator[bytes]:
-        """SSE events. Everything that can fail before the first token (auth,
-        limits, stages, the inference call itself) fails when the first event
-        is awaited, so the route can still answer with an HTTP error."""
+        """The SSE events of an answer. Everything that can fail before the
+        first token (limits, stages, the inference call itself) fails while
+        this coroutine runs, before any event exists, so the route can still
+        answer with an HTTP error status."""
         generation, stages = await self._prepare(body, call)
         request = convert.stream_request_from(generation.request)
         messages = call.backends.inference.stream(request, call.options)

@@ -333,6 +333,7 @@ class EmbeddedBackend:
                 )
             collection = await self._build(name, config, datetime.now(UTC), points=iter(()))
             self._collections[name] = collection
+            self._mark_written(collection)
         return await self.get_collection(name)
 
     async def _build(
@@ -344,7 +345,9 @@ class EmbeddedBackend:
         *,
         generation: int = 1,
     ) -> _Collection:
-        """A new shard generation holding ``points``, with ``collection.json`` pointing at it."""
+        """A new shard generation holding ``points``, with ``collection.json`` pointing at it.
+
+        The caller registers the result (or takes its shard) and marks it written."""
         directory = self._root / name
         path = directory / _generation_dir(generation)
         meta = _Meta(config, create_time, generation)
@@ -373,9 +376,7 @@ class EmbeddedBackend:
             return engine
 
         engine = await self._run(build)
-        collection = _Collection(name, directory, meta, _Shard(engine, path))
-        self._mark_written(collection)
-        return collection
+        return _Collection(name, directory, meta, _Shard(engine, path))
 
     async def get_collection(self, name: str) -> CollectionInfo:
         collection = self._get(name)
@@ -637,6 +638,7 @@ class EmbeddedBackend:
             if existing is None:
                 built = await self._build(target, header.config, datetime.now(UTC), chunks)
                 self._collections[target] = built
+                self._mark_written(built)
             elif target != collection:
                 raise AlreadyExists(
                     f"collection {target!r} already exists; restore into a new name or into "

@@ -23,16 +23,17 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import qdrant_edge as qe
-
-from lodestar.services.vector.edge import edge_config
-from lodestar.services.vector.models import config_from_dict
-
 _PR_SET_PDEATHSIG = 1
 
 
 def optimize_shard(path: str, options: dict[str, Any]) -> bool:
     """Open the shard at ``path`` with the wanted configuration and optimize it."""
+    # Imported here, not at the top: the process must first tie its life to the service's.
+    import qdrant_edge as qe
+
+    from lodestar.services.vector.edge import edge_config
+    from lodestar.services.vector.models import config_from_dict
+
     config = edge_config(
         config_from_dict(options["collection"]),
         indexing_threshold_kb=int(options["indexing_threshold_kb"]),

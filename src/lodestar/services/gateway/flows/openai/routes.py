@@ -11,6 +11,7 @@ connection cancels the generation.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import time
 import uuid
@@ -175,6 +176,12 @@ class _Stream:
         except LodestarError as error:
             yield _sse(lodestar_error_body(error))
         finally:
+            # A client that went away cancels the inference stream now, not
+            # when the suspended generator is collected.
+            close = getattr(self.rest, "aclose", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
             if not settled:
                 # Cancelled or failed midway: the tokens produced still count.
                 await _debit(self.call, 0, deltas)
