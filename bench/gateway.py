@@ -328,6 +328,8 @@ class Figures:
     latency: dict[str, list[list[float]]] = field(default_factory=dict)
     rps: dict[str, list[float]] = field(default_factory=dict)
     gateway_cpu: list[float] = field(default_factory=list)
+    # Gateway CPU seconds per call at saturation, by call.
+    cpu_per_call: dict[str, list[float]] = field(default_factory=dict)
     # Per call: (seconds in the gateway's handler, seconds waiting for the
     # vector service, requests, backend calls), from the gateway's metrics.
     inside: dict[str, list[tuple[float, float, float, float]]] = field(default_factory=dict)
@@ -418,6 +420,7 @@ async def measure(args: argparse.Namespace) -> Figures:
                         )
                         if side == "gateway":
                             figures.gateway_cpu.append(cpu)
+                            figures.cpu_per_call.setdefault(name, []).append(cpu / rps)
                         figures.rps.setdefault(key, []).append(rps)
                 print(f"  round {round_no + 1}/{args.rounds} done", flush=True)
         await channel.close()
@@ -466,6 +469,11 @@ def report(figures: Figures, args: argparse.Namespace) -> bool:
     if figures.gateway_cpu:
         cpu = statistics.median(figures.gateway_cpu)
         print(f"gateway process CPU at saturation: {cpu * 100:.0f}% of one core (median)")
+        per_call = ", ".join(
+            f"{name} {statistics.median(v) * 1e6:.0f} µs"
+            for name, v in figures.cpu_per_call.items()
+        )
+        print(f"gateway CPU per call at saturation (load-independent-ish): {per_call}")
     print(
         f"targets: added p50 ≤ {P50_TARGET_MS} ms, p99 ≤ {P99_TARGET_MS} ms: "
         f"{'met' if met else 'NOT met'}"

@@ -86,7 +86,7 @@ async def test_streamed_chat_matches_the_whole_answer(
 ) -> None:
     options = {"model": models["chat"], "messages": QUESTION, "max_tokens": 16, "temperature": 0}
     whole = await oai.chat.completions.create(**options)  # type: ignore[call-overload]
-    stream = await oai.chat.completions.create(
+    stream = await oai.chat.completions.create(  # type: ignore[call-overload]
         **options, stream=True, stream_options={"include_usage": True}
     )
     deltas: list[str] = []
