@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ORDER = ("embedding", "vector", "inference", "gateway", "flows")
+ORDER = ("embedding", "vector", "inference", "gateway", "flows", "ingest")
 
 
 def main(argv: list[str]) -> int:

@@ -43,7 +43,7 @@ from lodestar.services.embedding.server import SERVICE_NAME, create_server
 from lodestar.services.embedding.settings import EmbeddingSettings
 
 RAW_BATCH = 32
-LATENCY_BLOCKS = 5
+LATENCY_BLOCKS = 10
 THROUGHPUT_TARGET = 0.8
 OVERHEAD_TARGET_MS = 1.0
 

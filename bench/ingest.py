@@ -1,6 +1,6 @@
 """Ingest benchmark: ``lodestar ingest`` end to end against raw sentence-transformers.
 
-    python -m bench.ingest [--rounds 3] [--topics 79] [--server subprocess|inprocess]
+    python -m bench.ingest [--rounds 3] [--topics 40] [--server inprocess|subprocess]
 
 In one run, over the same corpus (the Python language reference topics that
 ship with every Python, ``pydoc_data.topics``, written out as .rst files, so
@@ -9,9 +9,12 @@ nothing is downloaded) and the same chunks:
 - raw: ``SentenceTransformer.encode(chunks, batch_size=32)`` on the bundled
   all-MiniLM-L6-v2, in this process (chunks/s);
 - ingest: the ingest pipeline end to end, from reading the files to every
-  point acknowledged by the vector service (embedding service and vector
-  service as their own processes by default, on loopback), into a fresh
-  collection each round, without a checkpoint (chunks/s).
+  point acknowledged by the vector service, through real gRPC servers on
+  loopback, into a fresh collection each round, without a checkpoint
+  (chunks/s). By default both services run in this process, the embedding
+  service sharing the raw side's model, so both sides run the same torch
+  configuration under the same conditions; ``--server subprocess`` runs each
+  as its own process, as ``lodestar run`` does.
 
 Raw and ingest windows alternate for ``--rounds`` rounds and the medians are
 compared, so that load from other processes affects both sides alike.
@@ -279,12 +282,12 @@ def report(figures: Figures, args: argparse.Namespace, files: int, chunks: int) 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__)
     parser.add_argument("--rounds", type=int, default=3, help="raw/ingest rounds")
-    parser.add_argument("--topics", type=int, default=79, help="pydoc topics in the corpus")
+    parser.add_argument("--topics", type=int, default=40, help="pydoc topics in the corpus")
     parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE)
     parser.add_argument("--chunk-overlap", type=int, default=DEFAULT_CHUNK_OVERLAP)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--server", choices=("subprocess", "inprocess"), default="subprocess")
+    parser.add_argument("--server", choices=("inprocess", "subprocess"), default="inprocess")
     parser.add_argument("--check", action="store_true", help="exit 1 when the target is missed")
     args = parser.parse_args(argv)
     figures, files, chunks = asyncio.run(measure(args))

@@ -8,6 +8,10 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from lodestar.runtime.errors import ResourceExhausted, Unavailable
 from lodestar.services.embedding.batcher import DynamicBatcher
@@ -202,3 +206,38 @@ async def test_a_full_queue_turns_callers_away_at_once(recorder: Recorder) -> No
     # An empty queue takes even a request larger than the limit.
     assert await batcher.submit(["e", "f", "g", "h"]) == ["E", "F", "G", "H"]
     await batcher.close()
+
+
+async def test_each_batch_joins_its_first_callers_trace_and_links_the_rest(
+    recorder: Recorder,
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    batcher: DynamicBatcher[str, str] = DynamicBatcher(recorder, max_batch_size=8, tracer=tracer)
+
+    async def call(name: str, items: list[str]) -> trace.SpanContext:
+        with tracer.start_as_current_span(name) as span:
+            await batcher.submit(items)
+            return span.get_span_context()
+
+    first = await call("first", ["a"])
+    recorder.hold()
+    blocker = asyncio.create_task(call("blocker", ["x"]))
+    await recorder.wait_started()
+    pair = [asyncio.create_task(call(name, [name])) for name in ("p", "q")]
+    await asyncio.sleep(0.01)
+    recorder.gate.set()
+    blocked = await blocker
+    p, q = [await task for task in pair]
+    await batcher.close()
+
+    batches = [s for s in exporter.get_finished_spans() if s.name == "embedding.batch"]
+    parents = [s.parent.span_id if s.parent else None for s in batches]
+    # A later batch is not parented to the call that started the dispatcher.
+    assert parents == [first.span_id, blocked.span_id, p.span_id]
+    assert [s.context.trace_id for s in batches] == [first.trace_id, blocked.trace_id, p.trace_id]
+    merged = batches[2]
+    assert {link.context.span_id for link in merged.links} == {p.span_id, q.span_id}
+    assert dict(merged.attributes or {})["embedding.callers"] == 2

@@ -268,3 +268,23 @@ async def test_errors_that_retrying_cannot_fix_are_fatal_at_once() -> None:
     finally:
         await sink.close()
     assert calls == 1
+
+
+async def test_the_checkpoint_scope_follows_the_tokens_tenant() -> None:
+    settings = GatewaySettings()
+    tokens = (
+        mint_token(settings, "bot", ["user"], 600, tenant="acme"),
+        mint_token(settings, "bot", ["user"], 600),
+        "not-a-jwt",
+    )
+    sinks = [GatewaySink("http://gateway.test/", token) for token in tokens]
+    try:
+        scopes = [sink.destination for sink in sinks]
+    finally:
+        for sink in sinks:
+            await sink.close()
+    assert scopes == [
+        "http://gateway.test#tenant=acme",
+        "http://gateway.test#tenant=",
+        "http://gateway.test#tenant=",
+    ]

@@ -19,6 +19,7 @@ RESOURCE_EXHAUSTED at once rather than queueing into their deadlines.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -30,7 +31,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from lodestar.runtime.errors import ResourceExhausted, Unavailable
-from lodestar.runtime.telemetry import tracer
+from lodestar.runtime.telemetry import tracer as get_tracer
 from lodestar.services.embedding.metrics import (
     BATCH_DURATION_SECONDS,
     BATCH_SIZE,
@@ -47,7 +48,7 @@ class _Request(Generic[T, R]):
     items: Sequence[T]
     future: asyncio.Future[list[R]]
     results: list[R | None]
-    link: trace.Link | None
+    span_context: trace.SpanContext  # the caller's span, for the batch's trace
     dispatched: int = 0  # items already handed to a batch
     pending: int = field(init=False)  # items without a result yet
 
@@ -82,6 +83,7 @@ class DynamicBatcher(Generic[T, R]):
         max_wait_s: float = 0.0,
         max_queued: int | None = None,
         name: str = "embedding",
+        tracer: trace.Tracer | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
@@ -97,7 +99,7 @@ class DynamicBatcher(Generic[T, R]):
         self._executor: ThreadPoolExecutor | None = None
         self._closed = False
         self._previous_batch_callers = 0
-        self._tracer = tracer(__name__)
+        self._tracer = tracer or get_tracer(__name__)
 
     @property
     def queued(self) -> int:
@@ -121,12 +123,11 @@ class DynamicBatcher(Generic[T, R]):
             )
         loop = asyncio.get_running_loop()
         wakeup = self._ensure_started(loop)
-        span_context = trace.get_current_span().get_span_context()
         request: _Request[T, R] = _Request(
             items=items,
             future=loop.create_future(),
             results=[None] * len(items),
-            link=trace.Link(span_context) if span_context.is_valid else None,
+            span_context=trace.get_current_span().get_span_context(),
         )
         self._queue.append(request)
         self._set_queued(self._queued + len(items))
@@ -156,7 +157,11 @@ class DynamicBatcher(Generic[T, R]):
             self._executor = self._executor or ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix=f"{self._name}-batch"
             )
-            self._dispatcher = loop.create_task(self._dispatch(self._wakeup, self._executor))
+            # A fresh context: the dispatcher outlives the call that started it and
+            # must not carry that call's span or request id into later batches.
+            self._dispatcher = loop.create_task(
+                self._dispatch(self._wakeup, self._executor), context=contextvars.Context()
+            )
         return self._wakeup
 
     def _set_queued(self, value: int) -> None:
@@ -225,20 +230,19 @@ class DynamicBatcher(Generic[T, R]):
         executor: ThreadPoolExecutor,
     ) -> None:
         items = [item for s in slices for item in s.request.items[s.start : s.start + s.count]]
-        links = [s.request.link for s in slices if s.request.link is not None]
         callers = len({id(s.request) for s in slices})
         self._previous_batch_callers = callers
-        # The dispatcher task keeps the context of the request that started it; a
-        # batch belongs to its first caller's trace instead (every caller is linked).
+        # A batch belongs to its first caller's trace; every caller's span is linked.
+        traced = [s.request.span_context for s in slices if s.request.span_context.is_valid]
         parent = (
-            trace.set_span_in_context(trace.NonRecordingSpan(links[0].context))
-            if links
+            trace.set_span_in_context(trace.NonRecordingSpan(traced[0]))
+            if traced
             else otel_context.Context()
         )
         with self._tracer.start_as_current_span(
             f"{self._name}.batch",
             context=parent,
-            links=links,
+            links=[trace.Link(span_context) for span_context in traced],
             attributes={f"{self._name}.batch_size": len(items), f"{self._name}.callers": callers},
         ):
             started = time.perf_counter()

@@ -83,7 +83,9 @@ class InferenceSettings(ServerSettings):
         0,
         ge=0,
         le=512,
-        description="CPU threads llama.cpp computes with; 0 uses every CPU available.",
+        description="CPU threads llama.cpp computes with; 0 uses every CPU available. Set it "
+        "to the CPUs the service really has (its CPU limit): llama.cpp's threads wait for each "
+        "other at every step, so one preempted thread stalls them all.",
     )
     gpu_layers: int = Field(
         0,
