@@ -332,7 +332,9 @@ async def _insert_corpus(http: httpx.AsyncClient) -> None:
         raise RuntimeError(f"could not insert the corpus: {inserted.text}")
 
 
-async def measure(args: argparse.Namespace) -> tuple[list[Run], list[Run]]:
+async def measure(
+    args: argparse.Namespace,
+) -> tuple[list[Run], list[Run], dict[str, float]]:
     ports = {name: _free_port() for name in ("embedding", "vector", "inference", "gateway")}
     addresses = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
     data_dir = tempfile.mkdtemp(prefix="lodestar-bench-flows-")
@@ -392,7 +394,24 @@ async def measure(args: argparse.Namespace) -> tuple[list[Run], list[Run]]:
             if i >= args.warmup:
                 direct_runs.append(runs["direct"])
                 gateway_runs.append(runs["gateway"])
-    return direct_runs, gateway_runs
+        hops = await _round_trips(url, channels["inference"])
+    return direct_runs, gateway_runs, hops
+
+
+async def _round_trips(url: str, channel: grpc.aio.Channel, count: int = 60) -> dict[str, float]:
+    """p50 of the cheapest round trip to the gateway (liveness over HTTP) and
+    to a service (gRPC health): what one process hop costs on this machine now."""
+    health = health_pb2_grpc.HealthStub(channel)
+    times: dict[str, list[float]] = {"http": [], "grpc": []}
+    async with httpx.AsyncClient(base_url=url) as http:
+        for _ in range(count):
+            start = time.perf_counter()
+            await http.get("/api/v1/health")
+            times["http"].append((time.perf_counter() - start) * 1000)
+            start = time.perf_counter()
+            await health.Check(health_pb2.HealthCheckRequest())
+            times["grpc"].append((time.perf_counter() - start) * 1000)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _p50(values: Sequence[float]) -> float:
@@ -405,7 +424,9 @@ def _paired(direct: list[Run], gateway: list[Run], value: str) -> float:
     )
 
 
-def report(direct: list[Run], gateway: list[Run], args: argparse.Namespace) -> bool:
+def report(
+    direct: list[Run], gateway: list[Run], hops: dict[str, float], args: argparse.Namespace
+) -> bool:
     pairs = list(zip(direct, gateway, strict=True))
     same_text = sum(d.text == g.text for d, g in pairs)
     same_prompt = sum(d.prompt_tokens == g.prompt_tokens for d, g in pairs)
@@ -446,6 +467,10 @@ def report(direct: list[Run], gateway: list[Run], args: argparse.Namespace) -> b
         f"{raw_ttft:+.2f} ms, total {raw_total:+.2f} ms"
     )
     print(
+        f"loopback round trip p50 now: gateway HTTP liveness {hops['http']:.2f} ms, "
+        f"gRPC health {hops['grpc']:.2f} ms (the gateway adds one hop each way)"
+    )
+    print(
         f"same prompt tokens in {same_prompt}/{len(pairs)} queries, "
         f"same text in {same_text}/{len(pairs)}"
     )
@@ -459,8 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=3, help="passages retrieved per question")
     parser.add_argument("--max-tokens", type=int, default=8)
     args = parser.parse_args(argv)
-    direct, gateway = asyncio.run(measure(args))
-    return 0 if report(direct, gateway, args) else 1
+    direct, gateway, hops = asyncio.run(measure(args))
+    return 0 if report(direct, gateway, hops, args) else 1
 
 
 if __name__ == "__main__":

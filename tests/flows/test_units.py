@@ -45,7 +45,7 @@ async def test_everything_fits_in_one_count_round() -> None:
     assert fitted.pieces == pieces
     assert fitted.dropped == 0
     assert fitted.prompt_tokens == await Counter()(_render(pieces))
-    assert count.calls == 2  # the prompt with and without passages, concurrently
+    assert count.calls == 1
 
 
 async def test_passages_are_dropped_until_the_prompt_fits() -> None:

@@ -179,12 +179,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep chunks of earlier versions of changed files",
     )
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (it is shown only when standard error is a terminal)",
+    )
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
     return parser
 
 
-def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> IngestOptions:
+def _options(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, err: TextIO
+) -> IngestOptions:
     try:
         chunking = ChunkingOptions(args.chunk_size, args.chunk_overlap)
     except ValueError as error:
@@ -215,7 +221,8 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Inges
         format=None if args.format == "auto" else TextFormat(args.format),
         checkpoint_path=None if args.no_checkpoint else (args.state or default_state_path()),
         prune=not args.no_prune,
-        progress=not args.no_progress,
+        # A bar redrawn in a log file is noise; skipped files are reported either way.
+        progress=not args.no_progress and err.isatty(),
         tenant=args.tenant,
     )
 
@@ -249,7 +256,7 @@ def ingest_main(
     err = stderr or sys.stderr
     parser = build_parser()
     args = parser.parse_args(argv)
-    options = _options(args, parser)
+    options = _options(args, parser, err)
     try:
         sources = discover(
             args.paths,
@@ -261,6 +268,7 @@ def ingest_main(
         parser.error(str(error))
     if not sources:
         print("lodestar ingest: no files matched; nothing to do", file=err)
+        return EXIT_OK
 
     async def run() -> Ingestor:
         # SIGTERM stops a run as Ctrl-C does: what is stored stays, a summary is printed.

@@ -162,6 +162,7 @@ class _Request:
         "max_tokens",
         "n_past",
         "otel_parent",
+        "output",
         "prompt",
         "prompt_position",
         "row",
@@ -198,6 +199,7 @@ class _Request:
         self.n_past = 0
         self.prompt_position = 0
         self.row = -1
+        self.output = -1
         self.last_token = -1
         self.completion_tokens = 0
         self.span: trace.Span | None = None
@@ -625,10 +627,10 @@ class InferenceEngine:
                     positions[n] = request.n_past
                     seq_ids[n] = request.slot
                     logits[n] = 1
-                    request.row = n
+                    request.row = request.output = n
                     request.n_past += 1
                     n += 1
-            decoding = n
+            decoding = outputs = n
             for request in active:
                 if n >= capacity:
                     break
@@ -647,6 +649,8 @@ class InferenceEngine:
                 if size == remaining:
                     logits[end - 1] = 1
                     request.row = end - 1
+                    request.output = outputs
+                    outputs += 1
                 n = end
 
             if n:
@@ -663,12 +667,18 @@ class InferenceEngine:
                     active.clear()
                 else:
                     now = perf_counter()
+                    view = None
                     for request in active:
                         row = request.row
                         if row < 0:
                             continue
                         request.row = -1
-                        token = sample(request.sampler, row)
+                        if request.sampler.greedy:
+                            if view is None:
+                                view = context.logits(outputs)
+                            token = int(view[request.output].argmax())
+                        else:
+                            token = sample(request.sampler, row)
                         if request.first_token_at == 0.0:
                             self._first_token(request, now)
                         reason: FinishReason | None = None

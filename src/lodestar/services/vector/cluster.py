@@ -14,8 +14,6 @@ from typing import Final
 
 import numpy as np
 from numpy.typing import NDArray
-from sklearn.cluster import DBSCAN, KMeans
-from sklearn.neighbors import NearestNeighbors
 
 from lodestar.services.vector.models import Distance, PointId
 
@@ -80,6 +78,8 @@ def cluster_points(
     if density:
         labels = _density_labels(data, distance, eps, min_samples or DEFAULT_MIN_SAMPLES, seed)
     else:
+        from sklearn.cluster import KMeans  # imported on first use: it takes seconds
+
         k = max(1, min(num_clusters, len(ids)))
         model = KMeans(n_clusters=k, n_init="auto", random_state=seed)
         labels = model.fit_predict(data)
@@ -109,6 +109,8 @@ def cluster_points(
 def _density_labels(
     data: Array, distance: Distance, eps: float | None, min_samples: int, seed: int | None
 ) -> NDArray[np.int64]:
+    from sklearn.cluster import DBSCAN
+
     metric = "manhattan" if distance is Distance.MANHATTAN else "euclidean"
     if eps is None:
         eps = estimate_eps(data, min_samples, metric, seed)
@@ -125,6 +127,8 @@ def estimate_eps(data: Array, min_samples: int, metric: str, seed: int | None) -
         # Too few points for a density estimate: one radius that spans them all.
         spread = float(np.abs(data - data.mean(axis=0)).sum(axis=1).max()) if len(data) else 0.0
         return 2 * spread + 1.0
+    from sklearn.neighbors import NearestNeighbors
+
     rng = np.random.default_rng(seed)
     probe = data[rng.choice(len(data), size=min(len(data), _EPS_ESTIMATE_SAMPLE), replace=False)]
     neighbours = NearestNeighbors(n_neighbors=min_samples + 1, metric=metric).fit(data)

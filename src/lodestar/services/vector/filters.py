@@ -8,11 +8,10 @@ a Qdrant server through qdrant-client. Both express the same semantics: all of
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import qdrant_edge as qe
-from qdrant_client import models as qm
 
 from lodestar.services.vector.models import (
     Condition,
@@ -27,6 +26,11 @@ from lodestar.services.vector.models import (
     MatchValue,
     NumberRange,
 )
+
+if TYPE_CHECKING:
+    # Imported where used: qdrant-client takes a second to import and the embedded
+    # backend (and its optimizer process) never needs it.
+    from qdrant_client import models as qm
 
 
 def rfc3339(value: datetime) -> str:
@@ -103,6 +107,8 @@ def _optional_rfc3339(value: datetime | None) -> str | None:
 
 
 def to_qdrant_filter(value: Filter) -> qm.Filter:
+    from qdrant_client import models as qm
+
     return qm.Filter(
         must=[_qdrant_condition(c) for c in value.must] or None,
         should=[_qdrant_condition(c) for c in value.should] or None,
@@ -111,6 +117,8 @@ def to_qdrant_filter(value: Filter) -> qm.Filter:
 
 
 def _qdrant_condition(condition: Condition) -> qm.Condition:
+    from qdrant_client import models as qm
+
     if isinstance(condition, FieldCondition):
         return _qdrant_field(condition)
     if isinstance(condition, IsEmpty):
@@ -121,6 +129,8 @@ def _qdrant_condition(condition: Condition) -> qm.Condition:
 
 
 def _qdrant_field(condition: FieldCondition) -> qm.FieldCondition:
+    from qdrant_client import models as qm
+
     match = condition.match
     if match is not None:
         client_match: qm.Match

@@ -18,7 +18,6 @@ from lodestar.services.vector.analytics import (
 )
 from lodestar.services.vector.backend import VectorBackend
 from lodestar.services.vector.embedded import EmbeddedBackend
-from lodestar.services.vector.remote import RemoteBackend
 from lodestar.services.vector.servicer import SERVICE_NAME, VectorServicer
 from lodestar.services.vector.settings import VectorSettings
 from lodestar.services.vector.store import VectorStore
@@ -31,6 +30,8 @@ _log = logging.getLogger(__name__)
 def create_backend(settings: VectorSettings) -> VectorBackend:
     """The backend the settings choose (not opened yet)."""
     if settings.backend == "remote":
+        from lodestar.services.vector.remote import RemoteBackend  # qdrant-client loads slowly
+
         return RemoteBackend(settings)
     return EmbeddedBackend(settings)
 

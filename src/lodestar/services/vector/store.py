@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Final, Protocol
 
 import numpy as np
+from prometheus_client import Histogram
 
 from lodestar.runtime.errors import InvalidArgument, NotFound, PermissionDenied
 from lodestar.runtime.telemetry import tracer
@@ -113,6 +114,7 @@ class VectorStore:
     def __init__(self, backend: VectorBackend, *, recorder: SearchRecorder | None = None) -> None:
         self.backend = backend
         self._recorder = recorder
+        self._durations: dict[tuple[str, str], Histogram] = {}
 
     # --- collections -----------------------------------------------------------------------
 
@@ -144,6 +146,8 @@ class VectorStore:
     async def delete_collection(self, name: str) -> None:
         await self.backend.delete_collection(name)
         metrics.forget_collection(name)
+        for key in [k for k in self._durations if k[0] == name]:
+            del self._durations[key]
 
     # --- writes -----------------------------------------------------------------------------
 
@@ -318,7 +322,12 @@ class VectorStore:
     def _observe(
         self, collection: str, kind: str, seconds: float, hits: int, query_text: str
     ) -> float:
-        metrics.SEARCH_DURATION.labels(collection, kind).observe(seconds)
+        histogram = self._durations.get((collection, kind))
+        if histogram is None:  # labels() costs a lock and a lookup; searches are hot
+            histogram = self._durations[collection, kind] = metrics.SEARCH_DURATION.labels(
+                collection, kind
+            )
+        histogram.observe(seconds)
         metrics.SEARCH_RESULTS.observe(hits)
         latency_ms = seconds * 1000
         if self._recorder is not None:

@@ -6,14 +6,13 @@ service's own tokenizer (CountTokens on the very text or conversation it will
 render), so the budget holds exactly; estimates only choose what to try.
 
 The pieces (passages best first, then examples) are tried in order: all of
-them (one count, the usual case), else as many as an estimate from the first
-count allows, dropping the last until the count fits; if no whole piece fits,
-the first one is cut down to fit.
+them (one count, the usual case), else as many as an estimate from that count
+and the prompt's own allows, dropping the last until the count fits; if no
+whole piece fits, the first one is cut down to fit.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, Self, TypeVar
@@ -81,12 +80,13 @@ async def fit(
             raise ContextOverflow(base, max_tokens, context_size)
         return Fitted([], base_rendered, base, 0, 1)
     full_rendered = render(pieces)
-    base, full = await asyncio.gather(count(base_rendered), count(full_rendered))
+    full = await count(full_rendered)
+    if full <= limit:
+        return Fitted(list(pieces), full_rendered, full, 0, 1)
+    base = await count(base_rendered)
     counts = 2
     if base > limit:
         raise ContextOverflow(base, max_tokens, context_size)
-    if full <= limit:
-        return Fitted(list(pieces), full_rendered, full, 0, counts)
 
     total_chars = sum(max(1, p.size) for p in pieces)
     per_char = max(full - base, 1) / total_chars
