@@ -7,8 +7,8 @@ In one run, on the same GGUF model (the bundled SmolLM2-135M-Instruct Q4_1 unles
 decoding and the same number of CPU threads:
 
 1. single stream: a tight loop on llama-cpp-python's low-level API in this process
-   (``llama_decode`` of the prompt, then one token per ``llama_decode``, greedy sampler,
-   ``llama_token_to_piece``) against one ``StreamGenerateText`` call to the service.
+   (``llama_decode`` of the prompt, then one token per ``llama_decode``, greedy argmax of
+   the logits, ``llama_token_to_piece``) against one ``StreamGenerateText`` call to the service.
    Compared: decode tokens/s (tokens after the first over the time from the first to
    the last) and time to first token (from the call to the first text).
 2. ``--streams`` concurrent streams of ``--max-tokens`` tokens each against the service:
@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import llama_cpp
+import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lodestar.inference.v1 import inference_service_pb2 as pb
@@ -113,13 +114,9 @@ class RawLlama:
         self.model = model
         self.ctx = llama_cpp.llama_init_from_model(model.pointer, params)
         self.vocab = model.vocab
-        self.sampler = llama_cpp.llama_sampler_chain_init(
-            llama_cpp.llama_sampler_chain_default_params()
-        )
-        llama_cpp.llama_sampler_chain_add(self.sampler, llama_cpp.llama_sampler_init_greedy())
+        self.n_vocab = model.vocab_size
 
     def close(self) -> None:
-        llama_cpp.llama_sampler_free(self.sampler)
         llama_cpp.llama_free(self.ctx)
 
     def generate(self, text: str, max_tokens: int) -> StreamFigures:
@@ -128,7 +125,6 @@ class RawLlama:
         tokens = (llama_cpp.llama_token * (len(data) + 8))()
         n = llama_cpp.llama_tokenize(self.vocab, data, len(data), tokens, len(tokens), False, True)
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
-        llama_cpp.llama_sampler_reset(self.sampler)
         piece = ctypes.create_string_buffer(64)
         out = bytearray()
         batch = llama_cpp.llama_batch_get_one(tokens, n)
@@ -138,7 +134,12 @@ class RawLlama:
         while count < max_tokens:
             if llama_cpp.llama_decode(self.ctx, batch) != 0:
                 raise RuntimeError("llama_decode failed")
-            token = llama_cpp.llama_sampler_sample(self.sampler, self.ctx, -1)
+            # Greedy as the service does it: argmax of the logits row (cheaper than a
+            # sampler chain, which copies the vocabulary into a candidate array first).
+            logits = np.ctypeslib.as_array(
+                llama_cpp.llama_get_logits_ith(self.ctx, -1), shape=(self.n_vocab,)
+            )
+            token = int(logits.argmax())
             if llama_cpp.llama_vocab_is_eog(self.vocab, token):
                 break
             size = llama_cpp.llama_token_to_piece(self.vocab, token, piece, 64, 0, False)
@@ -223,7 +224,7 @@ async def subprocess_service(settings: InferenceSettings) -> AsyncIterator[str]:
 
 
 async def service_stream(
-    stub: pb_grpc.InferenceServiceStub, topic: str, max_tokens: int
+    stub: pb_grpc.InferenceServiceAsyncStub, topic: str, max_tokens: int
 ) -> StreamFigures:
     request = pb.StreamGenerateTextRequest(
         messages=[pb.ChatMessage(role=pb.ROLE_USER, content=c) for _, c in prompt_messages(topic)],

@@ -52,6 +52,10 @@ def _default(field: FieldInfo) -> str:
         return "—"
     if isinstance(value, dict | list | tuple | set | frozenset):
         return "(see description)" if value else "—"
+    if "site-packages" in str(value):
+        return "(the bundled model)"
+    if isinstance(value, Path) and value.is_absolute():
+        return "(see description)"
     return f"`{value}`"
 
 

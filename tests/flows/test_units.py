@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,8 @@ from lodestar.services.gateway.flows.openai.errors import lodestar_error_body, p
 from lodestar.services.gateway.flows.prompting import Example, Passage
 from lodestar.services.gateway.flows.usage import Event, UsageRecorder
 from lodestar.services.gateway.resilience import CallOptions
+from lodestar.services.vector.analytics import create_analytics
+from lodestar.services.vector.analytics_store import UsageRecord
 from lodestar.vector.v1 import analytics_service_pb2 as apb
 
 
@@ -204,3 +207,22 @@ def test_backend_fields_map_to_openai_parameters() -> None:
             "code": "prompt_too_long",
         }
     }
+
+
+def test_a_usage_sender_that_gives_up_does_not_stop_the_analytics_writer(
+    tmp_path: Path,
+) -> None:
+    store = create_analytics(tmp_path)
+    try:
+        # A RecordUsage call cancelled while its events are being committed
+        # cancels the future it waits on; the writer must carry on.
+        abandoned = 0
+        for _ in range(5):
+            abandoned += store.flush_future().cancel()
+        assert abandoned
+        store.record_usage([UsageRecord("alice", "POST /api/v1/generate", 200, 3, 4)])
+        store.flush(timeout=10)
+        total = store.usage_analytics(subject="alice").total
+        assert (total.request_count, total.prompt_tokens, total.completion_tokens) == (1, 3, 4)
+    finally:
+        store.close()

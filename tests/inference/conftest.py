@@ -8,6 +8,7 @@ slot, no queue) for cancellation and overload.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -34,7 +35,7 @@ def model() -> Iterator[LlamaModel]:
 THREADS = 1
 
 
-def _settings(**overrides: object) -> InferenceSettings:
+def _settings(**overrides: Any) -> InferenceSettings:
     return InferenceSettings(
         port=0,
         metrics_port=None,
@@ -93,10 +94,10 @@ async def tight_channel(tight_engine: InferenceEngine) -> AsyncIterator[grpc.aio
 
 
 @pytest.fixture
-def stub(channel: grpc.aio.Channel) -> pb_grpc.InferenceServiceStub:
+def stub(channel: grpc.aio.Channel) -> pb_grpc.InferenceServiceAsyncStub:
     return pb_grpc.InferenceServiceStub(channel)
 
 
 @pytest.fixture
-def tight_stub(tight_channel: grpc.aio.Channel) -> pb_grpc.InferenceServiceStub:
+def tight_stub(tight_channel: grpc.aio.Channel) -> pb_grpc.InferenceServiceAsyncStub:
     return pb_grpc.InferenceServiceStub(tight_channel)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import TYPE_CHECKING, Any
 
 import grpc
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 import pytest
 
 from lodestar.inference.v1 import inference_service_pb2 as pb
@@ -16,7 +17,9 @@ from lodestar.runtime.errors import ErrorDetails
 from lodestar.services.inference.engine import InferenceEngine
 from tests.inference.conftest import CONTEXT_SIZE
 
-Stub = pb_grpc.InferenceServiceStub
+if TYPE_CHECKING:
+    # Only the type stubs have the asyncio flavour of the stub class.
+    Stub = pb_grpc.InferenceServiceAsyncStub
 
 GREEDY = pb.SamplingOptions(temperature=0.0, repeat_penalty=1.0, max_tokens=24)
 
@@ -25,22 +28,20 @@ def chat(text: str) -> list[pb.ChatMessage]:
     return [pb.ChatMessage(role=pb.ROLE_USER, content=text)]
 
 
-async def generate(stub: Stub, **fields: object) -> pb.GenerateTextResponse:
+async def generate(stub: Stub, **fields: Any) -> pb.GenerateTextResponse:
     response: pb.GenerateTextResponse = await stub.GenerateText(
         pb.GenerateTextRequest(**fields),
-        timeout=60,  # type: ignore[arg-type]
+        timeout=60,
     )
     return response
 
 
-async def stream_text(
-    stub: Stub, **fields: object
-) -> tuple[list[str], pb.StreamGenerateTextResponse]:
+async def stream_text(stub: Stub, **fields: Any) -> tuple[list[str], pb.StreamGenerateTextResponse]:
     deltas: list[str] = []
     last = pb.StreamGenerateTextResponse()
     async for message in stub.StreamGenerateText(
         pb.StreamGenerateTextRequest(**fields),
-        timeout=60,  # type: ignore[arg-type]
+        timeout=60,
     ):
         deltas.append(message.delta)
         last = message
@@ -130,7 +131,7 @@ async def test_streamed_deltas_concatenate_to_the_unary_answer(stub: Stub) -> No
 
 
 async def test_concurrent_greedy_requests_get_exactly_what_they_get_alone(stub: Stub) -> None:
-    requests = [
+    requests: list[dict[str, Any]] = [
         {"messages": chat("Write a poem about the moon.")},
         {"messages": chat("What is a computer?")},
         {"prompt": "The quick brown fox"},
@@ -302,7 +303,7 @@ _LONG_PROMPT = "word " * (CONTEXT_SIZE + 50)
     ],
 )
 async def test_bad_input_is_invalid_argument_naming_the_field(
-    stub: Stub, fields: dict[str, object], field: str, reason: str
+    stub: Stub, fields: dict[str, Any], field: str, reason: str
 ) -> None:
     fields = dict(fields)
     if "prompt" not in fields and "messages" not in fields:
@@ -343,7 +344,7 @@ async def test_count_tokens_needs_exactly_one_input(stub: Stub) -> None:
 
 
 async def _first_delta_then(
-    call: grpc.aio.UnaryStreamCall[object, pb.StreamGenerateTextResponse],
+    call: grpc.aio.UnaryStreamCall[Any, pb.StreamGenerateTextResponse],
 ) -> str:
     async for message in call:
         if message.delta:

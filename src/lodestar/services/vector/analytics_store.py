@@ -516,6 +516,9 @@ class AnalyticsStore:
             except sqlite3.Error as exc:
                 _log.error("analytics: retention failed: %s", exc)
         for future in waiting:
+            # False when its waiter gave up (e.g. a cancelled RecordUsage call).
+            if not future.set_running_or_notify_cancel():
+                continue
             if error is None:
                 future.set_result(None)
             else:

@@ -40,8 +40,18 @@ _DISTANCES: Final = {
 
 
 def edge_config(
-    config: CollectionConfig, *, indexing_threshold_kb: int, indexing_threads: int
+    config: CollectionConfig,
+    *,
+    indexing_threshold_kb: int,
+    indexing_threads: int,
+    search_threads: int | None = 1,
 ) -> qe.EdgeConfig:
+    """The engine configuration of a collection.
+
+    ``search_threads`` sizes the shard's own search pool. One thread per query is
+    the cheapest in CPU: the service runs many queries at once instead (the pool's
+    extra threads cost more CPU in hand-offs than they save on a few segments).
+    """
     hnsw = config.hnsw
     quantization: qe.QuantizationConfigType | None = None
     if isinstance(config.quantization, ScalarQuantization):
@@ -66,6 +76,7 @@ def edge_config(
         ),
         quantization_config=quantization,
         optimizers=qe.EdgeOptimizersConfig(indexing_threshold=indexing_threshold_kb),
+        max_search_threads=search_threads,
     )
 
 

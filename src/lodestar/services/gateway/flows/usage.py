@@ -76,6 +76,7 @@ class UsageRecorder:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._stopping = False
 
     def record(self, event: Event) -> None:
         """Queue one event (never blocks, never raises)."""
@@ -94,11 +95,14 @@ class UsageRecorder:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="usage-recorder")
 
     async def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop the background task after sending what is pending."""
+        """Stop the background task after sending what is pending. A send in
+        progress is let finish (cancelling it could leave its events recorded
+        without the gateway knowing)."""
+        self._stopping = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._task, timeout_s)
             self._task = None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.flush(), timeout_s)
@@ -108,7 +112,7 @@ class UsageRecorder:
             self._pending.clear()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval_s)
             self._wake.clear()
