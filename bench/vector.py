@@ -68,6 +68,8 @@ RATIO_TARGET = 0.7
 CACHE_DIR = Path(".data/bench")
 COLLECTION = "bench"
 SEARCH_METHOD = "/lodestar.vector.v1.VectorService/SearchPoints"
+UPSERT_METHOD = "/lodestar.vector.v1.VectorService/UpsertPoints"
+BATCH_SEARCH_METHOD = "/lodestar.vector.v1.VectorService/BatchSearchPoints"
 CONFIG = CollectionConfig(
     dimension=DIMENSION,
     distance=Distance.COSINE,
@@ -206,6 +208,26 @@ class Raw:
         )
         return [int(h.id) for h in hits]  # type: ignore[call-overload]
 
+    def qps_batched(self, queries: list[list[float]], seconds: float, batch: int) -> float:
+        """One thread, ``batch`` queries per engine call (``query_batch``)."""
+        done = 0
+        i = 0
+        started = time.perf_counter()
+        stop = started + seconds
+        while time.perf_counter() < stop:
+            chunk = [queries[(i + j) % len(queries)] for j in range(batch)]
+            self.shard.query_batch(
+                qe.QueryBatchRequest(
+                    [
+                        qe.QueryRequest(limit=K, query=qe.Query.Nearest(v), params=self.params)
+                        for v in chunk
+                    ]
+                )
+            )
+            done += batch
+            i += batch
+        return done / (time.perf_counter() - started)
+
     def qps(self, queries: list[list[float]], seconds: float, threads: int) -> float:
         done = [0] * threads
         stop = time.perf_counter() + seconds
@@ -291,15 +313,17 @@ class Service:
             )
         )
 
-    async def insert(self, requests: list[pb.UpsertPointsRequest], points: int) -> float:
+    async def insert(self, requests: list[bytes], points: int) -> float:
+        """Points per second, the clients sending pre-serialised upserts one at a time."""
+        calls = [c.unary_unary(UPSERT_METHOD) for c in self.channels]
         queue = list(reversed(requests))
 
-        async def client(stub: pb_grpc.VectorServiceStub) -> None:
+        async def client(call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]) -> None:
             while queue:
-                await stub.UpsertPoints(queue.pop(), timeout=120)
+                await call(queue.pop(), timeout=120)
 
         started = time.perf_counter()
-        await asyncio.gather(*(client(s) for s in self.stubs))
+        await asyncio.gather(*(client(c) for c in calls))
         return points / (time.perf_counter() - started)
 
     async def wait_indexed(self, points: int) -> tuple[float, pb.Collection]:
@@ -324,11 +348,13 @@ class Service:
         await asyncio.gather(*(client(s) for s in self.stubs))
         return results
 
-    async def qps(self, requests: list[bytes], seconds: float) -> float:
+    async def qps(
+        self, requests: list[bytes], seconds: float, method: str = SEARCH_METHOD, per_call: int = 1
+    ) -> float:
         """Searches per second from the clients, each one call at a time. The load
         generator sends pre-serialised requests and leaves the replies as bytes (the
         recall pass parses them), so that it spends little of the CPU it shares."""
-        calls = [c.unary_unary(SEARCH_METHOD) for c in self.channels]
+        calls = [c.unary_unary(method) for c in self.channels]
         done = [0] * len(calls)
         stop = time.perf_counter() + seconds
 
@@ -336,7 +362,7 @@ class Service:
             i = slot
             while time.perf_counter() < stop:
                 await call(requests[i % len(requests)])
-                done[slot] += 1
+                done[slot] += per_call
                 i += len(calls)
 
         started = time.perf_counter()
@@ -344,7 +370,9 @@ class Service:
         return sum(done) / (time.perf_counter() - started)
 
 
-def _upsert_requests(vectors: Vectors, texts: list[str], batch: int) -> list[pb.UpsertPointsRequest]:
+def _upsert_requests(
+    vectors: Vectors, texts: list[str], batch: int
+) -> list[pb.UpsertPointsRequest]:
     requests = []
     for start in range(0, len(vectors), batch):
         points = []
@@ -352,7 +380,9 @@ def _upsert_requests(vectors: Vectors, texts: list[str], batch: int) -> list[pb.
             point = pb.Point(id=pb.PointId(num=start + i), vector=row.tolist())
             point.payload.update({"text": texts[start + i]})
             points.append(point)
-        requests.append(pb.UpsertPointsRequest(collection=COLLECTION, points=points))
+        requests.append(
+            pb.UpsertPointsRequest(collection=COLLECTION, points=points).SerializeToString()
+        )
     return requests
 
 
@@ -368,7 +398,7 @@ def _verdict(ok: bool) -> str:
 
 
 async def run(args: argparse.Namespace) -> int:
-    corpus_texts, query_texts, corpus, queries = dataset(args.n, args.queries)
+    corpus_texts, _, corpus, queries = dataset(args.n, args.queries)
     truth = exact_neighbours(corpus, queries)
     query_lists = queries.tolist()
     settings = VectorSettings()
@@ -379,6 +409,9 @@ async def run(args: argparse.Namespace) -> int:
         flush=True,
     )
 
+    rounds: dict[str, list[float]] = {
+        k: [] for k in ("raw1", "rawN", "service", "raw_batch", "service_batch")
+    }
     work = Path(tempfile.mkdtemp(prefix="bench-vector-", dir=CACHE_DIR))
     try:
         # Raw: insert, optimize, recall.
@@ -388,7 +421,10 @@ async def run(args: argparse.Namespace) -> int:
         raw.shard.optimize()
         raw_optimize = time.perf_counter() - started
         raw_recall = recall([raw.search(q) for q in query_lists], truth)
-        print(f"raw: inserted at {raw_insert:,.0f} points/s, optimize() {raw_optimize:.1f}s", flush=True)
+        print(
+            f"raw: inserted at {raw_insert:,.0f} points/s, optimize() {raw_optimize:.1f}s",
+            flush=True,
+        )
 
         upserts = _upsert_requests(corpus, corpus_texts, args.batch)
         searches = [
@@ -410,17 +446,34 @@ async def run(args: argparse.Namespace) -> int:
                 )
                 service_recall = recall(await service.search_all(searches), truth)
                 wire = [r.SerializeToString() for r in searches]
+                batches = [
+                    pb.BatchSearchPointsRequest(
+                        searches=[
+                            searches[(i + j) % len(searches)] for j in range(args.search_batch)
+                        ]
+                    ).SerializeToString()
+                    for i in range(0, len(searches), args.search_batch)
+                ]
                 await service.qps(wire, 1.0)  # warm-up
                 raw.qps(query_lists, 1.0, 1)
-                rounds: dict[str, list[float]] = {"raw1": [], "rawN": [], "service": []}
                 for round_no in range(args.rounds):
                     rounds["raw1"].append(raw.qps(query_lists, args.seconds, 1))
                     rounds["rawN"].append(raw.qps(query_lists, args.seconds, args.clients))
                     rounds["service"].append(await service.qps(wire, args.seconds))
+                    rounds["raw_batch"].append(
+                        raw.qps_batched(query_lists, args.seconds, args.search_batch)
+                    )
+                    rounds["service_batch"].append(
+                        await service.qps(
+                            batches, args.seconds, BATCH_SEARCH_METHOD, args.search_batch
+                        )
+                    )
                     print(
                         f"  round {round_no + 1}: raw {rounds['raw1'][-1]:,.0f} QPS (1 thread), "
-                        f"{rounds['rawN'][-1]:,.0f} QPS ({args.clients} threads); service "
-                        f"{rounds['service'][-1]:,.0f} QPS",
+                        f"{rounds['rawN'][-1]:,.0f} ({args.clients} threads), "
+                        f"{rounds['raw_batch'][-1]:,.0f} ({args.search_batch} per call); service "
+                        f"{rounds['service'][-1]:,.0f} QPS, "
+                        f"{rounds['service_batch'][-1]:,.0f} ({args.search_batch} per call)",
                         flush=True,
                     )
             finally:
@@ -435,31 +488,62 @@ async def run(args: argparse.Namespace) -> int:
     raw_n = statistics.median(rounds["rawN"])
     raw_best = max(raw1, raw_n)
     service_qps = statistics.median(rounds["service"])
+    raw_batch = statistics.median(rounds["raw_batch"])
+    service_batch = statistics.median(rounds["service_batch"])
     insert_ratio = service_insert / raw_insert
     qps_ratio = service_qps / raw_best
+    recall_ok = min(raw_recall, service_recall) >= RECALL_TARGET
+    row = "{:34}{:>16}{:>16}{:>8}  {}"
     print()
-    print(f"{'':28}{'raw qdrant-edge':>18}{'service (gRPC)':>18}{'ratio':>9}  target")
+    print(row.format("", "raw qdrant-edge", "service (gRPC)", "ratio", "target"))
     print(
-        f"{'recall@10':28}{raw_recall:>18.4f}{service_recall:>18.4f}{'':>9}  "
-        f">= {RECALL_TARGET} {_verdict(min(raw_recall, service_recall) >= RECALL_TARGET)}"
+        row.format(
+            "recall@10",
+            f"{raw_recall:.4f}",
+            f"{service_recall:.4f}",
+            "",
+            f">= {RECALL_TARGET} {_verdict(recall_ok)}",
+        )
     )
     print(
-        f"{'search QPS':28}{raw_best:>18,.0f}{service_qps:>18,.0f}"
-        f"{_ratio(service_qps, raw_best):>9}  >= {RATIO_TARGET}x {_verdict(qps_ratio >= RATIO_TARGET)}"
+        row.format(
+            "search QPS, 1 query per call",
+            f"{raw_best:,.0f}",
+            f"{service_qps:,.0f}",
+            _ratio(service_qps, raw_best),
+            f">= {RATIO_TARGET}x {_verdict(qps_ratio >= RATIO_TARGET)}",
+        )
     )
-    print(f"{'  raw, 1 thread':28}{raw1:>18,.0f}{'':>18}{_ratio(service_qps, raw1):>9}")
-    print(f"{f'  raw, {args.clients} threads':28}{raw_n:>18,.0f}{'':>18}{_ratio(service_qps, raw_n):>9}")
+    print(row.format("  raw from 1 thread", f"{raw1:,.0f}", "", _ratio(service_qps, raw1), ""))
     print(
-        f"{'bulk insert points/s':28}{raw_insert:>18,.0f}{service_insert:>18,.0f}"
-        f"{_ratio(service_insert, raw_insert):>9}  >= {RATIO_TARGET}x "
-        f"{_verdict(insert_ratio >= RATIO_TARGET)}"
+        row.format(
+            f"  raw from {args.clients} threads",
+            f"{raw_n:,.0f}",
+            "",
+            _ratio(service_qps, raw_n),
+            "",
+        )
     )
-    print(f"{'index build (s)':28}{raw_optimize:>18.1f}{index_wait:>18.1f}")
-    ok = (
-        min(raw_recall, service_recall) >= RECALL_TARGET
-        and qps_ratio >= RATIO_TARGET
-        and insert_ratio >= RATIO_TARGET
+    print(
+        row.format(
+            f"search QPS, {args.search_batch} queries per call",
+            f"{raw_batch:,.0f}",
+            f"{service_batch:,.0f}",
+            _ratio(service_batch, raw_batch),
+            "",
+        )
     )
+    print(
+        row.format(
+            "bulk insert, points/s",
+            f"{raw_insert:,.0f}",
+            f"{service_insert:,.0f}",
+            _ratio(service_insert, raw_insert),
+            f">= {RATIO_TARGET}x {_verdict(insert_ratio >= RATIO_TARGET)}",
+        )
+    )
+    print(row.format("index build, s", f"{raw_optimize:.1f}", f"{index_wait:.1f}", "", ""))
+    ok = recall_ok and qps_ratio >= RATIO_TARGET and insert_ratio >= RATIO_TARGET
     return 0 if ok else 1
 
 
@@ -471,6 +555,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500, help="points per insert call")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of a search window")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--search-batch", type=int, default=16, help="queries per call in the batched figures"
+    )
     args = parser.parse_args()
     sys.exit(asyncio.run(run(args)))
 
