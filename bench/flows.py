@@ -132,7 +132,7 @@ def _passage(module: str, max_chars: int = 400) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _process(module: str, env: dict[str, str]) -> AsyncIterator[None]:
+async def _process(module: str, env: dict[str, str]) -> AsyncIterator[int]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -141,7 +141,7 @@ async def _process(module: str, env: dict[str, str]) -> AsyncIterator[None]:
         stdout=asyncio.subprocess.DEVNULL,
     )
     try:
-        yield
+        yield process.pid
     finally:
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
@@ -367,7 +367,9 @@ async def measure(
             await stack.enter_async_context(_process(f"lodestar.services.{name}", env))
         for name in envs:
             await _wait_grpc(addresses[name])
-        await stack.enter_async_context(_process("lodestar.services.gateway", gateway_env))
+        gateway_pid = await stack.enter_async_context(
+            _process("lodestar.services.gateway", gateway_env)
+        )
         await _wait_http(url)
         print("stack ready", flush=True)
         channels = {
@@ -382,7 +384,10 @@ async def measure(
         await _insert_corpus(http)
         direct = Direct(channels, args)
         await direct.prepare()
+        cpu_start = 0.0
         for i in range(args.warmup + args.queries):
+            if i == args.warmup:
+                cpu_start = _cpu_seconds(gateway_pid)
             question = QUESTIONS[i % len(QUESTIONS)]
             order = ("direct", "gateway") if i % 2 == 0 else ("gateway", "direct")
             runs: dict[str, Run] = {}
@@ -394,8 +399,20 @@ async def measure(
             if i >= args.warmup:
                 direct_runs.append(runs["direct"])
                 gateway_runs.append(runs["gateway"])
+        cpu_ms = (_cpu_seconds(gateway_pid) - cpu_start) * 1000 / args.queries
         hops = await _round_trips(url, channels["inference"])
+        hops["gateway_cpu"] = cpu_ms
     return direct_runs, gateway_runs, hops
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return float("nan")
 
 
 async def _round_trips(url: str, channel: grpc.aio.Channel, count: int = 60) -> dict[str, float]:
@@ -469,6 +486,10 @@ def report(
     print(
         f"loopback round trip p50 now: gateway HTTP liveness {hops['http']:.2f} ms, "
         f"gRPC health {hops['grpc']:.2f} ms (the gateway adds one hop each way)"
+    )
+    print(
+        f"gateway process CPU per RAG request (whole process, all its work): "
+        f"{hops['gateway_cpu']:.2f} ms"
     )
     print(
         f"same prompt tokens in {same_prompt}/{len(pairs)} queries, "

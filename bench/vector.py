@@ -184,6 +184,7 @@ class Raw:
                 CONFIG,
                 indexing_threshold_kb=settings.indexing_threshold_kb,
                 indexing_threads=settings.indexing_threads,
+                search_threads=settings.search_threads or None,
             ),
         )
         self.params = qe.SearchParams(hnsw_ef=EF_SEARCH)

@@ -44,14 +44,10 @@ def edge_config(
     *,
     indexing_threshold_kb: int,
     indexing_threads: int,
-    search_threads: int | None = 1,
+    search_threads: int | None = None,
 ) -> qe.EdgeConfig:
-    """The engine configuration of a collection.
-
-    ``search_threads`` sizes the shard's own search pool. One thread per query is
-    the cheapest in CPU: the service runs many queries at once instead (the pool's
-    extra threads cost more CPU in hand-offs than they save on a few segments).
-    """
+    """The engine configuration of a collection; ``search_threads`` sizes its search pool
+    (None: the engine's choice, one per CPU)."""
     hnsw = config.hnsw
     quantization: qe.QuantizationConfigType | None = None
     if isinstance(config.quantization, ScalarQuantization):

@@ -115,6 +115,10 @@ class _Meta:
         )
 
 
+# A query waiting for the engine: the request, who waits for it, whether it is plain.
+_PendingQuery = tuple[qe.QueryRequest, "asyncio.Future[list[qe.ScoredPoint]]", bool]
+
+
 class _Shard:
     """One open generation of a collection; closed once retired and unused."""
 
@@ -127,8 +131,14 @@ class _Shard:
         self.retired = False
         self.remove_files = False
         # Searches waiting for an engine call, and engine calls running.
-        self.pending: list[tuple[qe.QueryRequest, asyncio.Future[list[qe.ScoredPoint]]]] = []
+        self.pending: list[_PendingQuery] = []
         self.searching = 0
+        # Moving average of the engine time of a plain search, in seconds (None: unknown).
+        self.search_seconds: float | None = None
+
+    def observe_search(self, seconds: float) -> None:
+        previous = self.search_seconds
+        self.search_seconds = seconds if previous is None else 0.9 * previous + 0.1 * seconds
 
 
 @dataclass(eq=False)
@@ -178,6 +188,7 @@ class EmbeddedBackend:
         )
         self._closing = False
         self._search_slots = settings.search_slots or os.cpu_count() or 2
+        self._inline_budget_s = settings.inline_search_ms / 1000
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -214,17 +225,32 @@ class EmbeddedBackend:
         finally:
             self._release(shard)
 
-    async def _query(self, name: str, request: qe.QueryRequest) -> list[qe.ScoredPoint]:
-        """Run a query; queries that arrive while the engine is busy go in together.
+    async def _query(
+        self, name: str, request: qe.QueryRequest, *, plain: bool = False
+    ) -> list[qe.ScoredPoint]:
+        """Run a query on the collection's shard.
 
-        At most ``search_slots`` engine calls run per shard. Queries arriving while
-        they are all busy wait, and the next free slot takes them all in one
-        ``query_batch``: one trip to a worker thread instead of one each, and the
-        engine plans them as one batch.
+        A ``plain`` query (unfiltered approximate search) runs right here when such
+        queries take the engine less than ``inline_search_ms``: handing it to a
+        worker thread and back costs more CPU than the search itself, and the
+        event loop is held only that long. Other queries run on worker threads,
+        at most ``search_slots`` engine calls per shard at once; queries arriving
+        while they are all busy wait, and the next free slot takes them all in one
+        ``query_batch`` (one trip to a worker thread instead of one each).
         """
         shard = self._get(name).shard
+        if (
+            plain
+            and shard.search_seconds is not None
+            and shard.search_seconds < self._inline_budget_s
+        ):
+            # Cheaper than the hand-off: run it here (the engine releases the GIL).
+            started = time.perf_counter()
+            found = shard.engine.query(request)
+            shard.observe_search(time.perf_counter() - started)
+            return found
         future: asyncio.Future[list[qe.ScoredPoint]] = asyncio.get_running_loop().create_future()
-        shard.pending.append((request, future))
+        shard.pending.append((request, future, plain))
         self._use(shard)
         if shard.searching < self._search_slots:
             self._dispatch(shard)
@@ -235,20 +261,22 @@ class EmbeddedBackend:
         del shard.pending[:_MAX_SEARCH_BATCH]
         shard.searching += 1
         job = asyncio.get_running_loop().run_in_executor(
-            self._pool, _run_queries, shard.engine, [request for request, _ in batch]
+            self._pool, _run_queries, shard.engine, [request for request, _, _ in batch]
         )
         job.add_done_callback(functools.partial(self._searched, shard, batch))
 
     def _searched(
         self,
         shard: _Shard,
-        batch: list[tuple[qe.QueryRequest, asyncio.Future[list[qe.ScoredPoint]]]],
-        job: asyncio.Future[list[list[qe.ScoredPoint]]],
+        batch: list[_PendingQuery],
+        job: asyncio.Future[tuple[list[list[qe.ScoredPoint]], float]],
     ) -> None:
         shard.searching -= 1
         error = asyncio.CancelledError() if job.cancelled() else job.exception()
-        results = job.result() if error is None else []
-        for i, (_, future) in enumerate(batch):
+        results, seconds = job.result() if error is None else ([], 0.0)
+        if error is None and all(plain for _, _, plain in batch):
+            shard.observe_search(seconds / len(batch))
+        for i, (_, future, _) in enumerate(batch):
             if future.done():  # the caller went away
                 continue
             if error is not None:
@@ -281,6 +309,7 @@ class EmbeddedBackend:
             config,
             indexing_threshold_kb=self._settings.indexing_threshold_kb,
             indexing_threads=self._settings.indexing_threads,
+            search_threads=self._settings.search_threads or None,
         )
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -558,7 +587,8 @@ class EmbeddedBackend:
     async def search(self, collection: str, query: SearchQuery) -> list[ScoredHit]:
         target = self._get(collection)
         request = edge.query_request(query, target.meta.config.hnsw.ef_search)
-        found = await self._query(collection, request)
+        plain = query.filter is None and not query.exact and query.limit + query.offset <= 100
+        found = await self._query(collection, request, plain=plain)
         return edge.hits(found, query.with_payload, query.with_vector)
 
     async def search_batch(
@@ -794,6 +824,7 @@ class EmbeddedBackend:
             "collection": config_to_dict(config),
             "indexing_threshold_kb": self._settings.indexing_threshold_kb,
             "indexing_threads": self._settings.indexing_threads,
+            "search_threads": self._settings.search_threads,
             "nice": self._settings.optimizer_nice,
             "parent": os.getpid(),
         }
@@ -834,10 +865,14 @@ def _log_failure(what: str) -> Callable[[asyncio.Future[Any]], None]:
 
 def _run_queries(
     engine: qe.EdgeShard, requests: list[qe.QueryRequest]
-) -> list[list[qe.ScoredPoint]]:
+) -> tuple[list[list[qe.ScoredPoint]], float]:
+    """The engine's answers, and the seconds the engine took."""
+    started = time.perf_counter()
     if len(requests) == 1:
-        return [engine.query(requests[0])]
-    return engine.query_batch(qe.QueryBatchRequest(requests))
+        found = [engine.query(requests[0])]
+    else:
+        found = engine.query_batch(qe.QueryBatchRequest(requests))
+    return found, time.perf_counter() - started
 
 
 def _scroll_all(engine: qe.EdgeShard) -> Iterator[list[PointRecord]]:

@@ -38,6 +38,7 @@ def optimize_shard(path: str, options: dict[str, Any]) -> bool:
         config_from_dict(options["collection"]),
         indexing_threshold_kb=int(options["indexing_threshold_kb"]),
         indexing_threads=int(options["indexing_threads"]),
+        search_threads=int(options.get("search_threads", 0)) or None,
     )
     shard = qe.EdgeShard.load(path, config)
     try:

@@ -107,6 +107,20 @@ class VectorSettings(ServerSettings):
         description="Embedded: searches of one collection in the engine at once (0: one per "
         "CPU); searches arriving meanwhile go in together as one batch.",
     )
+    search_threads: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="Embedded: threads of each collection's search pool, which searches its "
+        "segments in parallel (0: one per CPU).",
+    )
+    inline_search_ms: float = Field(
+        1.0,
+        ge=0,
+        description="Embedded: unfiltered searches that take the engine less than this run "
+        "on the event loop instead of a worker thread (the hand-off costs more than they "
+        "do); 0 always uses worker threads.",
+    )
     engine_threads: int = Field(
         8, ge=1, le=256, description="Embedded: threads running engine calls off the event loop."
     )
