@@ -286,9 +286,15 @@ class GenerationStream:
         raise Internal("generation ended without a result")
 
 
-def _dispatch(events: list[tuple[_Request, str, Completion | None, LodestarError | None]]) -> None:
+def _dispatch(
+    events: list[tuple[_Request, str, Completion | None, LodestarError | None]],
+    delivered: threading.Event | None,
+) -> None:
     for request, text, completion, error in events:
         request.stream._deliver(text, completion, error)
+    if delivered is not None:
+        # Queued behind the consumers just woken, so it fires once they have run.
+        asyncio.get_running_loop().call_soon(delivered.set)
 
 
 class InferenceEngine:
@@ -341,6 +347,7 @@ class InferenceEngine:
         self._cancels = 0  # bumped on every cancel, so the loop knows when to look
         self._closing = False
         self._active: list[_Request] = []  # decode thread only
+        self._handoff_wait_s = float(__import__("os").environ.get("XHANDOFF", "0"))  # EXPERIMENT
         self._random = random.SystemRandom()
         self._thread = threading.Thread(target=self._run, name="inference-decode", daemon=True)
         self._thread.start()
@@ -708,7 +715,7 @@ class InferenceEngine:
                 active[:] = [r for r in active if id(r) not in done]
                 finished.clear()
             if events:
-                self._send(events)
+                self._send(events, wait=self._handoff_wait_s)
                 events = []
 
         # Shutting down: everything still running ends as cancelled.
@@ -771,12 +778,15 @@ class InferenceEngine:
         return (request, text, None if error else completion, error)
 
     def _send(
-        self, events: list[tuple[_Request, str, Completion | None, LodestarError | None]]
+        self,
+        events: list[tuple[_Request, str, Completion | None, LodestarError | None]],
+        *,
+        wait: float = 0.0,
     ) -> None:
         """Hand one step's events to their event loops (one wake-up per loop)."""
         loop = events[0][0].loop
         if all(event[0].loop is loop for event in events):
-            self._call_soon(loop, events)
+            self._call_soon(loop, events, wait)
             return
         by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
         for event in events:
@@ -784,11 +794,17 @@ class InferenceEngine:
         for target, group in by_loop.items():
             self._call_soon(target, group)
 
-    def _call_soon(self, loop: asyncio.AbstractEventLoop, events: list[Any]) -> None:
+    def _call_soon(
+        self, loop: asyncio.AbstractEventLoop, events: list[Any], wait: float = 0.0
+    ) -> None:
+        delivered = threading.Event() if wait > 0 else None
         try:
-            loop.call_soon_threadsafe(_dispatch, events)
+            loop.call_soon_threadsafe(_dispatch, events, delivered)
         except RuntimeError:
             # The loop is closed: nobody is listening any more; stop what still runs.
             for request, _, completion, error in events:
                 if completion is None and error is None:
                     self._cancel(request)
+            return
+        if delivered is not None:
+            delivered.wait(wait)

@@ -8,7 +8,8 @@ optimized copy in once it is done, replaying the writes made meanwhile.
 
 Usage: ``python -m lodestar.services.vector.optimizer SHARD_DIR CONFIG_JSON`` where
 CONFIG_JSON is ``{"collection": <config dict>, "indexing_threshold_kb": int,
-"indexing_threads": int, "nice": int, "parent": pid}``. Prints ``{"optimized": bool}``.
+"indexing_threads": int, "search_threads": int, "nice": int, "parent": pid}``. Prints
+``{"optimized": bool}``.
 """
 
 from __future__ import annotations
