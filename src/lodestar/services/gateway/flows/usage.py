@@ -77,6 +77,7 @@ class UsageRecorder:
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._stopping = False
+        self._failing = False
 
     def record(self, event: Event) -> None:
         """Queue one event (never blocks, never raises)."""
@@ -155,11 +156,17 @@ class UsageRecorder:
             await self._send(request, options)
         except LodestarError as error:
             if error.code is grpc.StatusCode.UNAVAILABLE:
-                _log.warning("analytics service unavailable; %d usage events kept", len(batch))
+                # Once per outage, not once per attempt.
+                if not self._failing:
+                    _log.warning("analytics service unavailable; usage events are kept")
+                self._failing = True
                 return False
             _log.error("usage events refused by the analytics service: %s", error.message)
             USAGE_EVENTS.labels("dropped").inc(len(batch))
             return True
+        if self._failing:
+            _log.info("analytics service reachable again; usage events sent")
+            self._failing = False
         USAGE_EVENTS.labels("recorded").inc(len(batch))
         return True
 
