@@ -85,7 +85,6 @@ QUESTIONS = (
     "How do I create temporary files and directories?",
     "How do I compress data with the zlib library?",
 )
-_IDLE_WINDOW_S = 5.0
 STEPS = ("embed", "search", "prompt", "first_token", "ttft", "total")
 
 
@@ -368,9 +367,7 @@ async def measure(
             await stack.enter_async_context(_process(f"lodestar.services.{name}", env))
         for name in envs:
             await _wait_grpc(addresses[name])
-        gateway_pid = await stack.enter_async_context(
-            _process("lodestar.services.gateway", gateway_env)
-        )
+        await stack.enter_async_context(_process("lodestar.services.gateway", gateway_env))
         await _wait_http(url)
         print("stack ready", flush=True)
         channels = {
@@ -385,14 +382,7 @@ async def measure(
         await _insert_corpus(http)
         direct = Direct(channels, args)
         await direct.prepare()
-        # The gateway's background work (timers, probes), to tell it from the requests'.
-        idle_start = _cpu_seconds(gateway_pid)
-        await asyncio.sleep(_IDLE_WINDOW_S)
-        idle_per_s = (_cpu_seconds(gateway_pid) - idle_start) / _IDLE_WINDOW_S
-        cpu_start = wall_start = 0.0
         for i in range(args.warmup + args.queries):
-            if i == args.warmup:
-                cpu_start, wall_start = _cpu_seconds(gateway_pid), time.monotonic()
             question = QUESTIONS[i % len(QUESTIONS)]
             order = ("direct", "gateway") if i % 2 == 0 else ("gateway", "direct")
             runs: dict[str, Run] = {}
@@ -404,22 +394,8 @@ async def measure(
             if i >= args.warmup:
                 direct_runs.append(runs["direct"])
                 gateway_runs.append(runs["gateway"])
-        busy = _cpu_seconds(gateway_pid) - cpu_start
-        background = idle_per_s * (time.monotonic() - wall_start)
-        cpu_ms = (busy - background) * 1000 / args.queries
         hops = await _round_trips(url, channels["inference"])
-        hops["gateway_cpu"] = cpu_ms
     return direct_runs, gateway_runs, hops
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except OSError:
-        return float("nan")
 
 
 async def _round_trips(url: str, channel: grpc.aio.Channel, count: int = 60) -> dict[str, float]:
@@ -493,10 +469,6 @@ def report(
     print(
         f"loopback round trip p50 now: gateway HTTP liveness {hops['http']:.2f} ms, "
         f"gRPC health {hops['grpc']:.2f} ms (the gateway adds one hop each way)"
-    )
-    print(
-        f"gateway process CPU per RAG request (its idle background work taken out): "
-        f"{hops['gateway_cpu']:.2f} ms"
     )
     print(
         f"same prompt tokens in {same_prompt}/{len(pairs)} queries, "

@@ -1,6 +1,7 @@
 """Vector benchmark: raw qdrant-edge against the vector service over gRPC.
 
-    python -m bench.vector [--n 100000] [--queries 1000] [--clients 8] [--seconds 5] [--rounds 3]
+    python -m bench.vector [--n 100000] [--queries 1000] [--clients 8] [--seconds 5]
+                           [--rounds 3] [--batch 500] [--search-batch 16]
 
 Data: ``--n`` distinct lines of the standard library's Python sources (no
 download), embedded once with the bundled all-MiniLM-L6-v2 model
@@ -8,22 +9,27 @@ download), embedded once with the bundled all-MiniLM-L6-v2 model
 lines of the same sources are the queries. Ground truth is exact brute force
 (numpy) over the normalised embeddings.
 
-In one run, with the same collection configuration (HNSW m=16,
-ef_construct=100, the service's indexing threshold and search ``ef``):
+In one run, with the same engine configuration (the service's own
+``edge_config``: HNSW m=16, ef_construct=100, its indexing threshold and
+search pool) and the same search ``ef``:
 
 - raw: an ``EdgeShard`` in this process. Bulk insert (points/s, batches of
   ``--batch``, building the engine's points from numpy rows inside the timing),
   ``optimize()``, then search QPS from one thread and from ``--clients``
-  threads, and recall@10.
+  threads, one query per call, and from one thread with ``--search-batch``
+  queries per ``query_batch``; recall@10.
 - service: ``python -m lodestar.services.vector`` as its own process on
   loopback, driven by ``--clients`` concurrent gRPC clients from this process.
-  Bulk insert (points/s; the request messages are built before the timing), the
-  background index build (waited for, reported), then search QPS and recall@10.
+  Bulk insert (points/s), the background index build (waited for, reported),
+  then search QPS with one query per ``SearchPoints`` call and with
+  ``--search-batch`` per ``BatchSearchPoints`` call; recall@10. The clients
+  send pre-serialised requests and leave replies as bytes (the recall pass
+  parses them), so that the load generator takes little of the CPU it shares.
 
 Search windows of raw and service alternate for ``--rounds`` rounds and the
 medians are compared, so that load from other processes affects both alike.
-The raw figure a ratio is taken against is the better of its one-thread and
-many-thread QPS.
+The one-query-per-call target is judged against the better of raw's one-thread
+and many-thread figures.
 """
 
 from __future__ import annotations

@@ -182,7 +182,7 @@ async def test_hnsw_changes_rebuild_the_index(server: Server) -> None:
 
 
 async def test_restart_keeps_everything(tmp_path: Path) -> None:
-    async with Server(tmp_path) as first:
+    async with Server(tmp_path, fsync_writes=True) as first:
         await first.stub.CreateCollection(
             pb.CreateCollectionRequest(
                 name="kept",

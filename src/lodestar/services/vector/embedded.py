@@ -11,13 +11,20 @@ process; ``fsync_writes`` also flushes it to the disk before acknowledging, for
 power loss. On start the engine replays the log.
 
 Indexes: the engine builds HNSW only in ``optimize()``, which holds the GIL
-while it runs. After writes settle (``optimize_delay_s``) a collection whose
+while it runs. After writes settle (``optimize_delay_s``, or at the latest
+``optimize_max_wait_s`` after a write) a collection whose
 unindexed vectors pass ``indexing_threshold_kb`` is copied to the next
 generation (writes wait for the copy; reads never wait), the copy is optimized
 in a child process (``optimizer.py``), and then, with writes held again, it is
 opened, the writes made meanwhile are replayed into it, ``collection.json``
 points at it and it replaces the old shard. Searches see every write all along,
 through the old shard until the swap.
+
+Searches: engine calls release the GIL. Plain searches that the engine answers
+in under ``inline_search_ms`` run on the event loop (a hand-off to a worker
+thread and back costs more CPU than they do); the rest run on worker threads,
+and searches that arrive while those are busy go to the engine together as one
+``query_batch``.
 """
 
 from __future__ import annotations
