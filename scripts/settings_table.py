@@ -24,6 +24,7 @@ SETTINGS = (
     ("lodestar.services.vector.settings", "VectorSettings"),
     ("lodestar.services.inference.settings", "InferenceSettings"),
     ("lodestar.services.gateway.settings", "GatewaySettings"),
+    ("lodestar.services.gateway.flows.settings", "FlowsSettings"),
 )
 BEGIN = "<!-- settings-table:begin -->"
 END = "<!-- settings-table:end -->"
@@ -68,7 +69,8 @@ def table() -> str:
         except ImportError:
             continue
         service = module_name.split(".")[2]
-        rows.append(f"| **{service}** | | |")
+        if not any(row == f"| **{service}** | | |" for row in rows):
+            rows.append(f"| **{service}** | | |")
         for name, field in cls.model_fields.items():
             env = _env_name(cls, name, field)
             if env in seen:
