@@ -109,7 +109,9 @@ def test_point_ids() -> None:
 
 
 def test_vectors_are_checked_row_by_row() -> None:
-    assert convert.vectors([[1, 2], [3, 4]], 2, "points[{}].vector") == [[1.0, 2.0], [3.0, 4.0]]
+    converted = convert.vectors([[1, 2], [3, 4]], 2, "points[{}].vector")
+    assert [list(v) for v in converted] == [[1.0, 2.0], [3.0, 4.0]]
+    assert list(convert.vector([0.5, 2], 2, "vector")) == [0.5, 2.0]
     with pytest.raises(InvalidArgument) as error:
         convert.vectors([[1, 2], [3]], 2, "points[{}].vector")
     assert _field_of(error) == "points[1].vector"

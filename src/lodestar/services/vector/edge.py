@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import numpy as np
 import qdrant_edge as qe
@@ -24,6 +24,7 @@ from lodestar.services.vector.models import (
     ScalarQuantization,
     ScoredHit,
     SearchQuery,
+    Vector,
 )
 
 # Qdrant's defaults, made explicit so that a collection's config says what it runs with.
@@ -37,6 +38,12 @@ _DISTANCES: Final = {
     Distance.EUCLID: qe.Distance.Euclid,
     Distance.MANHATTAN: qe.Distance.Manhattan,
 }
+
+
+def engine_vector(value: Vector) -> list[float]:
+    """A vector as the engine takes it. The engine reads any sequence of floats (an
+    ``array.array`` is cheapest to make); its type stubs only name lists."""
+    return cast("list[float]", value)
 
 
 def edge_config(
@@ -151,7 +158,7 @@ def query_request(query: SearchQuery, ef_search: int | None) -> qe.QueryRequest:
     return qe.QueryRequest(
         limit=query.limit,
         offset=query.offset or None,
-        query=qe.Query.Nearest(query.vector),
+        query=qe.Query.Nearest(engine_vector(query.vector)),
         filter=edge_filter(query.filter),
         score_threshold=query.score_threshold,
         with_payload=query.with_payload,
@@ -160,9 +167,7 @@ def query_request(query: SearchQuery, ef_search: int | None) -> qe.QueryRequest:
     )
 
 
-def average_vector(
-    positives: Sequence[list[float]], negatives: Sequence[list[float]]
-) -> list[float]:
+def average_vector(positives: Sequence[Vector], negatives: Sequence[Vector]) -> list[float]:
     """Qdrant's average-vector strategy: the positives' mean, pushed away from the negatives'."""
     mean = np.mean(np.asarray(positives, dtype=np.float64), axis=0)
     if negatives:
@@ -175,7 +180,10 @@ def recommend_request(query: RecommendQuery, ef_search: int | None) -> qe.QueryR
     edge_query: qe.Query
     if query.strategy is RecommendStrategy.BEST_SCORE:
         edge_query = qe.Query.RecommendBestScore(
-            qe.RecommendQuery(positives=list(query.positives), negatives=list(query.negatives))
+            qe.RecommendQuery(
+                positives=[engine_vector(v) for v in query.positives],
+                negatives=[engine_vector(v) for v in query.negatives],
+            )
         )
     else:
         edge_query = qe.Query.Nearest(average_vector(query.positives, query.negatives))

@@ -400,7 +400,10 @@ class EmbeddedBackend:
                 for chunk in points:
                     engine.update(
                         qe.UpdateOperation.upsert_points(
-                            [qe.Point(p.id, p.vector or [], p.payload) for p in chunk]
+                            [
+                                qe.Point(p.id, edge.engine_vector(p.vector or []), p.payload)
+                                for p in chunk
+                            ]
                         )
                     )
                 engine.flush()
@@ -913,10 +916,12 @@ def _edge_operation(
     engine: qe.EdgeShard, operation: Operation
 ) -> tuple[int, qe.UpdateOperation | None]:
     if isinstance(operation, UpsertOp):
-        points = [qe.Point(p.id, p.vector or [], p.payload) for p in operation.points]
+        points = [
+            qe.Point(p.id, edge.engine_vector(p.vector or []), p.payload) for p in operation.points
+        ]
         return len(points), qe.UpdateOperation.upsert_points(points)
     if isinstance(operation, UpdateVectorsOp):
-        vectors = [qe.PointVectors(i, v) for i, v in operation.points]
+        vectors = [qe.PointVectors(i, edge.engine_vector(v)) for i, v in operation.points]
         return len(vectors), qe.UpdateOperation.update_vectors(vectors)
     selector = edge.edge_filter(operation.selector.as_filter())
     count = engine.count(qe.CountRequest(exact=True, filter=selector))

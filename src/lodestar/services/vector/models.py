@@ -15,6 +15,9 @@ from typing import Any, TypeAlias
 # An unsigned integer or a canonical (lower-case, hyphenated) UUID string.
 PointId: TypeAlias = int | str
 Payload: TypeAlias = dict[str, Any]
+# A dense vector: a list, or an ``array.array("f")`` on the write path (cheaper to make
+# and to hand to the engine than a list of Python floats).
+Vector: TypeAlias = Sequence[float]
 
 TENANT_KEY = "tenant"
 
@@ -119,7 +122,7 @@ class CollectionUpdate:
 @dataclass(slots=True)
 class PointRecord:
     id: PointId
-    vector: list[float] | None
+    vector: Vector | None
     payload: Payload | None
 
 
@@ -128,7 +131,7 @@ class ScoredHit:
     id: PointId
     score: float
     payload: Payload | None
-    vector: list[float] | None
+    vector: Vector | None
 
 
 # --- filters -------------------------------------------------------------------
@@ -227,7 +230,7 @@ def tenant_condition(tenant: str) -> FieldCondition:
 
 @dataclass(frozen=True, slots=True)
 class SearchQuery:
-    vector: list[float]
+    vector: Vector
     filter: Filter | None = None
     limit: int = 10
     offset: int = 0
@@ -242,8 +245,8 @@ class SearchQuery:
 class RecommendQuery:
     """Examples are vectors: ids are resolved to vectors before a backend sees them."""
 
-    positives: Sequence[list[float]]
-    negatives: Sequence[list[float]] = ()
+    positives: Sequence[Vector]
+    negatives: Sequence[Vector] = ()
     strategy: RecommendStrategy = RecommendStrategy.AVERAGE_VECTOR
     filter: Filter | None = None
     limit: int = 10
@@ -293,7 +296,7 @@ class DeletePayloadKeysOp:
 
 @dataclass(frozen=True, slots=True)
 class UpdateVectorsOp:
-    points: Sequence[tuple[PointId, list[float]]]
+    points: Sequence[tuple[PointId, Vector]]
 
 
 Operation: TypeAlias = UpsertOp | DeleteOp | SetPayloadOp | DeletePayloadKeysOp | UpdateVectorsOp

@@ -367,7 +367,7 @@ class RemoteBackend:
                 collection,
                 points=qm.Batch(
                     ids=[p.id for p in points],
-                    vectors=[p.vector or [] for p in points],
+                    vectors=[list(p.vector or ()) for p in points],
                     payloads=[p.payload or {} for p in points],
                 ),
                 wait=True,
@@ -376,7 +376,7 @@ class RemoteBackend:
         if isinstance(operation, UpdateVectorsOp):
             await client.update_vectors(
                 collection,
-                points=[qm.PointVectors(id=i, vector=v) for i, v in operation.points],
+                points=[qm.PointVectors(id=i, vector=list(v)) for i, v in operation.points],
                 wait=True,
             )
             return len(operation.points)
@@ -461,7 +461,7 @@ class RemoteBackend:
 
     def _request(self, query: SearchQuery, ef_search: int | None) -> qm.QueryRequest:
         return qm.QueryRequest(
-            query=query.vector,
+            query=list(query.vector),
             filter=None if query.filter is None else to_qdrant_filter(query.filter),
             params=_search_params(query.hnsw_ef or ef_search, query.exact, self.local),
             limit=query.limit,
@@ -484,7 +484,7 @@ class RemoteBackend:
                 request = self._request(query, ef)
                 response = await self._client.query_points(
                     collection,
-                    query=query.vector,
+                    query=list(query.vector),
                     query_filter=request.filter,
                     search_params=request.params,
                     limit=query.limit,
@@ -509,8 +509,8 @@ class RemoteBackend:
         if query.strategy is RecommendStrategy.BEST_SCORE:
             remote_query = qm.RecommendQuery(
                 recommend=qm.RecommendInput(
-                    positive=list(query.positives),
-                    negative=list(query.negatives) or None,
+                    positive=[list(v) for v in query.positives],
+                    negative=[list(v) for v in query.negatives] or None,
                     strategy=qm.RecommendStrategy.BEST_SCORE,
                 )
             )

@@ -45,6 +45,7 @@ from lodestar.services.vector.models import (
     SnapshotInfo,
     UpdateVectorsOp,
     UpsertOp,
+    Vector,
     tenant_condition,
     with_must,
 )
@@ -67,7 +68,7 @@ class Example:
 
     field: str
     id: PointId | None = None
-    vector: list[float] | None = None
+    vector: Vector | None = None
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ class PointChange:
     """UpdatePoints: a new vector and/or payload for an existing point."""
 
     id: PointId
-    vector: list[float] | None
+    vector: Vector | None
     payload: Payload | None
     replace_payload: bool
 
@@ -377,7 +378,7 @@ class VectorStore:
 
     async def _example_vectors(
         self, collection: str, examples: Sequence[Example], tenant: str | None
-    ) -> tuple[list[list[float]], list[PointId]]:
+    ) -> tuple[list[Vector], list[PointId]]:
         ids = [e.id for e in examples if e.id is not None]
         found = {
             p.id: p.vector
@@ -389,7 +390,7 @@ class VectorStore:
                 filter=_confined(None, tenant),
             )
         }
-        vectors: list[list[float]] = []
+        vectors: list[Vector] = []
         for example in examples:
             if example.vector is not None:
                 vectors.append(example.vector)
