@@ -10,9 +10,6 @@ from lodestar.services.inference.settings import InferenceSettings
 
 
 def main() -> None:
-    import os, sys  # EXPERIMENT
-    if os.environ.get("XSWITCH"):  # EXPERIMENT
-        sys.setswitchinterval(float(os.environ["XSWITCH"]))  # EXPERIMENT
     settings = InferenceSettings()
 
     async def build() -> GrpcServer:

@@ -347,7 +347,6 @@ class InferenceEngine:
         self._cancels = 0  # bumped on every cancel, so the loop knows when to look
         self._closing = False
         self._active: list[_Request] = []  # decode thread only
-        self._handoff_wait_s = float(__import__("os").environ.get("XHANDOFF", "0"))  # EXPERIMENT
         self._random = random.SystemRandom()
         self._thread = threading.Thread(target=self._run, name="inference-decode", daemon=True)
         self._thread.start()
@@ -715,7 +714,7 @@ class InferenceEngine:
                 active[:] = [r for r in active if id(r) not in done]
                 finished.clear()
             if events:
-                self._send(events, wait=self._handoff_wait_s)
+                self._send(events)
                 events = []
 
         # Shutting down: everything still running ends as cancelled.
