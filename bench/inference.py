@@ -13,7 +13,9 @@ decoding and the same number of CPU threads:
    the last) and time to first token (from the call to the first text).
 2. ``--streams`` concurrent streams of ``--max-tokens`` tokens each against the service:
    aggregate tokens/s (all tokens over the wall time of the whole group, prompts
-   included) against the service's own single stream measured the same way.
+   included) against the service's own single stream measured the same way. For scale,
+   the same figure for raw llama-cpp-python decoding all the sequences in one batch
+   (the ceiling of batched decoding for this model on this CPU).
 
 Raw and service measurements alternate for ``--rounds`` rounds and the medians are
 compared, so that load from other processes affects both sides alike; the load average
@@ -95,14 +97,28 @@ class StreamFigures:
 
 
 class RawLlama:
-    """The baseline: llama-cpp-python's low-level API, one sequence, greedy."""
+    """The baseline: llama-cpp-python's low-level API, greedy.
 
-    def __init__(self, model: LlamaModel, *, context_size: int, threads: int, flash: bool) -> None:
+    ``generate`` runs one sequence; ``generate_batch`` runs several in one
+    ``llama_decode`` per step (each sequence in its own KV stream, as in the service),
+    which is the most a batched decode of this model on this CPU gives.
+    """
+
+    def __init__(
+        self,
+        model: LlamaModel,
+        *,
+        context_size: int,
+        threads: int,
+        flash: bool,
+        sequences: int = 1,
+    ) -> None:
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = context_size
+        params.n_ctx = context_size * sequences
         params.n_batch = 512
         params.n_ubatch = 512
-        params.n_seq_max = 1
+        params.n_seq_max = sequences
+        params.kv_unified = False
         params.n_threads = threads
         params.n_threads_batch = threads
         params.flash_attn_type = (
@@ -115,31 +131,42 @@ class RawLlama:
         self.ctx = llama_cpp.llama_init_from_model(model.pointer, params)
         self.vocab = model.vocab
         self.n_vocab = model.vocab_size
+        self.sequences = sequences
+        self.batch = llama_cpp.llama_batch_init(512, 0, 1)
 
     def close(self) -> None:
+        llama_cpp.llama_batch_free(self.batch)
         llama_cpp.llama_free(self.ctx)
 
-    def generate(self, text: str, max_tokens: int) -> StreamFigures:
-        started = time.perf_counter()
+    def _tokenize(self, text: str) -> list[int]:
         data = text.encode()
         tokens = (llama_cpp.llama_token * (len(data) + 8))()
         n = llama_cpp.llama_tokenize(self.vocab, data, len(data), tokens, len(tokens), False, True)
+        return list(tokens[:n])
+
+    def _greedy(self, index: int) -> int:
+        # Greedy as the service does it: argmax of the logits row (cheaper than a
+        # sampler chain, which copies the vocabulary into a candidate array first).
+        logits = np.ctypeslib.as_array(
+            llama_cpp.llama_get_logits_ith(self.ctx, index), shape=(self.n_vocab,)
+        )
+        return int(logits.argmax())
+
+    def generate(self, text: str, max_tokens: int) -> StreamFigures:
+        started = time.perf_counter()
+        tokens = self._tokenize(text)
+        prompt = (llama_cpp.llama_token * len(tokens))(*tokens)
         llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
         piece = ctypes.create_string_buffer(64)
         out = bytearray()
-        batch = llama_cpp.llama_batch_get_one(tokens, n)
+        batch = llama_cpp.llama_batch_get_one(prompt, len(tokens))
         token_array = (llama_cpp.llama_token * 1)()
         first = last = 0.0
         count = 0
         while count < max_tokens:
             if llama_cpp.llama_decode(self.ctx, batch) != 0:
                 raise RuntimeError("llama_decode failed")
-            # Greedy as the service does it: argmax of the logits row (cheaper than a
-            # sampler chain, which copies the vocabulary into a candidate array first).
-            logits = np.ctypeslib.as_array(
-                llama_cpp.llama_get_logits_ith(self.ctx, -1), shape=(self.n_vocab,)
-            )
-            token = int(logits.argmax())
+            token = self._greedy(-1)
             if llama_cpp.llama_vocab_is_eog(self.vocab, token):
                 break
             size = llama_cpp.llama_token_to_piece(self.vocab, token, piece, 64, 0, False)
@@ -151,6 +178,59 @@ class RawLlama:
             token_array[0] = token
             batch = llama_cpp.llama_batch_get_one(token_array, 1)
         return StreamFigures(started, first, last, count, out.decode("utf-8", errors="replace"))
+
+    def generate_batch(self, texts: list[str], max_tokens: int) -> tuple[int, float]:
+        """All texts decoded together; returns the tokens generated and the wall time."""
+        started = time.perf_counter()
+        prompts = [self._tokenize(text) for text in texts]
+        if max(map(len, prompts)) > 512:
+            raise ValueError("prompts of the benchmark must fit in one batch")
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
+        batch = self.batch
+        piece = ctypes.create_string_buffer(64)
+        current: dict[int, int] = {}  # sequence -> its latest token
+        # Prompts first: as many whole prompts per llama_decode as fit in the batch.
+        pending = list(enumerate(prompts))
+        while pending:
+            rows: dict[int, int] = {}
+            n = 0
+            while pending and n + len(pending[0][1]) <= 512:
+                seq, prompt = pending.pop(0)
+                for pos, token in enumerate(prompt):
+                    batch.token[n], batch.pos[n], batch.n_seq_id[n] = token, pos, 1
+                    batch.seq_id[n][0], batch.logits[n] = seq, pos == len(prompt) - 1
+                    n += 1
+                rows[seq] = n - 1
+            batch.n_tokens = n
+            if llama_cpp.llama_decode(self.ctx, batch) != 0:
+                raise RuntimeError("llama_decode failed")
+            current.update((seq, self._greedy(row)) for seq, row in rows.items())
+        positions = {seq: len(prompts[seq]) for seq in current}
+        counts = dict.fromkeys(current, 0)
+        while True:
+            running = []
+            for seq, token in current.items():
+                if llama_cpp.llama_vocab_is_eog(self.vocab, token):
+                    continue
+                llama_cpp.llama_token_to_piece(self.vocab, token, piece, 64, 0, False)
+                counts[seq] += 1
+                if counts[seq] < max_tokens:
+                    running.append(seq)
+            if not running:
+                break
+            for row, seq in enumerate(running):
+                batch.token[row], batch.pos[row], batch.n_seq_id[row] = (
+                    current[seq],
+                    positions[seq],
+                    1,
+                )
+                batch.seq_id[row][0], batch.logits[row] = seq, True
+                positions[seq] += 1
+            batch.n_tokens = len(running)
+            if llama_cpp.llama_decode(self.ctx, batch) != 0:
+                raise RuntimeError("llama_decode failed")
+            current = {seq: self._greedy(row) for row, seq in enumerate(running)}
+        return sum(counts.values()), time.perf_counter() - started
 
 
 # -- the service ---------------------------------------------------------------------
@@ -251,7 +331,7 @@ class Round:
     raw: list[StreamFigures] = field(default_factory=list)
     single: list[StreamFigures] = field(default_factory=list)
     group_tps: list[float] = field(default_factory=list)
-    group_tokens: list[int] = field(default_factory=list)
+    raw_group_tps: list[float] = field(default_factory=list)
 
 
 def load_average() -> str:
@@ -266,8 +346,18 @@ async def measure(args: argparse.Namespace) -> tuple[Round, LlamaModel, Inferenc
     model = LlamaModel(settings.model_path)
     threads = settings.effective_threads
     raw = RawLlama(model, context_size=args.context_size, threads=threads, flash=not args.no_flash)
+    raw_batched = RawLlama(
+        model,
+        context_size=args.context_size,
+        threads=threads,
+        flash=not args.no_flash,
+        sequences=args.streams,
+    )
     topic = TOPICS[0]
     raw_prompt = model.render_chat(prompt_messages(topic))
+    group_prompts = [
+        model.render_chat(prompt_messages(TOPICS[i % len(TOPICS)])) for i in range(args.streams)
+    ]
     figures = Round()
     service = (
         subprocess_service(settings)
@@ -279,6 +369,7 @@ async def measure(args: argparse.Namespace) -> tuple[Round, LlamaModel, Inferenc
             stub = pb_grpc.InferenceServiceStub(channel)
             # Warm both sides up (allocations, thread pools, the connection).
             raw.generate(raw_prompt, 8)
+            raw_batched.generate_batch(group_prompts, 8)
             await service_stream(stub, topic, 8)
             for round_ in range(args.rounds):
                 figures.raw.append(raw.generate(raw_prompt, args.max_tokens))
@@ -291,15 +382,16 @@ async def measure(args: argparse.Namespace) -> tuple[Round, LlamaModel, Inferenc
                     )
                 )
                 elapsed = time.perf_counter() - started
-                tokens = sum(s.tokens for s in group)
-                figures.group_tokens.append(tokens)
-                figures.group_tps.append(tokens / elapsed)
+                figures.group_tps.append(sum(s.tokens for s in group) / elapsed)
+                tokens, elapsed = raw_batched.generate_batch(group_prompts, args.max_tokens)
+                figures.raw_group_tps.append(tokens / elapsed)
                 r, s = figures.raw[-1], figures.single[-1]
                 print(
-                    f"  round {round_ + 1} (load {load_average()}): raw {r.decode_tps:6.1f} tok/s "
-                    f"ttft {r.ttft_ms:6.1f} ms | service {s.decode_tps:6.1f} tok/s ttft "
-                    f"{s.ttft_ms:6.1f} ms, end to end {s.end_to_end_tps:6.1f} tok/s | "
-                    f"{args.streams} streams {figures.group_tps[-1]:6.1f} tok/s",
+                    f"  round {round_ + 1} (load {load_average()}): single: raw "
+                    f"{r.decode_tps:6.1f} tok/s ttft {r.ttft_ms:6.1f} ms, service "
+                    f"{s.decode_tps:6.1f} tok/s ttft {s.ttft_ms:6.1f} ms | x{args.streams} end to "
+                    f"end: raw {figures.raw_group_tps[-1]:6.1f} tok/s, service "
+                    f"{figures.group_tps[-1]:6.1f} tok/s",
                     flush=True,
                 )
                 if s.text != r.text:
@@ -309,6 +401,7 @@ async def measure(args: argparse.Namespace) -> tuple[Round, LlamaModel, Inferenc
                     )
     finally:
         raw.close()
+        raw_batched.close()
     return figures, model, settings
 
 
@@ -348,6 +441,14 @@ def report(
         f"  {args.streams} concurrent streams  service single stream: {single_e2e:7.1f} tok/s | "
         f"service x{args.streams}: {group:7.1f} tok/s | ratio {concurrency:.2f} (target >= "
         f"{CONCURRENCY_RATIO_TARGET}) {'ok' if concurrency_ok else 'MISSED'}"
+    )
+    raw_single_e2e = median(r.end_to_end_tps for r in figures.raw)
+    raw_group = median(figures.raw_group_tps)
+    print(
+        f"  for scale: raw llama-cpp-python, {args.streams} sequences in one batch: "
+        f"{raw_group:7.1f} tok/s = {raw_group / raw_single_e2e:.2f}x its single stream "
+        f"({raw_single_e2e:.1f} tok/s end to end); service x{args.streams} / raw "
+        f"x{args.streams}: {group / raw_group:.2f}"
     )
     return decode_ok and ttft_ok and concurrency_ok
 

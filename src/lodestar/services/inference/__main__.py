@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 from lodestar.runtime.server import GrpcServer, serve
 from lodestar.services.inference.server import create_server
@@ -10,6 +11,9 @@ from lodestar.services.inference.settings import InferenceSettings
 
 
 def main() -> None:
+    # The decode thread needs the GIL back the moment llama_decode returns; with the
+    # default 5 ms switch interval a busy event loop can keep it waiting that long.
+    sys.setswitchinterval(0.0005)
     settings = InferenceSettings()
 
     async def build() -> GrpcServer:

@@ -286,15 +286,9 @@ class GenerationStream:
         raise Internal("generation ended without a result")
 
 
-def _dispatch(
-    events: list[tuple[_Request, str, Completion | None, LodestarError | None]],
-    delivered: threading.Event | None,
-) -> None:
+def _dispatch(events: list[tuple[_Request, str, Completion | None, LodestarError | None]]) -> None:
     for request, text, completion, error in events:
         request.stream._deliver(text, completion, error)
-    if delivered is not None:
-        # Queued behind the consumers just woken, so it fires once they have run.
-        asyncio.get_running_loop().call_soon(delivered.set)
 
 
 class InferenceEngine:
@@ -777,15 +771,12 @@ class InferenceEngine:
         return (request, text, None if error else completion, error)
 
     def _send(
-        self,
-        events: list[tuple[_Request, str, Completion | None, LodestarError | None]],
-        *,
-        wait: float = 0.0,
+        self, events: list[tuple[_Request, str, Completion | None, LodestarError | None]]
     ) -> None:
         """Hand one step's events to their event loops (one wake-up per loop)."""
         loop = events[0][0].loop
         if all(event[0].loop is loop for event in events):
-            self._call_soon(loop, events, wait)
+            self._call_soon(loop, events)
             return
         by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
         for event in events:
@@ -793,17 +784,11 @@ class InferenceEngine:
         for target, group in by_loop.items():
             self._call_soon(target, group)
 
-    def _call_soon(
-        self, loop: asyncio.AbstractEventLoop, events: list[Any], wait: float = 0.0
-    ) -> None:
-        delivered = threading.Event() if wait > 0 else None
+    def _call_soon(self, loop: asyncio.AbstractEventLoop, events: list[Any]) -> None:
         try:
-            loop.call_soon_threadsafe(_dispatch, events, delivered)
+            loop.call_soon_threadsafe(_dispatch, events)
         except RuntimeError:
             # The loop is closed: nobody is listening any more; stop what still runs.
             for request, _, completion, error in events:
                 if completion is None and error is None:
                     self._cancel(request)
-            return
-        if delivered is not None:
-            delivered.wait(wait)
