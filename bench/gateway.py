@@ -12,7 +12,9 @@ processes on loopback and this process as the client:
 - two calls: a GET of one point (``GetPoints`` / ``GET /api/v1/vectors/{id}``)
   and a search (``SearchPoints`` / ``POST /api/v1/vectors/search``, limit 10,
   with payloads), the HTTP side with a bearer token, over keep-alive
-  connections (httpx);
+  connections with a minimal HTTP/1.1 client (``bench.http``, as load tools
+  work; ``--http-client httpx`` measures through httpx instead, whose own
+  per-request CPU then counts as the gateway's);
 - latency at a moderate load: one client paced at ``--rate`` calls/s, p50 and
   p99 of each path, and the gateway's added latency (gateway − direct) at both;
 - requests/s at saturation: ``--clients`` concurrent clients for
@@ -48,6 +50,7 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.http import KeepAliveHttp
 from lodestar.runtime.channels import insecure_channel
 from lodestar.services.gateway.auth import mint_token
 from lodestar.services.gateway.settings import GatewaySettings
@@ -152,9 +155,38 @@ class Paths:
     search_gateway: Call
 
 
+class HttpxClient:
+    """httpx behind the same two calls as ``KeepAliveHttp`` (``--http-client httpx``)."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    async def get(self, path: str) -> tuple[int, bytes]:
+        response = await self.client.get(path)
+        return response.status_code, response.content
+
+    async def post_json(self, path: str, body: object) -> tuple[int, bytes]:
+        response = await self.client.post(path, json=body)
+        return response.status_code, response.content
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+HttpClient = KeepAliveHttp | HttpxClient
+
+
+def _http_client(kind: str, url: str, token: str) -> HttpClient:
+    headers = {"Authorization": f"Bearer {token}"}
+    if kind == "httpx":
+        return HttpxClient(httpx.AsyncClient(base_url=url, headers=headers, timeout=30))
+    host, _, port = url.removeprefix("http://").rpartition(":")
+    return KeepAliveHttp(host, int(port), headers)
+
+
 def _paths(
     stub: pb_grpc.VectorServiceAsyncStub,
-    http: httpx.AsyncClient,
+    http: HttpClient,
     points: int,
     query: list[float],
 ) -> Paths:
@@ -173,16 +205,16 @@ def _paths(
         assert len(reply.points) == 1
 
     async def get_gateway(i: int) -> None:
-        response = await http.get(f"/api/v1/vectors/{i % points}?collection={COLLECTION}")
-        assert response.status_code == 200, response.text
+        status, body = await http.get(f"/api/v1/vectors/{i % points}?collection={COLLECTION}")
+        assert status == 200, body
 
     async def search_direct(i: int) -> None:
         reply = await stub.SearchPoints(search_request, timeout=10)
         assert len(reply.points) == 10
 
     async def search_gateway(i: int) -> None:
-        response = await http.post("/api/v1/vectors/search", json=search_body)
-        assert response.status_code == 200, response.text
+        status, body = await http.post_json("/api/v1/vectors/search", search_body)
+        assert status == 200, body
 
     return Paths(get_direct, get_gateway, search_direct, search_gateway)
 
@@ -212,6 +244,7 @@ class Target:
     token: str
     points: int
     query: list[float]
+    http_client: str
 
 
 async def _worker_loop(
@@ -219,29 +252,28 @@ async def _worker_loop(
 ) -> int:
     channel = insecure_channel(target.vector)
     stub = pb_grpc.VectorServiceStub(channel)
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(
-        base_url=target.gateway,
-        headers={"Authorization": f"Bearer {target.token}"},
-        limits=limits,
-        timeout=30,
-    ) as http:
-        paths = _paths(stub, http, target.points, target.query)
-        call: Call = getattr(paths, path)
-        for i in range(clients):  # open the connections before the window
+    # One connection per client loop, as separate users would have.
+    https = [_http_client(target.http_client, target.gateway, target.token) for _ in range(clients)]
+    calls: list[Call] = [
+        getattr(_paths(stub, http, target.points, target.query), path) for http in https
+    ]
+    for i, call in enumerate(calls):  # open the connections before the window
+        await call(i)
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+    stop = time.perf_counter() + seconds
+    done = [0]
+
+    async def loop(offset: int) -> None:
+        call = calls[offset]
+        i = offset
+        while time.perf_counter() < stop:
             await call(i)
-        await asyncio.sleep(max(0.0, start_at - time.time()))
-        stop = time.perf_counter() + seconds
-        done = [0]
+            done[0] += 1
+            i += clients
 
-        async def loop(offset: int) -> None:
-            i = offset
-            while time.perf_counter() < stop:
-                await call(i)
-                done[0] += 1
-                i += clients
-
-        await asyncio.gather(*(loop(c) for c in range(clients)))
+    await asyncio.gather(*(loop(c) for c in range(clients)))
+    for http in https:
+        await http.close()
     await channel.close()
     return done[0]
 
@@ -373,17 +405,11 @@ async def measure(args: argparse.Namespace) -> Figures:
         await _wait_http(url)
         channel = insecure_channel(f"127.0.0.1:{vector_port}")
         stub = pb_grpc.VectorServiceStub(channel)
-        limits_http = httpx.Limits(
-            max_connections=args.clients, max_keepalive_connections=args.clients
-        )
-        async with httpx.AsyncClient(
-            base_url=url,
-            headers={"Authorization": f"Bearer {token}"},
-            limits=limits_http,
-            timeout=30,
-        ) as http:
+        # For the gateway's own metrics; the measured calls use ``--http-client``.
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
             query = await _load(stub, args.points, args.dim)
-            paths = _paths(stub, http, args.points, query)
+            client = _http_client(args.http_client, url, token)
+            paths = _paths(stub, client, args.points, query)
             pairs = {
                 "get": (paths.get_direct, paths.get_gateway),
                 "search": (paths.search_direct, paths.search_gateway),
@@ -392,7 +418,9 @@ async def measure(args: argparse.Namespace) -> Figures:
                 for i in range(200):
                     await direct(i)
                     await via(i)
-            target = Target(f"127.0.0.1:{vector_port}", url, token, args.points, query)
+            target = Target(
+                f"127.0.0.1:{vector_port}", url, token, args.points, query, args.http_client
+            )
             for round_no in range(args.rounds):
                 for name, (direct, via) in pairs.items():
                     for side, call in (("direct", direct), ("gateway", via)):
@@ -423,6 +451,7 @@ async def measure(args: argparse.Namespace) -> Figures:
                             figures.cpu_per_call.setdefault(name, []).append(cpu / rps)
                         figures.rps.setdefault(key, []).append(rps)
                 print(f"  round {round_no + 1}/{args.rounds} done", flush=True)
+            await client.close()
         await channel.close()
     pool.shutdown()
     return figures
@@ -496,6 +525,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seconds", type=float, default=3.0, help="saturation window")
     parser.add_argument("--rounds", type=int, default=3, help="direct/gateway rounds")
+    parser.add_argument(
+        "--http-client",
+        choices=("raw", "httpx"),
+        default="raw",
+        help="HTTP client of the gateway side: a minimal keep-alive client (as load tools "
+        "use) or httpx (adds its own per-request CPU to the gateway's figures)",
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
     figures = asyncio.run(measure(args))

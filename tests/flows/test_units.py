@@ -162,6 +162,28 @@ async def test_the_recorder_sends_in_batches() -> None:
     assert first.time.seconds == 1_700_000_000
 
 
+async def test_events_recorded_during_a_send_wait_for_the_next_flush() -> None:
+    # Under steady traffic a flush must not chase new events with tiny batches.
+    recorder: UsageRecorder
+
+    class Busy(Sender):
+        async def __call__(
+            self, request: apb.RecordUsageRequest, options: CallOptions
+        ) -> apb.RecordUsageResponse:
+            recorder.record(_event(100 + len(self.batches)))
+            return await super().__call__(request, options)
+
+    sender = Busy()
+    recorder = UsageRecorder(sender, interval_s=60, batch_size=10, max_pending=100)
+    for n in range(3):
+        recorder.record(_event(n))
+    await recorder.flush()
+    assert [[e.prompt_tokens for e in b] for b in sender.batches] == [[0, 1, 2]]
+    assert recorder.pending == 1
+    await recorder.flush()
+    assert [e.prompt_tokens for e in sender.batches[1]] == [100]
+
+
 async def test_the_recorder_sends_in_the_background_and_on_stop() -> None:
     sender = Sender()
     recorder = UsageRecorder(sender, interval_s=0.05, batch_size=100, max_pending=100)

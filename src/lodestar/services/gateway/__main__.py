@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-
+from lodestar.runtime import eventloop
 from lodestar.services.gateway.server import serve
 from lodestar.services.gateway.settings import GatewaySettings
 
 
 def main() -> None:
-    asyncio.run(serve(GatewaySettings()))
+    settings = GatewaySettings()
+    eventloop.run(serve(settings), settings.event_loop)
 
 
 if __name__ == "__main__":

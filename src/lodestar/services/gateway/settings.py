@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from lodestar.runtime.eventloop import EventLoop
 from lodestar.services.gateway.auth import DEFAULT_ROLES, Permission
 from lodestar.services.gateway.ratelimit import RouteClass
 
@@ -168,6 +169,11 @@ class GatewaySettings(BaseSettings):
         10.0, ge=0, description="Seconds in-flight requests may take to finish on shutdown."
     )
     access_log: bool = Field(True, description="Log one line per request.")
+    event_loop: EventLoop = Field(
+        "auto",
+        validation_alias=AliasChoices("LODESTAR_EVENT_LOOP"),
+        description="Event loop: uvloop, asyncio, or auto (uvloop when installed).",
+    )
     log_level: LogLevel = Field(
         "INFO", validation_alias=AliasChoices("LODESTAR_LOG_LEVEL"), description="Log level."
     )

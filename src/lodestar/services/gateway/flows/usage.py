@@ -123,14 +123,18 @@ class UsageRecorder:
                 _log.exception("usage events could not be sent")
 
     async def flush(self) -> None:
-        """Send every pending event now (those that fail with UNAVAILABLE stay)."""
+        """Send the events pending now (those that fail with UNAVAILABLE stay).
+
+        Events recorded while the batches are in flight wait for the next
+        flush: under steady traffic, draining them too would turn the batching
+        into a call for every few requests."""
         async with self._lock:
             retry: list[tuple[Event, int]] = []
-            while self._pending:
-                batch = [
-                    self._pending.popleft()
-                    for _ in range(min(self._batch_size, len(self._pending)))
-                ]
+            remaining = len(self._pending)
+            while remaining > 0 and self._pending:
+                size = min(self._batch_size, remaining, len(self._pending))
+                remaining -= size
+                batch = [self._pending.popleft() for _ in range(size)]
                 if not await self._deliver(batch):
                     retry.extend((event, attempts + 1) for event, attempts in batch)
             kept = [item for item in retry if item[1] < _MAX_ATTEMPTS]

@@ -1,0 +1,37 @@
+"""Running a service's main coroutine on the chosen event loop.
+
+uvloop (libuv) runs the same asyncio code with less CPU per network event than
+the standard loop; services use it when it is installed, unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from collections.abc import Callable, Coroutine
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
+
+EventLoop = Literal["auto", "uvloop", "asyncio"]
+
+
+def loop_factory(choice: EventLoop) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The factory for ``choice`` (None: the standard loop); ``auto`` picks
+    uvloop when it is installed."""
+    if choice == "asyncio":
+        return None
+    if choice == "auto" and importlib.util.find_spec("uvloop") is None:
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        raise RuntimeError("the uvloop event loop was asked for but is not installed") from None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run(main: Coroutine[Any, Any, T], choice: EventLoop = "auto") -> T:
+    """``asyncio.run(main)`` on the event loop ``choice`` names."""
+    with asyncio.Runner(loop_factory=loop_factory(choice)) as runner:
+        return runner.run(main)
