@@ -183,3 +183,40 @@ async def test_analytics_need_view_analytics(
         reply = await client.get(path, headers=gateway.auth("editor"))
         assert reply.status_code == 403, reply.text
         assert "ViewAnalytics" in reply.json()["error"]["message"]
+
+
+async def test_usage_counts_the_tokens_of_batches_and_of_cancelled_streams(
+    client: httpx.AsyncClient, gateway: RunningGateway
+) -> None:
+    subject = fresh("tokens")
+    auth = gateway.auth("user", sub=subject)
+    batch = await client.post(
+        "/api/v1/generate/batch",
+        json={
+            "requests": [
+                {"prompt": "One", "max_tokens": 3, "temperature": 0},
+                {"prompt": "Two", "max_tokens": 3, "temperature": 0},
+            ]
+        },
+        headers=auth,
+    )
+    assert batch.status_code == 200, batch.text
+    answers = [r["response"]["usage"] for r in batch.json()["results"]]
+    streamed = 0
+    async with client.stream(
+        "POST",
+        "/api/v1/generate",
+        json={"prompt": "Write a long story.", "max_tokens": 200, "temperature": 0, "stream": True},
+        headers=auth,
+    ) as response:
+        async for line in response.aiter_lines():
+            if line.startswith("event: token"):
+                streamed += 1
+                if streamed == 3:
+                    break  # leaving the block closes the connection: the stream is cancelled
+    rows = await _wait_for_usage(client, gateway, subject, 2)
+    generated = rows["POST /api/v1/generate/batch"]
+    assert generated["prompt_tokens"] == sum(a["prompt_tokens"] for a in answers) > 0
+    assert generated["completion_tokens"] == sum(a["completion_tokens"] for a in answers) > 0
+    stream = rows["POST /api/v1/generate"]
+    assert stream["completion_tokens"] >= 3

@@ -40,6 +40,13 @@ _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 # Keys of the per-request state (``scope["state"]``) routes fill in.
 STATE_RATE_LIMIT = "lodestar.rate_limit"
 STATE_SUBJECT = "lodestar.subject"
+# (prompt tokens, completion tokens) a generating route used, for usage accounting.
+STATE_TOKENS = "lodestar.tokens"
+
+
+def set_tokens(scope: Scope, prompt_tokens: int, completion_tokens: int) -> None:
+    """Count ``prompt_tokens`` and ``completion_tokens`` for this request."""
+    scope.setdefault("state", {})[STATE_TOKENS] = (prompt_tokens, completion_tokens)
 
 
 class BodyTooLarge(HTTPException):

@@ -36,6 +36,7 @@ from lodestar.services.gateway.convert import inference as convert
 from lodestar.services.gateway.deps import Call, missing_permission
 from lodestar.services.gateway.errors import error_payload
 from lodestar.services.gateway.metrics import GENERATED_TOKENS
+from lodestar.services.gateway.middleware import set_tokens
 from lodestar.services.gateway.schemas.inference import GenerateRequest
 
 _log = logging.getLogger(__name__)
@@ -227,7 +228,9 @@ class GeneratePipeline:
             )
         finally:
             if not finished:
-                # Cancelled or failed midway: the tokens produced still count.
+                # Cancelled or failed midway: the tokens produced still count
+                # (the prompt's are only known once the generation ends).
+                set_tokens(call.request.scope, 0, deltas)
                 # In a task of its own, as this one may be being cancelled.
                 task = asyncio.create_task(self._debit(call, deltas))
                 self._background.add(task)

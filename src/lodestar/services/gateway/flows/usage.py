@@ -22,7 +22,7 @@ from prometheus_client import Counter
 
 from lodestar.runtime.errors import LodestarError
 from lodestar.services.gateway.auth import Permission
-from lodestar.services.gateway.middleware import STATE_SUBJECT
+from lodestar.services.gateway.middleware import STATE_SUBJECT, STATE_TOKENS, set_tokens
 from lodestar.services.gateway.resilience import CallOptions, Deadline
 from lodestar.vector.v1 import analytics_service_pb2 as apb
 
@@ -38,9 +38,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# Where a route leaves the tokens of its request for the usage event.
-STATE_TOKENS = "lodestar.flows.tokens"
-
 USAGE_EVENTS = Counter(
     "lodestar_gateway_usage_events_total",
     "Usage events by outcome: recorded by the analytics service, or dropped.",
@@ -53,11 +50,6 @@ _MAX_ATTEMPTS = 3
 # (subject, route, status, prompt tokens, completion tokens, latency ms, unix time)
 Event = tuple[str, str, int, int, int, float, float]
 Sender = Callable[[apb.RecordUsageRequest, CallOptions], Awaitable[apb.RecordUsageResponse]]
-
-
-def set_tokens(scope: Scope, prompt_tokens: int, completion_tokens: int) -> None:
-    """Count ``prompt_tokens`` and ``completion_tokens`` for this request."""
-    scope.setdefault("state", {})[STATE_TOKENS] = (prompt_tokens, completion_tokens)
 
 
 class UsageRecorder:

@@ -13,6 +13,7 @@ from lodestar.services.gateway.auth import Permission
 from lodestar.services.gateway.convert import inference as convert
 from lodestar.services.gateway.deps import Call, require
 from lodestar.services.gateway.metrics import GENERATED_TOKENS
+from lodestar.services.gateway.middleware import set_tokens
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.responses import respond, respond_json
 from lodestar.services.gateway.routes.base import api_router
@@ -72,11 +73,9 @@ async def generate_batch(
         requests=[convert.generate_to_proto(item) for item in body.requests]
     )
     response = await call.backends.inference.batch_generate(request, call.options)
-    generated = sum(
-        r.response.usage.completion_tokens
-        for r in response.results
-        if r.WhichOneof("result") == "response"
-    )
+    answered = [r.response.usage for r in response.results if r.WhichOneof("result") == "response"]
+    generated = sum(usage.completion_tokens for usage in answered)
+    set_tokens(call.request.scope, sum(u.prompt_tokens for u in answered), generated)
     if generated:
         GENERATED_TOKENS.inc(generated)
         await limiter.debit_tokens(call.principal.subject, generated)

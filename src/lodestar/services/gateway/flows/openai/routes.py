@@ -38,8 +38,8 @@ from lodestar.services.gateway.flows.openai.schemas import (
     SamplingIn,
 )
 from lodestar.services.gateway.flows.runtime import runtime_of
-from lodestar.services.gateway.flows.usage import set_tokens
 from lodestar.services.gateway.metrics import GENERATED_TOKENS
+from lodestar.services.gateway.middleware import set_tokens
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.responses import respond_json
 
