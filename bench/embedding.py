@@ -21,10 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import inspect
-import os
 import re
-import signal
-import socket
 import statistics
 import sys
 import time
@@ -33,13 +30,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.processes import free_port, service_process
 from lodestar.embedding.v1 import embedding_service_pb2 as pb
 from lodestar.embedding.v1 import embedding_service_pb2_grpc as pb_grpc
 from lodestar.runtime.channels import insecure_channel
 from lodestar.services.embedding.engine import EmbeddingEngine
-from lodestar.services.embedding.server import SERVICE_NAME, create_server
+from lodestar.services.embedding.server import create_server
 from lodestar.services.embedding.settings import EmbeddingSettings
 
 RAW_BATCH = 32
@@ -157,50 +154,21 @@ async def inprocess_service(
         await server.stop(5)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.asynccontextmanager
 async def subprocess_service(settings: EmbeddingSettings) -> AsyncIterator[str]:
     """The service as its own process (``python -m lodestar.services.embedding``)."""
-    port = _free_port()
+    port = free_port()
     env = {
-        **os.environ,
         "LODESTAR_EMBEDDING_PORT": str(port),
         "LODESTAR_EMBEDDING_METRICS_PORT": "0",
         "LODESTAR_EMBEDDING_MAX_BATCH_SIZE": str(settings.max_batch_size),
         "LODESTAR_EMBEDDING_MAX_WAIT_MS": str(settings.max_wait_ms),
-        "LODESTAR_LOG_LEVEL": "WARNING",
     }
     if settings.threads is not None:
         env["LODESTAR_EMBEDDING_THREADS"] = str(settings.threads)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "lodestar.services.embedding", env=env
-    )
     address = f"127.0.0.1:{port}"
-    try:
-        async with insecure_channel(address) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            for _ in range(600):
-                if process.returncode is not None:
-                    raise RuntimeError(f"the service exited with {process.returncode}")
-                with contextlib.suppress(grpc.aio.AioRpcError):
-                    reply = await health.Check(
-                        health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=1
-                    )
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        break
-                await asyncio.sleep(0.1)
-            else:
-                raise RuntimeError("the service did not become healthy in time")
+    async with service_process("lodestar.services.embedding", env, grpc_address=address):
         yield address
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(process.wait(), 30)
 
 
 @dataclass

@@ -40,19 +40,18 @@ import importlib
 import inspect
 import json
 import os
-import signal
-import socket
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.processes import free_port, service_process
 from lodestar.embedding.v1 import embedding_service_pb2 as epb
 from lodestar.embedding.v1 import embedding_service_pb2_grpc as epb_grpc
 from lodestar.inference.v1 import inference_service_pb2 as ipb
@@ -118,64 +117,11 @@ class Run:
         return self.total - self.service_total
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _passage(module: str, max_chars: int = 400) -> str:
     doc = inspect.getdoc(importlib.import_module(module)) or module
     text = " ".join(doc.split())
     cut = text[:max_chars]
     return cut if len(text) <= max_chars else cut[: cut.rfind(" ")]
-
-
-@contextlib.asynccontextmanager
-async def _process(module: str, env: dict[str, str]) -> AsyncIterator[int]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        module,
-        env={**os.environ, **env, "LODESTAR_LOG_LEVEL": "WARNING"},
-        stdout=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        yield process.pid
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 20)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-
-
-async def _wait_grpc(address: str, timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            with contextlib.suppress(grpc.RpcError):
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the service at {address} did not start")
-            await asyncio.sleep(0.2)
-
-
-async def _wait_http(url: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient() as client:
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if (await client.get(url + "/api/v1/health")).status_code == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the gateway at {url} did not start")
-            await asyncio.sleep(0.1)
 
 
 class Direct:
@@ -335,7 +281,7 @@ async def _insert_corpus(http: httpx.AsyncClient) -> None:
 async def measure(
     args: argparse.Namespace,
 ) -> tuple[list[Run], list[Run], dict[str, float]]:
-    ports = {name: _free_port() for name in ("embedding", "vector", "inference", "gateway")}
+    ports = {name: free_port() for name in ("embedding", "vector", "inference", "gateway")}
     addresses = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
     data_dir = tempfile.mkdtemp(prefix="lodestar-bench-flows-")
     limits = '{"read": 1000000000, "write": 1000000000, "generate": 1000000000}'
@@ -364,11 +310,12 @@ async def measure(
     gateway_runs: list[Run] = []
     async with contextlib.AsyncExitStack() as stack:
         for name, env in envs.items():
-            await stack.enter_async_context(_process(f"lodestar.services.{name}", env))
-        for name in envs:
-            await _wait_grpc(addresses[name])
-        await stack.enter_async_context(_process("lodestar.services.gateway", gateway_env))
-        await _wait_http(url)
+            await stack.enter_async_context(
+                service_process(f"lodestar.services.{name}", env, grpc_address=addresses[name])
+            )
+        await stack.enter_async_context(
+            service_process("lodestar.services.gateway", gateway_env, http_url=url)
+        )
         print("stack ready", flush=True)
         channels = {
             name: await stack.enter_async_context(insecure_channel(addresses[name]))

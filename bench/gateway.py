@@ -31,26 +31,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import multiprocessing as mp
 import os
 import random
-import signal
-import socket
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
-import grpc
 import httpx
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.http import KeepAliveHttp
+from bench.processes import cpu_seconds, free_port, service_process
 from lodestar.runtime.channels import insecure_channel
 from lodestar.services.gateway.auth import mint_token
 from lodestar.services.gateway.settings import GatewaySettings
@@ -62,71 +58,6 @@ P50_TARGET_MS = 1.0
 P99_TARGET_MS = 5.0
 
 Call = Callable[[int], Awaitable[None]]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.asynccontextmanager
-async def _process(args: list[str], env: dict[str, str]) -> AsyncIterator[int]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *args,
-        env={**os.environ, **env},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        yield process.pid
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 15)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-
-
-async def _wait_grpc(address: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the vector service at {address} did not start")
-            await asyncio.sleep(0.1)
-
-
-async def _wait_http(url: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient() as client:
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if (await client.get(url + "/api/v1/health")).status_code == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the gateway at {url} did not start")
-            await asyncio.sleep(0.1)
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except OSError:
-        return float("nan")
 
 
 async def _load(stub: pb_grpc.VectorServiceAsyncStub, points: int, dim: int) -> list[float]:
@@ -309,9 +240,9 @@ async def _saturate(
         )
     )
     await asyncio.sleep(max(0.0, start_at - time.time()))
-    cpu_before = _cpu_seconds(gateway_pid)
+    cpu_before = cpu_seconds(gateway_pid)
     await asyncio.sleep(seconds)
-    cpu = (_cpu_seconds(gateway_pid) - cpu_before) / seconds
+    cpu = (cpu_seconds(gateway_pid) - cpu_before) / seconds
     counts = await runs
     return sum(counts) / seconds, cpu
 
@@ -374,7 +305,7 @@ class Figures:
 
 
 async def measure(args: argparse.Namespace) -> Figures:
-    vector_port, gateway_port = _free_port(), _free_port()
+    vector_port, gateway_port = free_port(), free_port()
     data_dir = tempfile.mkdtemp(prefix="lodestar-bench-gateway-")
     vector_env = {
         "LODESTAR_VECTOR_PORT": str(vector_port),
@@ -398,11 +329,11 @@ async def measure(args: argparse.Namespace) -> Figures:
     figures = Figures()
     pool = ProcessPoolExecutor(args.client_processes, mp_context=mp.get_context("spawn"))
     async with (
-        _process(["-m", "lodestar.services.vector"], vector_env),
-        _process(["-m", "lodestar.services.gateway"], gateway_env) as gateway_pid,
+        service_process(
+            "lodestar.services.vector", vector_env, grpc_address=f"127.0.0.1:{vector_port}"
+        ),
+        service_process("lodestar.services.gateway", gateway_env, http_url=url) as gateway_pid,
     ):
-        await _wait_grpc(f"127.0.0.1:{vector_port}")
-        await _wait_http(url)
         channel = insecure_channel(f"127.0.0.1:{vector_port}")
         stub = pb_grpc.VectorServiceStub(channel)
         # For the gateway's own metrics; the measured calls use ``--http-client``.

@@ -32,9 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
-import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -44,9 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
+from bench.processes import cpu_seconds, free_port, service_process
 from lodestar.ingest import IngestOptions, Ingestor
 from lodestar.ingest.chunking import (
     DEFAULT_CHUNK_OVERLAP,
@@ -57,7 +52,6 @@ from lodestar.ingest.chunking import (
 )
 from lodestar.ingest.sinks import GrpcSink
 from lodestar.ingest.sources import SourceRef, discover, read_source
-from lodestar.runtime.channels import insecure_channel
 from lodestar.services.embedding.engine import EmbeddingEngine
 from lodestar.services.embedding.settings import EmbeddingSettings
 
@@ -91,26 +85,6 @@ def raw_throughput(model: Any, texts: list[str]) -> tuple[float, float]:
     return len(texts) / wall, len(texts) / cpu
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def _wait_healthy(process: asyncio.subprocess.Process, address: str) -> None:
-    async with insecure_channel(address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        for _ in range(1200):
-            if process.returncode is not None:
-                raise RuntimeError(f"a service exited with {process.returncode}")
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"the service at {address} did not become healthy in time")
-
-
 @dataclass(frozen=True)
 class Running:
     addresses: tuple[str, str]
@@ -118,44 +92,32 @@ class Running:
 
     def cpu_seconds(self) -> float:
         """CPU time used so far by this process and the service processes."""
-        total = time.process_time()
-        ticks = os.sysconf("SC_CLK_TCK")
-        for pid in self.pids:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
-        return total
+        return time.process_time() + sum(cpu_seconds(pid) for pid in self.pids)
 
 
 @contextlib.asynccontextmanager
 async def subprocess_services(data_dir: Path) -> AsyncIterator[Running]:
     """Embedding and vector services as their own processes (as ``lodestar run`` starts them)."""
-    embedding_port, vector_port = _free_port(), _free_port()
-    env = {**os.environ, "LODESTAR_LOG_LEVEL": "WARNING"}
-    embedding = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "lodestar.services.embedding",
-        env={**env, "LODESTAR_EMBEDDING_PORT": str(embedding_port)}
-        | {"LODESTAR_EMBEDDING_METRICS_PORT": "0"},
-    )
-    vector = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "lodestar.services.vector",
-        env={**env, "LODESTAR_VECTOR_PORT": str(vector_port)}
-        | {"LODESTAR_VECTOR_METRICS_PORT": "0", "LODESTAR_VECTOR_DATA_DIR": str(data_dir)},
-    )
+    embedding_port, vector_port = free_port(), free_port()
     addresses = (f"127.0.0.1:{embedding_port}", f"127.0.0.1:{vector_port}")
-    try:
-        await _wait_healthy(embedding, addresses[0])
-        await _wait_healthy(vector, addresses[1])
-        yield Running(addresses, (embedding.pid, vector.pid))
-    finally:
-        for process in (embedding, vector):
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-        for process in (embedding, vector):
-            await asyncio.wait_for(process.wait(), 60)
+    embedding_env = {
+        "LODESTAR_EMBEDDING_PORT": str(embedding_port),
+        "LODESTAR_EMBEDDING_METRICS_PORT": "0",
+    }
+    vector_env = {
+        "LODESTAR_VECTOR_PORT": str(vector_port),
+        "LODESTAR_VECTOR_METRICS_PORT": "0",
+        "LODESTAR_VECTOR_DATA_DIR": str(data_dir),
+    }
+    async with (
+        service_process(
+            "lodestar.services.embedding", embedding_env, grpc_address=addresses[0]
+        ) as embedding,
+        service_process(
+            "lodestar.services.vector", vector_env, grpc_address=addresses[1]
+        ) as vector,
+    ):
+        yield Running(addresses, (embedding, vector))
 
 
 @contextlib.asynccontextmanager
