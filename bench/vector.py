@@ -402,6 +402,12 @@ def _ratio(service: float, raw: float) -> str:
     return f"{service / raw:.2f}x" if raw else "n/a"
 
 
+def _load() -> str:
+    """The 1, 5 and 15 minute load averages: other processes sharing the CPUs skew both
+    sides' figures."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def _verdict(ok: bool) -> str:
     return "ok" if ok else "BELOW TARGET"
 
@@ -414,7 +420,7 @@ async def run(args: argparse.Namespace) -> int:
     print(
         f"{len(corpus)} stdlib lines × {DIMENSION}-d MiniLM embeddings, {len(queries)} queries, "
         f"{args.clients} clients, HNSW m=16 ef_construct=100 ef={EF_SEARCH}, "
-        f"{os.cpu_count()} CPUs",
+        f"{os.cpu_count()} CPUs, load average {_load()}",
         flush=True,
     )
 
@@ -592,6 +598,7 @@ async def run(args: argparse.Namespace) -> int:
         )
     )
     print(row.format("index build, s", f"{raw_optimize:.1f}", f"{index_wait:.1f}", "", ""))
+    print(f"load average at the end: {_load()}")
     ok = recall_ok and qps_ratio >= RATIO_TARGET and insert_ratio >= RATIO_TARGET
     return 0 if ok else 1
 

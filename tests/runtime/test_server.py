@@ -12,6 +12,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from lodestar.embedding.v1 import embedding_service_pb2 as pb
 from lodestar.embedding.v1 import embedding_service_pb2_grpc as pb_grpc
+from lodestar.runtime.context import current_request_id
 from lodestar.runtime.errors import ErrorDetails, InvalidArgument, http_status_for
 from lodestar.runtime.server import GrpcServer, ServiceRegistration
 from lodestar.runtime.settings import ServerSettings
@@ -35,6 +36,8 @@ class _Servicer(pb_grpc.EmbeddingServiceServicer):
             raise RuntimeError("secret internal detail")
         if first == "slow":
             await self.release.wait()
+        if first == "request-id":
+            return pb.EmbedTextsResponse(model=current_request_id())
         return pb.EmbedTextsResponse(model="echo", dimension=len(first))
 
 
@@ -108,6 +111,21 @@ async def test_unexpected_error_is_internal_without_leaking(
     assert caught.value.code() == grpc.StatusCode.INTERNAL
     assert "secret" not in (caught.value.details() or "")
     assert "r-42" in (caught.value.details() or "")
+
+
+async def test_each_call_sees_its_own_request_id(
+    running: tuple[GrpcServer, _Servicer, grpc.aio.Channel],
+) -> None:
+    _, _, channel = running
+    stub = pb_grpc.EmbeddingServiceStub(channel)
+    request = pb.EmbedTextsRequest(texts=["request-id"])
+    first = await stub.EmbedTexts(request, metadata=[("x-request-id", "r-1")])
+    second = await stub.EmbedTexts(request, metadata=[("x-request-id", "r-2")])
+    generated = [(await stub.EmbedTexts(request)).model for _ in range(2)]
+    assert (first.model, second.model) == ("r-1", "r-2")
+    # Without one, every call gets a new id.
+    assert all(len(g) == 32 for g in generated)
+    assert generated[0] != generated[1]
 
 
 async def test_stop_turns_health_not_serving_and_drains_in_flight_call(

@@ -39,36 +39,36 @@ GRPC_HANDLING_SECONDS = Histogram(
 )
 
 Behaviour = Callable[..., Any]
-# A wrapper gets the behaviour, the full method name, the request metadata and
-# whether the response is a stream; it returns the new behaviour.
-Wrapper = Callable[[Behaviour, str, tuple[tuple[str, Any], ...], bool], Behaviour]
+# A wrapper gets the behaviour, the full method name and whether the response is a
+# stream; it returns the new behaviour. It runs once per method, not per call: what
+# depends on the call (its metadata) is read from the servicer context at call time.
+Wrapper = Callable[[Behaviour, str, bool], Behaviour]
 
 
 def _wrap_handler(
-    handler: grpc.RpcMethodHandler[Any, Any], method: str, metadata: Any, wrapper: Wrapper
+    handler: grpc.RpcMethodHandler[Any, Any], method: str, wrapper: Wrapper
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    md = tuple(metadata or ())
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(
-            wrapper(handler.unary_unary, method, md, False),
+            wrapper(handler.unary_unary, method, False),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
     if handler.unary_stream:
         return grpc.unary_stream_rpc_method_handler(
-            wrapper(handler.unary_stream, method, md, True),
+            wrapper(handler.unary_stream, method, True),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
     if handler.stream_unary:
         return grpc.stream_unary_rpc_method_handler(
-            wrapper(handler.stream_unary, method, md, False),
+            wrapper(handler.stream_unary, method, False),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
     if handler.stream_stream:
         return grpc.stream_stream_rpc_method_handler(
-            wrapper(handler.stream_stream, method, md, True),
+            wrapper(handler.stream_stream, method, True),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -76,8 +76,16 @@ def _wrap_handler(
 
 
 class _WrappingInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps each method's handler once and hands out the wrapped one on every call.
+
+    The wrapped handler is kept per method with the handler it wraps, and made
+    again only if the server resolves that method to a different handler."""
+
     def __init__(self, wrapper: Wrapper) -> None:
         self._wrapper = wrapper
+        self._wrapped: dict[
+            str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]
+        ] = {}
 
     async def intercept_service(
         self,
@@ -89,30 +97,35 @@ class _WrappingInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        return _wrap_handler(
-            handler,
-            handler_call_details.method,
-            handler_call_details.invocation_metadata,
-            self._wrapper,
-        )
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = _wrap_handler(handler, method, self._wrapper)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
 
-def _request_id_wrapper(
-    behaviour: Behaviour, method: str, metadata: tuple[tuple[str, Any], ...], streaming: bool
-) -> Behaviour:
-    incoming = next((str(v) for k, v in metadata if k == REQUEST_ID_HEADER), "")
+def _incoming_request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The caller's request id (``x-request-id`` metadata), or empty."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER:
+            return str(value)
+    return ""
 
+
+def _request_id_wrapper(behaviour: Behaviour, method: str, streaming: bool) -> Behaviour:
     if streaming:
 
         async def stream_behaviour(request: Any, context: Any) -> AsyncIterator[Any]:
-            request_id_var.set(incoming or new_request_id())
+            request_id_var.set(_incoming_request_id(context) or new_request_id())
             async for item in behaviour(request, context):
                 yield item
 
         return stream_behaviour
 
     async def unary_behaviour(request: Any, context: Any) -> Any:
-        request_id_var.set(incoming or new_request_id())
+        request_id_var.set(_incoming_request_id(context) or new_request_id())
         return await behaviour(request, context)
 
     return unary_behaviour
@@ -149,16 +162,15 @@ def _code_name(context: grpc.aio.ServicerContext[Any, Any], default: str) -> str
     return default
 
 
-def _errors_and_metrics_wrapper(
-    behaviour: Behaviour, method: str, metadata: tuple[tuple[str, Any], ...], streaming: bool
-) -> Behaviour:
+def _errors_and_metrics_wrapper(behaviour: Behaviour, method: str, streaming: bool) -> Behaviour:
     service, name = _split_method(method)
     started = GRPC_STARTED.labels(service, name)
     seconds = GRPC_HANDLING_SECONDS.labels(service, name)
+    handled_ok = GRPC_HANDLED.labels(service, name, "OK")
 
     def done(start: float, code: str) -> None:
         seconds.observe(time.perf_counter() - start)
-        GRPC_HANDLED.labels(service, name, code).inc()
+        (handled_ok if code == "OK" else GRPC_HANDLED.labels(service, name, code)).inc()
 
     if streaming:
 

@@ -3,8 +3,11 @@
 Recording is a queue put: ``record_search`` runs on the event loop after every
 search, so it must never wait for a disk. One writer thread drains the queue
 and commits batches in WAL mode, which lets queries (each on its own
-connection) read while it writes. Queries first wait for everything recorded
-before them to be committed, so a caller always sees its own searches.
+connection) read while it writes. The writer lets records gather for a moment
+before it commits them (one transaction for many searches rather than one
+each, and no wake-up of the writer per search). Queries first wait for
+everything recorded before them to be committed, so a caller always sees its
+own searches.
 Retention (an age and a row cap per table) keeps the file bounded.
 """
 
@@ -37,6 +40,9 @@ MAX_QUERY_CHARS: Final = 256
 MAX_LABEL_CHARS: Final = 512
 # Rows committed per transaction at most; a larger backlog takes several.
 _WRITE_BATCH: Final = 5_000
+# How long a record waits for others to share its commit. Flushes, queries, prunes,
+# closing and a full batch end the wait at once.
+_LINGER_S: Final = 0.5
 
 RECORDS_DROPPED = Counter(
     "lodestar_vector_analytics_records_dropped_total",
@@ -174,6 +180,7 @@ _USAGE: Final = "usage"
 _FLUSH: Final = "flush"
 _PRUNE: Final = "prune"
 _STOP: Final = "stop"
+_RECORDS: Final = frozenset({_SEARCH, _SIZES, _USAGE})
 
 
 class AnalyticsStore:
@@ -205,6 +212,8 @@ class AnalyticsStore:
         self._clock = clock
         self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._control = threading.Lock()
+        # Set when the writer should stop lingering and commit what is queued.
+        self._wake = threading.Event()
         self._closed = False
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as conn:
@@ -220,10 +229,13 @@ class AnalyticsStore:
         self, collection: str, latency_ms: float, result_count: int, query_text: str = ""
     ) -> None:
         """Queue one search; never blocks. Dropped (and counted) if the writer is far behind."""
-        if self._closed or self._queue.qsize() >= self._max_pending:
+        pending = self._queue.qsize()
+        if self._closed or pending >= self._max_pending:
             RECORDS_DROPPED.inc()
             return
         self._queue.put((_SEARCH, self._clock(), collection, latency_ms, result_count, query_text))
+        if pending + 1 == _WRITE_BATCH:
+            self._wake.set()
 
     def record_sizes(self, sizes: Mapping[str, tuple[int, int]]) -> None:
         """Queue one size sample (points, disk bytes) per collection, stamped now."""
@@ -266,6 +278,7 @@ class AnalyticsStore:
             if not self._closed:
                 self._closed = True
                 self._queue.put((_STOP,))
+                self._wake.set()
         self._writer.join(timeout)
 
     async def aclose(self) -> None:
@@ -286,6 +299,7 @@ class AnalyticsStore:
                 future.set_exception(sqlite3.OperationalError("analytics writer is not running"))
             else:
                 self._queue.put((kind, future))
+                self._wake.set()
         return future
 
     # --- queries (any thread; each sees everything recorded before it) -------------
@@ -480,6 +494,10 @@ class AnalyticsStore:
                 batch: list[tuple[Any, ...]] = []
                 with suppress(queue.Empty):
                     batch.append(self._queue.get(timeout=wait if wait > 0 else 0.001))
+                if batch and batch[0][0] in _RECORDS:
+                    # Let more records join this commit, unless someone waits for it.
+                    self._wake.wait(_LINGER_S)
+                    self._wake.clear()
                 while len(batch) < _WRITE_BATCH:
                     try:
                         batch.append(self._queue.get_nowait())

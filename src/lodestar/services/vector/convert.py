@@ -20,6 +20,7 @@ from typing import Any, Final
 
 import numpy as np
 from google.protobuf import struct_pb2, timestamp_pb2
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from lodestar.runtime.errors import InvalidArgument
 from lodestar.services.vector import models as m
@@ -236,6 +237,9 @@ def payload(value: struct_pb2.Struct, field: str) -> m.Payload:
 def _struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, item in value.fields.items():
+        if item.WhichOneof("kind") == "string_value":  # the common case, without a call
+            out[key] = item.string_value
+            continue
         try:
             out[key] = _value_to_python(item)
         except _NonFiniteNumber as error:
@@ -706,14 +710,19 @@ def record_to_pb(value: m.PointRecord) -> pb.Point:
     return point
 
 
-def hit_to_pb(value: m.ScoredHit) -> pb.ScoredPoint:
-    hit = pb.ScoredPoint(id=point_id_to_pb(value.id), score=value.score)
-    if value.vector is not None:
-        hit.vector.extend(value.vector)
-    if value.payload:
-        hit.payload.update(value.payload)
-    return hit
-
-
-def hits_to_pb(values: Iterable[m.ScoredHit]) -> list[pb.ScoredPoint]:
-    return [hit_to_pb(v) for v in values]
+def add_hits(
+    values: Iterable[m.ScoredHit], target: RepeatedCompositeFieldContainer[pb.ScoredPoint]
+) -> None:
+    """Append hits to a response's repeated ``ScoredPoint`` field, in place (cheaper than
+    building each message and copying it in)."""
+    for value in values:
+        hit = target.add()
+        hit.score = value.score
+        if isinstance(value.id, int):
+            hit.id.num = value.id
+        else:
+            hit.id.uuid = value.id
+        if value.vector is not None:
+            hit.vector.extend(value.vector)
+        if value.payload:
+            hit.payload.update(value.payload)

@@ -20,6 +20,12 @@ opened, the writes made meanwhile are replayed into it, ``collection.json``
 points at it and it replaces the old shard. Searches see every write all along,
 through the old shard until the swap.
 
+Writes: ``EdgeShard.update`` holds the GIL while it writes, so a worker thread
+would run nothing alongside it; upserts of up to ``_INLINE_WRITE_POINTS`` points
+are therefore applied on the event loop, which saves the hand-off to a worker and
+back. Larger upserts, and deletes and payload changes (which first count the
+points they select), run on worker threads.
+
 Searches: engine calls release the GIL. Plain searches that the engine answers
 in under ``inline_search_ms`` run on the event loop (a hand-off to a worker
 thread and back costs more CPU than they do); the rest run on worker threads,
@@ -88,6 +94,8 @@ _TMP_DIR: Final = "tmp"
 _SCROLL_CHUNK: Final = 1_000
 _RETRY_AFTER_FAILURE_S: Final = 30.0
 _MAX_SEARCH_BATCH: Final = 64
+# Upserts of at most this many points are applied on the event loop (see the module doc).
+_INLINE_WRITE_POINTS: Final = 1_000
 # Deleted points that make a compaction worth a run.
 _VACUUM_MIN_DELETED: Final = 1_000
 
@@ -527,7 +535,10 @@ class EmbeddedBackend:
             engine = target.shard.engine
             applied: list[qe.UpdateOperation] = []
             try:
-                counts = await self._run(_apply_operations, engine, operations, applied)
+                if _inline_write(operations):
+                    counts = _apply_operations(engine, operations, applied)
+                else:
+                    counts = await self._run(_apply_operations, engine, operations, applied)
                 if self._settings.fsync_writes:
                     await self._run(engine.flush)
             finally:
@@ -896,6 +907,16 @@ def _scroll_all(engine: qe.EdgeShard) -> Iterator[list[PointRecord]]:
         yield edge.records(found, True, True)
         if offset is None:
             return
+
+
+def _inline_write(operations: Sequence[Operation]) -> bool:
+    """Whether to apply these on the event loop: upserts only, and few points."""
+    points = 0
+    for operation in operations:
+        if not isinstance(operation, UpsertOp | UpdateVectorsOp):
+            return False
+        points += len(operation.points)
+    return points <= _INLINE_WRITE_POINTS
 
 
 def _apply_operations(

@@ -121,8 +121,13 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
         ids: list[PointId] = []
         explicit: list[PointId] = []
         records: list[PointRecord] = []
-        for i, point in enumerate(points):
-            if point.HasField("id") and point.id.WhichOneof("kind") is not None:
+        for i, (point, vector) in enumerate(zip(points, vectors, strict=True)):
+            kind = point.id.WhichOneof("kind")
+            point_id: PointId
+            if kind == "num":  # the common case, without building the field's path
+                point_id = point.id.num
+                explicit.append(point_id)
+            elif kind is not None:
                 point_id = convert.point_id(point.id, f"{field}[{i}].id")
                 explicit.append(point_id)
             else:
@@ -133,7 +138,7 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
                 else None
             )
             ids.append(point_id)
-            records.append(PointRecord(point_id, vectors[i], payload))
+            records.append(PointRecord(point_id, vector, payload))
         return records, ids, explicit
 
     async def UpsertPoints(
@@ -378,7 +383,9 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
             tenant=convert.tenant(request.tenant),
             query_text=request.query_text,
         )
-        return pb.SearchPointsResponse(points=convert.hits_to_pb(hits), time_ms=ms)
+        response = pb.SearchPointsResponse(time_ms=ms)
+        convert.add_hits(hits, response.points)
+        return response
 
     async def BatchSearchPoints(
         self, request: pb.BatchSearchPointsRequest, context: _Context
@@ -408,12 +415,10 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
                 )
             )
         results = await self._store.search_batch(searches)
-        return pb.BatchSearchPointsResponse(
-            results=[
-                pb.SearchPointsResponse(points=convert.hits_to_pb(hits), time_ms=ms)
-                for hits, ms in results
-            ]
-        )
+        response = pb.BatchSearchPointsResponse()
+        for hits, ms in results:
+            convert.add_hits(hits, response.results.add(time_ms=ms).points)
+        return response
 
     def _examples(
         self, values: Sequence[pb.RecommendExample], config: CollectionConfig, field: str
@@ -462,7 +467,9 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
             query=query,
             tenant=tenant,
         )
-        return pb.RecommendPointsResponse(points=convert.hits_to_pb(hits), time_ms=ms)
+        response = pb.RecommendPointsResponse(time_ms=ms)
+        convert.add_hits(hits, response.points)
+        return response
 
     async def ClusterPoints(
         self, request: pb.ClusterPointsRequest, context: _Context
