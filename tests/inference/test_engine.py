@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -146,3 +147,125 @@ async def test_prompt_and_decode_spans_belong_to_the_caller_trace(model: LlamaMo
     assert spans["inference.prompt"].end_time is not None
     assert decode.start_time is not None
     assert spans["inference.prompt"].end_time <= decode.start_time
+
+
+# -- the prompt cache --------------------------------------------------------------------
+
+SYSTEM = "You are a concise assistant who answers questions about geography and history."
+CACHE_GREEDY = GenerationParams(
+    max_tokens=32, temperature=0.0, top_p=1.0, top_k=0, min_p=0.0, repeat_penalty=1.0
+)
+
+
+def _chat(engine: InferenceEngine, *turns: tuple[str, str]) -> list[int]:
+    return engine.tokenize(engine.render_chat([("system", SYSTEM), *turns]))
+
+
+def _shared_prefix(a: list[int], b: list[int]) -> int:
+    return next(
+        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    )
+
+
+@pytest.fixture
+async def cached_engine(model: LlamaModel) -> AsyncIterator[InferenceEngine]:
+    engine = InferenceEngine(
+        model, context_size=256, max_concurrent_sequences=2, batch_size=16, threads=THREADS
+    )
+    yield engine
+    await engine.aclose()
+
+
+@pytest.fixture
+async def uncached_engine(model: LlamaModel) -> AsyncIterator[InferenceEngine]:
+    engine = InferenceEngine(
+        model,
+        context_size=256,
+        max_concurrent_sequences=2,
+        batch_size=16,
+        threads=THREADS,
+        prompt_cache=False,
+    )
+    yield engine
+    await engine.aclose()
+
+
+async def test_a_repeated_prompt_comes_from_the_cache_and_gives_the_same_text(
+    cached_engine: InferenceEngine,
+) -> None:
+    prompt = _chat(cached_engine, ("user", "What is the capital of France?"))
+    cached_before = _sample("lodestar_inference_cached_prompt_tokens_total")
+    prompt_before = _sample("lodestar_inference_prompt_tokens_total")
+    first = await cached_engine.generate(prompt, CACHE_GREEDY)
+    second = await cached_engine.generate(prompt, CACHE_GREEDY)
+    assert first.completion.usage.cached_tokens == 0
+    # Everything but the last prompt token, which is decoded again for its logits.
+    assert second.completion.usage.cached_tokens == len(prompt) - 1
+    assert second.text == first.text
+    assert second.completion.usage.completion_tokens == first.completion.usage.completion_tokens
+    assert (
+        _sample("lodestar_inference_cached_prompt_tokens_total") - cached_before == len(prompt) - 1
+    )
+    assert _sample("lodestar_inference_prompt_tokens_total") - prompt_before == 2 * len(prompt)
+
+
+async def test_a_shared_prefix_gives_what_an_engine_without_the_cache_gives(
+    cached_engine: InferenceEngine, uncached_engine: InferenceEngine
+) -> None:
+    question = ("user", "What is the capital of France?")
+    first = _chat(cached_engine, question)
+    answer = await cached_engine.generate(first, CACHE_GREEDY)
+    other = _chat(cached_engine, ("user", "Name three rivers in Europe."))
+    follow_up = _chat(
+        cached_engine, question, ("assistant", answer.text), ("user", "And of Spain?")
+    )
+    cached_tokens = []
+    for prompt in (follow_up, other):
+        cached = await cached_engine.generate(prompt, CACHE_GREEDY)
+        fresh = await uncached_engine.generate(prompt, CACHE_GREEDY)
+        assert fresh.completion.usage.cached_tokens == 0
+        assert cached.text == fresh.text
+        cached_tokens.append(cached.completion.usage.cached_tokens)
+    # The follow-up reused the earlier prompt and answer; the other question the system
+    # prompt (from the same slot: it shares more with it than with the empty one).
+    assert cached_tokens[0] > len(first)
+    assert cached_tokens[1] == _shared_prefix(other, follow_up) > 0
+    other_result = await cached_engine.generate(other, CACHE_GREEDY)
+    assert other_result.completion.usage.cached_tokens == len(other) - 1
+
+
+async def test_a_request_takes_the_free_slot_that_caches_most_of_its_prompt(
+    cached_engine: InferenceEngine,
+) -> None:
+    france = _chat(cached_engine, ("user", "What is the capital of France?"))
+    rivers = _chat(cached_engine, ("user", "Name three rivers in Europe."))
+    shared = _shared_prefix(france, rivers)
+    assert 0 < shared < len(rivers) - 1
+    await cached_engine.generate(france, CACHE_GREEDY)
+    second = await cached_engine.generate(rivers, CACHE_GREEDY)
+    # The empty slot was the least recently used one, but the other shares a prefix.
+    assert second.completion.usage.cached_tokens == shared
+    together = [cached_engine.generate(p, CACHE_GREEDY) for p in (rivers, france)]
+    first_pair = await asyncio.gather(*together)
+    # Rivers finds its own slot again; France gets the empty one.
+    assert [r.completion.usage.cached_tokens for r in first_pair] == [len(rivers) - 1, 0]
+    together = [cached_engine.generate(p, CACHE_GREEDY) for p in (rivers, france)]
+    second_pair = await asyncio.gather(*together)
+    assert [r.completion.usage.cached_tokens for r in second_pair] == [
+        len(rivers) - 1,
+        len(france) - 1,
+    ]
+    assert [r.text for r in second_pair] == [r.text for r in first_pair]
+
+
+async def test_a_cancelled_generation_leaves_a_usable_cache(
+    cached_engine: InferenceEngine, uncached_engine: InferenceEngine
+) -> None:
+    prompt = _chat(cached_engine, ("user", "Tell me a long story about the sea."))
+    stream = cached_engine.stream(prompt, LONG)
+    await stream.__anext__()
+    stream.cancel()
+    cached = await cached_engine.generate(prompt, CACHE_GREEDY)
+    fresh = await uncached_engine.generate(prompt, CACHE_GREEDY)
+    assert cached.completion.usage.cached_tokens == len(prompt) - 1
+    assert cached.text == fresh.text

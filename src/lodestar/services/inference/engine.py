@@ -8,6 +8,13 @@ runs with the GIL released; each sequence then samples from its own row of logit
 its own sampler chain. Text deltas of one step reach asyncio in one
 ``call_soon_threadsafe``.
 
+Prompt cache: a finished sequence leaves its KV cells in its slot, and the slot
+remembers the tokens they hold (prompt and the answer tokens decoded so far). A new
+request takes the free slot whose tokens share the longest prefix with its prompt
+(the least recently used one on a tie), the cells past that prefix are dropped, and
+prompt processing starts after it: a repeated system prompt or a conversation that
+grows turn by turn is not processed again.
+
 Requests never hold a lock across a generation: the asyncio side only appends to the
 waiting queue and flips a cancel flag, under a lock held for microseconds.
 """
@@ -90,8 +97,11 @@ class GenerationParams:
 
 @dataclass(frozen=True)
 class Usage:
+    """Tokens of one generation; ``cached_tokens`` of the prompt came from the prompt cache."""
+
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -153,9 +163,11 @@ class _Request:
     __slots__ = (
         "admitted_at",
         "arrival",
+        "cached_tokens",
         "cancelled",
         "completion_tokens",
         "done",
+        "fed",
         "first_token_at",
         "last_token",
         "loop",
@@ -201,6 +213,8 @@ class _Request:
         self.row = -1
         self.output = -1
         self.last_token = -1
+        self.fed: list[int] = []  # generated tokens decoded into the KV cache
+        self.cached_tokens = 0
         self.completion_tokens = 0
         self.span: trace.Span | None = None
 
@@ -286,6 +300,21 @@ class GenerationStream:
         raise Internal("generation ended without a result")
 
 
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix (slice comparisons run in C)."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    low, high = 0, n  # a[:low] == b[:low] and a[:high] != b[:high]
+    while high - low > 1:
+        middle = (low + high) // 2
+        if a[:middle] == b[:middle]:
+            low = middle
+        else:
+            high = middle
+    return low
+
+
 def _dispatch(events: list[tuple[_Request, str, Completion | None, LodestarError | None]]) -> None:
     for request, text, completion, error in events:
         request.stream._deliver(text, completion, error)
@@ -304,6 +333,7 @@ class InferenceEngine:
         batch_size: int = 256,
         threads: int = 2,
         flash_attention: bool = True,
+        prompt_cache: bool = True,
         defaults: SamplingDefaults | None = None,
         own_model: bool = False,
         tracer: trace.Tracer | None = None,
@@ -323,6 +353,7 @@ class InferenceEngine:
         self.context_size = self._context.sequence_context
         self.max_concurrent_sequences = max_concurrent_sequences
         self.max_queue_length = max_queue_length
+        self.prompt_cache = prompt_cache
         self.info = EngineInfo(
             name=model.name,
             path=model.path,
@@ -341,6 +372,11 @@ class InferenceEngine:
         self._cancels = 0  # bumped on every cancel, so the loop knows when to look
         self._closing = False
         self._active: list[_Request] = []  # decode thread only
+        # The prompt cache (decode thread only): the tokens each slot's KV cells hold
+        # and when the slot was last released.
+        self._slot_tokens: list[list[int]] = [[] for _ in range(max_concurrent_sequences)]
+        self._slot_released = [0] * max_concurrent_sequences
+        self._releases = 0
         self._random = random.SystemRandom()
         self._thread = threading.Thread(target=self._run, name="inference-decode", daemon=True)
         self._thread.start()
@@ -363,6 +399,7 @@ class InferenceEngine:
             batch_size=settings.batch_size,
             threads=settings.effective_threads,
             flash_attention=settings.flash_attention,
+            prompt_cache=settings.prompt_cache,
             defaults=SamplingDefaults(
                 max_tokens=settings.default_max_tokens,
                 temperature=settings.default_temperature,
@@ -534,6 +571,7 @@ class InferenceEngine:
             metrics.QUEUE_DEPTH.dec(len(self._waiting))
             self._waiting.clear()
         self._active.clear()
+        self._forget_cache()
         failure = Internal("the inference engine stopped unexpectedly; retry on another replica")
         events: list[tuple[_Request, str, Completion | None, LodestarError | None]] = []
         for request in stranded:
@@ -578,6 +616,7 @@ class InferenceEngine:
 
         while True:
             dropped: list[_Request] = []
+            stopped: list[_Request] = []  # cancelled while holding a slot
             with self._lock:
                 while not self._closing and not active and not self._waiting:
                     self._wakeup.wait()
@@ -591,38 +630,40 @@ class InferenceEngine:
                     if any(r.cancelled for r in self._waiting):
                         dropped.extend(r for r in self._waiting if r.cancelled)
                         self._waiting = deque(r for r in self._waiting if not r.cancelled)
-                admitted = [
-                    self._waiting.popleft() for _ in range(min(len(free_slots), len(self._waiting)))
-                ]
+                    stopped = [r for r in active if r.cancelled]
+                slots = len(free_slots) + len(stopped)
+                admitted = [self._waiting.popleft() for _ in range(min(slots, len(self._waiting)))]
                 if dropped or admitted:
                     metrics.QUEUE_DEPTH.dec(len(dropped) + len(admitted))
                     metrics.ACTIVE_SEQUENCES.inc(len(admitted))
 
+            if stopped:
+                # Their slots (and cached cells) go to the requests admitted just now.
+                active[:] = [r for r in active if r not in stopped]
+                for request in stopped:
+                    events.append(self._finish(request, FinishReason.CANCELLED, None, free_slots))
             now = perf_counter()
             for request in dropped:
                 finished.append((request, FinishReason.CANCELLED, None))
             for request in admitted:
-                request.slot = free_slots.pop()
+                self._assign_slot(request, free_slots)
                 request.admitted_at = now
                 request.span = self._tracer.start_span(
                     "inference.prompt",
                     context=request.otel_parent,
                     attributes={
                         "inference.prompt_tokens": len(request.prompt),
+                        "inference.cached_tokens": request.cached_tokens,
                         "inference.slot": request.slot,
                     },
                 )
                 active.append(request)
-            if seen_cancels and any(r.cancelled for r in active):
-                for request in active:
-                    if request.cancelled:
-                        finished.append((request, FinishReason.CANCELLED, None))
-                active[:] = [r for r in active if not r.cancelled]
 
             # Build the step: one token per decoding sequence, then prompt chunks.
             n = 0
             for request in active:
                 if request.prompt_position == len(request.prompt):
+                    request.fed.append(request.last_token)
                     tokens[n] = request.last_token
                     positions[n] = request.n_past
                     seq_ids[n] = request.slot
@@ -665,6 +706,8 @@ class InferenceEngine:
                     for request in active:
                         finished.append((request, FinishReason.STOP, failure))
                     active.clear()
+                    # The KV state after a failed decode is unknown: start afresh.
+                    self._forget_cache()
                 else:
                     now = perf_counter()
                     view = None
@@ -718,6 +761,49 @@ class InferenceEngine:
         if events:
             self._send(events)
 
+    def _assign_slot(self, request: _Request, free_slots: list[int]) -> None:
+        """Give an admitted request the free slot that caches most of its prompt.
+
+        The slot's cells past the shared prefix are dropped and the prompt starts after
+        it; at least the last prompt token is always decoded again, for its logits.
+        """
+        prompt = request.prompt
+        best, shared = free_slots[-1], -1
+        for slot in reversed(free_slots):
+            common = _common_prefix(self._slot_tokens[slot], prompt) if self.prompt_cache else 0
+            if common > shared or (
+                common == shared and self._slot_released[slot] < self._slot_released[best]
+            ):
+                best, shared = slot, common
+        free_slots.remove(best)
+        self._slot_tokens[best] = []
+        cached = self._context.keep_prefix(best, min(shared, len(prompt) - 1))
+        request.slot = best
+        request.n_past = request.prompt_position = request.cached_tokens = cached
+
+    def _release_slot(self, request: _Request, free_slots: list[int], *, keep: bool) -> None:
+        """Return a request's slot; with ``keep`` (and the prompt cache on) its KV cells
+        stay, remembered by the tokens they hold."""
+        slot = request.slot
+        cached: list[int] = []
+        if keep and self.prompt_cache:
+            cached = request.prompt[: request.prompt_position] + request.fed
+            if len(cached) != request.n_past:  # not what the cells hold: do not trust them
+                cached = []
+        if not cached:
+            self._context.forget(slot)
+        self._slot_tokens[slot] = cached
+        self._releases += 1
+        self._slot_released[slot] = self._releases
+        free_slots.append(slot)
+        request.slot = -1
+
+    def _forget_cache(self) -> None:
+        """Drop every KV cell and what the slots remember (after an unknown KV state)."""
+        self._context.clear()
+        for tokens in self._slot_tokens:
+            tokens.clear()
+
     def _first_token(self, request: _Request, now: float) -> None:
         request.first_token_at = now
         metrics.TIME_TO_FIRST_TOKEN_SECONDS.observe(now - request.arrival)
@@ -732,12 +818,11 @@ class InferenceEngine:
         error: LodestarError | None,
         free_slots: list[int],
     ) -> tuple[_Request, str, Completion | None, LodestarError | None]:
-        """Free a sequence's slot, KV cells and sampler; the event that ends its stream."""
+        """Free a sequence's slot (its KV cells stay cached unless it failed) and sampler;
+        the event that ends its stream."""
         if request.slot >= 0:
-            self._context.forget(request.slot)
-            free_slots.append(request.slot)
+            self._release_slot(request, free_slots, keep=error is None)
             metrics.ACTIVE_SEQUENCES.dec()
-            request.slot = -1
         request.sampler.free()
         with self._lock:
             request.done = True
@@ -748,7 +833,7 @@ class InferenceEngine:
         first = request.first_token_at
         completion = Completion(
             finish_reason=reason,
-            usage=Usage(len(request.prompt), request.completion_tokens),
+            usage=Usage(len(request.prompt), request.completion_tokens, request.cached_tokens),
             timing=Timing(
                 time_to_first_token_ms=(first - request.arrival) * 1000 if first else 0.0,
                 total_ms=(now - request.arrival) * 1000,
@@ -759,6 +844,8 @@ class InferenceEngine:
             metrics.COMPLETION_TOKENS_TOTAL.inc(request.completion_tokens)
         if request.admitted_at:
             metrics.PROMPT_TOKENS_TOTAL.inc(request.prompt_position)
+            if request.cached_tokens:
+                metrics.CACHED_PROMPT_TOKENS_TOTAL.inc(request.cached_tokens)
         if request.completion_tokens > 1 and first:
             metrics.TOKENS_PER_SECOND.observe(
                 (request.completion_tokens - 1) / max(now - first, 1e-9)

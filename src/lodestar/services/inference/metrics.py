@@ -9,7 +9,14 @@ REQUESTS_TOTAL = Counter(
     "Generations finished, by RPC method and finish reason (stop, length, cancelled, error).",
     ["method", "finish_reason"],
 )
-PROMPT_TOKENS_TOTAL = Counter("lodestar_inference_prompt_tokens_total", "Prompt tokens processed.")
+PROMPT_TOKENS_TOTAL = Counter(
+    "lodestar_inference_prompt_tokens_total",
+    "Prompt tokens of admitted requests, those taken from the prompt cache included.",
+)
+CACHED_PROMPT_TOKENS_TOTAL = Counter(
+    "lodestar_inference_cached_prompt_tokens_total",
+    "Prompt tokens taken from the prompt cache instead of being processed.",
+)
 COMPLETION_TOKENS_TOTAL = Counter("lodestar_inference_completion_tokens_total", "Tokens generated.")
 TIME_TO_FIRST_TOKEN_SECONDS = Histogram(
     "lodestar_inference_time_to_first_token_seconds",

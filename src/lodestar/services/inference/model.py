@@ -359,6 +359,28 @@ class LlamaContext:
         """Free every KV cell of a sequence."""
         llama_cpp.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
 
+    def keep_prefix(self, seq_id: int, n_tokens: int) -> int:
+        """Free a sequence's KV cells from position ``n_tokens`` on; the positions kept.
+
+        That is ``n_tokens`` when positions 0 to ``n_tokens - 1`` all remain. A memory
+        that cannot be cut there (a recurrent model's state) or that has already dropped
+        early cells (a sliding attention window) is cleared for the sequence instead,
+        and 0 is returned.
+        """
+        memory = self.memory
+        if n_tokens > 0 and (
+            llama_cpp.llama_memory_seq_rm(memory, seq_id, n_tokens, -1)
+            and llama_cpp.llama_memory_seq_pos_min(memory, seq_id) == 0
+            and llama_cpp.llama_memory_seq_pos_max(memory, seq_id) == n_tokens - 1
+        ):
+            return n_tokens
+        self.forget(seq_id)
+        return 0
+
+    def clear(self) -> None:
+        """Free every KV cell of every sequence."""
+        llama_cpp.llama_memory_clear(self.memory, True)
+
     def close(self) -> None:
         if self.pointer is not None:
             llama_cpp.llama_free(self.pointer)

@@ -94,6 +94,12 @@ class InferenceSettings(ServerSettings):
         "Metal or CUDA; 0 runs on the CPU.",
     )
     flash_attention: bool = Field(True, description="Use llama.cpp's flash attention kernels.")
+    prompt_cache: bool = Field(
+        True,
+        description="Keep a finished sequence's KV cells in its slot and give a new request "
+        "the free slot sharing the longest prefix with its prompt, so that a repeated prefix "
+        "(system prompt, earlier turns of a conversation) is not processed again.",
+    )
     default_max_tokens: int = Field(
         256, ge=1, description="Tokens generated when a request sets no max_tokens."
     )
