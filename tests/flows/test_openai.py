@@ -110,6 +110,9 @@ async def test_streamed_chat_matches_the_whole_answer(
     assert usage is not None
     assert whole.usage is not None
     assert usage.completion_tokens == whole.usage.completion_tokens
+    # The same conversation again: its prompt came from the inference prompt cache.
+    assert usage.prompt_tokens_details is not None
+    assert usage.prompt_tokens_details.cached_tokens == usage.prompt_tokens - 1
 
 
 async def test_chat_with_a_json_schema(oai: AsyncOpenAI, models: dict[str, str]) -> None:

@@ -44,7 +44,12 @@ async def test_unary_generation(
     answer = response.json()
     assert answer["text"] == "Hello from the fake model"
     assert answer["finish_reason"] == "stop"
-    assert answer["usage"] == {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
+    assert answer["usage"] == {
+        "prompt_tokens": 3,
+        "completion_tokens": 5,
+        "total_tokens": 8,
+        "cached_prompt_tokens": 0,
+    }
     assert answer["model"] == "fake-llm"
     request = fakes.inference.recorder.last("GenerateText")
     assert [m.role for m in request.messages] == [ipb.ROLE_SYSTEM, ipb.ROLE_USER]

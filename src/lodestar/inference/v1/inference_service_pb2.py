@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-lodestar/inference/v1/inference_service.proto\x12\x15lodestar.inference.v1\"I\n\x0b\x43hatMessage\x12)\n\x04role\x18\x01 \x01(\x0e\x32\x1b.lodestar.inference.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x97\x02\n\x0fSamplingOptions\x12\x17\n\nmax_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x12\n\x05min_p\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12\x1b\n\x0erepeat_penalty\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x11\n\x04seed\x18\x08 \x01(\x04H\x06\x88\x01\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\x11\n\x0f_repeat_penaltyB\x07\n\x05_seed\"[\n\x10OutputConstraint\x12\x15\n\x0bjson_object\x18\x01 \x01(\x08H\x00\x12\x15\n\x0bjson_schema\x18\x02 \x01(\tH\x00\x12\x11\n\x07grammar\x18\x03 \x01(\tH\x00\x42\x06\n\x04kind\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"L\n\x06Timing\x12\x1e\n\x16time_to_first_token_ms\x18\x01 \x01(\x01\x12\x10\n\x08total_ms\x18\x02 \x01(\x01\x12\x10\n\x08queue_ms\x18\x03 \x01(\x01\"\xd2\x01\n\x13GenerateTextRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x34\n\x08messages\x18\x02 \x03(\x0b\x32\".lodestar.inference.v1.ChatMessage\x12\x38\n\x08sampling\x18\x03 \x01(\x0b\x32&.lodestar.inference.v1.SamplingOptions\x12;\n\nconstraint\x18\x04 \x01(\x0b\x32\'.lodestar.inference.v1.OutputConstraint\"\xcb\x01\n\x14GenerateTextResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12:\n\rfinish_reason\x18\x02 \x01(\x0e\x32#.lodestar.inference.v1.FinishReason\x12+\n\x05usage\x18\x03 \x01(\x0b\x32\x1c.lodestar.inference.v1.Usage\x12\r\n\x05model\x18\x04 \x01(\t\x12-\n\x06timing\x18\x05 \x01(\x0b\x32\x1d.lodestar.inference.v1.Timing\"\xd8\x01\n\x19StreamGenerateTextRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x34\n\x08messages\x18\x02 \x03(\x0b\x32\".lodestar.inference.v1.ChatMessage\x12\x38\n\x08sampling\x18\x03 \x01(\x0b\x32&.lodestar.inference.v1.SamplingOptions\x12;\n\nconstraint\x18\x04 \x01(\x0b\x32\'.lodestar.inference.v1.OutputConstraint\"\xd2\x01\n\x1aStreamGenerateTextResponse\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12:\n\rfinish_reason\x18\x02 \x01(\x0e\x32#.lodestar.inference.v1.FinishReason\x12+\n\x05usage\x18\x03 \x01(\x0b\x32\x1c.lodestar.inference.v1.Usage\x12\r\n\x05model\x18\x04 \x01(\t\x12-\n\x06timing\x18\x05 \x01(\x0b\x32\x1d.lodestar.inference.v1.Timing\"X\n\x18\x42\x61tchGenerateTextRequest\x12<\n\x08requests\x18\x01 \x03(\x0b\x32*.lodestar.inference.v1.GenerateTextRequest\":\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x97\x01\n\x17\x42\x61tchGenerateTextResult\x12?\n\x08response\x18\x01 \x01(\x0b\x32+.lodestar.inference.v1.GenerateTextResponseH\x00\x12\x31\n\x05\x65rror\x18\x02 \x01(\x0b\x32 .lodestar.inference.v1.ItemErrorH\x00\x42\x08\n\x06result\"\\\n\x19\x42\x61tchGenerateTextResponse\x12?\n\x07results\x18\x01 \x03(\x0b\x32..lodestar.inference.v1.BatchGenerateTextResult\"X\n\x12\x43ountTokensRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x34\n\x08messages\x18\x02 \x03(\x0b\x32\".lodestar.inference.v1.ChatMessage\"@\n\x13\x43ountTokensResponse\x12\x13\n\x0btoken_count\x18\x01 \x01(\x05\x12\x14\n\x0c\x63ontext_size\x18\x02 \x01(\x05\"\x15\n\x13GetModelInfoRequest\"\xd8\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontext_size\x18\x03 \x01(\x05\x12 \n\x18max_concurrent_sequences\x18\x04 \x01(\x05\x12\x18\n\x10max_queue_length\x18\x05 \x01(\x05\x12\x12\n\ngpu_layers\x18\x06 \x01(\x05\x12\x19\n\x11has_chat_template\x18\x07 \x01(\x08\x12\x12\n\nvocab_size\x18\x08 \x01(\x05\x12\x1a\n\x12\x64\x65\x66\x61ult_max_tokens\x18\t \x01(\x05\"G\n\x14GetModelInfoResponse\x12/\n\x05model\x18\x01 \x01(\x0b\x32 .lodestar.inference.v1.ModelInfo*P\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03*|\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x32\xbf\x04\n\x10InferenceService\x12g\n\x0cGenerateText\x12*.lodestar.inference.v1.GenerateTextRequest\x1a+.lodestar.inference.v1.GenerateTextResponse\x12{\n\x12StreamGenerateText\x12\x30.lodestar.inference.v1.StreamGenerateTextRequest\x1a\x31.lodestar.inference.v1.StreamGenerateTextResponse0\x01\x12v\n\x11\x42\x61tchGenerateText\x12/.lodestar.inference.v1.BatchGenerateTextRequest\x1a\x30.lodestar.inference.v1.BatchGenerateTextResponse\x12\x64\n\x0b\x43ountTokens\x12).lodestar.inference.v1.CountTokensRequest\x1a*.lodestar.inference.v1.CountTokensResponse\x12g\n\x0cGetModelInfo\x12*.lodestar.inference.v1.GetModelInfoRequest\x1a+.lodestar.inference.v1.GetModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-lodestar/inference/v1/inference_service.proto\x12\x15lodestar.inference.v1\"I\n\x0b\x43hatMessage\x12)\n\x04role\x18\x01 \x01(\x0e\x32\x1b.lodestar.inference.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x97\x02\n\x0fSamplingOptions\x12\x17\n\nmax_tokens\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x12\n\x05min_p\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12\x1b\n\x0erepeat_penalty\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x11\n\x04seed\x18\x08 \x01(\x04H\x06\x88\x01\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\x11\n\x0f_repeat_penaltyB\x07\n\x05_seed\"[\n\x10OutputConstraint\x12\x15\n\x0bjson_object\x18\x01 \x01(\x08H\x00\x12\x15\n\x0bjson_schema\x18\x02 \x01(\tH\x00\x12\x11\n\x07grammar\x18\x03 \x01(\tH\x00\x42\x06\n\x04kind\"m\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x04 \x01(\x05\"L\n\x06Timing\x12\x1e\n\x16time_to_first_token_ms\x18\x01 \x01(\x01\x12\x10\n\x08total_ms\x18\x02 \x01(\x01\x12\x10\n\x08queue_ms\x18\x03 \x01(\x01\"\xd2\x01\n\x13GenerateTextRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x34\n\x08messages\x18\x02 \x03(\x0b\x32\".lodestar.inference.v1.ChatMessage\x12\x38\n\x08sampling\x18\x03 \x01(\x0b\x32&.lodestar.inference.v1.SamplingOptions\x12;\n\nconstraint\x18\x04 \x01(\x0b\x32\'.lodestar.inference.v1.OutputConstraint\"\xcb\x01\n\x14GenerateTextResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12:\n\rfinish_reason\x18\x02 \x01(\x0e\x32#.lodestar.inference.v1.FinishReason\x12+\n\x05usage\x18\x03 \x01(\x0b\x32\x1c.lodestar.inference.v1.Usage\x12\r\n\x05model\x18\x04 \x01(\t\x12-\n\x06timing\x18\x05 \x01(\x0b\x32\x1d.lodestar.inference.v1.Timing\"\xd8\x01\n\x19StreamGenerateTextRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x34\n\x08messages\x18\x02 \x03(\x0b\x32\".lodestar.inference.v1.ChatMessage\x12\x38\n\x08sampling\x18\x03 \x01(\x0b\x32&.lodestar.inference.v1.SamplingOptions\x12;\n\nconstraint\x18\x04 \x01(\x0b\x32\'.lodestar.inference.v1.OutputConstraint\"\xd2\x01\n\x1aStreamGenerateTextResponse\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12:\n\rfinish_reason\x18\x02 \x01(\x0e\x32#.lodestar.inference.v1.FinishReason\x12+\n\x05usage\x18\x03 \x01(\x0b\x32\x1c.lodestar.inference.v1.Usage\x12\r\n\x05model\x18\x04 \x01(\t\x12-\n\x06timing\x18\x05 \x01(\x0b\x32\x1d.lodestar.inference.v1.Timing\"X\n\x18\x42\x61tchGenerateTextRequest\x12<\n\x08requests\x18\x01 \x03(\x0b\x32*.lodestar.inference.v1.GenerateTextRequest\":\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x97\x01\n\x17\x42\x61tchGenerateTextResult\x12?\n\x08response\x18\x01 \x01(\x0b\x32+.lodestar.inference.v1.GenerateTextResponseH\x00\x12\x31\n\x05\x65rror\x18\x02 \x01(\x0b\x32 .lodestar.inference.v1.ItemErrorH\x00\x42\x08\n\x06result\"\\\n\x19\x42\x61tchGenerateTextResponse\x12?\n\x07results\x18\x01 \x03(\x0b\x32..lodestar.inference.v1.BatchGenerateTextResult\"X\n\x12\x43ountTokensRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x34\n\x08messages\x18\x02 \x03(\x0b\x32\".lodestar.inference.v1.ChatMessage\"@\n\x13\x43ountTokensResponse\x12\x13\n\x0btoken_count\x18\x01 \x01(\x05\x12\x14\n\x0c\x63ontext_size\x18\x02 \x01(\x05\"\x15\n\x13GetModelInfoRequest\"\xd8\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontext_size\x18\x03 \x01(\x05\x12 \n\x18max_concurrent_sequences\x18\x04 \x01(\x05\x12\x18\n\x10max_queue_length\x18\x05 \x01(\x05\x12\x12\n\ngpu_layers\x18\x06 \x01(\x05\x12\x19\n\x11has_chat_template\x18\x07 \x01(\x08\x12\x12\n\nvocab_size\x18\x08 \x01(\x05\x12\x1a\n\x12\x64\x65\x66\x61ult_max_tokens\x18\t \x01(\x05\"G\n\x14GetModelInfoResponse\x12/\n\x05model\x18\x01 \x01(\x0b\x32 .lodestar.inference.v1.ModelInfo*P\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03*|\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x32\xbf\x04\n\x10InferenceService\x12g\n\x0cGenerateText\x12*.lodestar.inference.v1.GenerateTextRequest\x1a+.lodestar.inference.v1.GenerateTextResponse\x12{\n\x12StreamGenerateText\x12\x30.lodestar.inference.v1.StreamGenerateTextRequest\x1a\x31.lodestar.inference.v1.StreamGenerateTextResponse0\x01\x12v\n\x11\x42\x61tchGenerateText\x12/.lodestar.inference.v1.BatchGenerateTextRequest\x1a\x30.lodestar.inference.v1.BatchGenerateTextResponse\x12\x64\n\x0b\x43ountTokens\x12).lodestar.inference.v1.CountTokensRequest\x1a*.lodestar.inference.v1.CountTokensResponse\x12g\n\x0cGetModelInfo\x12*.lodestar.inference.v1.GetModelInfoRequest\x1a+.lodestar.inference.v1.GetModelInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lodestar.inference.v1.inference_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=2401
-  _globals['_ROLE']._serialized_end=2481
-  _globals['_FINISHREASON']._serialized_start=2483
-  _globals['_FINISHREASON']._serialized_end=2607
+  _globals['_ROLE']._serialized_start=2431
+  _globals['_ROLE']._serialized_end=2511
+  _globals['_FINISHREASON']._serialized_start=2513
+  _globals['_FINISHREASON']._serialized_end=2637
   _globals['_CHATMESSAGE']._serialized_start=72
   _globals['_CHATMESSAGE']._serialized_end=145
   _globals['_SAMPLINGOPTIONS']._serialized_start=148
@@ -42,35 +42,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OUTPUTCONSTRAINT']._serialized_start=429
   _globals['_OUTPUTCONSTRAINT']._serialized_end=520
   _globals['_USAGE']._serialized_start=522
-  _globals['_USAGE']._serialized_end=601
-  _globals['_TIMING']._serialized_start=603
-  _globals['_TIMING']._serialized_end=679
-  _globals['_GENERATETEXTREQUEST']._serialized_start=682
-  _globals['_GENERATETEXTREQUEST']._serialized_end=892
-  _globals['_GENERATETEXTRESPONSE']._serialized_start=895
-  _globals['_GENERATETEXTRESPONSE']._serialized_end=1098
-  _globals['_STREAMGENERATETEXTREQUEST']._serialized_start=1101
-  _globals['_STREAMGENERATETEXTREQUEST']._serialized_end=1317
-  _globals['_STREAMGENERATETEXTRESPONSE']._serialized_start=1320
-  _globals['_STREAMGENERATETEXTRESPONSE']._serialized_end=1530
-  _globals['_BATCHGENERATETEXTREQUEST']._serialized_start=1532
-  _globals['_BATCHGENERATETEXTREQUEST']._serialized_end=1620
-  _globals['_ITEMERROR']._serialized_start=1622
-  _globals['_ITEMERROR']._serialized_end=1680
-  _globals['_BATCHGENERATETEXTRESULT']._serialized_start=1683
-  _globals['_BATCHGENERATETEXTRESULT']._serialized_end=1834
-  _globals['_BATCHGENERATETEXTRESPONSE']._serialized_start=1836
-  _globals['_BATCHGENERATETEXTRESPONSE']._serialized_end=1928
-  _globals['_COUNTTOKENSREQUEST']._serialized_start=1930
-  _globals['_COUNTTOKENSREQUEST']._serialized_end=2018
-  _globals['_COUNTTOKENSRESPONSE']._serialized_start=2020
-  _globals['_COUNTTOKENSRESPONSE']._serialized_end=2084
-  _globals['_GETMODELINFOREQUEST']._serialized_start=2086
-  _globals['_GETMODELINFOREQUEST']._serialized_end=2107
-  _globals['_MODELINFO']._serialized_start=2110
-  _globals['_MODELINFO']._serialized_end=2326
-  _globals['_GETMODELINFORESPONSE']._serialized_start=2328
-  _globals['_GETMODELINFORESPONSE']._serialized_end=2399
-  _globals['_INFERENCESERVICE']._serialized_start=2610
-  _globals['_INFERENCESERVICE']._serialized_end=3185
+  _globals['_USAGE']._serialized_end=631
+  _globals['_TIMING']._serialized_start=633
+  _globals['_TIMING']._serialized_end=709
+  _globals['_GENERATETEXTREQUEST']._serialized_start=712
+  _globals['_GENERATETEXTREQUEST']._serialized_end=922
+  _globals['_GENERATETEXTRESPONSE']._serialized_start=925
+  _globals['_GENERATETEXTRESPONSE']._serialized_end=1128
+  _globals['_STREAMGENERATETEXTREQUEST']._serialized_start=1131
+  _globals['_STREAMGENERATETEXTREQUEST']._serialized_end=1347
+  _globals['_STREAMGENERATETEXTRESPONSE']._serialized_start=1350
+  _globals['_STREAMGENERATETEXTRESPONSE']._serialized_end=1560
+  _globals['_BATCHGENERATETEXTREQUEST']._serialized_start=1562
+  _globals['_BATCHGENERATETEXTREQUEST']._serialized_end=1650
+  _globals['_ITEMERROR']._serialized_start=1652
+  _globals['_ITEMERROR']._serialized_end=1710
+  _globals['_BATCHGENERATETEXTRESULT']._serialized_start=1713
+  _globals['_BATCHGENERATETEXTRESULT']._serialized_end=1864
+  _globals['_BATCHGENERATETEXTRESPONSE']._serialized_start=1866
+  _globals['_BATCHGENERATETEXTRESPONSE']._serialized_end=1958
+  _globals['_COUNTTOKENSREQUEST']._serialized_start=1960
+  _globals['_COUNTTOKENSREQUEST']._serialized_end=2048
+  _globals['_COUNTTOKENSRESPONSE']._serialized_start=2050
+  _globals['_COUNTTOKENSRESPONSE']._serialized_end=2114
+  _globals['_GETMODELINFOREQUEST']._serialized_start=2116
+  _globals['_GETMODELINFOREQUEST']._serialized_end=2137
+  _globals['_MODELINFO']._serialized_start=2140
+  _globals['_MODELINFO']._serialized_end=2356
+  _globals['_GETMODELINFORESPONSE']._serialized_start=2358
+  _globals['_GETMODELINFORESPONSE']._serialized_end=2429
+  _globals['_INFERENCESERVICE']._serialized_start=2640
+  _globals['_INFERENCESERVICE']._serialized_end=3215
 # @@protoc_insertion_point(module_scope)

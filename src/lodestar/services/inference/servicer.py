@@ -224,6 +224,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
             total_tokens=usage.total_tokens,
+            cached_prompt_tokens=usage.cached_tokens,
         )
 
     @staticmethod

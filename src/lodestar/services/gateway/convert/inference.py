@@ -76,6 +76,7 @@ def usage_from_proto(usage: pb.Usage) -> rest.Usage:
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
         total_tokens=usage.total_tokens,
+        cached_prompt_tokens=usage.cached_prompt_tokens,
     )
 
 

@@ -113,6 +113,8 @@ class Usage(ResponseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    # Of the prompt tokens, those the inference service took from its prompt cache.
+    cached_prompt_tokens: int = 0
 
 
 class Timing(ResponseModel):
