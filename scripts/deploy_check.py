@@ -75,6 +75,7 @@ SERVICE_METRICS: Mapping[str, str] = {
     "lodestar_inference_requests_total": COUNTER,
     "lodestar_inference_prompt_tokens_total": COUNTER,
     "lodestar_inference_completion_tokens_total": COUNTER,
+    "lodestar_inference_cached_prompt_tokens_total": COUNTER,
     "lodestar_inference_time_to_first_token_seconds": HISTOGRAM,
     "lodestar_inference_tokens_per_second": HISTOGRAM,
     "lodestar_inference_queue_depth": GAUGE,
