@@ -7,6 +7,7 @@ lifespan closes the backend channels and the rate-limit store.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ def create_server(settings: GatewaySettings, app: FastAPI | None = None) -> uvic
         # The platform's logging is configured once; the gateway writes its own access log.
         log_config=None,
         access_log=False,
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        http=_http_protocol(),
         loop="asyncio",
         lifespan="on",
         server_header=False,
@@ -37,6 +38,16 @@ def create_server(settings: GatewaySettings, app: FastAPI | None = None) -> uvic
         timeout_keep_alive=30,
     )
     return _Server(config)
+
+
+def _http_protocol() -> type[asyncio.Protocol] | str:
+    """httptools with one socket write per response where httptools is installed,
+    else uvicorn's pure-Python h11 protocol."""
+    if importlib.util.find_spec("httptools") is None:
+        return "h11"
+    from lodestar.services.gateway.transport import CoalescingHttpToolsProtocol
+
+    return CoalescingHttpToolsProtocol
 
 
 class _Server(uvicorn.Server):
