@@ -1,7 +1,7 @@
 """Gateway benchmark: vector calls made directly over gRPC against the same
 calls through the gateway over HTTP.
 
-    python -m bench.gateway [--points 10000] [--dim 128] [--calls 600] [--rate 200]
+    python -m bench.gateway [--points 10000] [--dim 128] [--calls 600] [--rate 100]
                             [--clients 32] [--seconds 3] [--rounds 3]
 
 In one run, with the vector service (``python -m lodestar.services.vector``)
@@ -15,16 +15,19 @@ processes on loopback and this process as the client:
   connections with a minimal HTTP/1.1 client (``bench.http``, as load tools
   work; ``--http-client httpx`` measures through httpx instead, whose own
   per-request CPU then counts as the gateway's);
-- latency at a moderate load: one client paced at ``--rate`` calls/s, p50 and
-  p99 of each path, and the gateway's added latency (gateway − direct) at both;
+- latency at a moderate load: one client making ``--calls`` calls on each
+  path at ``--rate`` calls/s per path, direct and gateway calls taking turns
+  (each starts half an interval after the other), so that both paths meet the
+  same conditions; p50 and p99 of each path, and the gateway's added latency
+  (gateway − direct) at both;
 - requests/s at saturation: ``--clients`` concurrent clients for
   ``--seconds``, spread over ``--client-processes`` processes (one Python
   client process cannot keep a server busy), with the gateway process's CPU
   use during the window.
 
-Direct and gateway windows alternate for ``--rounds`` rounds and the medians
-are reported, so that load from other processes affects both alike. Targets:
-added latency p50 ≤ 1 ms and p99 ≤ 5 ms.
+Latency windows and saturation windows (direct, then gateway) repeat for
+``--rounds`` rounds and the medians are reported, so that load from other
+processes affects both alike. Targets: added latency p50 ≤ 1 ms and p99 ≤ 5 ms.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
@@ -150,18 +153,21 @@ def _paths(
     return Paths(get_direct, get_gateway, search_direct, search_gateway)
 
 
-async def _paced(call: Call, count: int, rate: float) -> list[float]:
-    """Latencies (ms) of ``count`` sequential calls started every 1/rate s."""
-    interval = 1.0 / rate
-    latencies = []
+async def _paced(calls: Sequence[Call], count: int, rate: float) -> list[list[float]]:
+    """Latencies (ms) of ``count`` sequential calls of each of ``calls``, which
+    take turns: one call every 1/(rate × len(calls)) s, so each is called
+    ``rate`` times a second."""
+    interval = 1.0 / (rate * len(calls))
+    latencies: list[list[float]] = [[] for _ in calls]
     next_start = time.perf_counter()
-    for i in range(count):
+    for i in range(count * len(calls)):
         now = time.perf_counter()
         if next_start > now:
             await asyncio.sleep(next_start - now)
+        turn = i % len(calls)
         start = time.perf_counter()
-        await call(i)
-        latencies.append((time.perf_counter() - start) * 1000)
+        await calls[turn](i // len(calls))
+        latencies[turn].append((time.perf_counter() - start) * 1000)
         next_start = max(next_start + interval, time.perf_counter())
     return latencies
 
@@ -354,17 +360,14 @@ async def measure(args: argparse.Namespace) -> Figures:
             )
             for round_no in range(args.rounds):
                 for name, (direct, via) in pairs.items():
-                    for side, call in (("direct", direct), ("gateway", via)):
-                        key = f"{name}.{side}"
-                        before = await _server_times(http, ops_token) if side == "gateway" else None
-                        figures.latency.setdefault(key, []).append(
-                            await _paced(call, args.calls, args.rate)
-                        )
-                        if before is not None:
-                            after = await _server_times(http, ops_token)
-                            figures.inside.setdefault(name, []).append(
-                                tuple(a - b for a, b in zip(after[name], before[name], strict=True))
-                            )
+                    before = await _server_times(http, ops_token)
+                    direct_ms, via_ms = await _paced((direct, via), args.calls, args.rate)
+                    after = await _server_times(http, ops_token)
+                    figures.latency.setdefault(f"{name}.direct", []).append(direct_ms)
+                    figures.latency.setdefault(f"{name}.gateway", []).append(via_ms)
+                    figures.inside.setdefault(name, []).append(
+                        tuple(a - b for a, b in zip(after[name], before[name], strict=True))
+                    )
                 for name in pairs:
                     for side in ("direct", "gateway"):
                         key = f"{name}.{side}"
@@ -392,7 +395,8 @@ def report(figures: Figures, args: argparse.Namespace) -> bool:
     print(
         f"\nvector collection: {args.points} points × {args.dim}-d; "
         f"latency at {args.rate:g} calls/s "
-        f"(one client, {args.calls} calls × {args.rounds} rounds); "
+        f"per path (one client, direct and gateway calls taking turns, {args.calls} calls "
+        f"× {args.rounds} rounds); "
         f"saturation with {args.clients} clients in {args.client_processes} processes"
     )
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
@@ -445,8 +449,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gateway", description=__doc__)
     parser.add_argument("--points", type=int, default=10_000, help="points in the collection")
     parser.add_argument("--dim", type=int, default=128, help="vector dimension")
-    parser.add_argument("--calls", type=int, default=600, help="paced calls per window")
-    parser.add_argument("--rate", type=float, default=200.0, help="paced calls per second")
+    parser.add_argument("--calls", type=int, default=600, help="paced calls per path and window")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=100.0,
+        help="paced calls per second and path (both paths together: twice this)",
+    )
     parser.add_argument("--clients", type=int, default=32, help="clients at saturation")
     parser.add_argument(
         "--client-processes",
