@@ -365,9 +365,8 @@ async def measure(args: argparse.Namespace) -> Figures:
                     after = await _server_times(http, ops_token)
                     figures.latency.setdefault(f"{name}.direct", []).append(direct_ms)
                     figures.latency.setdefault(f"{name}.gateway", []).append(via_ms)
-                    figures.inside.setdefault(name, []).append(
-                        tuple(a - b for a, b in zip(after[name], before[name], strict=True))
-                    )
+                    (a0, a1, a2, a3), (b0, b1, b2, b3) = after[name], before[name]
+                    figures.inside.setdefault(name, []).append((a0 - b0, a1 - b1, a2 - b2, a3 - b3))
                 for name in pairs:
                     for side in ("direct", "gateway"):
                         key = f"{name}.{side}"
