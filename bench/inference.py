@@ -40,8 +40,6 @@ import contextlib
 import ctypes
 import os
 import random
-import signal
-import socket
 import statistics
 import string
 import sys
@@ -50,17 +48,16 @@ import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import grpc
 import llama_cpp
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.processes import free_port, service_process
 from lodestar.inference.v1 import inference_service_pb2 as pb
 from lodestar.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from lodestar.runtime.channels import insecure_channel
 from lodestar.services.inference.engine import InferenceEngine
 from lodestar.services.inference.model import LlamaModel
-from lodestar.services.inference.server import SERVICE_NAME, create_server
+from lodestar.services.inference.server import create_server
 from lodestar.services.inference.settings import InferenceSettings
 
 DECODE_RATIO_TARGET = 0.95
@@ -287,18 +284,11 @@ async def inprocess_service(
         await engine.aclose()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.asynccontextmanager
 async def subprocess_service(settings: InferenceSettings) -> AsyncIterator[Endpoint]:
     """The service as its own process (``python -m lodestar.services.inference``)."""
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     env = {
-        **os.environ,
         "LODESTAR_INFERENCE_PORT": str(port),
         "LODESTAR_INFERENCE_METRICS_PORT": str(metrics_port),
         "LODESTAR_INFERENCE_CONTEXT_SIZE": str(settings.context_size),
@@ -306,32 +296,10 @@ async def subprocess_service(settings: InferenceSettings) -> AsyncIterator[Endpo
         "LODESTAR_INFERENCE_THREADS": str(settings.threads),
         "LODESTAR_INFERENCE_FLASH_ATTENTION": str(settings.flash_attention).lower(),
         "LODESTAR_INFERENCE_PROMPT_CACHE": str(settings.prompt_cache).lower(),
-        "LODESTAR_LOG_LEVEL": "WARNING",
     }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "lodestar.services.inference", env=env
-    )
     address = f"127.0.0.1:{port}"
-    try:
-        async with insecure_channel(address) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            for _ in range(600):
-                if process.returncode is not None:
-                    raise RuntimeError(f"the service exited with {process.returncode}")
-                with contextlib.suppress(grpc.aio.AioRpcError):
-                    reply = await health.Check(
-                        health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=1
-                    )
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        break
-                await asyncio.sleep(0.1)
-            else:
-                raise RuntimeError("the service did not become healthy in time")
+    async with service_process("lodestar.services.inference", env, grpc_address=address):
         yield Endpoint(address, f"http://127.0.0.1:{metrics_port}/metrics")
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(process.wait(), 30)
 
 
 def chat_request(topic: str, max_tokens: int) -> pb.StreamGenerateTextRequest:

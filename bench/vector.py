@@ -42,24 +42,20 @@ import contextlib
 import hashlib
 import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import sysconfig
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import numpy as np
 import qdrant_edge as qe
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from numpy.typing import NDArray
 
+from bench.processes import free_port, service_process
 from lodestar.runtime.channels import insecure_channel
 from lodestar.services.vector import edge
 from lodestar.services.vector.models import CollectionConfig, Distance, HnswOptions
@@ -263,48 +259,6 @@ class Raw:
 # --- the service -------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@contextlib.contextmanager
-def service_process(data_dir: Path) -> Iterator[str]:
-    port = _free_port()
-    env = {
-        **os.environ,
-        "LODESTAR_VECTOR_PORT": str(port),
-        "LODESTAR_VECTOR_METRICS_PORT": "0",
-        "LODESTAR_VECTOR_DATA_DIR": str(data_dir),
-        "LODESTAR_LOG_LEVEL": "WARNING",
-    }
-    process = subprocess.Popen([sys.executable, "-m", "lodestar.services.vector"], env=env)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-async def wait_serving(address: str, limit_s: float = 60) -> None:
-    deadline = time.monotonic() + limit_s
-    async with grpc.aio.insecure_channel(address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while True:
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            if time.monotonic() > deadline:
-                raise SystemExit("the vector service did not start")
-            await asyncio.sleep(0.1)
-
-
 class Service:
     def __init__(self, channels: list[grpc.aio.Channel]) -> None:
         self.channels = channels
@@ -454,8 +408,13 @@ async def run(args: argparse.Namespace) -> int:
         searches = [
             pb.SearchPointsRequest(collection=COLLECTION, vector=q, limit=K) for q in query_lists
         ]
-        with service_process(work / "service") as address:
-            await wait_serving(address)
+        address = f"127.0.0.1:{free_port()}"
+        service_env = {
+            "LODESTAR_VECTOR_PORT": address.rsplit(":", 1)[1],
+            "LODESTAR_VECTOR_METRICS_PORT": "0",
+            "LODESTAR_VECTOR_DATA_DIR": str(work / "service"),
+        }
+        async with service_process("lodestar.services.vector", service_env, grpc_address=address):
             channels = [insecure_channel(address) for _ in range(args.clients)]
             try:
                 service = Service(channels)
