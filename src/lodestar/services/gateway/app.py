@@ -25,6 +25,7 @@ from fastapi.routing import APIRoute, APIRouter, iter_route_contexts
 from lodestar.services.gateway.auth import Permission, TokenVerifier
 from lodestar.services.gateway.backends import Backends
 from lodestar.services.gateway.deps import Gateway
+from lodestar.services.gateway.direct import DirectRoutes
 from lodestar.services.gateway.errors import install_error_handlers
 from lodestar.services.gateway.middleware import GatewayMiddleware
 from lodestar.services.gateway.pipeline import GeneratePipeline
@@ -210,6 +211,12 @@ def create_app(
         for router in extension.routers:
             app.include_router(router)
     _install_openapi_security(app)
+    # Inside GatewayMiddleware (added after it, so nearer the routes).
+    app.add_middleware(
+        DirectRoutes,  # type: ignore[arg-type]
+        fastapi_app=app,
+        enabled=settings.direct_routes,
+    )
     app.add_middleware(
         GatewayMiddleware,  # type: ignore[arg-type]
         max_body_bytes=settings.max_body_bytes,

@@ -14,16 +14,19 @@ from starlette.responses import Response
 API_PREFIX = "/api/v1"
 
 
-class GatewayRoute(APIRoute):
-    """A route whose JSON body is parsed by pydantic-core's parser (about six
-    times faster than the standard library's on the vectors requests carry).
+def parse_json_body(body: bytes) -> Any:
+    """A JSON request body, parsed by pydantic-core's parser (about six times
+    faster than the standard library's on the vectors requests carry). It reads
+    what the standard library reads (``NaN``, big integers, the last of
+    duplicate keys); ValueError for a body it refuses (invalid JSON, a lone
+    surrogate escape), which is then left to FastAPI's own parsing, so that what
+    is accepted and the errors given are unchanged."""
+    return from_json(body)
 
-    The parsed body is left where Starlette caches ``Request.json()``, which
-    FastAPI then reads. The parser reads what the standard library reads
-    (``NaN``, big integers, the last of duplicate keys); a body it refuses
-    (invalid JSON, a lone surrogate escape) is left to FastAPI's own parsing,
-    so that what is accepted and the errors given are unchanged.
-    """
+
+class GatewayRoute(APIRoute):
+    """A route whose JSON body is parsed by ``parse_json_body``, the result
+    left where Starlette caches ``Request.json()``, which FastAPI then reads."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -34,7 +37,7 @@ class GatewayRoute(APIRoute):
             body = await request.body()
             if body:
                 with contextlib.suppress(ValueError):
-                    request._json = from_json(body)
+                    request._json = parse_json_body(body)
             return await handler(request)
 
         return route
