@@ -13,6 +13,7 @@ import pytest
 
 from lodestar.services.gateway.auth import TokenVerifier, mint_token
 from lodestar.services.gateway.cli import token_main
+from lodestar.services.gateway.server import create_server
 from lodestar.services.gateway.settings import GatewaySettings
 from tests.gateway.fakes import FakeBackends
 from tests.gateway.harness import RunningGateway, free_port, gateway_settings, run_gateway
@@ -151,3 +152,23 @@ async def test_sigterm_drains_in_flight_requests_and_exits_cleanly(fakes: FakeBa
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_the_server_calls_back_once_it_listens(gateway: RunningGateway) -> None:
+    settings = gateway.settings.model_copy(update={"port": 0})
+    listening = asyncio.Event()
+    seen: list[bool] = []
+
+    def started() -> None:
+        seen.append(server.started)
+        listening.set()
+
+    server = create_server(settings, on_started=started)
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    task = asyncio.create_task(server.serve())
+    try:
+        await asyncio.wait_for(listening.wait(), 30)
+        assert seen == [True]
+    finally:
+        server.should_exit = True
+        await task

@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from lodestar.runtime.heap import settle_heap
 from lodestar.runtime.interceptors import server_interceptors
 from lodestar.runtime.logging import configure_logging
 from lodestar.runtime.metrics import MetricsServer, start_metrics_server
@@ -124,6 +125,7 @@ async def serve(
     configure_tracing(service_name)
     server = await build()
     await server.start()
+    settle_heap(settings.gc_threshold)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -2,7 +2,8 @@
 
 Every service has one settings class deriving from ``ServerSettings``, with its
 own prefix (``LODESTAR_EMBEDDING_``, ``LODESTAR_VECTOR_``, ...). Logging is
-configured once for the whole platform (``LODESTAR_LOG_LEVEL``, ``LODESTAR_LOG_JSON``).
+configured once for the whole platform (``LODESTAR_LOG_LEVEL``, ``LODESTAR_LOG_JSON``), as is
+the garbage collector (``LODESTAR_GC_THRESHOLD``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,13 @@ class ServerSettings(BaseSettings):
     )
     log_json: bool = Field(
         False, validation_alias=AliasChoices("LODESTAR_LOG_JSON"), description="JSON log lines."
+    )
+    gc_threshold: int = Field(
+        50_000,
+        ge=0,
+        validation_alias=AliasChoices("LODESTAR_GC_THRESHOLD"),
+        description="Allocations between young garbage collections once the service has "
+        "started (startup objects are frozen out of collection); 0 keeps Python's defaults.",
     )
 
     @property

@@ -10,19 +10,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
-from collections.abc import Iterator
+import socket
+from collections.abc import Callable, Iterator
 
 import uvicorn
 from fastapi import FastAPI
 
+from lodestar.runtime.heap import settle_heap
 from lodestar.runtime.logging import configure_logging
 from lodestar.runtime.telemetry import configure_tracing, shutdown_tracing
 from lodestar.services.gateway.app import create_app
 from lodestar.services.gateway.settings import GatewaySettings
 
 
-def create_server(settings: GatewaySettings, app: FastAPI | None = None) -> uvicorn.Server:
-    """An uvicorn server for the gateway (``await server.serve()`` runs it)."""
+def create_server(
+    settings: GatewaySettings,
+    app: FastAPI | None = None,
+    *,
+    on_started: Callable[[], None] | None = None,
+) -> uvicorn.Server:
+    """An uvicorn server for the gateway (``await server.serve()`` runs it);
+    ``on_started`` is called once it listens."""
     config = uvicorn.Config(
         app or create_app(settings),
         host=settings.host,
@@ -37,7 +45,7 @@ def create_server(settings: GatewaySettings, app: FastAPI | None = None) -> uvic
         timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)),
         timeout_keep_alive=30,
     )
-    return _Server(config)
+    return _Server(config, on_started)
 
 
 def _http_protocol() -> type[asyncio.Protocol] | str:
@@ -54,6 +62,15 @@ class _Server(uvicorn.Server):
     """uvicorn's server, minus re-raising the stop signal once it has shut down
     gracefully: SIGTERM/SIGINT then end the process normally (exit status 0)
     instead of by the signal or with a KeyboardInterrupt traceback."""
+
+    def __init__(self, config: uvicorn.Config, on_started: Callable[[], None] | None) -> None:
+        super().__init__(config)
+        self._on_started = on_started
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started and self._on_started is not None:
+            self._on_started()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -78,6 +95,9 @@ async def serve(settings: GatewaySettings) -> None:
     from lodestar.services.gateway.flows import create_flows_app
 
     try:
-        await create_server(settings, create_flows_app(settings)).serve()
+        app = create_flows_app(settings)
+        await create_server(
+            settings, app, on_started=lambda: settle_heap(settings.gc_threshold)
+        ).serve()
     finally:
         shutdown_tracing()

@@ -185,6 +185,13 @@ class GatewaySettings(BaseSettings):
     log_json: bool = Field(
         False, validation_alias=AliasChoices("LODESTAR_LOG_JSON"), description="JSON log lines."
     )
+    gc_threshold: int = Field(
+        50_000,
+        ge=0,
+        validation_alias=AliasChoices("LODESTAR_GC_THRESHOLD"),
+        description="Allocations between young garbage collections once the service has "
+        "started (startup objects are frozen out of collection); 0 keeps Python's defaults.",
+    )
 
     @field_validator(
         "embedding_addresses",
