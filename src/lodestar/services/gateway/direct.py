@@ -82,7 +82,7 @@ class _Param:
 @dataclass(frozen=True, slots=True)
 class _Body:
     name: str
-    adapter: TypeAdapter[Any]
+    validate: Callable[..., Any]  # validate_python of the body field's validator
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +168,10 @@ def plan_for(route: APIRoute) -> _Plan | None:
             return None
         if getattr(info, "embed", False) or not info.is_required():
             return None
-        body = _Body(field.name, _adapter(info))
+        # The model's own validator is the body field's when the field adds no
+        # constraints of its own (and costs no schema build).
+        validator = model.__pydantic_validator__ if not info.metadata else _adapter(info)
+        body = _Body(field.name, validator.validate_python)
     dependency = None
     if dependant.dependencies:
         sub = dependant.dependencies[0]
@@ -240,6 +243,12 @@ class DirectRoutes:
         return self._candidates
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            # Plan the routes at startup (some milliseconds), not in a request.
+            if self.enabled:
+                self.routes()
+            await self.app(scope, receive, send)
+            return
         # FastAPI's own telemetry (on when tracing is) names its server span after
         # the route its router selects: such requests take FastAPI's path.
         if (
@@ -288,7 +297,7 @@ class DirectRoutes:
                     raise _Invalid
                 body = await request.body()
                 try:
-                    arguments[plan.body.name] = plan.body.adapter.validate_python(
+                    arguments[plan.body.name] = plan.body.validate(
                         parse_json_body(body), from_attributes=True
                     )
                 except ValueError:  # not JSON here, or a ValidationError
