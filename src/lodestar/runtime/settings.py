@@ -8,12 +8,23 @@ the garbage collector (``LODESTAR_GC_THRESHOLD``).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+# Shared by every service's settings (the gateway's included).
+GcThreshold = Annotated[
+    int,
+    Field(
+        ge=0,
+        validation_alias=AliasChoices("LODESTAR_GC_THRESHOLD"),
+        description="Allocations between young garbage collections once the service has "
+        "started (startup objects are frozen out of collection); 0 keeps Python's defaults.",
+    ),
+]
 
 
 class ServerSettings(BaseSettings):
@@ -41,13 +52,7 @@ class ServerSettings(BaseSettings):
     log_json: bool = Field(
         False, validation_alias=AliasChoices("LODESTAR_LOG_JSON"), description="JSON log lines."
     )
-    gc_threshold: int = Field(
-        50_000,
-        ge=0,
-        validation_alias=AliasChoices("LODESTAR_GC_THRESHOLD"),
-        description="Allocations between young garbage collections once the service has "
-        "started (startup objects are frozen out of collection); 0 keeps Python's defaults.",
-    )
+    gc_threshold: GcThreshold = 50_000
 
     @property
     def address(self) -> str:

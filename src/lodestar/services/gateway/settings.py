@@ -17,6 +17,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from lodestar.runtime.eventloop import EventLoop
+from lodestar.runtime.settings import GcThreshold
 from lodestar.services.gateway.auth import DEFAULT_ROLES, Permission
 from lodestar.services.gateway.ratelimit import RouteClass
 
@@ -185,13 +186,7 @@ class GatewaySettings(BaseSettings):
     log_json: bool = Field(
         False, validation_alias=AliasChoices("LODESTAR_LOG_JSON"), description="JSON log lines."
     )
-    gc_threshold: int = Field(
-        50_000,
-        ge=0,
-        validation_alias=AliasChoices("LODESTAR_GC_THRESHOLD"),
-        description="Allocations between young garbage collections once the service has "
-        "started (startup objects are frozen out of collection); 0 keeps Python's defaults.",
-    )
+    gc_threshold: GcThreshold = 50_000
 
     @field_validator(
         "embedding_addresses",
