@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
+from typing import Any
 from uuid import UUID
 
 from lodestar.services.gateway.convert.common import (
@@ -179,15 +180,17 @@ def point_from_proto(point: pb.Point, *, with_payload: bool, with_vector: bool) 
     )
 
 
-def scored_point_from_proto(
+def scored_point_data(
     point: pb.ScoredPoint, *, with_payload: bool, with_vector: bool
-) -> rest.ScoredPoint:
-    return rest.ScoredPoint(
-        id=point_id_from_proto(point.id),
-        score=point.score,
-        payload=struct_to_dict(point.payload) if with_payload else None,
-        vector=list(point.vector) if with_vector else None,
-    )
+) -> dict[str, Any]:
+    """A hit as ``rest.ScoredPoint`` data: the fields the model would serialise
+    (those it would leave None are left out)."""
+    data: dict[str, Any] = {"id": point_id_from_proto(point.id), "score": point.score}
+    if with_payload:
+        data["payload"] = struct_to_dict(point.payload)
+    if with_vector:
+        data["vector"] = list(point.vector)
+    return data
 
 
 def update_point_to_proto(
@@ -287,16 +290,22 @@ def search_to_proto(
     return request
 
 
-def search_from_proto(
-    response: pb.SearchPointsResponse, *, with_payload: bool, with_vector: bool
-) -> rest.SearchResponse:
-    return rest.SearchResponse(
-        points=[
-            scored_point_from_proto(p, with_payload=with_payload, with_vector=with_vector)
+def hits_from_proto(
+    response: pb.SearchPointsResponse | pb.RecommendPointsResponse,
+    *,
+    with_payload: bool,
+    with_vector: bool,
+) -> dict[str, Any]:
+    """A search or recommend answer as ``rest.SearchResponse`` data, ready to
+    serialise. Built without the model (the busiest answers; the model is their
+    schema, and a test holds the two to the same JSON)."""
+    return {
+        "points": [
+            scored_point_data(p, with_payload=with_payload, with_vector=with_vector)
             for p in response.points
         ],
-        time_ms=response.time_ms,
-    )
+        "time_ms": response.time_ms,
+    }
 
 
 _STRATEGY = {
@@ -349,18 +358,6 @@ def recommend_to_proto(
     return request
 
 
-def recommend_from_proto(
-    response: pb.RecommendPointsResponse, *, with_payload: bool, with_vector: bool
-) -> rest.SearchResponse:
-    return rest.SearchResponse(
-        points=[
-            scored_point_from_proto(p, with_payload=with_payload, with_vector=with_vector)
-            for p in response.points
-        ],
-        time_ms=response.time_ms,
-    )
-
-
 _ALGORITHM = {
     rest.ClusterAlgorithm.KMEANS: pb.CLUSTER_ALGORITHM_KMEANS,
     rest.ClusterAlgorithm.DENSITY: pb.CLUSTER_ALGORITHM_DENSITY,
@@ -396,7 +393,9 @@ def cluster_from_proto(
                 size=c.size,
                 member_ids=[point_id_from_proto(i) for i in c.member_ids],
                 representatives=[
-                    scored_point_from_proto(p, with_payload=with_payload, with_vector=False)
+                    rest.ScoredPoint.model_validate(
+                        scored_point_data(p, with_payload=with_payload, with_vector=False)
+                    )
                     for p in c.representatives
                 ],
             )

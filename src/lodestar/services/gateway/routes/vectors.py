@@ -18,7 +18,7 @@ from lodestar.services.gateway.auth import Permission
 from lodestar.services.gateway.convert import vector as convert
 from lodestar.services.gateway.deps import Call, require
 from lodestar.services.gateway.ratelimit import RouteClass
-from lodestar.services.gateway.responses import respond
+from lodestar.services.gateway.responses import respond, respond_json
 from lodestar.services.gateway.routes.base import api_router
 from lodestar.services.gateway.schemas.common import parse_point_id
 from lodestar.services.gateway.schemas.vector import (
@@ -77,8 +77,8 @@ async def search_vectors(
     vector = body.vector if body.vector is not None else (await embed(call, [body.text or ""]))[0]
     request = convert.search_to_proto(body, vector, tenant=call.tenant)
     response = await call.backends.vector.search_points(request, call.options)
-    return respond(
-        convert.search_from_proto(
+    return respond_json(
+        convert.hits_from_proto(
             response, with_payload=body.with_payload, with_vector=body.with_vector
         )
     )
@@ -184,15 +184,15 @@ async def batch_search_vectors(
         ]
     )
     response = await call.backends.vector.batch_search_points(request, call.options)
-    return respond(
-        BatchSearchResponse(
-            results=[
-                convert.search_from_proto(
+    return respond_json(
+        {
+            "results": [
+                convert.hits_from_proto(
                     result, with_payload=search.with_payload, with_vector=search.with_vector
                 )
                 for search, result in zip(body.searches, response.results, strict=True)
             ]
-        )
+        }
     )
 
 
@@ -207,8 +207,8 @@ async def recommend_vectors(
     embedded = await embed(call, convert.example_texts(body))
     request = convert.recommend_to_proto(body, embedded, tenant=call.tenant)
     response = await call.backends.vector.recommend_points(request, call.options)
-    return respond(
-        convert.recommend_from_proto(
+    return respond_json(
+        convert.hits_from_proto(
             response, with_payload=body.with_payload, with_vector=body.with_vector
         )
     )
