@@ -50,10 +50,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench.http import KeepAliveHttp
-from bench.processes import cpu_seconds, free_port, service_process
+from bench.processes import cpu_seconds, free_port, metric_samples, service_process
 from lodestar.runtime.channels import insecure_channel
 from lodestar.services.gateway.auth import mint_token
 from lodestar.services.gateway.settings import GatewaySettings
@@ -272,14 +271,12 @@ async def _server_times(
     from the gateway's own Prometheus histograms."""
     text = (await http.get("/metrics", headers={"Authorization": f"Bearer {token}"})).text
     values: dict[tuple[str, ...], float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = sample.labels
-            for suffix in ("_sum", "_count"):
-                if sample.name == _HTTP + suffix:
-                    values[(suffix, labels["method"], labels["route"])] = sample.value
-                elif sample.name == _BACKEND + suffix and labels.get("code") == "OK":
-                    values[(suffix, labels["method"])] = sample.value
+    for name, labels, value in metric_samples(text):
+        for suffix in ("_sum", "_count"):
+            if name == _HTTP + suffix:
+                values[(suffix, labels["method"], labels["route"])] = value
+            elif name == _BACKEND + suffix and labels.get("code") == "OK":
+                values[(suffix, labels["method"])] = value
     return {
         name: (
             values.get(("_sum", method, route), 0.0),

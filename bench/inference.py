@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 import llama_cpp
 import numpy as np
 
-from bench.processes import free_port, service_process
+from bench.processes import free_port, metric_samples, service_process
 from lodestar.inference.v1 import inference_service_pb2 as pb
 from lodestar.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from lodestar.runtime.channels import insecure_channel
@@ -347,10 +347,9 @@ def _read_prompt_counters(url: str) -> tuple[float, float]:
     with urllib.request.urlopen(url, timeout=10) as response:
         text = response.read().decode()
     values = dict.fromkeys(PROMPT_COUNTERS, 0.0)
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
+    for name, _, value in metric_samples(text):
         if name in values:
-            values[name] = float(value)
+            values[name] = value
     return values[PROMPT_COUNTERS[0]], values[PROMPT_COUNTERS[1]]
 
 

@@ -199,20 +199,18 @@ def plan_for(route: APIRoute) -> _Plan | None:
     )
 
 
-def _candidates(app: FastAPI) -> tuple[list[_Candidate], int]:
+def _candidates(app: FastAPI) -> list[_Candidate]:
     """The app's routes in the router's order, up to the first one this layer
-    cannot match as the router would; and how many routes are direct."""
+    cannot match as the router would."""
     out: list[_Candidate] = []
-    direct = 0
     for context in iter_route_contexts(app.routes):
         route = context.original_route
         if not isinstance(route, Route) or context.path != route.path:
             break
         plan = plan_for(route) if isinstance(route, APIRoute) else None
-        direct += plan is not None
         methods = frozenset(route.methods) if route.methods else None
         out.append(_Candidate(route.path_regex, methods, route, plan))
-    return out, direct
+    return out
 
 
 _JSON_TYPE = re.compile(r"application/(?:[a-z0-9.!#$&^_-]+\+)?json")
@@ -239,7 +237,7 @@ class DirectRoutes:
 
     def routes(self) -> list[_Candidate]:
         if self._candidates is None:
-            self._candidates = _candidates(self.fastapi_app)[0]
+            self._candidates = _candidates(self.fastapi_app)
         return self._candidates
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

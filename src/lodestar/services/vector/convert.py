@@ -172,10 +172,18 @@ def point_ids(
     return [point_id(v, f"{field}[{i}]") for i, v in enumerate(values)]
 
 
-def point_id_to_pb(value: m.PointId) -> pb.PointId:
+def set_point_id(target: pb.PointId, value: m.PointId) -> None:
+    """Write ``value`` into a message's ``PointId`` field, in place."""
     if isinstance(value, int):
-        return pb.PointId(num=value)
-    return pb.PointId(uuid=value)
+        target.num = value
+    else:
+        target.uuid = value
+
+
+def point_id_to_pb(value: m.PointId) -> pb.PointId:
+    out = pb.PointId()
+    set_point_id(out, value)
+    return out
 
 
 def vector(values: Sequence[float], dimension: int, field: str) -> list[float]:
@@ -718,10 +726,7 @@ def add_hits(
     for value in values:
         hit = target.add()
         hit.score = value.score
-        if isinstance(value.id, int):
-            hit.id.num = value.id
-        else:
-            hit.id.uuid = value.id
+        set_point_id(hit.id, value.id)
         if value.vector is not None:
             hit.vector.extend(value.vector)
         if value.payload:

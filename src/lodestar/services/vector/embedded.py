@@ -26,11 +26,12 @@ are therefore applied on the event loop, which saves the hand-off to a worker an
 back. Larger upserts, and deletes and payload changes (which first count the
 points they select), run on worker threads.
 
-Searches: engine calls release the GIL. Plain searches that the engine answers
-in under ``inline_search_ms`` run on the event loop (a hand-off to a worker
-thread and back costs more CPU than they do); the rest run on worker threads,
-and searches that arrive while those are busy go to the engine together as one
-``query_batch``.
+Searches: plain searches that the engine answers in under ``inline_search_ms``
+run on the event loop (a hand-off to a worker thread and back costs more CPU
+than they do); the rest run on worker threads, and searches that arrive while
+those are busy go to the engine together as one ``query_batch``. The engine
+keeps the GIL for most of a search, so searches do not overlap each other, nor
+the event loop's own work, whichever thread runs them.
 """
 
 from __future__ import annotations
