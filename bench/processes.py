@@ -9,7 +9,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 import httpx
@@ -64,17 +64,19 @@ async def service_process(
     module: str,
     env: dict[str, str],
     *,
+    args: Sequence[str] = (),
     grpc_address: str | None = None,
     http_url: str | None = None,
     timeout_s: float = 300,
 ) -> AsyncIterator[int]:
-    """``python -m module`` with ``env`` added, once it answers its health
+    """``python -m module *args`` with ``env`` added, once it answers its health
     check (gRPC health at ``grpc_address``, or the gateway's ``/api/v1/health``
     at ``http_url``); its pid. SIGTERM (then SIGKILL) when the block ends."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         module,
+        *args,
         env={**os.environ, "LODESTAR_LOG_LEVEL": "WARNING", **env},
         stdout=asyncio.subprocess.DEVNULL,
     )

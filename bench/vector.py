@@ -19,6 +19,11 @@ search pool) and the same search ``ef``:
   ``optimize()``, then search QPS from one thread and from ``--clients``
   threads, one query per call, and from one thread with ``--search-batch``
   queries per ``query_batch``; recall@10.
+- floor: ``bench.vector_floor``, a bare grpc.aio server that answers
+  ``SearchPoints`` with nothing but the engine call, on a copy of the raw shard,
+  driven like the service: the most a gRPC server in one Python process gets
+  from this engine on this machine, so that the service's own cost and the
+  serving cost can be told apart.
 - service: ``python -m lodestar.services.vector`` as its own process on
   loopback, driven by ``--clients`` concurrent gRPC clients from this process.
   Bulk insert (points/s: the first load, then ``--insert-n`` into a fresh
@@ -28,7 +33,7 @@ search pool) and the same search ``ef``:
   send pre-serialised requests and leave replies as bytes (the recall pass
   parses them), so that the load generator takes little of the CPU it shares.
 
-Search windows of raw and service alternate for ``--rounds`` rounds and the
+Search windows of raw, floor and service alternate for ``--rounds`` rounds and the
 medians are compared, so that load from other processes affects both alike.
 The one-query-per-call target is judged against the better of raw's one-thread
 and many-thread figures.
@@ -182,6 +187,7 @@ class Raw:
     """The engine in this process, configured as the service configures a collection."""
 
     def __init__(self, path: Path, settings: VectorSettings) -> None:
+        self.path = path
         self.shard = qe.EdgeShard.create(
             str(path),
             edge.edge_config(
@@ -206,6 +212,12 @@ class Raw:
                 )
             )
         return len(vectors) / (time.perf_counter() - started)
+
+    def copy_to(self, destination: Path) -> None:
+        """A copy of the shard's files (closed for the copy, then opened again)."""
+        self.shard.close()
+        shutil.copytree(self.path, destination)
+        self.shard = qe.EdgeShard.load(str(self.path))
 
     def search(self, vector: list[float]) -> list[int]:
         hits = self.shard.query(
@@ -278,7 +290,9 @@ class Service:
 
     async def insert(self, requests: list[bytes], points: int) -> float:
         """Points per second, the clients sending pre-serialised upserts one at a time."""
-        calls = [c.unary_unary(UPSERT_METHOD) for c in self.channels]
+        calls: list[grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = [
+            c.unary_unary(UPSERT_METHOD) for c in self.channels
+        ]
         queue = list(reversed(requests))
 
         async def client(call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]) -> None:
@@ -303,7 +317,7 @@ class Service:
         results: list[list[int]] = [[] for _ in requests]
         order = iter(range(len(requests)))
 
-        async def client(stub: pb_grpc.VectorServiceStub) -> None:
+        async def client(stub: pb_grpc.VectorServiceAsyncStub) -> None:
             for i in order:
                 reply = await stub.SearchPoints(requests[i])
                 results[i] = [p.id.num for p in reply.points]
@@ -317,7 +331,9 @@ class Service:
         """Searches per second from the clients, each one call at a time. The load
         generator sends pre-serialised requests and leaves the replies as bytes (the
         recall pass parses them), so that it spends little of the CPU it shares."""
-        calls = [c.unary_unary(method) for c in self.channels]
+        calls: list[grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = [
+            c.unary_unary(method) for c in self.channels
+        ]
         done = [0] * len(calls)
         stop = time.perf_counter() + seconds
 
@@ -384,6 +400,7 @@ async def run(args: argparse.Namespace) -> int:
             "raw1",
             "rawN",
             "service",
+            "floor",
             "raw_batch",
             "service_batch",
             "raw_insert",
@@ -404,20 +421,34 @@ async def run(args: argparse.Namespace) -> int:
             flush=True,
         )
 
+        raw.copy_to(work / "floor")
         upserts = _upsert_requests(corpus, corpus_texts, args.batch)
         searches = [
             pb.SearchPointsRequest(collection=COLLECTION, vector=q, limit=K) for q in query_lists
         ]
         address = f"127.0.0.1:{free_port()}"
+        floor_port = free_port()
         service_env = {
             "LODESTAR_VECTOR_PORT": address.rsplit(":", 1)[1],
             "LODESTAR_VECTOR_METRICS_PORT": "0",
             "LODESTAR_VECTOR_DATA_DIR": str(work / "service"),
         }
-        async with service_process("lodestar.services.vector", service_env, grpc_address=address):
+        async with (
+            service_process("lodestar.services.vector", service_env, grpc_address=address),
+            service_process(
+                "bench.vector_floor",
+                {},
+                args=[str(work / "floor"), str(floor_port)],
+                grpc_address=f"127.0.0.1:{floor_port}",
+            ),
+        ):
             channels = [insecure_channel(address) for _ in range(args.clients)]
+            floor_channels = [
+                insecure_channel(f"127.0.0.1:{floor_port}") for _ in range(args.clients)
+            ]
             try:
                 service = Service(channels)
+                floor = Service(floor_channels)
                 await service.create()
                 service_insert = await service.insert(upserts, len(corpus))
                 index_wait, info = await service.wait_indexed(len(corpus))
@@ -428,6 +459,7 @@ async def run(args: argparse.Namespace) -> int:
                     flush=True,
                 )
                 service_recall = recall(await service.search_all(searches), truth)
+                floor_recall = recall(await floor.search_all(searches), truth)
                 wire = [r.SerializeToString() for r in searches]
                 batches = [
                     pb.BatchSearchPointsRequest(
@@ -438,11 +470,13 @@ async def run(args: argparse.Namespace) -> int:
                     for i in range(0, len(searches), args.search_batch)
                 ]
                 await service.qps(wire, 1.0)  # warm-up
+                await floor.qps(wire, 1.0)
                 raw.qps(query_lists, 1.0, 1)
                 for round_no in range(args.rounds):
                     rounds["raw1"].append(raw.qps(query_lists, args.seconds, 1))
                     rounds["rawN"].append(raw.qps(query_lists, args.seconds, args.clients))
                     rounds["service"].append(await service.qps(wire, args.seconds))
+                    rounds["floor"].append(await floor.qps(wire, args.seconds))
                     rounds["raw_batch"].append(
                         raw.qps_batched(query_lists, args.seconds, args.search_batch)
                     )
@@ -474,13 +508,14 @@ async def run(args: argparse.Namespace) -> int:
                         f"{rounds['rawN'][-1]:,.0f} ({args.clients} threads), "
                         f"{rounds['raw_batch'][-1]:,.0f} ({args.search_batch} per call); service "
                         f"{rounds['service'][-1]:,.0f} QPS, "
+                        f"floor {rounds['floor'][-1]:,.0f} QPS; service "
                         f"{rounds['service_batch'][-1]:,.0f} ({args.search_batch} per call)\n"
                         f"           insert: raw {rounds['raw_insert'][-1]:,.0f} points/s, "
                         f"service {rounds['service_insert'][-1]:,.0f} points/s",
                         flush=True,
                     )
             finally:
-                for channel in channels:
+                for channel in channels + floor_channels:
                     await channel.close()
     finally:
         with contextlib.suppress(NameError):
@@ -491,6 +526,7 @@ async def run(args: argparse.Namespace) -> int:
     raw_n = statistics.median(rounds["rawN"])
     raw_best = max(raw1, raw_n)
     service_qps = statistics.median(rounds["service"])
+    floor_qps = statistics.median(rounds["floor"])
     raw_batch = statistics.median(rounds["raw_batch"])
     service_batch = statistics.median(rounds["service_batch"])
     raw_insert_median = statistics.median(rounds["raw_insert"])
@@ -527,6 +563,15 @@ async def run(args: argparse.Namespace) -> int:
             "",
             _ratio(service_qps, raw_n),
             "",
+        )
+    )
+    print(
+        row.format(
+            "  bare gRPC server (floor)",
+            "",
+            f"{floor_qps:,.0f}",
+            _ratio(floor_qps, raw_best),
+            f"service/floor {_ratio(service_qps, floor_qps)}, recall {floor_recall:.4f}",
         )
     )
     print(

@@ -260,7 +260,7 @@ class EmbeddedBackend:
             and shard.search_seconds is not None
             and shard.search_seconds < self._inline_budget_s
         ):
-            # Cheaper than the hand-off: run it here (the engine releases the GIL).
+            # Cheaper than the hand-off: run it here (the engine holds the GIL either way).
             started = time.perf_counter()
             found = shard.engine.query(request)
             shard.observe_search(time.perf_counter() - started)
