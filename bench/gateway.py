@@ -337,11 +337,6 @@ async def measure(args: argparse.Namespace) -> Figures:
     pool = ProcessPoolExecutor(args.client_processes, mp_context=mp.get_context("spawn"))
     fastapi_port = free_port()
     fastapi_url = f"http://127.0.0.1:{fastapi_port}"
-    fastapi_env = {
-        **gateway_env,
-        "LODESTAR_GATEWAY_PORT": str(fastapi_port),
-        "LODESTAR_GATEWAY_DIRECT_ROUTES": "false",
-    }
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(
             service_process(
@@ -352,6 +347,11 @@ async def measure(args: argparse.Namespace) -> Figures:
             service_process("lodestar.services.gateway", gateway_env, http_url=url)
         )
         if args.fastapi_routing:
+            fastapi_env = {
+                **gateway_env,
+                "LODESTAR_GATEWAY_PORT": str(fastapi_port),
+                "LODESTAR_GATEWAY_DIRECT_ROUTES": "false",
+            }
             await stack.enter_async_context(
                 service_process("lodestar.services.gateway", fastapi_env, http_url=fastapi_url)
             )

@@ -426,10 +426,10 @@ async def run(args: argparse.Namespace) -> int:
         searches = [
             pb.SearchPointsRequest(collection=COLLECTION, vector=q, limit=K) for q in query_lists
         ]
-        address = f"127.0.0.1:{free_port()}"
-        floor_port = free_port()
+        service_port, floor_port = free_port(), free_port()
+        address, floor_address = f"127.0.0.1:{service_port}", f"127.0.0.1:{floor_port}"
         service_env = {
-            "LODESTAR_VECTOR_PORT": address.rsplit(":", 1)[1],
+            "LODESTAR_VECTOR_PORT": str(service_port),
             "LODESTAR_VECTOR_METRICS_PORT": "0",
             "LODESTAR_VECTOR_DATA_DIR": str(work / "service"),
         }
@@ -439,13 +439,11 @@ async def run(args: argparse.Namespace) -> int:
                 "bench.vector_floor",
                 {},
                 args=[str(work / "floor"), str(floor_port)],
-                grpc_address=f"127.0.0.1:{floor_port}",
+                grpc_address=floor_address,
             ),
         ):
             channels = [insecure_channel(address) for _ in range(args.clients)]
-            floor_channels = [
-                insecure_channel(f"127.0.0.1:{floor_port}") for _ in range(args.clients)
-            ]
+            floor_channels = [insecure_channel(floor_address) for _ in range(args.clients)]
             try:
                 service = Service(channels)
                 floor = Service(floor_channels)

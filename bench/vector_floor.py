@@ -32,6 +32,8 @@ SERVICE = "lodestar.vector.v1.VectorService"
 def search_handler(
     shard: qe.EdgeShard, default_ef: int
 ) -> grpc.RpcMethodHandler[pb.SearchPointsRequest, pb.SearchPointsResponse]:
+    default_params = qe.SearchParams(hnsw_ef=default_ef)
+
     async def search(
         request: pb.SearchPointsRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> pb.SearchPointsResponse:
@@ -39,7 +41,9 @@ def search_handler(
             qe.QueryRequest(
                 limit=request.limit,
                 query=qe.Query.Nearest(list(request.vector)),
-                params=qe.SearchParams(hnsw_ef=request.params.hnsw_ef or default_ef),
+                params=qe.SearchParams(hnsw_ef=request.params.hnsw_ef)
+                if request.params.hnsw_ef
+                else default_params,
             )
         )
         response = pb.SearchPointsResponse()
