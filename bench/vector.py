@@ -21,11 +21,12 @@ search pool) and the same search ``ef``:
   queries per ``query_batch``; recall@10.
 - floor: ``bench.vector_floor``, a bare grpc.aio server that answers
   ``SearchPoints`` with nothing but the engine call, on a copy of the raw shard,
-  driven like the service: the most a gRPC server in one Python process gets
-  from this engine on this machine, so that the service's own cost and the
-  serving cost can be told apart.
+  driven like the service: what a gRPC server gets from this engine when both
+  share one Python process (the engine holds the GIL while it searches, so they
+  share one core's worth of time).
 - service: ``python -m lodestar.services.vector`` as its own process on
-  loopback, driven by ``--clients`` concurrent gRPC clients from this process.
+  loopback (with its default settings: the engine in a child process, on the
+  other core), driven by ``--clients`` concurrent gRPC clients from this process.
   Bulk insert (points/s: the first load, then ``--insert-n`` into a fresh
   collection each round), the background index build (waited for, reported),
   then search QPS with one query per ``SearchPoints`` call and with
@@ -506,7 +507,7 @@ async def run(args: argparse.Namespace) -> int:
                         f"{rounds['rawN'][-1]:,.0f} ({args.clients} threads), "
                         f"{rounds['raw_batch'][-1]:,.0f} ({args.search_batch} per call); service "
                         f"{rounds['service'][-1]:,.0f} QPS, "
-                        f"floor {rounds['floor'][-1]:,.0f} QPS; service "
+                        f"bare {rounds['floor'][-1]:,.0f} QPS; service "
                         f"{rounds['service_batch'][-1]:,.0f} ({args.search_batch} per call)\n"
                         f"           insert: raw {rounds['raw_insert'][-1]:,.0f} points/s, "
                         f"service {rounds['service_insert'][-1]:,.0f} points/s",
@@ -565,11 +566,11 @@ async def run(args: argparse.Namespace) -> int:
     )
     print(
         row.format(
-            "  bare gRPC server (floor)",
+            "  bare gRPC server, one process",
             "",
             f"{floor_qps:,.0f}",
             _ratio(floor_qps, raw_best),
-            f"service/floor {_ratio(service_qps, floor_qps)}, recall {floor_recall:.4f}",
+            f"service/bare {_ratio(service_qps, floor_qps)}, recall {floor_recall:.4f}",
         )
     )
     print(

@@ -1,18 +1,18 @@
-"""A bare gRPC server around the engine's search: the floor under the vector service.
+"""A bare gRPC server around the engine's search, both in one process.
 
     python -m bench.vector_floor SHARD_DIR PORT
 
 ``bench.vector`` runs it beside the service, on a copy of the raw shard, and drives
 both with the same clients in turns. It answers ``SearchPoints`` and nothing else:
-the request's vector goes straight to ``EdgeShard.query`` on the event loop (where
-the service runs a plain search too) and the hits' ids and scores come back. No
-validation, collection lookup, metrics, interceptors, tracing or analytics: only
-grpc.aio, protobuf and the engine.
+the request's vector goes straight to ``EdgeShard.query`` on the event loop and
+the hits' ids and scores come back. No validation, collection lookup, metrics,
+interceptors, tracing or analytics: only grpc.aio, protobuf and the engine.
 
-So the service's QPS over this server's is what the service's own work costs, and
-this server's QPS over raw qdrant-edge's is what serving searches over gRPC from
-one Python process costs on the machine (the engine holds the GIL while it
-searches, so the server's work and the searches share one core's worth of time).
+Its QPS over raw qdrant-edge's is what serving searches over gRPC from one Python
+process costs on the machine: the engine holds the GIL while it searches, so the
+server's work and the searches share one core's worth of time. That is why the
+service runs the engine in a child process; the service's QPS over this server's
+is what that gains, net of the service's own work.
 """
 
 from __future__ import annotations

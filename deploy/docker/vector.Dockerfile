@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1.7
-# The vector service: the Qdrant engine in-process (qdrant-edge) or a Qdrant
+# The vector service: the embedded Qdrant engine (qdrant-edge, in a child process) or a Qdrant
 # cluster through qdrant-client. Build from the repository root:
 #
 #   docker build -f deploy/docker/vector.Dockerfile -t lodestar/vector:0.1.0 .

@@ -1,9 +1,11 @@
 """Fixtures of the vector tests: real servers on port 0, one per backend.
 
-The embedded server runs the real Qdrant engine (qdrant-edge) under a temporary
-data directory; the remote server talks to qdrant-client's in-memory mode, which
-speaks the client API of a Qdrant server. The behavioural suite runs against both
-(the ``stub`` fixture is parametrised); every test makes its own collections.
+The embedded servers run the real Qdrant engine (qdrant-edge) under a temporary
+data directory: ``engine-process`` in a child process (the default), ``embedded``
+in the service's own process. The remote server talks to qdrant-client's in-memory
+mode, which speaks the client API of a Qdrant server. The behavioural suite runs
+against all three (the ``stub`` fixture is parametrised); every test makes its own
+collections.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from qdrant_client import AsyncQdrantClient
 
 from lodestar.runtime.errors import ErrorDetails
 from lodestar.runtime.server import GrpcServer
+from lodestar.services.vector.backend import VectorBackend
 from lodestar.services.vector.embedded import EmbeddedBackend
+from lodestar.services.vector.engine_process import EngineProcess
 from lodestar.services.vector.remote import RemoteBackend
 from lodestar.services.vector.server import create_server
 from lodestar.services.vector.settings import VectorSettings
@@ -27,7 +31,7 @@ from lodestar.vector.v1 import vector_service_pb2 as pb
 from lodestar.vector.v1 import vector_service_pb2_grpc as pb_grpc
 
 MAX_BATCH_POINTS = 500
-BACKENDS = ("embedded", "remote")
+BACKENDS = ("embedded", "engine-process", "remote")
 
 
 def vector_settings(data_dir: Path, **overrides: object) -> VectorSettings:
@@ -59,11 +63,13 @@ class Running:
 
 
 async def _start(settings: VectorSettings, kind: str) -> Running:
-    backend = (
-        EmbeddedBackend(settings)
-        if kind == "embedded"
-        else RemoteBackend(settings, client=AsyncQdrantClient(location=":memory:"))
-    )
+    backend: VectorBackend
+    if kind == "embedded":
+        backend = EmbeddedBackend(settings)
+    elif kind == "engine-process":
+        backend = EngineProcess(settings)
+    else:
+        backend = RemoteBackend(settings, client=AsyncQdrantClient(location=":memory:"))
     server = await create_server(settings, backend=backend)
     port = await server.start()
     return Running(server, grpc.aio.insecure_channel(f"127.0.0.1:{port}"), kind)

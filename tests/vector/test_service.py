@@ -175,6 +175,11 @@ async def test_collection_lifecycle(stub: Stub, name: Callable[[], str]) -> None
     assert got.config == config
     assert got.status in (pb.COLLECTION_STATUS_READY, pb.COLLECTION_STATUS_OPTIMIZING)
 
+    # "year" is not in the schema yet, so any match on it is valid.
+    by_year = pb.CountPointsRequest(
+        collection=collection_name, filter=pb.Filter(must=[field("year", keyword="1954")])
+    )
+    assert (await stub.CountPoints(by_year)).count == 0
     updated = await stub.UpdateCollection(
         pb.UpdateCollectionRequest(
             name=collection_name,
@@ -184,6 +189,10 @@ async def test_collection_lifecycle(stub: Stub, name: Callable[[], str]) -> None
         )
     )
     assert dict(updated.collection.config.payload_schema) == {"year": pb.PAYLOAD_FIELD_TYPE_INTEGER}
+    # Requests are validated against the new configuration at once.
+    await expect_invalid(
+        stub.CountPoints(by_year), "filter.must[0].field.match.keyword", "FILTER_TYPE_MISMATCH"
+    )
     assert updated.collection.config.hnsw.ef_search == 64
     assert updated.collection.config.hnsw.m == 8
     got = (await stub.GetCollection(pb.GetCollectionRequest(name=collection_name))).collection

@@ -1,5 +1,8 @@
 """The embedded backend: the Qdrant engine in-process (qdrant-edge), one shard per collection.
 
+The service runs it in a child process of its own by default (``engine_process.py``);
+everything below describes the process that runs it.
+
 Layout under ``data_dir/collections/<name>/``: ``collection.json`` (the
 configuration and the current generation, replaced atomically) and
 ``gen-NNNNNN/``, the shard itself (segments, payload indexes, write-ahead log).
@@ -57,7 +60,7 @@ import qdrant_edge as qe
 
 from lodestar.runtime.errors import AlreadyExists, NotFound
 from lodestar.services.vector import edge
-from lodestar.services.vector.files import atomic_write, tree_bytes
+from lodestar.services.vector.files import atomic_write, lock_directory, tree_bytes
 from lodestar.services.vector.metrics import OPTIMIZER_RUNS
 from lodestar.services.vector.models import (
     CollectionConfig,
@@ -97,6 +100,8 @@ _RETRY_AFTER_FAILURE_S: Final = 30.0
 _MAX_SEARCH_BATCH: Final = 64
 # Upserts of at most this many points are applied on the event loop (see the module doc).
 _INLINE_WRITE_POINTS: Final = 1_000
+# Seconds to wait for the data directory's lock (held by a process that is stopping).
+_LOCK_WAIT_S: Final = 10.0
 # Deleted points that make a compaction worth a run.
 _VACUUM_MIN_DELETED: Final = 1_000
 
@@ -192,8 +197,12 @@ class EmbeddedBackend:
 
     kind = "embedded"
 
-    def __init__(self, settings: VectorSettings) -> None:
+    def __init__(
+        self, settings: VectorSettings, *, on_optimized: Callable[[str], None] | None = None
+    ) -> None:
         self._settings = settings
+        # Told the name of each collection whose index build finished and was swapped in.
+        self._on_optimized = on_optimized or _count_optimizer_run
         self._root = settings.data_dir / _COLLECTIONS_DIR
         self._tmp = settings.data_dir / _TMP_DIR
         self._snapshots = PortableSnapshots(settings.snapshots_path)
@@ -203,6 +212,7 @@ class EmbeddedBackend:
             max_workers=settings.engine_threads, thread_name_prefix="vector-engine"
         )
         self._closing = False
+        self._lock: int | None = None
         self._search_slots = settings.search_slots or os.cpu_count() or 2
         self._inline_budget_s = settings.inline_search_ms / 1000
 
@@ -331,6 +341,8 @@ class EmbeddedBackend:
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def open(self) -> None:
+        # One process per data directory: two engines on one shard would corrupt it.
+        self._lock = await asyncio.to_thread(lock_directory, self._settings.data_dir, _LOCK_WAIT_S)
         self._root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self._tmp, ignore_errors=True)
         for directory in sorted(self._root.iterdir()):
@@ -365,6 +377,9 @@ class EmbeddedBackend:
                 await self._run(collection.shard.engine.close)
         self._collections.clear()
         self._pool.shutdown(wait=True)
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     # --- collections -------------------------------------------------------------------------
 
@@ -826,7 +841,7 @@ class EmbeddedBackend:
                 collection.shard = _Shard(engine, path)
                 self._retire(source, remove_files=True)
                 swapped = True
-            OPTIMIZER_RUNS.labels(collection.name).inc()
+            self._on_optimized(collection.name)
             _log.info(
                 "collection %r optimized in %.1fs (%d writes replayed)",
                 collection.name,
@@ -875,6 +890,10 @@ class EmbeddedBackend:
                 f"{stderr.decode(errors='replace')[-2000:]}"
             )
         return bool(json.loads(stdout.decode().strip().splitlines()[-1])["optimized"])
+
+
+def _count_optimizer_run(collection: str) -> None:
+    OPTIMIZER_RUNS.labels(collection).inc()
 
 
 def _log_failure(what: str) -> Callable[[asyncio.Future[Any]], None]:

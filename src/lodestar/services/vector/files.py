@@ -1,9 +1,12 @@
-"""Crash-safe file writes: write a temporary file, fsync it, rename it into place."""
+"""Crash-safe file writes (write a temporary file, fsync it, rename it into place), disk
+usage, and the data directory's lock."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,3 +61,24 @@ def tree_bytes(path: Path) -> int:
             except FileNotFoundError:
                 continue
     return total
+
+
+def lock_directory(path: Path, wait_s: float) -> int:
+    """Take the exclusive lock of ``path`` (its ``.lock`` file) for this process, waiting up
+    to ``wait_s`` for a process that is letting it go; returns the descriptor that holds it
+    (closing it releases the lock, and so does the process's exit, however it ends)."""
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise RuntimeError(
+                    f"{path} is in use by another vector service process; give each "
+                    "process its own data directory"
+                ) from None
+            time.sleep(0.05)

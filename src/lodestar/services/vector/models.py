@@ -133,6 +133,11 @@ class ScoredHit:
     payload: Payload | None
     vector: Vector | None
 
+    def __reduce__(self) -> tuple[type[ScoredHit], tuple[Any, ...]]:
+        # Hits cross from the engine process on every search; this pickles several
+        # times faster than the dataclass default (a Python loop over its fields).
+        return ScoredHit, (self.id, self.score, self.payload, self.vector)
+
 
 # --- filters -------------------------------------------------------------------
 
@@ -239,6 +244,20 @@ class SearchQuery:
     with_vector: bool = False
     hnsw_ef: int | None = None
     exact: bool = False
+
+    def __reduce__(self) -> tuple[type[SearchQuery], tuple[Any, ...]]:
+        # Sent to the engine process on every search (see ``ScoredHit.__reduce__``).
+        return SearchQuery, (
+            self.vector,
+            self.filter,
+            self.limit,
+            self.offset,
+            self.score_threshold,
+            self.with_payload,
+            self.with_vector,
+            self.hnsw_ef,
+            self.exact,
+        )
 
 
 @dataclass(frozen=True, slots=True)

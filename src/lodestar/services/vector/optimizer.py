@@ -15,16 +15,13 @@ CONFIG_JSON is ``{"collection": <config dict>, "indexing_threshold_kb": int,
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import json
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-_PR_SET_PDEATHSIG = 1
+from lodestar.runtime.lifeline import die_with_parent
 
 
 def optimize_shard(path: str, options: dict[str, Any]) -> bool:
@@ -50,17 +47,6 @@ def optimize_shard(path: str, options: dict[str, Any]) -> bool:
     return changed
 
 
-def _die_with_parent(parent: int) -> None:
-    """On Linux, have the kernel kill this process when the service (``parent``) dies, even
-    by kill -9, so that no orphan keeps building an index nobody will use."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if parent and os.getppid() != parent:  # the service died before that took effect
-        sys.exit(1)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 2:
@@ -68,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     path, raw = args
     options = json.loads(raw)
-    _die_with_parent(int(options.get("parent", 0)))
+    die_with_parent(int(options.get("parent", 0)))
     with contextlib.suppress(OSError):
         os.nice(int(options.get("nice", 0)))
     changed = optimize_shard(path, options)

@@ -33,6 +33,10 @@ def create_backend(settings: VectorSettings) -> VectorBackend:
         from lodestar.services.vector.remote import RemoteBackend  # qdrant-client loads slowly
 
         return RemoteBackend(settings)
+    if settings.engine_process:
+        from lodestar.services.vector.engine_process import EngineProcess
+
+        return EngineProcess(settings)
     return EmbeddedBackend(settings)
 
 

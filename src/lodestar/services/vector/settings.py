@@ -25,8 +25,8 @@ class VectorSettings(ServerSettings):
 
     backend: BackendKind = Field(
         "embedded",
-        description="Where vectors live: `embedded` (the Qdrant engine in-process, under "
-        "data_dir) or `remote` (a Qdrant server or cluster at qdrant_url).",
+        description="Where vectors live: `embedded` (the Qdrant engine run by the service "
+        "itself, under data_dir) or `remote` (a Qdrant server or cluster at qdrant_url).",
     )
     data_dir: Path = Field(
         Path("./.data/vector"),
@@ -123,6 +123,12 @@ class VectorSettings(ServerSettings):
         description="Embedded: unfiltered searches that take the engine less than this run "
         "on the event loop instead of a worker thread (the hand-off costs more than they "
         "do); 0 always uses worker threads.",
+    )
+    engine_process: bool = Field(
+        True,
+        description="Embedded: run the engine in a child process of its own, so that its work "
+        "and the gRPC server's use different cores (the engine holds the Python GIL while it "
+        "searches); false runs it in the service process.",
     )
     engine_threads: int = Field(
         8, ge=1, le=256, description="Embedded: threads running engine calls off the event loop."

@@ -1,0 +1,514 @@
+"""The embedded engine in a process of its own.
+
+qdrant-edge holds the Python GIL while it searches, so inside the service process
+the engine's work and the gRPC server's work (protobuf, validation, metrics,
+analytics) take turns on one core's worth of time, however many threads run them.
+``EngineProcess`` is the embedded backend run in a child process
+(``python -m lodestar.services.vector.engine_process``): the service process keeps
+the gRPC server and everything above the backend interface, the child runs
+``EmbeddedBackend`` unchanged, and the two work on different cores.
+
+The two talk over a private socket pair in frames of a 4-byte little-endian length
+and a pickle: requests ``(id, method, args, kwargs)``, replies ``(id, ok, value)``
+(the result, or the exception the backend raised, re-raised in the service), and
+events ``(0, name, args)`` from the child. Both ends are this package in the same
+installation and nothing else can reach the socket pair, so pickling is safe.
+
+Life cycle: the child dies with the service (the kernel kills it when its parent
+dies, even by kill -9); acknowledged writes are in the engine's write-ahead log
+before the reply leaves the child, so they survive either process dying. If the
+child dies on its own, the calls in flight fail with UNAVAILABLE and the service
+starts a new child on the next call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import pickle
+import signal
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from lodestar.runtime.errors import Unavailable
+from lodestar.services.vector.metrics import OPTIMIZER_RUNS
+from lodestar.services.vector.models import (
+    CollectionConfig,
+    CollectionInfo,
+    CollectionUpdate,
+    Filter,
+    Operation,
+    PointId,
+    PointRecord,
+    RecommendQuery,
+    ScoredHit,
+    SearchQuery,
+    SnapshotInfo,
+)
+from lodestar.services.vector.settings import VectorSettings
+
+_log = logging.getLogger(__name__)
+
+_HEADER = 4
+_PICKLE = pickle.HIGHEST_PROTOCOL
+_EVENT = 0
+# Seconds a closing child gets to close its shards before it is killed.
+_CLOSE_TIMEOUT_S = 60.0
+
+# What the service may ask of the child: the backend interface, nothing else.
+_METHODS = frozenset(
+    {
+        "open",
+        "close",
+        "create_collection",
+        "get_collection",
+        "collection_config",
+        "list_collections",
+        "update_collection",
+        "delete_collection",
+        "apply",
+        "retrieve",
+        "scroll",
+        "count",
+        "search",
+        "search_batch",
+        "recommend",
+        "sample",
+        "create_snapshot",
+        "list_snapshots",
+        "restore_snapshot",
+        "delete_snapshot",
+        "sizes",
+    }
+)
+
+
+def _frame(message: object) -> bytes:
+    payload = pickle.dumps(message, _PICKLE)
+    return len(payload).to_bytes(_HEADER, "little") + payload
+
+
+class _Frames(asyncio.Protocol):
+    """Whole messages out of a byte stream, handed to ``on_message`` in order."""
+
+    def __init__(
+        self, on_message: Callable[[Any], None], on_lost: Callable[[Exception | None], None]
+    ) -> None:
+        self._on_message = on_message
+        self._on_lost = on_lost
+        self._buffer = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        if buffer:
+            buffer += data
+            used = self._deliver(buffer)
+            del buffer[:used]
+        else:
+            used = self._deliver(data)
+            if used < len(data):
+                buffer += memoryview(data)[used:]
+
+    def _deliver(self, data: bytes | bytearray) -> int:
+        """Hand on every whole frame at the start of ``data``; returns the bytes used."""
+        offset, end = 0, len(data)
+        with memoryview(data) as view:
+            while end - offset >= _HEADER:
+                size = int.from_bytes(view[offset : offset + _HEADER], "little")
+                stop = offset + _HEADER + size
+                if stop > end:
+                    break
+                with view[offset + _HEADER : stop] as body:
+                    message = pickle.loads(body)
+                offset = stop
+                self._on_message(message)
+        return offset
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._on_lost(exc)
+
+
+class EngineProcess:
+    """``EmbeddedBackend`` in a child process, behind the same interface."""
+
+    kind = "embedded"
+
+    def __init__(self, settings: VectorSettings) -> None:
+        self._settings = settings
+        self._process: asyncio.subprocess.Process | None = None
+        self._transport: asyncio.Transport | None = None
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._ids = itertools.count(1)
+        self._starting: asyncio.Task[None] | None = None
+        self._closing = False
+        # Collection configurations validate every request: kept here, dropped on any
+        # change (every change passes through this object).
+        self._configs: dict[str, CollectionConfig] = {}
+        self._config_epoch = 0
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id (None before the first start)."""
+        return None if self._process is None else self._process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The child's exit status once it has exited."""
+        return None if self._process is None else self._process.returncode
+
+    # --- the child ---------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        ours, theirs = socket.socketpair()
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                __name__,
+                str(theirs.fileno()),
+                str(os.getpid()),
+                pass_fds=(theirs.fileno(),),
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_unix_connection(
+            lambda: _Frames(self._received, self._lost), sock=ours
+        )
+        self._transport = transport  # type: ignore[assignment]
+        self._forget_configs()
+        await self._send("open", (self._settings,), {})
+
+    def _received(self, message: tuple[int, Any, Any]) -> None:
+        key, ok, value = message
+        if key == _EVENT:
+            if ok == "optimized":
+                OPTIMIZER_RUNS.labels(*value).inc()
+            return
+        future = self._waiting.pop(key, None)
+        if future is None or future.done():  # the caller went away
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    def _lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        waiting, self._waiting = self._waiting, {}
+        for future in waiting.values():
+            if not future.done():
+                future.set_exception(
+                    Unavailable("the vector engine process stopped; retry the call")
+                )
+        if not self._closing:
+            _log.error("the vector engine process stopped (%s); it restarts on the next call", exc)
+
+    async def _restart(self) -> None:
+        if self._process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
+            code = await self._process.wait()
+            _log.warning("vector engine process exited with %s; starting a new one", code)
+        await self._start()
+
+    async def _running(self) -> asyncio.Transport:
+        while self._transport is None:
+            if self._closing:
+                raise Unavailable("the vector service is stopping")
+            if self._starting is None or self._starting.done():
+                self._starting = asyncio.get_running_loop().create_task(self._restart())
+            try:
+                await asyncio.shield(self._starting)
+            except Exception as error:
+                raise Unavailable(f"the vector engine process cannot start: {error}") from error
+        return self._transport
+
+    async def _send(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        transport = self._transport
+        if transport is None:
+            raise Unavailable("the vector engine process stopped; retry the call")
+        key = next(self._ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[key] = future
+        transport.write(_frame((key, method, args, kwargs)))
+        try:
+            return await future
+        finally:
+            self._waiting.pop(key, None)
+
+    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if self._transport is None:
+            await self._running()
+        return await self._send(method, args, kwargs)
+
+    def _forget_configs(self) -> None:
+        self._configs.clear()
+        self._config_epoch += 1
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self._start()
+
+    async def close(self) -> None:
+        self._closing = True
+        process, transport = self._process, self._transport
+        try:
+            if transport is not None:
+                with contextlib.suppress(Unavailable):  # it stopped already
+                    await self._send("close", (), {})
+        finally:
+            if transport is not None:
+                transport.close()
+            if process is not None:
+                try:
+                    await asyncio.wait_for(process.wait(), _CLOSE_TIMEOUT_S)
+                except TimeoutError:
+                    _log.error("vector engine process did not exit; killing it")
+                    with contextlib.suppress(ProcessLookupError):
+                        process.kill()
+                    await process.wait()
+
+    # --- collections ---------------------------------------------------------------------
+
+    async def create_collection(self, name: str, config: CollectionConfig) -> CollectionInfo:
+        self._forget_configs()
+        info: CollectionInfo = await self._call("create_collection", name, config)
+        return info
+
+    async def get_collection(self, name: str) -> CollectionInfo:
+        info: CollectionInfo = await self._call("get_collection", name)
+        return info
+
+    async def collection_config(self, name: str) -> CollectionConfig:
+        config = self._configs.get(name)
+        if config is None:
+            epoch = self._config_epoch
+            config = await self._call("collection_config", name)
+            if epoch == self._config_epoch:
+                self._configs[name] = config
+        return config
+
+    async def list_collections(self) -> list[str]:
+        names: list[str] = await self._call("list_collections")
+        return names
+
+    async def update_collection(self, name: str, update: CollectionUpdate) -> CollectionInfo:
+        self._forget_configs()
+        try:
+            info: CollectionInfo = await self._call("update_collection", name, update)
+        finally:
+            self._forget_configs()
+        return info
+
+    async def delete_collection(self, name: str) -> None:
+        self._forget_configs()
+        try:
+            await self._call("delete_collection", name)
+        finally:
+            self._forget_configs()
+
+    # --- points --------------------------------------------------------------------------
+
+    async def apply(self, collection: str, operations: Sequence[Operation]) -> list[int]:
+        counts: list[int] = await self._call("apply", collection, list(operations))
+        return counts
+
+    async def retrieve(
+        self,
+        collection: str,
+        ids: Sequence[PointId],
+        *,
+        with_payload: bool,
+        with_vector: bool,
+        filter: Filter | None = None,
+    ) -> list[PointRecord]:
+        records: list[PointRecord] = await self._call(
+            "retrieve",
+            collection,
+            list(ids),
+            with_payload=with_payload,
+            with_vector=with_vector,
+            filter=filter,
+        )
+        return records
+
+    async def scroll(
+        self,
+        collection: str,
+        *,
+        filter: Filter | None,
+        limit: int,
+        offset: PointId | None,
+        with_payload: bool,
+        with_vector: bool,
+    ) -> tuple[list[PointRecord], PointId | None]:
+        page: tuple[list[PointRecord], PointId | None] = await self._call(
+            "scroll",
+            collection,
+            filter=filter,
+            limit=limit,
+            offset=offset,
+            with_payload=with_payload,
+            with_vector=with_vector,
+        )
+        return page
+
+    async def count(self, collection: str, filter: Filter | None) -> int:
+        total: int = await self._call("count", collection, filter)
+        return total
+
+    async def search(self, collection: str, query: SearchQuery) -> list[ScoredHit]:
+        hits: list[ScoredHit] = await self._call("search", collection, query)
+        return hits
+
+    async def search_batch(
+        self, collection: str, queries: Sequence[SearchQuery]
+    ) -> list[list[ScoredHit]]:
+        hits: list[list[ScoredHit]] = await self._call("search_batch", collection, list(queries))
+        return hits
+
+    async def recommend(self, collection: str, query: RecommendQuery) -> list[ScoredHit]:
+        hits: list[ScoredHit] = await self._call("recommend", collection, query)
+        return hits
+
+    async def sample(self, collection: str, filter: Filter | None, limit: int) -> list[PointRecord]:
+        records: list[PointRecord] = await self._call("sample", collection, filter, limit)
+        return records
+
+    # --- snapshots -----------------------------------------------------------------------
+
+    async def create_snapshot(self, collection: str) -> SnapshotInfo:
+        info: SnapshotInfo = await self._call("create_snapshot", collection)
+        return info
+
+    async def list_snapshots(self, collection: str) -> list[SnapshotInfo]:
+        infos: list[SnapshotInfo] = await self._call("list_snapshots", collection)
+        return infos
+
+    async def restore_snapshot(self, collection: str, snapshot: str, target: str) -> CollectionInfo:
+        self._forget_configs()
+        try:
+            info: CollectionInfo = await self._call(
+                "restore_snapshot", collection, snapshot, target
+            )
+        finally:
+            self._forget_configs()
+        return info
+
+    async def delete_snapshot(self, collection: str, snapshot: str) -> None:
+        await self._call("delete_snapshot", collection, snapshot)
+
+    # --- observability -------------------------------------------------------------------
+
+    async def sizes(self) -> dict[str, tuple[int, int]]:
+        sizes: dict[str, tuple[int, int]] = await self._call("sizes")
+        return sizes
+
+
+# --- the child's side ------------------------------------------------------------------
+
+
+class _Child:
+    """Runs the backend's calls as they arrive, each as its own task, and replies."""
+
+    def __init__(self) -> None:
+        self.backend: Any = None
+        self.transport: asyncio.Transport | None = None
+        self.gone = asyncio.get_running_loop().create_future()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def send(self, message: object) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(_frame(message))
+
+    def received(self, message: tuple[int, str, tuple[Any, ...], dict[str, Any]]) -> None:
+        task = asyncio.get_running_loop().create_task(self._handle(*message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def lost(self, exc: Exception | None) -> None:
+        if not self.gone.done():
+            self.gone.set_result(None)
+
+    def _optimized(self, collection: str) -> None:
+        self.send((_EVENT, "optimized", (collection,)))
+
+    async def _handle(
+        self, key: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        try:
+            if method not in _METHODS:
+                raise ValueError(f"no such engine call: {method!r}")
+            value: Any = None
+            if method == "open":
+                await self._open(*args)
+            else:
+                value = await getattr(self.backend, method)(*args, **kwargs)
+                if method == "close":
+                    self.backend = None
+            reply: tuple[int, bool, Any] = (key, True, value)
+        except Exception as error:  # every failure goes back to the caller
+            reply = (key, False, error)
+        try:
+            self.send(reply)
+        except Exception as error:  # an answer that does not pickle
+            self.send((key, False, RuntimeError(f"{type(error).__name__}: {error}")))
+
+    async def _open(self, settings: VectorSettings) -> None:
+        from lodestar.runtime.logging import configure_logging
+        from lodestar.services.vector.embedded import EmbeddedBackend
+
+        configure_logging(settings.log_level, json_lines=settings.log_json)
+        backend = EmbeddedBackend(settings, on_optimized=self._optimized)
+        await backend.open()
+        self.backend = backend
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self.backend is not None:
+            await self.backend.close()
+
+
+async def _serve(fd: int) -> None:
+    child = _Child()
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.connect_accepted_socket(
+        lambda: _Frames(child.received, child.lost), sock=socket.socket(fileno=fd)
+    )
+    child.transport = transport  # type: ignore[assignment]
+    try:
+        await child.gone
+    finally:
+        await child.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from lodestar.runtime import eventloop
+    from lodestar.runtime.lifeline import die_with_parent
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 2:
+        print("usage: python -m lodestar.services.vector.engine_process FD PARENT_PID")
+        return 2
+    die_with_parent(int(args[1]))
+    # The service stops this process when it stops (a Ctrl-C reaches the whole process
+    # group; the service closes the engine first).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    eventloop.run(_serve(int(args[0])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

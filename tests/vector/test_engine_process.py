@@ -1,0 +1,185 @@
+"""The engine in a child process: its life tied to the service's, restarts, events.
+
+The behavioural suite (``test_service.py``) runs over the engine process too; these
+tests cover what only it has: a second process that can die on its own or be left
+behind, and the optimizer's metric counted across the process boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from prometheus_client import REGISTRY
+
+from lodestar.services.vector import embedded
+from lodestar.services.vector.embedded import EmbeddedBackend
+from lodestar.services.vector.engine_process import EngineProcess
+from lodestar.services.vector.server import create_server
+from lodestar.vector.v1 import vector_service_pb2 as pb
+from lodestar.vector.v1 import vector_service_pb2_grpc as pb_grpc
+from tests.vector.conftest import vector_settings
+from tests.vector.test_durability import ServiceProcess
+
+DIMENSION = 16
+
+
+class Served:
+    def __init__(self, backend: EngineProcess, stub: pb_grpc.VectorServiceStub) -> None:
+        self.backend = backend
+        self.stub = stub
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[Served]:
+    settings = vector_settings(tmp_path, indexing_threshold_kb=16)
+    backend = EngineProcess(settings)
+    server = await create_server(settings, backend=backend)
+    port = await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        yield Served(backend, pb_grpc.VectorServiceStub(channel))
+        await server.stop(5)
+
+
+def _points(start: int, count: int) -> list[pb.Point]:
+    rng = np.random.default_rng(start)
+    vectors = rng.normal(size=(count, DIMENSION)).astype(np.float32)
+    return [
+        pb.Point(id=pb.PointId(num=i), vector=v.tolist())
+        for i, v in zip(range(start, start + count), vectors, strict=True)
+    ]
+
+
+async def _create(stub: pb_grpc.VectorServiceStub, name: str, points: int) -> None:
+    await stub.CreateCollection(
+        pb.CreateCollectionRequest(name=name, config=pb.CollectionConfig(dimension=DIMENSION))
+    )
+    for start in range(0, points, 500):
+        await stub.UpsertPoints(
+            pb.UpsertPointsRequest(collection=name, points=_points(start, min(500, points - start)))
+        )
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie nobody reaped counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def _engine_children(parent: int) -> list[int]:
+    """The engine processes whose parent is ``parent``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if ppid == parent and b"engine_process" in command:
+            found.append(int(entry.name))
+    return found
+
+
+async def test_a_child_that_dies_is_replaced_and_nothing_is_lost(served: Served) -> None:
+    stub = served.stub
+    await _create(stub, "kept", 1_200)
+    first = served.backend.pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+
+    # Calls fail with UNAVAILABLE (retryable) until the service has noticed; then the
+    # next call starts a new child, which opens the same data.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            counted = await stub.CountPoints(pb.CountPointsRequest(collection="kept"))
+            break
+        except grpc.aio.AioRpcError as error:
+            code = error.code()
+        assert code == grpc.StatusCode.UNAVAILABLE, code
+        assert time.monotonic() < deadline, "the engine process never came back"
+        await asyncio.sleep(0.05)
+    assert counted.count == 1_200
+    assert served.backend.pid not in (None, first)
+    hits = await stub.SearchPoints(
+        pb.SearchPointsRequest(collection="kept", vector=_points(0, 500)[7].vector, limit=1)
+    )
+    assert hits.points[0].id.num == 7
+
+
+async def test_index_builds_in_the_child_are_counted_by_the_service(served: Served) -> None:
+    def runs() -> float:
+        value = REGISTRY.get_sample_value(
+            "lodestar_vector_optimizer_runs_total", {"collection": "counted"}
+        )
+        return value or 0.0
+
+    before = runs()
+    # 2,000 × 16 floats = 128 KB of vectors: above the 16 KB indexing threshold.
+    await _create(served.stub, "counted", 2_000)
+    deadline = time.monotonic() + 60
+    while runs() == before:
+        assert time.monotonic() < deadline, "no index build was counted"
+        await asyncio.sleep(0.1)
+    info = (await served.stub.GetCollection(pb.GetCollectionRequest(name="counted"))).collection
+    assert info.indexed_vectors_count > 0
+
+
+async def test_stopping_the_service_stops_the_child(tmp_path: Path) -> None:
+    settings = vector_settings(tmp_path)
+    backend = EngineProcess(settings)
+    server = await create_server(settings, backend=backend)
+    await server.start()
+    pid = backend.pid
+    assert pid is not None
+    assert not _gone(pid)
+    await server.stop(5)
+    assert backend.returncode == 0
+    assert _gone(pid)
+
+
+async def test_the_child_dies_with_a_killed_service(tmp_path: Path) -> None:
+    service = ServiceProcess(tmp_path)
+    try:
+        await service.wait_serving()
+        children = _engine_children(service.process.pid)
+        assert len(children) == 1, children
+        child = children[0]
+        service.kill()
+        deadline = time.monotonic() + 10
+        while not _gone(child):
+            assert time.monotonic() < deadline, "the engine process outlived the service"
+            await asyncio.sleep(0.05)
+    finally:
+        if service.process.poll() is None:
+            service.kill()
+
+
+async def test_one_process_per_data_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(embedded, "_LOCK_WAIT_S", 0.2)
+    settings = vector_settings(tmp_path)
+    first = EmbeddedBackend(settings)
+    await first.open()
+    try:
+        with pytest.raises(RuntimeError, match="in use by another vector service process"):
+            await EmbeddedBackend(settings).open()
+    finally:
+        await first.close()
+    # Released on close: the directory opens again.
+    again = EmbeddedBackend(settings)
+    await again.open()
+    await again.close()
