@@ -1,8 +1,11 @@
-"""The server interceptor chain: request id → tracing → metrics and errors.
+"""The server-side layers of every call: request id → tracing → metrics and errors.
 
-grpc.aio runs a handler's behaviour after the interceptor returns, in the RPC's
-own task, so each interceptor here wraps the behaviour itself: context
-variables set by an outer wrapper are visible to everything inside it.
+The request-id and metrics/errors layers wrap each method's handler once, when a
+service registers it (``WrappingRegistrar``), rather than as grpc interceptors,
+which grpc.aio runs as a chain of coroutines on every call. Each layer wraps the
+behaviour itself, so context variables set by an outer layer are visible to
+everything inside it. Tracing, when configured, is OpenTelemetry's own grpc
+interceptor, and so runs outside the other two.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -75,35 +78,52 @@ def _wrap_handler(
     return handler
 
 
-class _WrappingInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps each method's handler once and hands out the wrapped one on every call.
+class _WrappedGenericHandler(grpc.GenericRpcHandler):
+    """A generic handler whose method handlers come out wrapped (each made once, and
+    made again only if the inner handler resolves that method differently)."""
 
-    The wrapped handler is kept per method with the handler it wraps, and made
-    again only if the server resolves that method to a different handler."""
-
-    def __init__(self, wrapper: Wrapper) -> None:
-        self._wrapper = wrapper
+    def __init__(self, inner: grpc.GenericRpcHandler) -> None:
+        self._inner = inner
         self._wrapped: dict[
             str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]
         ] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
+        handler = self._inner.service(handler_call_details)
         if handler is None:
-            return handler
+            return None
         method = handler_call_details.method
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = _wrap_handler(handler, method, self._wrapper)
+        wrapped = wrap_method_handler(handler, method)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
+
+
+class WrappingRegistrar:
+    """Stands in for the server where services register their handlers (the generated
+    ``add_*_to_server`` functions, health, reflection): each method handler reaches
+    the server already wrapped in the request-id and metrics/errors layers."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(tuple(_WrappedGenericHandler(h) for h in handlers))
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        self._server.add_registered_method_handlers(  # type: ignore[attr-defined]
+            service,
+            {name: wrap_method_handler(h, f"/{service}/{name}") for name, h in handlers.items()},
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
 
 
 def _incoming_request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
@@ -219,13 +239,23 @@ def _errors_and_metrics_wrapper(behaviour: Behaviour, method: str, streaming: bo
     return unary_behaviour
 
 
+# Outermost first.
+_LAYERS: tuple[Wrapper, ...] = (_request_id_wrapper, _errors_and_metrics_wrapper)
+
+
+def wrap_method_handler(
+    handler: grpc.RpcMethodHandler[Any, Any], method: str
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """``handler`` inside the request-id and metrics/errors layers."""
+    for layer in reversed(_LAYERS):
+        handler = _wrap_handler(handler, method, layer)
+    return handler
+
+
 def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
-    """The ordered chain every service uses: request id → tracing → metrics/errors."""
-    chain: list[grpc.aio.ServerInterceptor] = [_WrappingInterceptor(_request_id_wrapper)]
+    """The grpc interceptors every server gets: tracing's, when tracing is configured
+    (the other layers are wrapped around the handlers by ``WrappingRegistrar``)."""
     from lodestar.runtime.telemetry import tracing_server_interceptor
 
     tracing = tracing_server_interceptor()
-    if tracing is not None:
-        chain.append(tracing)
-    chain.append(_WrappingInterceptor(_errors_and_metrics_wrapper))
-    return chain
+    return [] if tracing is None else [tracing]

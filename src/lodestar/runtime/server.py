@@ -13,13 +13,14 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from lodestar.runtime.heap import settle_heap
-from lodestar.runtime.interceptors import server_interceptors
+from lodestar.runtime.interceptors import WrappingRegistrar, server_interceptors
 from lodestar.runtime.logging import configure_logging
 from lodestar.runtime.metrics import MetricsServer, start_metrics_server
 from lodestar.runtime.settings import ServerSettings
@@ -61,24 +62,28 @@ class GrpcServer:
     async def start(self) -> int:
         """Bind, start serving and mark every service SERVING; returns the port."""
         server = grpc.aio.server(
-            interceptors=server_interceptors(),
+            interceptors=server_interceptors() or None,
             options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
             ],
         )
+        # Handlers are wrapped in the per-call layers as they register (see interceptors).
+        registrar = cast(grpc.aio.Server, WrappingRegistrar(server))
         for service in self._services:
-            service.add_to_server(server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+            service.add_to_server(registrar)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
         names = [s.name for s in self._services]
-        reflection.enable_server_reflection(
-            [
-                *names,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
-            server,
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer(
+                [
+                    *names,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ]
+            ),
+            registrar,
         )
         self.port = server.add_insecure_port(self.settings.address)
         if self.port == 0:
