@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lodestar.vector.v1 import vector_service_pb2 as pb
 from lodestar.vector.v1 import vector_service_pb2_grpc as pb_grpc
+from tests.vector.procfs import processes
 
 DIMENSION = 32
 WRITERS = 8
@@ -99,17 +100,7 @@ def service_processes() -> Iterator[list[ServiceProcess]]:
 
 
 def _optimizer_processes(data_dir: Path) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if "lodestar.services.vector.optimizer" in command and str(data_dir) in command:
-            found.append(int(entry.name))
-    return found
+    return processes("lodestar.services.vector.optimizer", str(data_dir))
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kills a process tree on Linux")

@@ -26,6 +26,7 @@ from lodestar.services.vector.server import create_server
 from lodestar.vector.v1 import vector_service_pb2 as pb
 from lodestar.vector.v1 import vector_service_pb2_grpc as pb_grpc
 from tests.vector.conftest import vector_settings
+from tests.vector.procfs import exited, processes
 from tests.vector.test_durability import ServiceProcess
 
 DIMENSION = 16
@@ -65,31 +66,6 @@ async def _create(stub: pb_grpc.VectorServiceStub, name: str, points: int) -> No
         await stub.UpsertPoints(
             pb.UpsertPointsRequest(collection=name, points=_points(start, min(500, points - start)))
         )
-
-
-def _gone(pid: int) -> bool:
-    """The process has exited (a zombie nobody reaped counts as exited)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
-def _engine_children(parent: int) -> list[int]:
-    """The engine processes whose parent is ``parent``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            command = (entry / "cmdline").read_bytes()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if ppid == parent and b"engine_process" in command:
-            found.append(int(entry.name))
-    return found
 
 
 async def test_a_child_that_dies_is_replaced_and_nothing_is_lost(served: Served) -> None:
@@ -144,22 +120,22 @@ async def test_stopping_the_service_stops_the_child(tmp_path: Path) -> None:
     await server.start()
     pid = backend.pid
     assert pid is not None
-    assert not _gone(pid)
+    assert not exited(pid)
     await server.stop(5)
     assert backend.returncode == 0
-    assert _gone(pid)
+    assert exited(pid)
 
 
 async def test_the_child_dies_with_a_killed_service(tmp_path: Path) -> None:
     service = ServiceProcess(tmp_path)
     try:
         await service.wait_serving()
-        children = _engine_children(service.process.pid)
+        children = processes("engine_process", parent=service.process.pid)
         assert len(children) == 1, children
         child = children[0]
         service.kill()
         deadline = time.monotonic() + 10
-        while not _gone(child):
+        while not exited(child):
             assert time.monotonic() < deadline, "the engine process outlived the service"
             await asyncio.sleep(0.05)
     finally:
