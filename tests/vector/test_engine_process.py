@@ -159,3 +159,18 @@ async def test_one_process_per_data_directory(
     again = EmbeddedBackend(settings)
     await again.open()
     await again.close()
+
+
+async def test_a_child_that_cannot_open_the_data_stops_and_the_error_says_why(
+    tmp_path: Path,
+) -> None:
+    settings = vector_settings(tmp_path)
+    holder = EmbeddedBackend(settings)  # holds the data directory's lock
+    await holder.open()
+    try:
+        backend = EngineProcess(settings)
+        with pytest.raises(RuntimeError, match="in use by another vector service process"):
+            await backend.open()  # the child waits for the lock, then gives up
+        assert backend.returncode is not None
+    finally:
+        await holder.close()

@@ -185,7 +185,16 @@ class EngineProcess:
         )
         self._transport = transport  # type: ignore[assignment]
         self._forget_configs()
-        await self._send("open", (self._settings,), {})
+        try:
+            await self._send("open", (self._settings,), {})
+        except BaseException:
+            # A child that could not open the data serves nothing: stop it.
+            self._transport = None
+            transport.close()
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
+            await self._process.wait()
+            raise
 
     def _received(self, message: tuple[int, Any, Any]) -> None:
         key, ok, value = message
@@ -261,6 +270,10 @@ class EngineProcess:
 
     async def close(self) -> None:
         self._closing = True
+        if self._starting is not None and not self._starting.done():
+            # A replacement child is starting: let it finish, then close it like any other.
+            with contextlib.suppress(Exception):
+                await self._starting
         process, transport = self._process, self._transport
         try:
             if transport is not None:
