@@ -92,6 +92,10 @@ SERVICE_METRICS: Mapping[str, str] = {
     "lodestar_vector_collection_points": GAUGE,
     "lodestar_vector_storage_bytes": GAUGE,
     "lodestar_vector_optimizer_runs_total": COUNTER,
+    "lodestar_vector_engine_restarts_total": COUNTER,
+    "lodestar_vector_engine_process_cpu_seconds_total": COUNTER,
+    "lodestar_vector_engine_process_resident_memory_bytes": GAUGE,
+    "lodestar_vector_engine_process_open_fds": GAUGE,
     "lodestar_gateway_http_requests_total": COUNTER,
     "lodestar_gateway_http_request_duration_seconds": HISTOGRAM,
     "lodestar_gateway_circuit_breaker_state": GAUGE,
@@ -120,6 +124,18 @@ INFRASTRUCTURE_METRICS = frozenset(
 )
 _SOURCE_METRIC = re.compile(
     r"\b(?:Counter|Gauge|Histogram|Summary)\(\s*\"([a-zA-Z_:][a-zA-Z0-9_:]*)\""
+)
+# prometheus_client's ProcessCollector(namespace="x") exports x_process_<each of these>.
+_SOURCE_PROCESS_COLLECTOR = re.compile(
+    r"\bProcessCollector\(\s*namespace=\"([a-zA-Z_:][a-zA-Z0-9_:]*)\""
+)
+_PROCESS_METRICS = (
+    "cpu_seconds_total",
+    "virtual_memory_bytes",
+    "resident_memory_bytes",
+    "start_time_seconds",
+    "open_fds",
+    "max_fds",
 )
 
 
@@ -1102,7 +1118,10 @@ def declared_metrics() -> dict[str, set[str]]:
     for part in ("runtime", *(f"services/{s}" for s in SERVICES)):
         names: set[str] = set()
         for path in sorted((src / part).rglob("*.py")):
-            names.update(_SOURCE_METRIC.findall(path.read_text(encoding="utf-8")))
+            text = path.read_text(encoding="utf-8")
+            names.update(_SOURCE_METRIC.findall(text))
+            for namespace in _SOURCE_PROCESS_COLLECTOR.findall(text):
+                names.update(f"{namespace}_process_{m}" for m in _PROCESS_METRICS)
         out[part.rsplit("/", 1)[-1]] = names
     return out
 

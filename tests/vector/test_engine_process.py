@@ -26,7 +26,7 @@ from lodestar.services.vector.server import create_server
 from lodestar.vector.v1 import vector_service_pb2 as pb
 from lodestar.vector.v1 import vector_service_pb2_grpc as pb_grpc
 from tests.vector.conftest import vector_settings
-from tests.vector.procfs import exited, processes
+from tests.vector.procfs import exited, processes, resident_bytes
 from tests.vector.test_durability import ServiceProcess
 
 DIMENSION = 16
@@ -71,6 +71,7 @@ async def _create(stub: pb_grpc.VectorServiceStub, name: str, points: int) -> No
 async def test_a_child_that_dies_is_replaced_and_nothing_is_lost(served: Served) -> None:
     stub = served.stub
     await _create(stub, "kept", 1_200)
+    restarts = REGISTRY.get_sample_value("lodestar_vector_engine_restarts_total") or 0.0
     first = served.backend.pid
     assert first is not None
     os.kill(first, signal.SIGKILL)
@@ -89,6 +90,7 @@ async def test_a_child_that_dies_is_replaced_and_nothing_is_lost(served: Served)
         await asyncio.sleep(0.05)
     assert counted.count == 1_200
     assert served.backend.pid not in (None, first)
+    assert REGISTRY.get_sample_value("lodestar_vector_engine_restarts_total") == restarts + 1
     hits = await stub.SearchPoints(
         pb.SearchPointsRequest(collection="kept", vector=_points(0, 500)[7].vector, limit=1)
     )
@@ -174,3 +176,16 @@ async def test_a_child_that_cannot_open_the_data_stops_and_the_error_says_why(
         assert backend.returncode is not None
     finally:
         await holder.close()
+
+
+async def test_the_childs_cpu_and_memory_are_exported_by_the_service(served: Served) -> None:
+    await _create(served.stub, "measured", 500)
+    pid = served.backend.pid
+    assert pid is not None
+    exported = REGISTRY.get_sample_value("lodestar_vector_engine_process_resident_memory_bytes")
+    resident = resident_bytes(pid)
+    assert exported is not None
+    assert abs(exported - resident) < 0.2 * resident, (exported, resident)
+    cpu = REGISTRY.get_sample_value("lodestar_vector_engine_process_cpu_seconds_total")
+    assert cpu is not None
+    assert cpu > 0

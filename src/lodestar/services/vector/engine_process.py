@@ -35,8 +35,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from prometheus_client import ProcessCollector
+
 from lodestar.runtime.errors import Unavailable
-from lodestar.services.vector.metrics import OPTIMIZER_RUNS
+from lodestar.services.vector.metrics import ENGINE_RESTARTS, OPTIMIZER_RUNS
 from lodestar.services.vector.models import (
     CollectionConfig,
     CollectionInfo,
@@ -86,6 +88,20 @@ _METHODS = frozenset(
         "sizes",
     }
 )
+
+
+class _Reported:
+    """The child whose CPU, memory and descriptors are exported (the latest started), as
+    ``lodestar_vector_engine_process_*`` beside the service process's own ``process_*``."""
+
+    pid: int | None = None
+
+    @classmethod
+    def proc_entry(cls) -> int | str:
+        return "-" if cls.pid is None else cls.pid  # "-": no /proc entry, nothing exported
+
+
+ProcessCollector(namespace="lodestar_vector_engine", pid=_Reported.proc_entry)
 
 
 def _frame(message: object) -> bytes:
@@ -179,6 +195,7 @@ class EngineProcess:
             raise
         finally:
             theirs.close()
+        _Reported.pid = self._process.pid
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_unix_connection(
             lambda: _Frames(self._received, self._lost), sock=ours
@@ -228,6 +245,7 @@ class EngineProcess:
             code = await self._process.wait()
             _log.warning("vector engine process exited with %s; starting a new one", code)
         await self._start()
+        ENGINE_RESTARTS.inc()
 
     async def _running(self) -> asyncio.Transport:
         while self._transport is None:

@@ -31,6 +31,11 @@ OPTIMIZER_RUNS = Counter(
     ["collection"],
 )
 
+ENGINE_RESTARTS = Counter(
+    "lodestar_vector_engine_restarts_total",
+    "Times the embedded engine's child process died on its own and was replaced.",
+)
+
 
 def forget_collection(name: str) -> None:
     """Drop a deleted collection's gauges, so they do not report stale sizes."""
