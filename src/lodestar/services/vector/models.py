@@ -125,6 +125,10 @@ class PointRecord:
     vector: Vector | None
     payload: Payload | None
 
+    def __reduce__(self) -> tuple[type[PointRecord], tuple[Any, ...]]:
+        # Points cross to and from the engine process in batches (see ``ScoredHit``).
+        return PointRecord, (self.id, self.vector, self.payload)
+
 
 @dataclass(slots=True)
 class ScoredHit:
