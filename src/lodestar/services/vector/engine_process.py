@@ -59,6 +59,7 @@ _log = logging.getLogger(__name__)
 _HEADER = 4
 _PICKLE = pickle.HIGHEST_PROTOCOL
 _EVENT = 0
+_SOCKET_BUFFER = 4 * 1024 * 1024
 # Seconds a closing child gets to close its shards before it is killed.
 _CLOSE_TIMEOUT_S = 60.0
 
@@ -181,6 +182,10 @@ class EngineProcess:
 
     async def _start(self) -> None:
         ours, theirs = socket.socketpair()
+        for end in (ours, theirs):
+            # Room for a whole batch of points in one write (the kernel caps it at its
+            # limit); the default of about 200 KB splits a batch into several.
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCKET_BUFFER)
         try:
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable,
