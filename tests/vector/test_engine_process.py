@@ -7,8 +7,10 @@ behind, and the optimizer's metric counted across the process boundary.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import os
+import pickle
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -22,6 +24,7 @@ from prometheus_client import REGISTRY
 from lodestar.services.vector import embedded
 from lodestar.services.vector.embedded import EmbeddedBackend
 from lodestar.services.vector.engine_process import EngineProcess
+from lodestar.services.vector.models import PointRecord, ScoredHit, SearchQuery
 from lodestar.services.vector.server import create_server
 from lodestar.vector.v1 import vector_service_pb2 as pb
 from lodestar.vector.v1 import vector_service_pb2_grpc as pb_grpc
@@ -189,3 +192,21 @@ async def test_the_childs_cpu_and_memory_are_exported_by_the_service(served: Ser
     cpu = REGISTRY.get_sample_value("lodestar_vector_engine_process_cpu_seconds_total")
     assert cpu is not None
     assert cpu > 0
+
+
+def test_records_and_hits_cross_with_their_vectors_packed_and_intact() -> None:
+    vector = np.random.default_rng(3).normal(size=384).astype(np.float32).tolist()
+    record = PointRecord("a", vector, {"k": [1, "x"]})
+    hit = ScoredHit(7, 0.25, None, vector)
+    query = SearchQuery(vector=vector, limit=3, hnsw_ef=64, exact=True, score_threshold=0.5)
+    for original in (record, hit):
+        payload = pickle.dumps(original, pickle.HIGHEST_PROTOCOL)
+        # float32 values in one buffer (4 bytes each), not a pickled float per value (9)
+        assert len(payload) < 384 * 5
+        copy = pickle.loads(payload)
+        assert isinstance(copy.vector, array.array)
+        assert list(copy.vector) == vector
+        assert (copy.id, copy.payload) == (original.id, original.payload)
+    assert pickle.loads(pickle.dumps(hit)).score == 0.25
+    assert pickle.loads(pickle.dumps(query)) == query
+    assert pickle.loads(pickle.dumps(PointRecord(1, None, None))) == PointRecord(1, None, None)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import logging
 import os
@@ -106,8 +107,27 @@ ProcessCollector(namespace="lodestar_vector_engine", pid=_Reported.proc_entry)
 
 
 def _frame(message: object) -> bytes:
-    payload = pickle.dumps(message, _PICKLE)
+    # The collector is paused while pickling (and unpickling, below): a page of records
+    # makes and visits many container objects, which would set off collections over and
+    # over, each one walking everything the process holds.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        payload = pickle.dumps(message, _PICKLE)
+    finally:
+        if collecting:
+            gc.enable()
     return len(payload).to_bytes(_HEADER, "little") + payload
+
+
+def _unframe(body: memoryview) -> Any:
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return pickle.loads(body)
+    finally:
+        if collecting:
+            gc.enable()
 
 
 class _Frames(asyncio.Protocol):
@@ -141,7 +161,7 @@ class _Frames(asyncio.Protocol):
                 if stop > end:
                     break
                 with view[offset + _HEADER : stop] as body:
-                    message = pickle.loads(body)
+                    message = _unframe(body)
                 offset = stop
                 self._on_message(message)
         return offset
@@ -501,6 +521,7 @@ class _Child:
             self.send((key, False, RuntimeError(f"{type(error).__name__}: {error}")))
 
     async def _open(self, settings: VectorSettings) -> None:
+        from lodestar.runtime.heap import settle_heap
         from lodestar.runtime.logging import configure_logging
         from lodestar.services.vector.embedded import EmbeddedBackend
 
@@ -508,6 +529,7 @@ class _Child:
         backend = EmbeddedBackend(settings, on_optimized=self._optimized)
         await backend.open()
         self.backend = backend
+        settle_heap(settings.gc_threshold)  # as the service process does (runtime.heap)
 
     async def close(self) -> None:
         for task in list(self._tasks):

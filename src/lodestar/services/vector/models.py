@@ -6,6 +6,7 @@ validates) at the edge, each backend translates them to its engine's types.
 
 from __future__ import annotations
 
+import array
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -119,6 +120,13 @@ class CollectionUpdate:
     remove_payload_fields: tuple[str, ...] = ()
 
 
+def packed(vector: Vector | None) -> Vector | None:
+    """A vector as it is pickled: its float32 values in one buffer (``array.array``). A list
+    pickles one Python float per value and unpickles into as many objects (the engine's
+    vectors are float32, so nothing is lost)."""
+    return array.array("f", vector) if type(vector) is list else vector
+
+
 @dataclass(slots=True)
 class PointRecord:
     id: PointId
@@ -127,7 +135,7 @@ class PointRecord:
 
     def __reduce__(self) -> tuple[type[PointRecord], tuple[Any, ...]]:
         # Points cross to and from the engine process in batches (see ``ScoredHit``).
-        return PointRecord, (self.id, self.vector, self.payload)
+        return PointRecord, (self.id, packed(self.vector), self.payload)
 
 
 @dataclass(slots=True)
@@ -140,7 +148,7 @@ class ScoredHit:
     def __reduce__(self) -> tuple[type[ScoredHit], tuple[Any, ...]]:
         # Hits cross from the engine process on every search; this pickles several
         # times faster than the dataclass default (a Python loop over its fields).
-        return ScoredHit, (self.id, self.score, self.payload, self.vector)
+        return ScoredHit, (self.id, self.score, self.payload, packed(self.vector))
 
 
 # --- filters -------------------------------------------------------------------
