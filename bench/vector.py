@@ -19,7 +19,7 @@ search pool) and the same search ``ef``:
   ``optimize()``, then search QPS from one thread and from ``--clients``
   threads, one query per call, and from one thread with ``--search-batch``
   queries per ``query_batch``; recall@10.
-- floor: ``bench.vector_floor``, a bare grpc.aio server that answers
+- bare: ``bench.vector_bare``, a bare grpc.aio server that answers
   ``SearchPoints`` with nothing but the engine call, on a copy of the raw shard,
   driven like the service: what a gRPC server gets from this engine when both
   share one Python process (the engine holds the GIL while it searches, so they
@@ -34,7 +34,7 @@ search pool) and the same search ``ef``:
   send pre-serialised requests and leave replies as bytes (the recall pass
   parses them), so that the load generator takes little of the CPU it shares.
 
-Search windows of raw, floor and service alternate for ``--rounds`` rounds and the
+Search windows of raw, bare and service alternate for ``--rounds`` rounds and the
 medians are compared, so that load from other processes affects both alike.
 The one-query-per-call target is judged against the better of raw's one-thread
 and many-thread figures.
@@ -401,7 +401,7 @@ async def run(args: argparse.Namespace) -> int:
             "raw1",
             "rawN",
             "service",
-            "floor",
+            "bare",
             "raw_batch",
             "service_batch",
             "raw_insert",
@@ -422,13 +422,13 @@ async def run(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-        raw.copy_to(work / "floor")
+        raw.copy_to(work / "bare")
         upserts = _upsert_requests(corpus, corpus_texts, args.batch)
         searches = [
             pb.SearchPointsRequest(collection=COLLECTION, vector=q, limit=K) for q in query_lists
         ]
-        service_port, floor_port = free_port(), free_port()
-        address, floor_address = f"127.0.0.1:{service_port}", f"127.0.0.1:{floor_port}"
+        service_port, bare_port = free_port(), free_port()
+        address, bare_address = f"127.0.0.1:{service_port}", f"127.0.0.1:{bare_port}"
         service_env = {
             "LODESTAR_VECTOR_PORT": str(service_port),
             "LODESTAR_VECTOR_METRICS_PORT": "0",
@@ -437,17 +437,17 @@ async def run(args: argparse.Namespace) -> int:
         async with (
             service_process("lodestar.services.vector", service_env, grpc_address=address),
             service_process(
-                "bench.vector_floor",
+                "bench.vector_bare",
                 {},
-                args=[str(work / "floor"), str(floor_port)],
-                grpc_address=floor_address,
+                args=[str(work / "bare"), str(bare_port)],
+                grpc_address=bare_address,
             ),
         ):
             channels = [insecure_channel(address) for _ in range(args.clients)]
-            floor_channels = [insecure_channel(floor_address) for _ in range(args.clients)]
+            bare_channels = [insecure_channel(bare_address) for _ in range(args.clients)]
             try:
                 service = Service(channels)
-                floor = Service(floor_channels)
+                bare = Service(bare_channels)
                 await service.create()
                 service_insert = await service.insert(upserts, len(corpus))
                 index_wait, info = await service.wait_indexed(len(corpus))
@@ -458,7 +458,7 @@ async def run(args: argparse.Namespace) -> int:
                     flush=True,
                 )
                 service_recall = recall(await service.search_all(searches), truth)
-                floor_recall = recall(await floor.search_all(searches), truth)
+                bare_recall = recall(await bare.search_all(searches), truth)
                 wire = [r.SerializeToString() for r in searches]
                 batches = [
                     pb.BatchSearchPointsRequest(
@@ -469,13 +469,13 @@ async def run(args: argparse.Namespace) -> int:
                     for i in range(0, len(searches), args.search_batch)
                 ]
                 await service.qps(wire, 1.0)  # warm-up
-                await floor.qps(wire, 1.0)
+                await bare.qps(wire, 1.0)
                 raw.qps(query_lists, 1.0, 1)
                 for round_no in range(args.rounds):
                     rounds["raw1"].append(raw.qps(query_lists, args.seconds, 1))
                     rounds["rawN"].append(raw.qps(query_lists, args.seconds, args.clients))
                     rounds["service"].append(await service.qps(wire, args.seconds))
-                    rounds["floor"].append(await floor.qps(wire, args.seconds))
+                    rounds["bare"].append(await bare.qps(wire, args.seconds))
                     rounds["raw_batch"].append(
                         raw.qps_batched(query_lists, args.seconds, args.search_batch)
                     )
@@ -507,14 +507,14 @@ async def run(args: argparse.Namespace) -> int:
                         f"{rounds['rawN'][-1]:,.0f} ({args.clients} threads), "
                         f"{rounds['raw_batch'][-1]:,.0f} ({args.search_batch} per call); service "
                         f"{rounds['service'][-1]:,.0f} QPS, "
-                        f"bare {rounds['floor'][-1]:,.0f} QPS; service "
+                        f"bare {rounds['bare'][-1]:,.0f} QPS; service "
                         f"{rounds['service_batch'][-1]:,.0f} ({args.search_batch} per call)\n"
                         f"           insert: raw {rounds['raw_insert'][-1]:,.0f} points/s, "
                         f"service {rounds['service_insert'][-1]:,.0f} points/s",
                         flush=True,
                     )
             finally:
-                for channel in channels + floor_channels:
+                for channel in channels + bare_channels:
                     await channel.close()
     finally:
         with contextlib.suppress(NameError):
@@ -525,7 +525,7 @@ async def run(args: argparse.Namespace) -> int:
     raw_n = statistics.median(rounds["rawN"])
     raw_best = max(raw1, raw_n)
     service_qps = statistics.median(rounds["service"])
-    floor_qps = statistics.median(rounds["floor"])
+    bare_qps = statistics.median(rounds["bare"])
     raw_batch = statistics.median(rounds["raw_batch"])
     service_batch = statistics.median(rounds["service_batch"])
     raw_insert_median = statistics.median(rounds["raw_insert"])
@@ -568,9 +568,9 @@ async def run(args: argparse.Namespace) -> int:
         row.format(
             "  bare gRPC server, one process",
             "",
-            f"{floor_qps:,.0f}",
-            _ratio(floor_qps, raw_best),
-            f"service/bare {_ratio(service_qps, floor_qps)}, recall {floor_recall:.4f}",
+            f"{bare_qps:,.0f}",
+            _ratio(bare_qps, raw_best),
+            f"service/bare {_ratio(service_qps, bare_qps)}, recall {bare_recall:.4f}",
         )
     )
     print(

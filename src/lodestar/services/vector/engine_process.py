@@ -39,6 +39,7 @@ from typing import Any
 from prometheus_client import ProcessCollector
 
 from lodestar.runtime.errors import Unavailable
+from lodestar.services.vector.backend import VectorBackend
 from lodestar.services.vector.metrics import ENGINE_RESTARTS, OPTIMIZER_RUNS
 from lodestar.services.vector.models import (
     CollectionConfig,
@@ -66,29 +67,9 @@ _CLOSE_TIMEOUT_S = 60.0
 
 # What the service may ask of the child: the backend interface, nothing else.
 _METHODS = frozenset(
-    {
-        "open",
-        "close",
-        "create_collection",
-        "get_collection",
-        "collection_config",
-        "list_collections",
-        "update_collection",
-        "delete_collection",
-        "apply",
-        "retrieve",
-        "scroll",
-        "count",
-        "search",
-        "search_batch",
-        "recommend",
-        "sample",
-        "create_snapshot",
-        "list_snapshots",
-        "restore_snapshot",
-        "delete_snapshot",
-        "sizes",
-    }
+    name
+    for name, value in vars(VectorBackend).items()
+    if not name.startswith("_") and callable(value)
 )
 
 

@@ -1,6 +1,6 @@
 """A bare gRPC server around the engine's search, both in one process.
 
-    python -m bench.vector_floor SHARD_DIR PORT
+    python -m bench.vector_bare SHARD_DIR PORT
 
 ``bench.vector`` runs it beside the service, on a copy of the raw shard, and drives
 both with the same clients in turns. It answers ``SearchPoints`` and nothing else:
