@@ -1248,6 +1248,11 @@ def makefile_llama_cmake_args() -> str:
     return match.group(1).strip() if match else ""
 
 
+# Services whose process starts children (the vector engine process and its index
+# builds): their images run an init as PID 1.
+SERVICES_WITH_CHILDREN = frozenset({"vector"})
+
+
 def dockerfile_policy_problems(path: Path) -> list[str]:
     service = path.name.removesuffix(".Dockerfile")
     instructions = _dockerfile_instructions(path.read_text())
@@ -1277,6 +1282,11 @@ def dockerfile_policy_problems(path: Path) -> list[str]:
     entry = " ".join(args for word, args in final_stage if word == "ENTRYPOINT")
     if f"lodestar.services.{service}" not in entry:
         problems.append(f"{path.name}: ENTRYPOINT does not run lodestar.services.{service}")
+    if service in SERVICES_WITH_CHILDREN and not re.match(r'\[\s*"tini"', entry):
+        problems.append(
+            f"{path.name}: ENTRYPOINT does not start with tini; {service} starts processes of "
+            "its own, and PID 1 must reap the ones orphaned when it dies"
+        )
     if service != "embedding" and any("torch" in args for _, args in instructions):
         problems.append(f"{path.name}: mentions torch; only the embedding image has it")
     if service == "inference":

@@ -16,7 +16,14 @@ COPY src ./src
 RUN pip install --no-cache-dir "./[vector]"
 
 FROM python:3.11.14-slim-bookworm
-RUN groupadd --system --gid 10001 lodestar \
+# tini runs as PID 1: it forwards signals to the service and reaps orphans. The service runs the
+# engine in a child process, which runs index builds in children of its own; if the engine
+# child dies during a build, its build child is re-parented to PID 1 and must be reaped there.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends tini \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 lodestar \
     && useradd --system --uid 10001 --gid lodestar --home-dir /home/lodestar \
        --create-home --shell /usr/sbin/nologin lodestar \
     && install -d -o lodestar -g lodestar /var/lib/lodestar/vector
@@ -31,4 +38,4 @@ WORKDIR /home/lodestar
 USER 10001:10001
 VOLUME ["/var/lib/lodestar/vector"]
 EXPOSE 50052 9102
-ENTRYPOINT ["python", "-m", "lodestar.services.vector"]
+ENTRYPOINT ["tini", "--", "python", "-m", "lodestar.services.vector"]

@@ -67,3 +67,16 @@ def test_hadolint_reports_findings(tmp_path: Path) -> None:
     problems = dc.hadolint_problems(bad)
     assert problems
     assert "DL3006" in problems[0]
+
+
+def test_vector_image_runs_under_an_init(tmp_path: Path) -> None:
+    # The vector service starts the engine process, which starts index builds:
+    # PID 1 of its image must reap orphans, so the service cannot be PID 1.
+    assert dc.dockerfile_policy_problems(dc.DOCKER / "vector.Dockerfile") == []
+    text = (dc.DOCKER / "vector.Dockerfile").read_text()
+    bare = tmp_path / "vector.Dockerfile"
+    bare.write_text(text.replace('ENTRYPOINT ["tini", "--", ', "ENTRYPOINT ["))
+    (tmp_path / "vector.Dockerfile.dockerignore").write_text("*\n")
+    problems = dc.dockerfile_policy_problems(bare)
+    assert len(problems) == 1, problems
+    assert "does not start with tini" in problems[0]
