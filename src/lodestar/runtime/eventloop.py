@@ -1,7 +1,11 @@
 """Running a service's main coroutine on the chosen event loop.
 
 uvloop (libuv) runs the same asyncio code with less CPU per network event than
-the standard loop; services use it when it is installed, unless told otherwise.
+the standard loop. The gateway runs on it when it is installed (its
+``LODESTAR_EVENT_LOOP`` setting chooses), and so does the vector engine process;
+both their packages' extras install it. The gRPC services' own processes run the
+standard loop: grpc.aio does its I/O on its own threads, and uvloop measured no
+faster there.
 """
 
 from __future__ import annotations
