@@ -26,7 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from lodestar.vector.v1 import vector_service_pb2 as pb
 
-SERVICE = "lodestar.vector.v1.VectorService"
+SERVICE = pb.DESCRIPTOR.services_by_name["VectorService"].full_name
 
 
 def search_handler(

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import itertools
 import logging
 import os
@@ -39,6 +38,7 @@ from typing import Any
 from prometheus_client import ProcessCollector
 
 from lodestar.runtime.errors import Unavailable
+from lodestar.runtime.heap import paused_collector
 from lodestar.services.vector.backend import VectorBackend
 from lodestar.services.vector.metrics import ENGINE_RESTARTS, OPTIMIZER_RUNS
 from lodestar.services.vector.models import (
@@ -88,27 +88,16 @@ ProcessCollector(namespace="lodestar_vector_engine", pid=_Reported.proc_entry)
 
 
 def _frame(message: object) -> bytes:
-    # The collector is paused while pickling (and unpickling, below): a page of records
-    # makes and visits many container objects, which would set off collections over and
-    # over, each one walking everything the process holds.
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
+    # The collector is paused while pickling and unpickling: a page of records makes and
+    # visits many container objects.
+    with paused_collector():
         payload = pickle.dumps(message, _PICKLE)
-    finally:
-        if collecting:
-            gc.enable()
     return len(payload).to_bytes(_HEADER, "little") + payload
 
 
 def _unframe(body: memoryview) -> Any:
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
+    with paused_collector():
         return pickle.loads(body)
-    finally:
-        if collecting:
-            gc.enable()
 
 
 class _Frames(asyncio.Protocol):
@@ -287,6 +276,16 @@ class EngineProcess:
         self._configs.clear()
         self._config_epoch += 1
 
+    async def _changing(self, method: str, *args: Any) -> Any:
+        """A call that changes collection configurations: the cache is dropped before it
+        (no read started earlier may store what it fetched) and after it (nor one that
+        read the old configuration meanwhile)."""
+        self._forget_configs()
+        try:
+            return await self._call(method, *args)
+        finally:
+            self._forget_configs()
+
     # --- lifecycle -----------------------------------------------------------------------
 
     async def open(self) -> None:
@@ -340,19 +339,11 @@ class EngineProcess:
         return names
 
     async def update_collection(self, name: str, update: CollectionUpdate) -> CollectionInfo:
-        self._forget_configs()
-        try:
-            info: CollectionInfo = await self._call("update_collection", name, update)
-        finally:
-            self._forget_configs()
+        info: CollectionInfo = await self._changing("update_collection", name, update)
         return info
 
     async def delete_collection(self, name: str) -> None:
-        self._forget_configs()
-        try:
-            await self._call("delete_collection", name)
-        finally:
-            self._forget_configs()
+        await self._changing("delete_collection", name)
 
     # --- points --------------------------------------------------------------------------
 
@@ -433,13 +424,9 @@ class EngineProcess:
         return infos
 
     async def restore_snapshot(self, collection: str, snapshot: str, target: str) -> CollectionInfo:
-        self._forget_configs()
-        try:
-            info: CollectionInfo = await self._call(
-                "restore_snapshot", collection, snapshot, target
-            )
-        finally:
-            self._forget_configs()
+        info: CollectionInfo = await self._changing(
+            "restore_snapshot", collection, snapshot, target
+        )
         return info
 
     async def delete_snapshot(self, collection: str, snapshot: str) -> None:
