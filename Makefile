@@ -14,6 +14,10 @@ BUF_VERSION := 1.75.0
 # A native llama.cpp build uses CPU paths (AMX) that crash on some hosts; build
 # for a fixed, widely available instruction set instead.
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON
+# llama.cpp's own server, built from the llama.cpp that the pinned llama-cpp-python
+# vendors, with the same CMAKE_ARGS: the reference the inference benchmark compares with.
+LLAMA_CPP_VERSION := $(shell sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml)
+LLAMA_SERVER := $(TOOLS)/llama.cpp/build/bin/llama-server
 PROTO_FILES := $(shell find protos -name '*.proto' | sort)
 GEN_DIRS := src/lodestar/inference/v1 src/lodestar/embedding/v1 src/lodestar/vector/v1
 PYTEST_ARGS ?=
@@ -81,6 +85,21 @@ run: $(VENV)/.installed ## Start the whole stack on embedded defaults (Ctrl-C st
 .PHONY: bench
 bench: $(VENV)/.installed ## Run the benchmarks (prints ratios against the raw libraries)
 	$(PY) -m bench
+
+$(LLAMA_SERVER): pyproject.toml
+	@command -v cmake >/dev/null || { echo "llama-server needs cmake (apt-get install cmake)" >&2; exit 1; }
+	rm -rf $(TOOLS)/llama.cpp && mkdir -p $(TOOLS)/llama.cpp
+	$(PIP) download -q --no-deps --no-binary :all: -d $(TOOLS)/llama.cpp llama-cpp-python==$(LLAMA_CPP_VERSION)
+	tar -xzf $(TOOLS)/llama.cpp/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -C $(TOOLS)/llama.cpp
+	cmake -S $(TOOLS)/llama.cpp/llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp \
+	  -B $(TOOLS)/llama.cpp/build -DCMAKE_BUILD_TYPE=Release $(LLAMA_CMAKE_ARGS) \
+	  -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+	  > $(TOOLS)/llama.cpp/build.log 2>&1 || { tail -20 $(TOOLS)/llama.cpp/build.log >&2; exit 1; }
+	cmake --build $(TOOLS)/llama.cpp/build --target llama-server -j$$(nproc) \
+	  >> $(TOOLS)/llama.cpp/build.log 2>&1 || { tail -20 $(TOOLS)/llama.cpp/build.log >&2; exit 1; }
+
+.PHONY: llama-server
+llama-server: $(VENV)/.installed $(LLAMA_SERVER) ## Build llama.cpp's own server (the inference benchmark's reference)
 
 .PHONY: deploy-check
 deploy-check: $(VENV)/.installed system-deps ## Validate deploy/ offline (manifests, Envoy, rules, dashboards, images)

@@ -23,6 +23,11 @@ of CPU threads:
    cached prompts do count. For scale, raw llama-cpp-python decoding all the sequences
    in one batch (no cache: every prompt processed), end to end and decode only (the
    ceiling of batched decoding for this model on this CPU).
+4. for reference, when it is built (``make llama-server``) or given with
+   ``--llama-server``: llama.cpp's own C++ server on the same model, threads and
+   prompts, one slot per stream, streaming over HTTP: its single stream and its
+   ``--streams`` concurrent streams measured as the service's are (step 3) in the same
+   rounds, and the service's ratio against the server's.
 
 The service's prompt-cache counters are read from its metrics endpoint around every
 call, and the output says how many prompt tokens of each figure came from the cache.
@@ -38,6 +43,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import json
 import os
 import random
 import statistics
@@ -47,11 +53,13 @@ import time
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import httpx
 import llama_cpp
 import numpy as np
 
-from bench.processes import free_port, metric_samples, service_process
+from bench.processes import command_process, free_port, http_ready, metric_samples, service_process
 from lodestar.inference.v1 import inference_service_pb2 as pb
 from lodestar.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from lodestar.runtime.channels import insecure_channel
@@ -335,6 +343,86 @@ async def service_stream(
     return StreamFigures(started, first, last, tokens, "".join(parts))
 
 
+# -- llama.cpp's own server, for reference ---------------------------------------------
+
+# Where ``make llama-server`` builds it.
+LLAMA_SERVER = Path(__file__).resolve().parent.parent / ".tools/llama.cpp/build/bin/llama-server"
+
+
+@contextlib.asynccontextmanager
+async def llama_server(
+    path: Path, settings: InferenceSettings, args: argparse.Namespace
+) -> AsyncIterator[httpx.AsyncClient]:
+    """llama.cpp's C++ server on the same model, threads and flash-attention setting,
+    with one slot per stream and the service's context per slot; its other settings
+    are its defaults (prompt cache on, unified KV cache). A client for it."""
+    port = free_port()
+    threads = str(settings.effective_threads)
+    argv = [
+        str(path),
+        "--model",
+        str(settings.model_path),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--threads",
+        threads,
+        "--threads-batch",
+        threads,
+        "--parallel",
+        str(args.streams),
+        "--ctx-size",
+        str(args.context_size * args.streams),
+        "--flash-attn",
+        "auto" if settings.flash_attention else "off",
+        "--no-webui",
+    ]
+    url = f"http://127.0.0.1:{port}"
+    async with (
+        command_process(argv, ready=http_ready(url + "/health"), quiet=True),
+        # A connection per request: the server drops connections idle for 5 s, which
+        # those kept between rounds are.
+        httpx.AsyncClient(
+            base_url=url, timeout=600, limits=httpx.Limits(max_keepalive_connections=0)
+        ) as client,
+    ):
+        yield client
+
+
+async def llama_server_stream(
+    client: httpx.AsyncClient, prompt: str, max_tokens: int
+) -> StreamFigures:
+    """One streamed completion of ``prompt`` (greedy), timed as ``service_stream`` is."""
+    body = {
+        "prompt": prompt,
+        "n_predict": max_tokens,
+        "temperature": 0.0,
+        "repeat_penalty": 1.0,
+        "stream": True,
+        "cache_prompt": True,
+    }
+    started = time.perf_counter()
+    first = last = 0.0
+    parts: list[str] = []
+    tokens = 0
+    async with client.stream("POST", "/completion", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            now = time.perf_counter()
+            event = json.loads(line.removeprefix("data: "))
+            if event.get("content"):
+                parts.append(event["content"])
+                if not first:
+                    first = now
+                last = now
+            if event.get("stop"):
+                tokens = int(event["tokens_predicted"])
+    return StreamFigures(started, first, last, tokens, "".join(parts))
+
+
 # -- the service's prompt cache, from its metrics ----------------------------------------
 
 PROMPT_COUNTERS = (
@@ -394,6 +482,8 @@ class Figures:
     ttft_cache: CacheTally = field(default_factory=CacheTally)
     single_cache: CacheTally = field(default_factory=CacheTally)
     group_cache: CacheTally = field(default_factory=CacheTally)
+    server_single: list[StreamFigures] = field(default_factory=list)
+    server_group_tps: list[float] = field(default_factory=list)
 
 
 def load_average() -> str:
@@ -452,7 +542,14 @@ async def measure(args: argparse.Namespace) -> tuple[Figures, LlamaModel, Infere
         else inprocess_service(settings, model)
     )
     try:
-        async with service as endpoint, insecure_channel(endpoint.address) as channel:
+        async with contextlib.AsyncExitStack() as stack:
+            endpoint = await stack.enter_async_context(service)
+            channel = await stack.enter_async_context(insecure_channel(endpoint.address))
+            reference = (
+                await stack.enter_async_context(llama_server(args.llama_server, settings, args))
+                if args.llama_server is not None
+                else None
+            )
             stub = pb_grpc.InferenceServiceStub(channel)
             meter = CacheMeter(endpoint.metrics_url)
             print(f"warming up (load {load_average()})", flush=True)
@@ -481,6 +578,11 @@ async def measure(args: argparse.Namespace) -> tuple[Figures, LlamaModel, Infere
             # prompt cache holds them, as it would in steady use.
             await service_stream(stub, chat_request(TOPICS[0], 8))
             await asyncio.gather(*(service_stream(stub, chat_request(t, 8)) for t in topics))
+            if reference is not None:
+                await llama_server_stream(reference, raw_prompt, 8)
+                await asyncio.gather(
+                    *(llama_server_stream(reference, text, 8) for text in group_prompts)
+                )
             print(
                 f"decode rounds: {args.rounds} x (single stream, {args.streams} streams) of "
                 f"{args.max_tokens} tokens (load {load_average()})",
@@ -504,12 +606,29 @@ async def measure(args: argparse.Namespace) -> tuple[Figures, LlamaModel, Infere
                 )
                 figures.raw_group_tps.append(tokens / elapsed)
                 figures.raw_group_decode_tps.append(decode_tps)
+                reference_line = ""
+                if reference is not None:
+                    single = await llama_server_stream(reference, raw_prompt, args.max_tokens)
+                    figures.server_single.append(single)
+                    started = time.perf_counter()
+                    group = await asyncio.gather(
+                        *(
+                            llama_server_stream(reference, text, args.max_tokens)
+                            for text in group_prompts
+                        )
+                    )
+                    elapsed = time.perf_counter() - started
+                    figures.server_group_tps.append(sum(s.tokens for s in group) / elapsed)
+                    reference_line = (
+                        f" | llama.cpp server: single {single.end_to_end_tps:6.1f}, "
+                        f"x{args.streams} {figures.server_group_tps[-1]:6.1f} tok/s"
+                    )
                 r, s = figures.raw[-1], figures.single[-1]
                 print(
                     f"  round {round_ + 1} (load {load_average()}): single: raw "
                     f"{r.decode_tps:6.1f} tok/s, service {s.decode_tps:6.1f} tok/s | "
                     f"x{args.streams} end to end: raw {figures.raw_group_tps[-1]:6.1f} tok/s, "
-                    f"service {figures.group_tps[-1]:6.1f} tok/s",
+                    f"service {figures.group_tps[-1]:6.1f} tok/s{reference_line}",
                     flush=True,
                 )
                 _same_text(r, s)
@@ -572,6 +691,24 @@ def report(
         f"tok/s = {raw_group_decode / raw_tps:.2f}x its single-stream decode; service "
         f"x{args.streams} / raw x{args.streams} end to end: {group / raw_group:.2f}"
     )
+    if figures.server_single:
+        server_single = median(s.end_to_end_tps for s in figures.server_single)
+        server_group = median(figures.server_group_tps)
+        server_ratio = server_group / server_single
+        print(
+            f"  for reference: llama.cpp's own server ({args.streams} slots, its default "
+            f"unified KV cache, prompts cached, streamed), measured the same way: single "
+            f"stream {server_single:6.1f} tok/s | x{args.streams} {server_group:6.1f} tok/s | "
+            f"ratio {server_ratio:.2f}; service ratio / server ratio "
+            f"{concurrency / server_ratio:.2f}, service / server: single "
+            f"{single_e2e / server_single:.2f}, "
+            f"x{args.streams} {group / server_group:.2f}"
+        )
+    else:
+        print(
+            "  for reference: llama.cpp's own server not measured (build it with "
+            "`make llama-server`, or give --llama-server PATH)"
+        )
     return decode_ok and ttft_ok and concurrency_ok
 
 
@@ -593,8 +730,22 @@ def main(argv: list[str] | None = None) -> int:
         "--no-prompt-cache", action="store_true", help="the service without its prompt cache"
     )
     parser.add_argument("--server", choices=("inprocess", "subprocess"), default="subprocess")
+    parser.add_argument(
+        "--llama-server",
+        type=Path,
+        default=LLAMA_SERVER if LLAMA_SERVER.is_file() else None,
+        help="llama.cpp's server binary, measured for reference (default: the one "
+        "`make llama-server` builds, when it is there)",
+    )
+    parser.add_argument(
+        "--no-llama-server", action="store_true", help="without the llama.cpp server reference"
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
+    if args.no_llama_server:
+        args.llama_server = None
+    elif args.llama_server is not None and not args.llama_server.is_file():
+        parser.error(f"--llama-server: no file {args.llama_server}")
     if args.ttft_pairs < 2:
         parser.error("--ttft-pairs must be at least 2")
     figures, model, settings = asyncio.run(measure(args))

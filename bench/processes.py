@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import grpc
 import httpx
@@ -52,47 +53,38 @@ async def _grpc_serving(address: str) -> bool:
     return False
 
 
-async def _http_serving(url: str) -> bool:
+async def _http_ok(url: str) -> bool:
     async with httpx.AsyncClient(timeout=1) as client:
         with contextlib.suppress(httpx.HTTPError):
-            return (await client.get(url + "/api/v1/health")).status_code == 200
+            return (await client.get(url)).status_code == 200
     return False
 
 
 @contextlib.asynccontextmanager
-async def service_process(
-    module: str,
-    env: dict[str, str],
+async def command_process(
+    argv: Sequence[str],
     *,
-    args: Sequence[str] = (),
-    grpc_address: str | None = None,
-    http_url: str | None = None,
+    env: dict[str, str] | None = None,
+    ready: Callable[[], Awaitable[bool]] | None = None,
+    quiet: bool = False,
     timeout_s: float = 300,
 ) -> AsyncIterator[int]:
-    """``python -m module *args`` with ``env`` added, once it answers its health
-    check (gRPC health at ``grpc_address``, or the gateway's ``/api/v1/health``
-    at ``http_url``); its pid. SIGTERM (then SIGKILL) when the block ends."""
+    """``argv`` as a process (``env`` added to this one's; its output discarded, and
+    its error output too when ``quiet``), once ``ready()`` is true; its pid. SIGTERM
+    (then SIGKILL) when the block ends."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        module,
-        *args,
-        env={**os.environ, "LODESTAR_LOG_LEVEL": "WARNING", **env},
+        *argv,
+        env={**os.environ, **(env or {})},
         stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL if quiet else None,
     )
     try:
         deadline = time.monotonic() + timeout_s
-        while True:
+        while ready is not None and not await ready():
             if process.returncode is not None:
-                raise RuntimeError(f"{module} exited with {process.returncode}")
-            if grpc_address is not None and await _grpc_serving(grpc_address):
-                break
-            if http_url is not None and await _http_serving(http_url):
-                break
-            if grpc_address is None and http_url is None:
-                break
+                raise RuntimeError(f"{argv[0]} exited with {process.returncode}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{module} did not become healthy in {timeout_s:g} s")
+                raise RuntimeError(f"{argv[0]} was not ready in {timeout_s:g} s")
             await asyncio.sleep(0.1)
         yield process.pid
     finally:
@@ -103,3 +95,33 @@ async def service_process(
             except TimeoutError:
                 process.kill()
                 await process.wait()
+
+
+def http_ready(url: str) -> Callable[[], Awaitable[bool]]:
+    """A readiness probe: GET ``url`` answers 200."""
+    return functools.partial(_http_ok, url)
+
+
+def service_process(
+    module: str,
+    env: dict[str, str],
+    *,
+    args: Sequence[str] = (),
+    grpc_address: str | None = None,
+    http_url: str | None = None,
+    timeout_s: float = 300,
+) -> contextlib.AbstractAsyncContextManager[int]:
+    """``python -m module *args`` with ``env`` added, once it answers its health
+    check (gRPC health at ``grpc_address``, or the gateway's ``/api/v1/health``
+    at ``http_url``); its pid. SIGTERM (then SIGKILL) when the block ends."""
+    ready: Callable[[], Awaitable[bool]] | None = None
+    if grpc_address is not None:
+        ready = functools.partial(_grpc_serving, grpc_address)
+    elif http_url is not None:
+        ready = http_ready(http_url + "/api/v1/health")
+    return command_process(
+        [sys.executable, "-m", module, *args],
+        env={"LODESTAR_LOG_LEVEL": "WARNING", **env},
+        ready=ready,
+        timeout_s=timeout_s,
+    )
