@@ -545,11 +545,6 @@ async def measure(args: argparse.Namespace) -> tuple[Figures, LlamaModel, Infere
         async with contextlib.AsyncExitStack() as stack:
             endpoint = await stack.enter_async_context(service)
             channel = await stack.enter_async_context(insecure_channel(endpoint.address))
-            reference = (
-                await stack.enter_async_context(llama_server(args.llama_server, settings, args))
-                if args.llama_server is not None
-                else None
-            )
             stub = pb_grpc.InferenceServiceStub(channel)
             meter = CacheMeter(endpoint.metrics_url)
             print(f"warming up (load {load_average()})", flush=True)
@@ -578,6 +573,13 @@ async def measure(args: argparse.Namespace) -> tuple[Figures, LlamaModel, Infere
             # prompt cache holds them, as it would in steady use.
             await service_stream(stub, chat_request(TOPICS[0], 8))
             await asyncio.gather(*(service_stream(stub, chat_request(t, 8)) for t in topics))
+            # The reference server runs from here on only: it is idle during the steps
+            # before, but no process but the two compared should be there at all.
+            reference = (
+                await stack.enter_async_context(llama_server(args.llama_server, settings, args))
+                if args.llama_server is not None
+                else None
+            )
             if reference is not None:
                 await llama_server_stream(reference, raw_prompt, 8)
                 await asyncio.gather(
