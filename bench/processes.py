@@ -43,6 +43,19 @@ def cpu_seconds(pid: int) -> float:
         return float("nan")
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes ``pid`` started (Linux /proc); empty once it has exited."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    found: list[int] = []
+    for task in tasks:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as listing:
+            found.extend(int(child) for child in listing.read().split())
+    return found
+
+
 async def _grpc_serving(address: str) -> bool:
     async with grpc.aio.insecure_channel(address) as channel:
         with contextlib.suppress(grpc.RpcError):

@@ -61,7 +61,7 @@ import numpy as np
 import qdrant_edge as qe
 from numpy.typing import NDArray
 
-from bench.processes import free_port, service_process
+from bench.processes import child_pids, cpu_seconds, free_port, service_process
 from lodestar.runtime.channels import insecure_channel
 from lodestar.services.vector import edge
 from lodestar.services.vector.models import CollectionConfig, Distance, HnswOptions
@@ -350,6 +350,43 @@ class Service:
         return sum(done) / (time.perf_counter() - started)
 
 
+class _ServiceCpu:
+    """CPU time of the service process, its engine process and this load generator
+    across one measured window."""
+
+    def __init__(self, service_pid: int) -> None:
+        self._pids = {"service process": service_pid}
+        for pid in child_pids(service_pid):
+            self._pids["engine process"] = pid
+        self._before = self._read()
+
+    def _read(self) -> dict[str, float]:
+        seconds = {name: cpu_seconds(pid) for name, pid in self._pids.items()}
+        seconds["load generator"] = time.process_time()
+        return seconds
+
+    def done(self, searches: float, into: dict[str, list[float]]) -> None:
+        after = self._read()
+        for name, seconds in after.items():
+            into.setdefault(name, []).append((seconds - self._before[name]) / searches * 1e6)
+
+
+def _print_cpu(per_search: dict[str, list[float]], raw_qps: float) -> None:
+    """CPU per search, medians over the rounds: on a machine whose every core the
+    processes share, QPS is at most the cores over the total."""
+    if not per_search:
+        return
+    medians = {name: statistics.median(values) for name, values in per_search.items()}
+    total = sum(medians.values())
+    parts = ", ".join(f"{name} {us:,.0f}" for name, us in medians.items())
+    cores = os.cpu_count() or 1
+    print(
+        f"CPU per search, 1 query per call (µs): raw {1e6 / raw_qps:,.0f} on one thread; "
+        f"service {total:,.0f} in all ({parts}); {cores} CPUs over that total: "
+        f"{cores * 1e6 / total:,.0f} QPS at most"
+    )
+
+
 def _upsert_requests(
     vectors: Vectors, texts: list[str], batch: int, collection: str = COLLECTION
 ) -> list[bytes]:
@@ -395,6 +432,8 @@ async def run(args: argparse.Namespace) -> int:
         flush=True,
     )
 
+    # CPU per search in the service windows, by process: where the service's time goes.
+    cpu_per_search: dict[str, list[float]] = {}
     rounds: dict[str, list[float]] = {
         k: []
         for k in (
@@ -435,7 +474,9 @@ async def run(args: argparse.Namespace) -> int:
             "LODESTAR_VECTOR_DATA_DIR": str(work / "service"),
         }
         async with (
-            service_process("lodestar.services.vector", service_env, grpc_address=address),
+            service_process(
+                "lodestar.services.vector", service_env, grpc_address=address
+            ) as service_pid,
             service_process(
                 "bench.vector_bare",
                 {},
@@ -474,7 +515,9 @@ async def run(args: argparse.Namespace) -> int:
                 for round_no in range(args.rounds):
                     rounds["raw1"].append(raw.qps(query_lists, args.seconds, 1))
                     rounds["rawN"].append(raw.qps(query_lists, args.seconds, args.clients))
+                    cpu = _ServiceCpu(service_pid)
                     rounds["service"].append(await service.qps(wire, args.seconds))
+                    cpu.done(rounds["service"][-1] * args.seconds, cpu_per_search)
                     rounds["bare"].append(await bare.qps(wire, args.seconds))
                     rounds["raw_batch"].append(
                         raw.qps_batched(query_lists, args.seconds, args.search_batch)
@@ -601,6 +644,7 @@ async def run(args: argparse.Namespace) -> int:
         )
     )
     print(row.format("index build, s", f"{raw_optimize:.1f}", f"{index_wait:.1f}", "", ""))
+    _print_cpu(cpu_per_search, raw1)
     print(f"load average at the end: {_load()}")
     ok = recall_ok and qps_ratio >= RATIO_TARGET and insert_ratio >= RATIO_TARGET
     return 0 if ok else 1
