@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from lodestar.services.vector import embedded
 from lodestar.services.vector.embedded import EmbeddedBackend
 from lodestar.services.vector.engine_process import EngineProcess
 from lodestar.services.vector.models import PointRecord, ScoredHit, SearchQuery
@@ -148,11 +147,8 @@ async def test_the_child_dies_with_a_killed_service(tmp_path: Path) -> None:
             service.kill()
 
 
-async def test_one_process_per_data_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(embedded, "_LOCK_WAIT_S", 0.2)
-    settings = vector_settings(tmp_path)
+async def test_one_process_per_data_directory(tmp_path: Path) -> None:
+    settings = vector_settings(tmp_path, data_lock_wait_s=0.2)
     first = EmbeddedBackend(settings)
     await first.open()
     try:
@@ -169,7 +165,7 @@ async def test_one_process_per_data_directory(
 async def test_a_child_that_cannot_open_the_data_stops_and_the_error_says_why(
     tmp_path: Path,
 ) -> None:
-    settings = vector_settings(tmp_path)
+    settings = vector_settings(tmp_path, data_lock_wait_s=0.5)
     holder = EmbeddedBackend(settings)  # holds the data directory's lock
     await holder.open()
     try:

@@ -100,8 +100,6 @@ _RETRY_AFTER_FAILURE_S: Final = 30.0
 _MAX_SEARCH_BATCH: Final = 64
 # Upserts of at most this many points are applied on the event loop (see the module doc).
 _INLINE_WRITE_POINTS: Final = 1_000
-# Seconds to wait for the data directory's lock (held by a process that is stopping).
-_LOCK_WAIT_S: Final = 10.0
 # Deleted points that make a compaction worth a run.
 _VACUUM_MIN_DELETED: Final = 1_000
 
@@ -342,7 +340,9 @@ class EmbeddedBackend:
 
     async def open(self) -> None:
         # One process per data directory: two engines on one shard would corrupt it.
-        self._lock = await asyncio.to_thread(lock_directory, self._settings.data_dir, _LOCK_WAIT_S)
+        self._lock = await asyncio.to_thread(
+            lock_directory, self._settings.data_dir, self._settings.data_lock_wait_s
+        )
         self._root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self._tmp, ignore_errors=True)
         for directory in sorted(self._root.iterdir()):

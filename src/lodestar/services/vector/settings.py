@@ -35,6 +35,13 @@ class VectorSettings(ServerSettings):
     snapshot_dir: Path | None = Field(
         None, description="Directory for portable snapshots; unset means data_dir/snapshots."
     )
+    data_lock_wait_s: float = Field(
+        10.0,
+        ge=0,
+        description="Embedded: seconds to wait for data_dir's lock, held by the process that "
+        "serves it (one that is stopping lets it go); after that the service refuses to start "
+        "rather than open data another process is writing.",
+    )
 
     qdrant_url: str = Field(
         "http://127.0.0.1:6333", description="Remote backend: URL of the Qdrant server."
