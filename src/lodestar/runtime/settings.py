@@ -3,7 +3,8 @@
 Every service has one settings class deriving from ``ServerSettings``, with its
 own prefix (``LODESTAR_EMBEDDING_``, ``LODESTAR_VECTOR_``, ...). Logging is
 configured once for the whole platform (``LODESTAR_LOG_LEVEL``, ``LODESTAR_LOG_JSON``), as is
-the garbage collector (``LODESTAR_GC_THRESHOLD``).
+the garbage collector (``LODESTAR_GC_THRESHOLD``) and, for the services that choose
+one, the event loop (``LODESTAR_EVENT_LOOP``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from lodestar.runtime.eventloop import EventLoop
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
@@ -23,6 +26,16 @@ GcThreshold = Annotated[
         validation_alias=AliasChoices("LODESTAR_GC_THRESHOLD"),
         description="Allocations between young garbage collections once the service has "
         "started (startup objects are frozen out of collection); 0 keeps Python's defaults.",
+    ),
+]
+
+# For the services whose ``__main__`` runs on ``runtime.eventloop`` (see which there).
+EventLoopSetting = Annotated[
+    EventLoop,
+    Field(
+        validation_alias=AliasChoices("LODESTAR_EVENT_LOOP"),
+        description="Event loop of the gateway and the inference service: uvloop, asyncio, "
+        "or auto (uvloop when installed).",
     ),
 ]
 

@@ -16,8 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from lodestar.runtime.eventloop import EventLoop
-from lodestar.runtime.settings import GcThreshold
+from lodestar.runtime.settings import EventLoopSetting, GcThreshold
 from lodestar.services.gateway.auth import DEFAULT_ROLES, Permission
 from lodestar.services.gateway.ratelimit import RouteClass
 
@@ -175,11 +174,7 @@ class GatewaySettings(BaseSettings):
         description="Call the endpoints of routes with simple parameters directly, past "
         "FastAPI's router and dependency solver (same answers, less time per request).",
     )
-    event_loop: EventLoop = Field(
-        "auto",
-        validation_alias=AliasChoices("LODESTAR_EVENT_LOOP"),
-        description="Event loop: uvloop, asyncio, or auto (uvloop when installed).",
-    )
+    event_loop: EventLoopSetting = "auto"
     log_level: LogLevel = Field(
         "INFO", validation_alias=AliasChoices("LODESTAR_LOG_LEVEL"), description="Log level."
     )

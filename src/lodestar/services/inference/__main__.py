@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
+from lodestar.runtime import eventloop
 from lodestar.runtime.server import GrpcServer, serve
 from lodestar.services.inference.server import create_server
 from lodestar.services.inference.settings import InferenceSettings
@@ -20,7 +21,7 @@ def main() -> None:
         # Loading the model blocks for a moment; keep the loop responsive.
         return await asyncio.to_thread(create_server, settings)
 
-    asyncio.run(serve(settings, "inference", build))
+    eventloop.run(serve(settings, "inference", build), settings.event_loop)
 
 
 if __name__ == "__main__":

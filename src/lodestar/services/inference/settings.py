@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from lodestar.runtime.settings import ServerSettings
+from lodestar.runtime.settings import EventLoopSetting, ServerSettings
 
 BUNDLED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -46,6 +46,7 @@ class InferenceSettings(ServerSettings):
     metrics_port: int | None = Field(
         9103, ge=0, le=65535, description="Prometheus metrics HTTP port; unset disables it."
     )
+    event_loop: EventLoopSetting = "auto"
     model_path: str = Field(
         default_factory=bundled_model_path,
         description="Path of a GGUF model file; defaults to the bundled "
