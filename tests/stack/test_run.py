@@ -1,8 +1,9 @@
 """`lodestar run` (what `make run` starts): the whole stack as processes.
 
 Starts it the way a person does, waits for the ready banner, uses the printed
-admin token against the gateway, then stops it with Ctrl-C (SIGINT) and
-expects every process to exit cleanly.
+admin token against the gateway (the README's quick-start commands among it, run
+as written), then stops it with Ctrl-C (SIGINT) and expects every process to exit
+cleanly.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 READY_LINE = "Ctrl-C stops everything."
+README = Path(__file__).resolve().parents[2] / "README.md"
 STARTUP_TIMEOUT_S = 240
 
 
@@ -41,6 +43,29 @@ def _get(url: str, token: str | None = None) -> tuple[int, dict[str, object]]:
             return reply.status, json.loads(reply.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
+
+
+def _readme_quick_start() -> str:
+    """The shell commands the README's quick start tells a reader to try."""
+    after = README.read_text().split("Then, for example:", 1)[1]
+    return after.split("```bash\n", 1)[1].split("```", 1)[0]
+
+
+def _run_quick_start(gateway: str, token: str) -> str:
+    commands = _readme_quick_start().replace("localhost:8080", gateway.removeprefix("http://"))
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", commands],
+        env={
+            **os.environ,
+            "LODESTAR_TOKEN": token,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def test_run_starts_every_service_prints_a_token_and_stops_on_ctrl_c(tmp_path: Path) -> None:
@@ -86,6 +111,17 @@ def test_run_starts_every_service_prints_a_token_and_stops_on_ctrl_c(tmp_path: P
             assert service in backends
         status, _ = _get(f"{gateway}/api/v1/collections", "not-a-token")
         assert status == 401
+
+        answers = _run_quick_start(gateway, token_match.group(1))
+        assert '"error"' not in answers, answers
+        assert '"name":"notes"' in answers, answers  # created
+        assert '"embedded":1' in answers, answers  # inserted by text
+        assert '"text":"The cat sat on the mat."' in answers, answers  # found by text
+        assert '"finish_reason":' in answers, answers  # generated
+        assert "event: token" in answers, answers  # streamed
+        assert "event: done" in answers, answers
+        minted = answers.strip().splitlines()[-1]
+        assert minted.count(".") == 2, answers  # a JWT from `lodestar token`
 
         process.send_signal(signal.SIGINT)
         remaining, _ = process.communicate(timeout=90)
