@@ -356,8 +356,9 @@ class _ServiceCpu:
 
     def __init__(self, service_pid: int) -> None:
         self._pids = {"service process": service_pid}
-        for pid in child_pids(service_pid):
-            self._pids["engine process"] = pid
+        engine = child_pids(service_pid)  # the service's one child
+        if engine:
+            self._pids["engine process"] = engine[0]
         self._before = self._read()
 
     def _read(self) -> dict[str, float]:
