@@ -10,6 +10,7 @@ import pytest
 from lodestar.runtime import eventloop
 from lodestar.services.gateway.settings import GatewaySettings
 from lodestar.services.inference.settings import InferenceSettings
+from lodestar.services.vector.settings import VectorSettings
 
 
 async def _loop_module() -> str:
@@ -24,11 +25,12 @@ def test_the_choice_names_the_loop_that_runs(choice: eventloop.EventLoop, module
     assert eventloop.run(_loop_module(), choice) == module
 
 
-@pytest.mark.parametrize("settings", [InferenceSettings, GatewaySettings])
+@pytest.mark.parametrize("settings", [InferenceSettings, GatewaySettings, VectorSettings])
 def test_one_variable_chooses_for_every_service_that_has_the_setting(
-    settings: type[InferenceSettings] | type[GatewaySettings], monkeypatch: pytest.MonkeyPatch
+    settings: type[InferenceSettings] | type[GatewaySettings] | type[VectorSettings],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert settings().event_loop == "auto"  # uvloop: both services' extras install it
+    assert settings().event_loop == "auto"  # uvloop: these services' extras install it
     monkeypatch.setenv("LODESTAR_EVENT_LOOP", "asyncio")
     assert settings().event_loop == "asyncio"
     monkeypatch.setenv("LODESTAR_EVENT_LOOP", "tokio")

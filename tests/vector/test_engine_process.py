@@ -147,6 +147,25 @@ async def test_the_child_dies_with_a_killed_service(tmp_path: Path) -> None:
             service.kill()
 
 
+def _runs_uvloop(pid: int) -> bool:
+    """uvloop's extension is mapped into the process."""
+    return "/uvloop/loop." in Path(f"/proc/{pid}/maps").read_text()
+
+
+@pytest.mark.parametrize(("choice", "uvloop"), [("auto", True), ("asyncio", False)])
+async def test_the_service_and_its_engine_process_run_the_chosen_event_loop(
+    tmp_path: Path, choice: str, uvloop: bool
+) -> None:
+    service = ServiceProcess(tmp_path, LODESTAR_EVENT_LOOP=choice)
+    try:
+        await service.wait_serving()
+        (child,) = processes("engine_process", parent=service.process.pid)
+        assert _runs_uvloop(service.process.pid) is uvloop
+        assert _runs_uvloop(child) is uvloop
+    finally:
+        service.stop()
+
+
 async def test_one_process_per_data_directory(tmp_path: Path) -> None:
     settings = vector_settings(tmp_path, data_lock_wait_s=0.2)
     first = EmbeddedBackend(settings)

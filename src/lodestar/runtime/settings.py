@@ -34,8 +34,8 @@ EventLoopSetting = Annotated[
     EventLoop,
     Field(
         validation_alias=AliasChoices("LODESTAR_EVENT_LOOP"),
-        description="Event loop of the gateway and the inference service: uvloop, asyncio, "
-        "or auto (uvloop when installed).",
+        description="Event loop of the gateway, the inference service and the vector "
+        "service: uvloop, asyncio, or auto (uvloop when installed).",
     ),
 ]
 

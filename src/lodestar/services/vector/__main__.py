@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-
+from lodestar.runtime import eventloop
 from lodestar.runtime.server import GrpcServer, serve
 from lodestar.services.vector.server import create_server
 from lodestar.services.vector.settings import VectorSettings
@@ -15,7 +14,7 @@ def main() -> None:
     async def build() -> GrpcServer:
         return await create_server(settings)
 
-    asyncio.run(serve(settings, "vector", build))
+    eventloop.run(serve(settings, "vector", build), settings.event_loop)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast, get_args
 
 from prometheus_client import ProcessCollector
 
@@ -183,6 +183,7 @@ class EngineProcess:
                 __name__,
                 str(theirs.fileno()),
                 str(os.getpid()),
+                self._settings.event_loop,
                 pass_fds=(theirs.fileno(),),
             )
         except BaseException:
@@ -524,15 +525,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lodestar.runtime.lifeline import die_with_parent
 
     args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 2:
-        print("usage: python -m lodestar.services.vector.engine_process FD PARENT_PID")
+    if len(args) != 3 or args[2] not in get_args(eventloop.EventLoop):
+        print("usage: python -m lodestar.services.vector.engine_process FD PARENT_PID EVENT_LOOP")
         return 2
     die_with_parent(int(args[1]))
     # The service stops this process when it stops (a Ctrl-C reaches the whole process
     # group; the service closes the engine first).
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
-    eventloop.run(_serve(int(args[0])))
+    eventloop.run(_serve(int(args[0])), cast(eventloop.EventLoop, args[2]))
     return 0
 
 

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from lodestar.runtime.settings import ServerSettings
+from lodestar.runtime.settings import EventLoopSetting, ServerSettings
 
 BackendKind = Literal["embedded", "remote"]
 
@@ -22,6 +22,7 @@ class VectorSettings(ServerSettings):
     metrics_port: int | None = Field(
         9102, ge=0, le=65535, description="Prometheus metrics HTTP port; unset disables it."
     )
+    event_loop: EventLoopSetting = "auto"
 
     backend: BackendKind = Field(
         "embedded",
