@@ -41,3 +41,8 @@ def resident_bytes(pid: int) -> int:
     """The process's resident set size."""
     pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def maps_file(pid: int, fragment: str) -> bool:
+    """A file whose path contains ``fragment`` is mapped into the process."""
+    return fragment in Path(f"/proc/{pid}/maps").read_text()

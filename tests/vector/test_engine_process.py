@@ -28,7 +28,7 @@ from lodestar.services.vector.server import create_server
 from lodestar.vector.v1 import vector_service_pb2 as pb
 from lodestar.vector.v1 import vector_service_pb2_grpc as pb_grpc
 from tests.vector.conftest import vector_settings
-from tests.vector.procfs import exited, processes, resident_bytes
+from tests.vector.procfs import exited, maps_file, processes, resident_bytes
 from tests.vector.test_durability import ServiceProcess
 
 DIMENSION = 16
@@ -147,11 +147,6 @@ async def test_the_child_dies_with_a_killed_service(tmp_path: Path) -> None:
             service.kill()
 
 
-def _runs_uvloop(pid: int) -> bool:
-    """uvloop's extension is mapped into the process."""
-    return "/uvloop/loop." in Path(f"/proc/{pid}/maps").read_text()
-
-
 @pytest.mark.parametrize(("choice", "uvloop"), [("auto", True), ("asyncio", False)])
 async def test_the_service_and_its_engine_process_run_the_chosen_event_loop(
     tmp_path: Path, choice: str, uvloop: bool
@@ -160,8 +155,8 @@ async def test_the_service_and_its_engine_process_run_the_chosen_event_loop(
     try:
         await service.wait_serving()
         (child,) = processes("engine_process", parent=service.process.pid)
-        assert _runs_uvloop(service.process.pid) is uvloop
-        assert _runs_uvloop(child) is uvloop
+        for pid in (service.process.pid, child):
+            assert maps_file(pid, "/uvloop/loop.") is uvloop  # uvloop's extension is loaded
     finally:
         service.stop()
 
