@@ -34,7 +34,7 @@ def _free_port() -> int:
 class ServiceProcess:
     """``python -m lodestar.services.vector`` on a data directory."""
 
-    def __init__(self, data_dir: Path, **env: str) -> None:
+    def __init__(self, data_dir: Path, **extra_env: str) -> None:
         self.port = _free_port()
         env = {
             **os.environ,
@@ -47,7 +47,7 @@ class ServiceProcess:
             "LODESTAR_VECTOR_OPTIMIZE_MAX_WAIT_S": "0.3",
             "LODESTAR_VECTOR_INDEXING_THRESHOLD_KB": "32",
             "LODESTAR_LOG_LEVEL": "WARNING",
-            **env,
+            **extra_env,
         }
         self.process = subprocess.Popen(
             [sys.executable, "-m", "lodestar.services.vector"],
