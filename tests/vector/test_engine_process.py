@@ -99,6 +99,50 @@ async def test_a_child_that_dies_is_replaced_and_nothing_is_lost(served: Served)
     assert hits.points[0].id.num == 7
 
 
+async def test_calls_made_together_cross_to_the_child_and_back_in_one_write_each_way(
+    served: Served,
+) -> None:
+    await _create(served.stub, "together", 300)
+    backend = served.backend
+    queries = [
+        SearchQuery(vector=list(p.vector), limit=1 + i % 4, with_payload=i % 2 == 0)
+        for i, p in enumerate(_points(0, 300)[:12])
+    ]
+    alone = [await backend.search("together", q) for q in queries]
+
+    outbox, transport = backend._outbox, backend._transport
+    assert outbox is not None
+    assert transport is not None
+    writes: list[int] = []
+    reads: list[int] = []
+
+    class Recorded:  # the real transport, its writes counted
+        def write(self, data: bytes) -> None:
+            writes.append(len(data))
+            transport.write(data)
+
+        def is_closing(self) -> bool:
+            return transport.is_closing()
+
+    protocol = transport.get_protocol()
+    received = protocol.data_received
+
+    def data_received(data: bytes) -> None:
+        reads.append(len(data))
+        received(data)
+
+    outbox.transport = Recorded()  # type: ignore[assignment]
+    protocol.data_received = data_received  # type: ignore[method-assign]
+    try:
+        together = await asyncio.gather(*(backend.search("together", q) for q in queries))
+    finally:
+        outbox.transport = transport
+        del protocol.data_received
+    assert together == alone  # each caller got its own answer
+    assert len(writes) == 1  # the twelve requests in one write
+    assert len(reads) == 1  # and the twelve replies in one
+
+
 async def test_index_builds_in_the_child_are_counted_by_the_service(served: Served) -> None:
     def runs() -> float:
         value = REGISTRY.get_sample_value(
