@@ -18,6 +18,7 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 # vendors, with the same CMAKE_ARGS: the reference the inference benchmark compares with.
 LLAMA_CPP_VERSION := $(shell sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml)
 LLAMA_SERVER := $(TOOLS)/llama.cpp/build/bin/llama-server
+GRPC_LOAD := $(TOOLS)/grpc-load
 PROTO_FILES := $(shell find protos -name '*.proto' | sort)
 GEN_DIRS := src/lodestar/inference/v1 src/lodestar/embedding/v1 src/lodestar/vector/v1
 PYTEST_ARGS ?=
@@ -100,6 +101,17 @@ $(LLAMA_SERVER): pyproject.toml
 
 .PHONY: llama-server
 llama-server: $(VENV)/.installed $(LLAMA_SERVER) ## Build llama.cpp's own server (the inference benchmark's reference)
+
+# The vector benchmark's native load generator, on grpc's C++ library (Debian's).
+$(GRPC_LOAD): bench/grpc_load.cc
+	@command -v g++ >/dev/null && pkg-config --exists grpc++ 2>/dev/null || { \
+	  if [[ $$(id -u) != 0 ]]; then echo "install as root: apt-get install g++ pkg-config libgrpc++-dev" >&2; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends g++ pkg-config libgrpc++-dev >/dev/null; }
+	mkdir -p $(TOOLS)
+	g++ -O2 -std=c++17 -o $@ $< $$(pkg-config --cflags --libs grpc++)
+
+.PHONY: grpc-load
+grpc-load: $(GRPC_LOAD) ## Build the vector benchmark's native gRPC load generator
 
 .PHONY: deploy-check
 deploy-check: $(VENV)/.installed system-deps ## Validate deploy/ offline (manifests, Envoy, rules, dashboards, images)
