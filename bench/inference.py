@@ -60,6 +60,7 @@ import llama_cpp
 import numpy as np
 
 from bench.processes import command_process, free_port, http_ready, metric_samples, service_process
+from bench.tools import TOOLS, add_tool_option, chosen_tool
 from lodestar.inference.v1 import inference_service_pb2 as pb
 from lodestar.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from lodestar.runtime.channels import insecure_channel
@@ -346,7 +347,7 @@ async def service_stream(
 # -- llama.cpp's own server, for reference ---------------------------------------------
 
 # Where ``make llama-server`` builds it.
-LLAMA_SERVER = Path(__file__).resolve().parent.parent / ".tools/llama.cpp/build/bin/llama-server"
+LLAMA_SERVER = TOOLS / "llama.cpp/build/bin/llama-server"
 
 
 @contextlib.asynccontextmanager
@@ -732,22 +733,16 @@ def main(argv: list[str] | None = None) -> int:
         "--no-prompt-cache", action="store_true", help="the service without its prompt cache"
     )
     parser.add_argument("--server", choices=("inprocess", "subprocess"), default="subprocess")
-    parser.add_argument(
-        "--llama-server",
-        type=Path,
-        default=LLAMA_SERVER if LLAMA_SERVER.is_file() else None,
-        help="llama.cpp's server binary, measured for reference (default: the one "
-        "`make llama-server` builds, when it is there)",
-    )
-    parser.add_argument(
-        "--no-llama-server", action="store_true", help="without the llama.cpp server reference"
+    add_tool_option(
+        parser,
+        "llama-server",
+        LLAMA_SERVER,
+        what="llama.cpp's server binary, measured for reference",
+        without="without the llama.cpp server reference",
     )
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
-    if args.no_llama_server:
-        args.llama_server = None
-    elif args.llama_server is not None and not args.llama_server.is_file():
-        parser.error(f"--llama-server: no file {args.llama_server}")
+    args.llama_server = chosen_tool(parser, args, "llama-server")
     if args.ttft_pairs < 2:
         parser.error("--ttft-pairs must be at least 2")
     figures, model, settings = asyncio.run(measure(args))

@@ -73,6 +73,7 @@ import qdrant_edge as qe
 from numpy.typing import NDArray
 
 from bench.processes import child_pids, cpu_seconds, free_port, service_process
+from bench.tools import TOOLS, add_tool_option, chosen_tool
 from lodestar.runtime.channels import insecure_channel
 from lodestar.services.vector import edge
 from lodestar.services.vector.models import CollectionConfig, Distance, HnswOptions
@@ -88,7 +89,7 @@ RECALL_TARGET = 0.98
 RATIO_TARGET = 0.7
 CACHE_DIR = Path(".data/bench")
 # Where ``make grpc-load`` builds the native load generator.
-GRPC_LOAD = Path(__file__).resolve().parent.parent / ".tools/grpc-load"
+GRPC_LOAD = TOOLS / "grpc-load"
 COLLECTION = "bench"
 SEARCH_METHOD = "/lodestar.vector.v1.VectorService/SearchPoints"
 UPSERT_METHOD = "/lodestar.vector.v1.VectorService/UpsertPoints"
@@ -750,22 +751,16 @@ def main() -> None:
     parser.add_argument(
         "--search-batch", type=int, default=16, help="queries per call in the batched figures"
     )
-    parser.add_argument(
-        "--grpc-load",
-        type=Path,
-        default=GRPC_LOAD if GRPC_LOAD.is_file() else None,
-        help="the native load generator (default: the one `make grpc-load` builds, when it "
-        "is there)",
-    )
-    parser.add_argument(
-        "--no-grpc-load", action="store_true", help="drive the service with Python clients only"
+    add_tool_option(
+        parser,
+        "grpc-load",
+        GRPC_LOAD,
+        what="the native load generator",
+        without="drive the service with Python clients only",
     )
     args = parser.parse_args()
-    if args.no_grpc_load:
-        args.grpc_load = None
-    elif args.grpc_load is not None and not args.grpc_load.is_file():
-        parser.error(f"--grpc-load: no file {args.grpc_load}")
-    elif args.grpc_load is None:
+    args.grpc_load = chosen_tool(parser, args, "grpc-load")
+    if args.grpc_load is None and not args.no_grpc_load:
         print("native load generator not built (`make grpc-load`): Python clients only")
     sys.exit(asyncio.run(run(args)))
 
