@@ -110,9 +110,9 @@ async def test_calls_made_together_cross_to_the_child_and_back_in_one_write_each
     ]
     alone = [await backend.search("together", q) for q in queries]
 
-    outbox, transport = backend._outbox, backend._transport
+    outbox = backend._outbox
     assert outbox is not None
-    assert transport is not None
+    transport = outbox.transport
     writes: list[int] = []
     reads: list[int] = []
 

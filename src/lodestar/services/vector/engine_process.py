@@ -173,7 +173,7 @@ class EngineProcess:
     def __init__(self, settings: VectorSettings) -> None:
         self._settings = settings
         self._process: asyncio.subprocess.Process | None = None
-        self._transport: asyncio.Transport | None = None
+        # The connection to the running child; None before it starts and once it is lost.
         self._outbox: _Outbox | None = None
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
@@ -222,14 +222,13 @@ class EngineProcess:
         transport, _ = await loop.create_unix_connection(
             lambda: _Frames(self._received, self._lost), sock=ours
         )
-        self._transport = transport  # type: ignore[assignment]
-        self._outbox = _Outbox(self._transport)
+        self._outbox = _Outbox(transport)  # type: ignore[arg-type]
         self._forget_configs()
         try:
             await self._send("open", (self._settings,), {})
         except BaseException:
             # A child that could not open the data serves nothing: stop it.
-            self._transport = None
+            self._outbox = None
             transport.close()
             with contextlib.suppress(ProcessLookupError):
                 self._process.kill()
@@ -251,7 +250,7 @@ class EngineProcess:
             future.set_exception(value)
 
     def _lost(self, exc: Exception | None) -> None:
-        self._transport = None
+        self._outbox = None
         waiting, self._waiting = self._waiting, {}
         for future in waiting.values():
             if not future.done():
@@ -270,8 +269,8 @@ class EngineProcess:
         await self._start()
         ENGINE_RESTARTS.inc()
 
-    async def _running(self) -> asyncio.Transport:
-        while self._transport is None:
+    async def _running(self) -> None:
+        while self._outbox is None:
             if self._closing:
                 raise Unavailable("the vector service is stopping")
             if self._starting is None or self._starting.done():
@@ -280,11 +279,10 @@ class EngineProcess:
                 await asyncio.shield(self._starting)
             except Exception as error:
                 raise Unavailable(f"the vector engine process cannot start: {error}") from error
-        return self._transport
 
     async def _send(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         outbox = self._outbox
-        if self._transport is None or outbox is None:
+        if outbox is None:
             raise Unavailable("the vector engine process stopped; retry the call")
         key = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -296,7 +294,7 @@ class EngineProcess:
             self._waiting.pop(key, None)
 
     async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        if self._transport is None:
+        if self._outbox is None:
             await self._running()
         return await self._send(method, args, kwargs)
 
@@ -325,14 +323,14 @@ class EngineProcess:
             # A replacement child is starting: let it finish, then close it like any other.
             with contextlib.suppress(Exception):
                 await self._starting
-        process, transport = self._process, self._transport
+        process, outbox = self._process, self._outbox
         try:
-            if transport is not None:
+            if outbox is not None:
                 with contextlib.suppress(Unavailable):  # it stopped already
                     await self._send("close", (), {})
         finally:
-            if transport is not None:
-                transport.close()
+            if outbox is not None:
+                outbox.transport.close()
             if process is not None:
                 try:
                     await asyncio.wait_for(process.wait(), _CLOSE_TIMEOUT_S)
