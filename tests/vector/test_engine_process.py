@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import os
 import pickle
 import signal
@@ -201,6 +202,36 @@ async def test_the_service_and_its_engine_process_run_the_chosen_event_loop(
         (child,) = processes("engine_process", parent=service.process.pid)
         for pid in (service.process.pid, child):
             assert maps_file(pid, "/uvloop/loop.") is uvloop  # uvloop's extension is loaded
+    finally:
+        service.stop()
+
+
+def _policies(pid: int) -> set[int]:
+    """The scheduling policies of a process's threads."""
+    policies = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that has exited since
+            policies.add(os.sched_getscheduler(int(tid)))
+    return policies
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies")
+@pytest.mark.parametrize(
+    ("choice", "policy"), [("batch", "SCHED_BATCH"), ("normal", "SCHED_OTHER")]
+)
+async def test_every_thread_of_the_service_and_its_engine_process_runs_the_chosen_scheduling(
+    tmp_path: Path, choice: str, policy: str
+) -> None:
+    service = ServiceProcess(tmp_path, LODESTAR_VECTOR_CPU_SCHEDULING=choice)
+    try:
+        await service.wait_serving()
+        # A call first, so that grpc's threads and the engine's worker threads exist.
+        async with grpc.aio.insecure_channel(service.address) as channel:
+            await pb_grpc.VectorServiceStub(channel).ListCollections(pb.ListCollectionsRequest())
+        (child,) = processes("engine_process", parent=service.process.pid)
+        for pid in (service.process.pid, child):
+            assert len(os.listdir(f"/proc/{pid}/task")) > 1
+            assert _policies(pid) == {getattr(os, policy)}, pid
     finally:
         service.stop()
 

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from lodestar.runtime.scheduling import CpuScheduling
 from lodestar.runtime.settings import EventLoopSetting, ServerSettings
 
 BackendKind = Literal["embedded", "remote"]
@@ -23,6 +24,12 @@ class VectorSettings(ServerSettings):
         9102, ge=0, le=65535, description="Prometheus metrics HTTP port; unset disables it."
     )
     event_loop: EventLoopSetting = "auto"
+    cpu_scheduling: CpuScheduling = Field(
+        "batch",
+        description="Linux CPU scheduling policy of the service and its engine process: "
+        "`batch` (SCHED_BATCH: a thread that wakes waits for a busy CPU's running thread "
+        "instead of preempting it, so a call costs fewer context switches) or `normal`.",
+    )
 
     backend: BackendKind = Field(
         "embedded",
