@@ -16,6 +16,7 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -23,7 +24,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from lodestar.services.vector.embedded import EmbeddedBackend
-from lodestar.services.vector.engine_process import EngineProcess
+from lodestar.services.vector.engine_process import EngineProcess, _Child, _Frames, _Outbox
 from lodestar.services.vector.models import PointRecord, ScoredHit, SearchQuery
 from lodestar.services.vector.server import create_server
 from lodestar.vector.v1 import vector_service_pb2 as pb
@@ -142,6 +143,60 @@ async def test_calls_made_together_cross_to_the_child_and_back_in_one_write_each
     assert together == alone  # each caller got its own answer
     assert len(writes) == 1  # the twelve requests in one write
     assert len(reads) == 1  # and the twelve replies in one
+
+
+class _SlowSearches:
+    """A backend whose searches hold the event loop for ``seconds`` each, as the
+    engine's searches of a large collection do."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    async def search(self, collection: str, query: SearchQuery) -> list[ScoredHit]:
+        time.sleep(self.seconds)  # noqa: ASYNC251 - the engine's work blocks the loop, too
+        return [ScoredHit(id=len(query.vector), score=1.0, payload=None, vector=None)]
+
+
+class _Written:
+    """A transport that keeps what is written, frame by frame."""
+
+    def __init__(self, frames: int) -> None:
+        self.writes: list[list[Any]] = []
+        self.all_written = asyncio.Event()
+        self._expected = frames
+
+    def write(self, data: bytes) -> None:
+        frames: list[Any] = []
+        _Frames(frames.append, lambda exc: None).data_received(data)
+        self.writes.append(frames)
+        if sum(len(w) for w in self.writes) >= self._expected:
+            self.all_written.set()
+
+    def is_closing(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("seconds", "writes"),
+    [(0.0, [8]), (0.002, [4, 2, 2])],
+    ids=["cheap calls: one write", "long calls: half the group first"],
+)
+async def test_the_childs_replies_to_long_calls_leave_while_the_rest_of_the_group_runs(
+    seconds: float, writes: list[int]
+) -> None:
+    child = _Child()
+    child.backend = _SlowSearches(seconds)
+    transport = _Written(frames=8)
+    child.outbox = _Outbox(transport)  # type: ignore[arg-type]
+    for key in range(1, 9):  # eight searches that arrive together
+        child.received((key, "search", ("c", SearchQuery(vector=[0.0] * key, limit=1)), {}))
+    await asyncio.wait_for(transport.all_written.wait(), 10)
+    assert [len(w) for w in transport.writes] == writes
+    replies = [reply for w in transport.writes for reply in w]
+    # each caller's own answer, in order
+    assert [(key, ok, hits[0].id) for key, ok, hits in replies] == [
+        (key, True, key) for key in range(1, 9)
+    ]
 
 
 async def test_index_builds_in_the_child_are_counted_by_the_service(served: Served) -> None:

@@ -17,7 +17,8 @@ end writes the frames of one turn of its event loop together (``_Outbox``): unde
 concurrent load, the searches that reach the service together cross in one write and
 their replies come back in one. Against a write per frame, that took 13–17% off the
 service process's CPU per search in paired runs (8 clients, 100,000 points), most of
-it from reading the replies in fewer wake-ups.
+it from reading the replies in fewer wake-ups. The child makes one exception, for a
+group of long calls such as searches of a large collection (``_Child``).
 
 Life cycle: the child dies with the service (the kernel kills it when its parent
 dies, even by kill -9); acknowledged writes are in the engine's write-ahead log
@@ -37,6 +38,7 @@ import pickle
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, cast, get_args
 
@@ -67,6 +69,10 @@ _HEADER = 4
 _PICKLE = pickle.HIGHEST_PROTOCOL
 _EVENT = 0
 _SOCKET_BUFFER = 4 * 1024 * 1024
+# A call that keeps the child this long or longer makes the replies held for the end of
+# the turn leave before the next call starts, if they are at least half of the turn's
+# calls (``_Child``).
+_LONG_CALL_S = 0.0002
 # Seconds a closing child gets to close its shards before it is killed.
 _CLOSE_TIMEOUT_S = 60.0
 
@@ -108,18 +114,26 @@ def _unframe(body: memoryview) -> Any:
 class _Outbox:
     """Frames for one transport, written together at the end of the event loop's turn:
     the requests (or replies) of the calls that start (or finish) in one turn leave in
-    one write, and the other process reads them in one wake-up."""
+    one write, and the other process reads them in one wake-up. ``flush`` writes what
+    is held sooner."""
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self.transport = transport
         self._frames: list[bytes] = []
 
+    @property
+    def held(self) -> int:
+        """Frames waiting to be written."""
+        return len(self._frames)
+
     def put(self, frame: bytes) -> None:
         if not self._frames:
-            asyncio.get_running_loop().call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self.flush)
         self._frames.append(frame)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        if not self._frames:  # written already, by an earlier flush in this turn
+            return
         frames, self._frames = self._frames, []
         if not self.transport.is_closing():  # else the calls waiting have failed already
             self.transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
@@ -469,19 +483,36 @@ class EngineProcess:
 
 
 class _Child:
-    """Runs the backend's calls as they arrive, each as its own task, and replies."""
+    """Runs the backend's calls as they arrive, each as its own task, and replies.
+
+    The calls that arrive together run one after another in one turn of the event
+    loop: most searches run right on the loop (``EmbeddedBackend``). Held for the end
+    of that turn, the replies to a group of searches would all leave after the last
+    search, and the service, its callers and their next requests would then work on
+    them together while the engine waited. So before it starts a call, the child
+    writes the replies it holds if the call before took ``_LONG_CALL_S`` or more and
+    it has answered at least as many of the turn's calls as remain (at least two): the
+    service answers the first half of a group while the engine runs the second. A group
+    of cheap calls still comes back in one write. With 8 clients searching 100,000
+    points, the service answered 2-7% more searches per second in paired runs, and 6%
+    more over twelve benchmark rounds each (medians), though its own process took about
+    8% more CPU per search (more wake-ups).
+    """
 
     def __init__(self) -> None:
         self.backend: Any = None
         self.outbox: _Outbox | None = None
         self.gone = asyncio.get_running_loop().create_future()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._unanswered = 0  # calls received and not answered yet
+        self._last_call_s = 0.0  # how long the latest call ran
 
     def send(self, message: object) -> None:
         if self.outbox is not None and not self.outbox.transport.is_closing():
             self.outbox.put(_frame(message))
 
     def received(self, message: tuple[int, str, tuple[Any, ...], dict[str, Any]]) -> None:
+        self._unanswered += 1
         task = asyncio.get_running_loop().create_task(self._handle(*message))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -503,16 +534,34 @@ class _Child:
             if method == "open":
                 await self._open(*args)
             else:
-                value = await getattr(self.backend, method)(*args, **kwargs)
+                self._release_replies()
+                started = time.perf_counter()
+                try:
+                    value = await getattr(self.backend, method)(*args, **kwargs)
+                finally:
+                    self._last_call_s = time.perf_counter() - started
                 if method == "close":
                     self.backend = None
             reply: tuple[int, bool, Any] = (key, True, value)
         except Exception as error:  # every failure goes back to the caller
             reply = (key, False, error)
+        finally:
+            self._unanswered -= 1
         try:
             self.send(reply)
         except Exception as error:  # an answer that does not pickle
             self.send((key, False, RuntimeError(f"{type(error).__name__}: {error}")))
+
+    def _release_replies(self) -> None:
+        """Write the replies held now if the calls are long ones and those still to run
+        are no more than those answered (this class's docstring)."""
+        outbox = self.outbox
+        if (
+            outbox is not None
+            and self._last_call_s >= _LONG_CALL_S
+            and outbox.held >= max(2, self._unanswered)
+        ):
+            outbox.flush()
 
     async def _open(self, settings: VectorSettings) -> None:
         from lodestar.runtime.heap import settle_heap
