@@ -6,7 +6,9 @@
 both with the same clients in turns. It answers ``SearchPoints`` and nothing else:
 the request's vector goes straight to ``EdgeShard.query`` on the event loop and
 the hits' ids and scores come back. No validation, collection lookup, metrics,
-interceptors, tracing or analytics: only grpc.aio, protobuf and the engine.
+interceptors, tracing or analytics: only grpc.aio, protobuf and the engine. It runs
+under the service's CPU scheduling policy (``runtime.scheduling``, the default of
+``LODESTAR_VECTOR_CPU_SCHEDULING``), so that the two differ only in what they do.
 
 Its QPS over raw qdrant-edge's is what serving searches over gRPC from one Python
 process costs on the machine: the engine holds the GIL while it searches, so the
@@ -24,6 +26,8 @@ import grpc
 import qdrant_edge as qe
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from lodestar.runtime import scheduling
+from lodestar.services.vector.settings import VectorSettings
 from lodestar.vector.v1 import vector_service_pb2 as pb
 
 SERVICE = pb.DESCRIPTOR.services_by_name["VectorService"].full_name
@@ -85,6 +89,7 @@ def main() -> None:
     from bench.vector import EF_SEARCH
 
     shard_dir, port = sys.argv[1], int(sys.argv[2])
+    scheduling.apply(VectorSettings().cpu_scheduling)
     asyncio.run(serve(shard_dir, port, EF_SEARCH))
 
 

@@ -33,10 +33,6 @@ _log = logging.getLogger(__name__)
 CpuScheduling = Literal["batch", "normal"]
 
 
-def _policy(choice: CpuScheduling) -> int:
-    return os.SCHED_BATCH if choice == "batch" else os.SCHED_OTHER
-
-
 def apply(choice: CpuScheduling) -> bool:
     """Put every thread of this process under ``choice``'s policy; False where the
     platform has no such policy or refuses it (the process runs on under its own)."""
@@ -44,7 +40,7 @@ def apply(choice: CpuScheduling) -> bool:
         if choice == "batch":
             _log.info("SCHED_BATCH is not available on this platform; running as it is")
         return False
-    policy = _policy(choice)
+    policy = os.SCHED_BATCH if choice == "batch" else os.SCHED_OTHER
     try:
         threads = [int(tid) for tid in os.listdir("/proc/self/task")]
     except OSError:
