@@ -346,6 +346,13 @@ async def test_count_tokens_needs_exactly_one_input(stub: Stub) -> None:
 
 # -- cancellation and overload (one slot, no queue) -------------------------------------
 
+# A generation that runs all of its 400 tokens (seconds): the grammar admits no end
+# before 2,000 characters, so the model cannot stop early. Unconstrained, it answers
+# this prompt in about 50 tokens, which a fast machine decodes within the deadlines
+# below.
+LONG_RUN = pb.SamplingOptions(temperature=0.0, max_tokens=400)
+NO_EARLY_END = pb.OutputConstraint(grammar="root ::= [0-9 ]{2000}")
+
 
 async def _first_delta_then(
     call: grpc.aio.UnaryStreamCall[Any, pb.StreamGenerateTextResponse],
@@ -357,9 +364,10 @@ async def _first_delta_then(
 
 
 async def test_full_queue_is_resource_exhausted_at_once(tight_stub: Stub) -> None:
-    long_run = pb.SamplingOptions(temperature=0.0, max_tokens=400)
     call = tight_stub.StreamGenerateText(
-        pb.StreamGenerateTextRequest(prompt="Count from one to a thousand:", sampling=long_run)
+        pb.StreamGenerateTextRequest(
+            prompt="Count from one to a thousand:", sampling=LONG_RUN, constraint=NO_EARLY_END
+        )
     )
     try:
         await _first_delta_then(call)
@@ -388,9 +396,10 @@ async def _generate_once_free(stub: Stub, within_s: float) -> pb.GenerateTextRes
 
 
 async def test_cancelled_stream_frees_its_slot_for_the_next_request(tight_stub: Stub) -> None:
-    long_run = pb.SamplingOptions(temperature=0.0, max_tokens=400)
     call = tight_stub.StreamGenerateText(
-        pb.StreamGenerateTextRequest(prompt="Count from one to a thousand:", sampling=long_run)
+        pb.StreamGenerateTextRequest(
+            prompt="Count from one to a thousand:", sampling=LONG_RUN, constraint=NO_EARLY_END
+        )
     )
     await _first_delta_then(call)
     call.cancel()
@@ -400,10 +409,11 @@ async def test_cancelled_stream_frees_its_slot_for_the_next_request(tight_stub: 
 
 
 async def test_expired_deadline_stops_the_work_and_frees_the_slot(tight_stub: Stub) -> None:
-    long_run = pb.SamplingOptions(temperature=0.0, max_tokens=400)
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await tight_stub.GenerateText(
-            pb.GenerateTextRequest(prompt="Count from one to a thousand:", sampling=long_run),
+            pb.GenerateTextRequest(
+                prompt="Count from one to a thousand:", sampling=LONG_RUN, constraint=NO_EARLY_END
+            ),
             timeout=0.5,
         )
     assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
