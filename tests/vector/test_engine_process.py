@@ -247,18 +247,32 @@ async def test_the_child_dies_with_a_killed_service(tmp_path: Path) -> None:
             service.kill()
 
 
+@contextlib.asynccontextmanager
+async def _service_and_engine(tmp_path: Path, **env: str) -> AsyncIterator[ServiceProcess]:
+    """A serving service process, after one call (so that grpc's threads and the
+    engine's worker threads exist), stopped afterwards."""
+    service = ServiceProcess(tmp_path, **env)
+    try:
+        await service.wait_serving()
+        async with grpc.aio.insecure_channel(service.address) as channel:
+            await pb_grpc.VectorServiceStub(channel).ListCollections(pb.ListCollectionsRequest())
+        yield service
+    finally:
+        service.stop()
+
+
+def _service_and_child_pids(service: ServiceProcess) -> tuple[int, int]:
+    (child,) = processes("engine_process", parent=service.process.pid)
+    return service.process.pid, child
+
+
 @pytest.mark.parametrize(("choice", "uvloop"), [("auto", True), ("asyncio", False)])
 async def test_the_service_and_its_engine_process_run_the_chosen_event_loop(
     tmp_path: Path, choice: str, uvloop: bool
 ) -> None:
-    service = ServiceProcess(tmp_path, LODESTAR_EVENT_LOOP=choice)
-    try:
-        await service.wait_serving()
-        (child,) = processes("engine_process", parent=service.process.pid)
-        for pid in (service.process.pid, child):
+    async with _service_and_engine(tmp_path, LODESTAR_EVENT_LOOP=choice) as service:
+        for pid in _service_and_child_pids(service):
             assert maps_file(pid, "/uvloop/loop.") is uvloop  # uvloop's extension is loaded
-    finally:
-        service.stop()
 
 
 def _policies(pid: int) -> set[int]:
@@ -277,18 +291,10 @@ def _policies(pid: int) -> set[int]:
 async def test_every_thread_of_the_service_and_its_engine_process_runs_the_chosen_scheduling(
     tmp_path: Path, choice: str, policy: str
 ) -> None:
-    service = ServiceProcess(tmp_path, LODESTAR_VECTOR_CPU_SCHEDULING=choice)
-    try:
-        await service.wait_serving()
-        # A call first, so that grpc's threads and the engine's worker threads exist.
-        async with grpc.aio.insecure_channel(service.address) as channel:
-            await pb_grpc.VectorServiceStub(channel).ListCollections(pb.ListCollectionsRequest())
-        (child,) = processes("engine_process", parent=service.process.pid)
-        for pid in (service.process.pid, child):
+    async with _service_and_engine(tmp_path, LODESTAR_VECTOR_CPU_SCHEDULING=choice) as service:
+        for pid in _service_and_child_pids(service):
             assert len(os.listdir(f"/proc/{pid}/task")) > 1
             assert _policies(pid) == {getattr(os, policy)}, pid
-    finally:
-        service.stop()
 
 
 async def test_one_process_per_data_directory(tmp_path: Path) -> None:
