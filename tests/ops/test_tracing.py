@@ -310,10 +310,13 @@ from lodestar.runtime.interceptors import server_interceptors
 configured = telemetry.configure_tracing("lodestar-probe")
 with telemetry.tracer("probe").start_as_current_span("probe") as span:
     recording = span.is_recording()
+with telemetry.span(telemetry.tracer("probe"), "probe", {"n": 1}):
+    helper_recording = trace.get_current_span().is_recording()
 print(json.dumps({
     "configured": configured,
     "provider": type(trace.get_tracer_provider()).__name__,
     "recording": recording,
+    "helper_recording": helper_recording,
     "server_interceptors": len(server_interceptors()),
     "client_interceptors": len(telemetry.tracing_client_interceptors()),
     "sdk_loaded": "opentelemetry.sdk.trace" in sys.modules,
@@ -348,6 +351,7 @@ def test_without_otel_variables_tracing_is_a_no_op(otel: dict[str, str]) -> None
         "configured": False,
         "provider": "ProxyTracerProvider",
         "recording": False,
+        "helper_recording": False,
         "server_interceptors": 0,
         "client_interceptors": 0,
         "sdk_loaded": False,
@@ -360,6 +364,7 @@ def test_an_exporter_variable_installs_the_sdk_provider() -> None:
         "configured": True,
         "provider": "TracerProvider",
         "recording": True,
+        "helper_recording": True,
         "server_interceptors": 1,
         "client_interceptors": 4,
         "sdk_loaded": True,

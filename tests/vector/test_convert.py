@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import array
 import math
+import pickle
 import uuid
 from datetime import UTC, datetime
 
+import numpy
 import pytest
 from google.protobuf import struct_pb2, timestamp_pb2
 
@@ -122,6 +125,16 @@ def test_vectors_are_checked_row_by_row() -> None:
     assert error.value.reason == "NON_FINITE_VECTOR"
     with pytest.raises(InvalidArgument):
         convert.vector([math.nan, 1], 2, "vector")
+
+
+def test_a_query_vector_is_float32_values_that_cross_to_the_engine_as_one_buffer() -> None:
+    values = [i / 7 for i in range(384)]
+    vector = convert.vector(values, 384, "vector")
+    assert isinstance(vector, array.array)
+    assert vector.typecode == "f"
+    assert list(vector) == [float(numpy.float32(v)) for v in values]
+    # As a list, each of the 384 values would pickle as its own 9-byte float.
+    assert len(pickle.dumps(m.SearchQuery(vector=vector), pickle.HIGHEST_PROTOCOL)) < 384 * 4 + 200
 
 
 def test_payload_numbers_and_nesting() -> None:

@@ -9,14 +9,19 @@ W3C traceparent is the propagation format (the API's default).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from typing import Final
 
 import grpc
 from opentelemetry import trace
 
 _log = logging.getLogger(__name__)
 _state: dict[str, bool] = {"enabled": False}
+_NO_SPAN: Final = contextlib.nullcontext()
 
 
 def tracing_requested(environ: dict[str, str] | None = None) -> bool:
@@ -111,3 +116,14 @@ def tracing_client_interceptors() -> list[grpc.aio.ClientInterceptor]:
 
 def tracer(name: str) -> trace.Tracer:
     return trace.get_tracer(name)
+
+
+def span(
+    tracer: trace.Tracer, name: str, attributes: Mapping[str, str | int] | None = None
+) -> AbstractContextManager[object]:
+    """``tracer.start_as_current_span(name)`` while tracing is on; otherwise one shared
+    context that does nothing. The API's no-op tracer still costs about 4 µs a span,
+    which is worth saving on paths that run thousands of times a second (searches)."""
+    if not _state["enabled"]:
+        return _NO_SPAN
+    return tracer.start_as_current_span(name, attributes=attributes)

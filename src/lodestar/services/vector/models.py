@@ -130,7 +130,7 @@ def _pickled_by_fields(*, pack_vector: bool) -> Callable[[type[_T]], type[_T]]:
     a list in the ``vector`` field travels as its float32 values in one buffer
     (``array.array``): a list pickles one Python float per value and unpickles into as
     many objects (the engine's vectors are float32, so nothing is lost). Worth it for
-    pages of records; a single query vector costs more to pack than it saves."""
+    pages of records; a query's vector is an ``array.array`` already (``convert.vector``)."""
 
     def decorate(cls: type[_T]) -> type[_T]:
         names = [f.name for f in fields(cls)]  # type: ignore[arg-type]

@@ -19,7 +19,7 @@ import numpy as np
 from prometheus_client import Histogram
 
 from lodestar.runtime.errors import InvalidArgument, NotFound, PermissionDenied
-from lodestar.runtime.telemetry import tracer
+from lodestar.runtime.telemetry import span, tracer
 from lodestar.services.vector import metrics
 from lodestar.services.vector.backend import VectorBackend
 from lodestar.services.vector.cluster import Clustering, cluster_points
@@ -222,7 +222,7 @@ class VectorStore:
         confined = [
             self._tenant_op(op, tenant, f) for op, f in zip(operations, fields, strict=True)
         ]
-        with _trace.start_as_current_span("vector.write"):
+        with span(_trace, "vector.write"):
             counts = await self.backend.apply(collection, confined)
         upserted = sum(
             c for op, c in zip(confined, counts, strict=True) if isinstance(op, UpsertOp)
@@ -341,9 +341,7 @@ class VectorStore:
         if tenant is not None:
             query = replace(query, filter=_confined(query.filter, tenant))
         started = time.perf_counter()
-        with _trace.start_as_current_span(
-            "vector.search", attributes={"vector.collection": collection}
-        ):
+        with span(_trace, "vector.search", {"vector.collection": collection}):
             hits = await self.backend.search(collection, query)
         elapsed = time.perf_counter() - started
         return hits, self._observe(collection, "search", elapsed, len(hits), query_text)
@@ -363,9 +361,10 @@ class VectorStore:
                 for q in (searches[i] for i in indexes)
             ]
             started = time.perf_counter()
-            with _trace.start_as_current_span(
+            with span(
+                _trace,
                 "vector.search",
-                attributes={"vector.collection": collection, "vector.queries": len(queries)},
+                {"vector.collection": collection, "vector.queries": len(queries)},
             ):
                 found = await self.backend.search_batch(collection, queries)
             elapsed = time.perf_counter() - started
@@ -425,9 +424,7 @@ class VectorStore:
         if excluded:
             base = filter or Filter()
             filter = Filter(base.must, base.should, (*base.must_not, HasId(excluded)))
-        with _trace.start_as_current_span(
-            "vector.recommend", attributes={"vector.collection": collection}
-        ):
+        with span(_trace, "vector.recommend", {"vector.collection": collection}):
             hits = await self.backend.recommend(
                 collection,
                 RecommendQuery(
@@ -475,7 +472,7 @@ class VectorStore:
         vectors = np.asarray([p.vector for p in points], dtype=np.float32).reshape(
             len(points), config.dimension
         )
-        with _trace.start_as_current_span("vector.cluster"):
+        with span(_trace, "vector.cluster"):
             clustering = await asyncio.to_thread(
                 cluster_points,
                 ids,
