@@ -2,8 +2,8 @@
 
 Tracing is on when an exporter is named (``OTEL_TRACES_EXPORTER``: otlp or
 console) or an OTLP endpoint is set (``OTEL_EXPORTER_OTLP_ENDPOINT`` /
-``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``). Otherwise nothing is installed and
-spans cost nothing (the API's no-op tracer). ``OTEL_SDK_DISABLED=true`` wins.
+``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``). Otherwise nothing is installed, spans
+are the API's no-op ones, and ``span`` skips even those. ``OTEL_SDK_DISABLED=true`` wins.
 W3C traceparent is the propagation format (the API's default).
 """
 

@@ -17,8 +17,8 @@ from typing import Any, TypeAlias, TypeVar
 # An unsigned integer or a canonical (lower-case, hyphenated) UUID string.
 PointId: TypeAlias = int | str
 Payload: TypeAlias = dict[str, Any]
-# A dense vector: a list, or an ``array.array("f")`` on the write path (cheaper to make
-# and to hand to the engine than a list of Python floats).
+# A dense vector: a list, or an ``array.array("f")`` from requests, points written and
+# queries (cheaper to make and to hand to the engine than a list of Python floats).
 Vector: TypeAlias = Sequence[float]
 
 _T = TypeVar("_T")
