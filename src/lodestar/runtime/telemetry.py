@@ -9,11 +9,10 @@ W3C traceparent is the propagation format (the API's default).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections.abc import Mapping
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Final
 
 import grpc
@@ -21,7 +20,7 @@ from opentelemetry import trace
 
 _log = logging.getLogger(__name__)
 _state: dict[str, bool] = {"enabled": False}
-_NO_SPAN: Final = contextlib.nullcontext()
+_NO_SPAN: Final = nullcontext()
 
 
 def tracing_requested(environ: dict[str, str] | None = None) -> bool:
