@@ -21,7 +21,7 @@ from google.protobuf import timestamp_pb2
 
 from lodestar.runtime.errors import InvalidArgument, NotFound, Unavailable
 from lodestar.runtime.server import ServiceRegistration
-from lodestar.runtime.telemetry import tracer
+from lodestar.runtime.telemetry import span, tracer
 from lodestar.services.vector.analytics_store import (
     DATABASE_FILE,
     AnalyticsStore,
@@ -45,6 +45,7 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+_trace = tracer(__name__)
 
 SERVICE_NAME: Final = pb.DESCRIPTOR.services_by_name["AnalyticsService"].full_name
 DEFAULT_TOP_QUERIES: Final = 10
@@ -120,7 +121,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                 field="top_queries",
                 reason="OUT_OF_RANGE",
             )
-        with tracer(__name__).start_as_current_span("analytics.search"):
+        with span(_trace, "analytics.search"):
             result = await asyncio.to_thread(
                 self._store.search_analytics,
                 collection=collection or None,
@@ -152,7 +153,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                     field="collection",
                     reason="COLLECTION_NOT_FOUND",
                 )
-        with tracer(__name__).start_as_current_span("analytics.vectors"):
+        with span(_trace, "analytics.vectors"):
             result = await asyncio.to_thread(
                 self._store.vector_analytics,
                 collection=collection or None,
@@ -205,7 +206,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
     ) -> pb.GetUsageAnalyticsResponse:
         subject = _label(request.subject, "subject")
         start = _start_time(request.start_time) if request.HasField("start_time") else None
-        with tracer(__name__).start_as_current_span("analytics.usage"):
+        with span(_trace, "analytics.usage"):
             result = await asyncio.to_thread(
                 self._store.usage_analytics, subject=subject or None, start_time=start
             )
