@@ -3,19 +3,45 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib
 import time
+from pathlib import Path
 
 import pytest
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message_factory import GetMessageClass
 from prometheus_client import REGISTRY
 
+import lodestar
 from lodestar.runtime.errors import InvalidArgument, Unavailable
+from lodestar.services.gateway import backends as backends_module
+from lodestar.services.gateway.backends import (
+    ANALYTICS_SERVICE,
+    EMBEDDING_SERVICE,
+    IDEMPOTENT,
+    INFERENCE_SERVICE,
+    VECTOR_SERVICE,
+    Backends,
+)
 from lodestar.services.gateway.resilience import (
+    BackendError,
     BreakerState,
+    CallOptions,
     CircuitBreaker,
     Deadline,
+    Rpc,
     parse_timeout_header,
 )
-from tests.gateway.fakes import FakeBackends, FakeVector, start_vector_fake
+from lodestar.vector.v1 import vector_service_pb2 as vpb
+from tests.gateway.fakes import (
+    FakeAnalytics,
+    FakeBackends,
+    FakeEmbedding,
+    FakeInference,
+    FakeVector,
+    start_vector_fake,
+)
 from tests.gateway.harness import free_port, gateway_settings, run_gateway
 
 SEARCH = "/api/v1/vectors/search"
@@ -92,6 +118,91 @@ async def test_idempotent_calls_retry_once_others_do_not(fakes: FakeBackends) ->
         )
         assert created.status_code == 503
         assert recorder.methods().count("CreateCollection") == 1
+
+
+def _generated_services() -> list[ServiceDescriptor]:
+    """Every service in the generated protos, found from the files themselves."""
+    root = Path(lodestar.__file__).parent
+    services = []
+    for path in sorted(root.glob("*/v1/*_pb2.py")):
+        name = ".".join(("lodestar", *path.relative_to(root).with_suffix("").parts))
+        services.extend(importlib.import_module(name).DESCRIPTOR.services_by_name.values())
+    return services
+
+
+def test_every_backend_rpc_declares_whether_it_is_idempotent() -> None:
+    generated = {s.full_name: {m.name for m in s.methods} for s in _generated_services()}
+    assert len(generated) == 4
+    declared = {service: set(methods) for service, methods in IDEMPOTENT.items()}
+    assert declared == generated
+
+
+async def test_a_client_rpc_must_be_one_of_the_proto() -> None:
+    backends = Backends(gateway_settings("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"))
+    try:
+        service = backends_module._Service(backends.vector_pool, VECTOR_SERVICE)
+        assert service.unary(vpb.GetPointsRequest, vpb.GetPointsResponse).rpc == Rpc(
+            VECTOR_SERVICE.full_name, "GetPoints", True
+        )
+        with pytest.raises(TypeError, match="SearchPointsResponse"):
+            service.unary(vpb.GetPointsRequest, vpb.SearchPointsResponse)
+        with pytest.raises(TypeError, match="server-streaming"):
+            service.stream(vpb.GetPointsRequest, vpb.GetPointsResponse)
+    finally:
+        await backends.close()
+
+
+async def test_the_table_decides_which_calls_are_retried(fakes: FakeBackends) -> None:
+    """Every RPC the fakes serve, its first attempt failing with UNAVAILABLE:
+    it is sent a second time exactly when the table calls it idempotent."""
+    settings = gateway_settings(
+        fakes.address("embedding"),
+        fakes.address("vector"),
+        fakes.address("inference"),
+        breaker_failure_threshold=1000,
+    )
+    backends = Backends(settings)
+    served = {
+        EMBEDDING_SERVICE: (backends.embedding_pool, fakes.embedding.recorder, FakeEmbedding),
+        VECTOR_SERVICE: (backends.vector_pool, fakes.vector.recorder, FakeVector),
+        ANALYTICS_SERVICE: (backends.vector_pool, fakes.vector.recorder, FakeAnalytics),
+        INFERENCE_SERVICE: (backends.inference_pool, fakes.inference.recorder, FakeInference),
+    }
+    retried: dict[str, bool] = {}
+    try:
+        for service, (pool, recorder, fake) in served.items():
+            for method in service.methods:
+                if method.name not in vars(fake):
+                    continue  # the fake leaves it unimplemented
+                recorder.calls.clear()
+                recorder.fail_next[:] = [Unavailable("replica restarting")]
+                rpc = Rpc(
+                    service.full_name, method.name, IDEMPOTENT[service.full_name][method.name]
+                )
+                request = GetMessageClass(method.input_type)()
+                options = CallOptions(Deadline.after(5.0))
+                # Some fakes reject an empty request on the second attempt.
+                with contextlib.suppress(BackendError):
+                    if method.server_streaming:
+                        async for _ in pool.stream(rpc, request, options):
+                            pass
+                    else:
+                        await pool.unary(rpc, request, options)
+                attempts = recorder.methods()
+                assert set(attempts) == {method.name}
+                retried[method.full_name] = len(attempts) == 2
+    finally:
+        await backends.close()
+    expected = {
+        f"{service}.{method}": idempotent
+        for service, methods in IDEMPOTENT.items()
+        for method, idempotent in methods.items()
+        if f"{service}.{method}" in retried
+    }
+    assert retried == expected
+    assert len(retried) >= 25
+    assert not retried["lodestar.vector.v1.AnalyticsService.RecordUsage"]
+    assert retried["lodestar.inference.v1.InferenceService.StreamGenerateText"]
 
 
 async def test_all_replicas_open_answers_503_at_once(fakes: FakeBackends) -> None:

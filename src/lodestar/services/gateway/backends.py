@@ -1,55 +1,157 @@
 """Typed clients of the backend services, over replica pools.
 
-Each method says once whether its RPC is idempotent (safe to retry on
-UNAVAILABLE). Upserts count as idempotent because the gateway gives every new
-point its id before sending it. Generation has no side effects, so it is
-retried too (before the first token, for streams).
+Whether each RPC is idempotent is declared once, in ``IDEMPOTENT``; every
+call goes through the pool's one path for unary calls or for server streams
+(``resilience.ReplicaPool``), which applies the deadline, the breakers,
+failover and, for idempotent RPCs only, the retry.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
-import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import Message
 
 from lodestar.embedding.v1 import embedding_service_pb2 as epb
 from lodestar.embedding.v1 import embedding_service_pb2_grpc as epb_grpc
 from lodestar.inference.v1 import inference_service_pb2 as ipb
 from lodestar.inference.v1 import inference_service_pb2_grpc as ipb_grpc
 from lodestar.runtime.errors import InvalidArgument
-from lodestar.services.gateway.resilience import CallOptions, ReplicaPool
+from lodestar.services.gateway.resilience import CallOptions, ReplicaPool, Rpc, StubFactory
 from lodestar.services.gateway.settings import GatewaySettings
 from lodestar.vector.v1 import analytics_service_pb2 as apb
 from lodestar.vector.v1 import analytics_service_pb2_grpc as apb_grpc
 from lodestar.vector.v1 import vector_service_pb2 as vpb
 from lodestar.vector.v1 import vector_service_pb2_grpc as vpb_grpc
 
-EMBEDDING_SERVICE = "lodestar.embedding.v1.EmbeddingService"
-VECTOR_SERVICE = "lodestar.vector.v1.VectorService"
-INFERENCE_SERVICE = "lodestar.inference.v1.InferenceService"
+Req = TypeVar("Req", bound=Message)
+Resp = TypeVar("Resp", bound=Message)
 
-S = TypeVar("S")
+EMBEDDING_SERVICE = epb.DESCRIPTOR.services_by_name["EmbeddingService"]
+VECTOR_SERVICE = vpb.DESCRIPTOR.services_by_name["VectorService"]
+ANALYTICS_SERVICE = apb.DESCRIPTOR.services_by_name["AnalyticsService"]
+INFERENCE_SERVICE = ipb.DESCRIPTOR.services_by_name["InferenceService"]
+
+# Whether each RPC may be sent again after UNAVAILABLE, when the first attempt
+# may have done its work and only the reply was lost. By service, then method;
+# every RPC of every backend service has an entry (a test checks it).
+IDEMPOTENT: Mapping[str, Mapping[str, bool]] = {
+    EMBEDDING_SERVICE.full_name: {"EmbedTexts": True, "GetModelInfo": True},
+    VECTOR_SERVICE.full_name: {
+        # A second attempt would answer ALREADY_EXISTS or NOT_FOUND for the
+        # first one's success.
+        "CreateCollection": False,
+        "DeleteCollection": False,
+        "GetCollection": True,
+        "ListCollections": True,
+        "UpdateCollection": True,
+        # The gateway gives every new point its id before sending it, so an
+        # upsert sent twice writes the same points.
+        "UpsertPoints": True,
+        "GetPoints": True,
+        "UpdatePoints": True,
+        "SetPayload": True,
+        "DeletePayloadKeys": True,
+        "DeletePoints": True,
+        "BatchUpdatePoints": True,
+        "ListPoints": True,
+        "CountPoints": True,
+        "SearchPoints": True,
+        "BatchSearchPoints": True,
+        "RecommendPoints": True,
+        "ClusterPoints": True,
+        # A second attempt would write a second snapshot, or restore or
+        # delete one the first attempt already handled.
+        "CreateSnapshot": False,
+        "ListSnapshots": True,
+        "RestoreSnapshot": False,
+        "DeleteSnapshot": False,
+    },
+    ANALYTICS_SERVICE.full_name: {
+        "GetSearchAnalytics": True,
+        "GetVectorAnalytics": True,
+        "GetUsageAnalytics": True,
+        # A second attempt would count the same events twice.
+        "RecordUsage": False,
+    },
+    # Generation has no side effects (streams are retried only before their
+    # first message).
+    INFERENCE_SERVICE.full_name: {
+        "GenerateText": True,
+        "StreamGenerateText": True,
+        "BatchGenerateText": True,
+        "CountTokens": True,
+        "GetModelInfo": True,
+    },
+}
+
+# The generated stub class of each backend service.
+_STUBS: Mapping[str, StubFactory] = {
+    EMBEDDING_SERVICE.full_name: epb_grpc.EmbeddingServiceStub,
+    VECTOR_SERVICE.full_name: vpb_grpc.VectorServiceStub,
+    ANALYTICS_SERVICE.full_name: apb_grpc.AnalyticsServiceStub,
+    INFERENCE_SERVICE.full_name: ipb_grpc.InferenceServiceStub,
+}
 
 
 @dataclass(frozen=True, slots=True)
-class VectorStubs:
-    vector: vpb_grpc.VectorServiceAsyncStub
-    analytics: apb_grpc.AnalyticsServiceAsyncStub
+class Unary(Generic[Req, Resp]):
+    """A unary RPC bound to its pool: ``await client.rpc(request, options)``."""
+
+    pool: ReplicaPool
+    rpc: Rpc[Req, Resp]
+
+    def __call__(self, request: Req, options: CallOptions) -> Coroutine[Any, Any, Resp]:
+        return self.pool.unary(self.rpc, request, options)
 
 
-def _vector_stubs(channel: grpc.aio.Channel) -> VectorStubs:
-    return VectorStubs(vpb_grpc.VectorServiceStub(channel), apb_grpc.AnalyticsServiceStub(channel))
+@dataclass(frozen=True, slots=True)
+class ServerStream(Generic[Req, Resp]):
+    """A server-streaming RPC bound to its pool: ``async for m in client.rpc(...)``."""
+
+    pool: ReplicaPool
+    rpc: Rpc[Req, Resp]
+
+    def __call__(self, request: Req, options: CallOptions) -> AsyncIterator[Resp]:
+        return self.pool.stream(self.rpc, request, options)
 
 
-def _embedding_stub(channel: grpc.aio.Channel) -> epb_grpc.EmbeddingServiceAsyncStub:
-    return epb_grpc.EmbeddingServiceStub(channel)
+class _Service:
+    """Binds RPCs of one service to the pool that serves it. An RPC is named
+    by its request and response messages (``<Method>Request`` and
+    ``<Method>Response``, the protos' lint rule), which also type the call;
+    a pair that is not an RPC of the service fails here, at startup."""
 
+    def __init__(self, pool: ReplicaPool, service: ServiceDescriptor) -> None:
+        self._pool = pool
+        self._service = service
 
-def _inference_stub(channel: grpc.aio.Channel) -> ipb_grpc.InferenceServiceAsyncStub:
-    return ipb_grpc.InferenceServiceStub(channel)
+    def _rpc(self, request: type[Req], response: type[Resp], streams: bool) -> Rpc[Req, Resp]:
+        name = request.DESCRIPTOR.name.removesuffix("Request")
+        method = self._service.methods_by_name.get(name)
+        if (
+            method is None
+            or method.input_type.full_name != request.DESCRIPTOR.full_name
+            or method.output_type.full_name != response.DESCRIPTOR.full_name
+            or method.server_streaming != streams
+        ):
+            kind = "server-streaming" if streams else "unary"
+            raise TypeError(
+                f"{self._service.full_name} has no {kind} RPC from"
+                f" {request.DESCRIPTOR.full_name} to {response.DESCRIPTOR.full_name}"
+            )
+        service = self._service.full_name
+        return Rpc(service, name, IDEMPOTENT[service][name])
+
+    def unary(self, request: type[Req], response: type[Resp]) -> Unary[Req, Resp]:
+        return Unary(self._pool, self._rpc(request, response, streams=False))
+
+    def stream(self, request: type[Req], response: type[Resp]) -> ServerStream[Req, Resp]:
+        return ServerStream(self._pool, self._rpc(request, response, streams=True))
 
 
 class EmbeddingClient:
@@ -57,16 +159,20 @@ class EmbeddingClient:
 
     _MODEL_INFO_TTL_S = 60.0
 
-    def __init__(self, pool: ReplicaPool[epb_grpc.EmbeddingServiceAsyncStub], batch_size: int):
+    def __init__(self, pool: ReplicaPool, batch_size: int) -> None:
         self.pool = pool
         self._batch_size = batch_size
         self._model_info: tuple[epb.ModelInfo, float] | None = None
+        rpc = _Service(pool, EMBEDDING_SERVICE)
+        self.embed_texts = rpc.unary(epb.EmbedTextsRequest, epb.EmbedTextsResponse)
+        self.get_model_info = rpc.unary(epb.GetModelInfoRequest, epb.GetModelInfoResponse)
 
     async def embed(self, texts: Sequence[str], options: CallOptions) -> list[list[float]]:
         """One vector per text, in order."""
         vectors: list[list[float]] = []
         for start in range(0, len(texts), self._batch_size):
-            response = await self._embed_chunk(texts[start : start + self._batch_size], options)
+            request = epb.EmbedTextsRequest(texts=texts[start : start + self._batch_size])
+            response = await self.embed_texts(request, options)
             vectors.extend(list(e.values) for e in response.embeddings)
         if len(vectors) != len(texts):
             raise InvalidArgument(
@@ -74,368 +180,96 @@ class EmbeddingClient:
             )
         return vectors
 
-    async def _embed_chunk(
-        self, texts: Sequence[str], options: CallOptions
-    ) -> epb.EmbedTextsResponse:
-        request = epb.EmbedTextsRequest(texts=list(texts))
-        return await self.pool.unary(
-            "EmbedTexts",
-            lambda s, t, md: s.EmbedTexts(request, timeout=t, metadata=md),
-            options,
-            idempotent=True,
-        )
-
     async def model_info(self, options: CallOptions) -> epb.ModelInfo:
+        """The loaded model's description, cached for a minute."""
         cached = self._model_info
         if cached is not None and time.monotonic() - cached[1] < self._MODEL_INFO_TTL_S:
             return cached[0]
-        response = await self.pool.unary(
-            "GetModelInfo",
-            lambda s, t, md: s.GetModelInfo(epb.GetModelInfoRequest(), timeout=t, metadata=md),
-            options,
-            idempotent=True,
-        )
+        response = await self.get_model_info(epb.GetModelInfoRequest(), options)
         self._model_info = (response.model, time.monotonic())
         return response.model
 
 
 class VectorClient:
-    def __init__(self, pool: ReplicaPool[VectorStubs]) -> None:
+    def __init__(self, pool: ReplicaPool) -> None:
         self.pool = pool
-
-    async def create_collection(
-        self, r: vpb.CreateCollectionRequest, o: CallOptions
-    ) -> vpb.CreateCollectionResponse:
-        return await self.pool.unary(
-            "CreateCollection",
-            lambda s, t, md: s.vector.CreateCollection(r, timeout=t, metadata=md),
-            o,
-            idempotent=False,
-        )
-
-    async def get_collection(
-        self, r: vpb.GetCollectionRequest, o: CallOptions
-    ) -> vpb.GetCollectionResponse:
-        return await self.pool.unary(
-            "GetCollection",
-            lambda s, t, md: s.vector.GetCollection(r, timeout=t, metadata=md),
-            o,
-            idempotent=True,
-        )
-
-    async def list_collections(
-        self, r: vpb.ListCollectionsRequest, o: CallOptions
-    ) -> vpb.ListCollectionsResponse:
-        return await self.pool.unary(
-            "ListCollections",
-            lambda s, t, md: s.vector.ListCollections(r, timeout=t, metadata=md),
-            o,
-            idempotent=True,
-        )
-
-    async def update_collection(
-        self, r: vpb.UpdateCollectionRequest, o: CallOptions
-    ) -> vpb.UpdateCollectionResponse:
-        return await self.pool.unary(
-            "UpdateCollection",
-            lambda s, t, md: s.vector.UpdateCollection(r, timeout=t, metadata=md),
-            o,
-            idempotent=True,
-        )
-
-    async def delete_collection(
-        self, r: vpb.DeleteCollectionRequest, o: CallOptions
-    ) -> vpb.DeleteCollectionResponse:
-        return await self.pool.unary(
-            "DeleteCollection",
-            lambda s, t, md: s.vector.DeleteCollection(r, timeout=t, metadata=md),
-            o,
-            idempotent=False,
-        )
-
-    async def upsert_points(
-        self, r: vpb.UpsertPointsRequest, o: CallOptions
-    ) -> vpb.UpsertPointsResponse:
-        return await self.pool.unary(
-            "UpsertPoints",
-            lambda s, t, md: s.vector.UpsertPoints(r, timeout=t, metadata=md),
-            o,
-            idempotent=True,
-        )
-
-    async def get_points(self, r: vpb.GetPointsRequest, o: CallOptions) -> vpb.GetPointsResponse:
-        return await self.pool.unary(
-            "GetPoints",
-            lambda s, t, md: s.vector.GetPoints(r, timeout=t, metadata=md),
-            o,
-            idempotent=True,
-        )
-
-    async def update_points(
-        self, r: vpb.UpdatePointsRequest, o: CallOptions
-    ) -> vpb.UpdatePointsResponse:
-        return await self.pool.unary(
-            "UpdatePoints",
-            lambda s, t, md: s.vector.UpdatePoints(r, timeout=t, metadata=md),
-            o,
-            idempotent=True,
-        )
-
-    async def delete_points(
-        self, r: vpb.DeletePointsRequest, o: CallOptions
-    ) -> vpb.DeletePointsResponse:
-        return await self.pool.unary(
-            "DeletePoints",
-            lambda s, t, md: s.vector.DeletePoints(r, timeout=t, metadata=md),
-            o,
-            idempotent=True,
-        )
-
-    async def batch_update_points(
-        self, r: vpb.BatchUpdatePointsRequest, o: CallOptions
-    ) -> vpb.BatchUpdatePointsResponse:
-        return await self.pool.unary(
-            "BatchUpdatePoints",
-            lambda s, t, md: s.vector.BatchUpdatePoints(r, timeout=t, metadata=md),
-            o,
-            idempotent=True,
-        )
-
-    async def list_points(self, r: vpb.ListPointsRequest, o: CallOptions) -> vpb.ListPointsResponse:
-        return await self.pool.unary(
-            "ListPoints",
-            lambda s, t, md: s.vector.ListPoints(r, timeout=t, metadata=md),
-            o,
-            idempotent=True,
-        )
-
-    async def count_points(
-        self, r: vpb.CountPointsRequest, o: CallOptions
-    ) -> vpb.CountPointsResponse:
-        return await self.pool.unary(
-            "CountPoints",
-            lambda s, t, md: s.vector.CountPoints(r, timeout=t, metadata=md),
-            o,
-            idempotent=True,
-        )
-
-    async def search_points(
-        self, r: vpb.SearchPointsRequest, o: CallOptions
-    ) -> vpb.SearchPointsResponse:
-        return await self.pool.unary(
-            "SearchPoints",
-            lambda s, t, md: s.vector.SearchPoints(r, timeout=t, metadata=md),
-            o,
-            idempotent=True,
-        )
-
-    async def batch_search_points(
-        self, r: vpb.BatchSearchPointsRequest, o: CallOptions
-    ) -> vpb.BatchSearchPointsResponse:
-        return await self.pool.unary(
-            "BatchSearchPoints",
-            lambda s, t, md: s.vector.BatchSearchPoints(r, timeout=t, metadata=md),
-            o,
-            idempotent=True,
-        )
-
-    async def recommend_points(
-        self, r: vpb.RecommendPointsRequest, o: CallOptions
-    ) -> vpb.RecommendPointsResponse:
-        return await self.pool.unary(
-            "RecommendPoints",
-            lambda s, t, md: s.vector.RecommendPoints(r, timeout=t, metadata=md),
-            o,
-            idempotent=True,
-        )
-
-    async def cluster_points(
-        self, r: vpb.ClusterPointsRequest, o: CallOptions
-    ) -> vpb.ClusterPointsResponse:
-        return await self.pool.unary(
-            "ClusterPoints",
-            lambda s, t, md: s.vector.ClusterPoints(r, timeout=t, metadata=md),
-            o,
-            idempotent=True,
-        )
-
-    async def create_snapshot(
-        self, r: vpb.CreateSnapshotRequest, o: CallOptions
-    ) -> vpb.CreateSnapshotResponse:
-        return await self.pool.unary(
-            "CreateSnapshot",
-            lambda s, t, md: s.vector.CreateSnapshot(r, timeout=t, metadata=md),
-            o,
-            idempotent=False,
-        )
-
-    async def list_snapshots(
-        self, r: vpb.ListSnapshotsRequest, o: CallOptions
-    ) -> vpb.ListSnapshotsResponse:
-        return await self.pool.unary(
-            "ListSnapshots",
-            lambda s, t, md: s.vector.ListSnapshots(r, timeout=t, metadata=md),
-            o,
-            idempotent=True,
-        )
-
-    async def restore_snapshot(
-        self, r: vpb.RestoreSnapshotRequest, o: CallOptions
-    ) -> vpb.RestoreSnapshotResponse:
-        return await self.pool.unary(
-            "RestoreSnapshot",
-            lambda s, t, md: s.vector.RestoreSnapshot(r, timeout=t, metadata=md),
-            o,
-            idempotent=False,
-        )
-
-    async def delete_snapshot(
-        self, r: vpb.DeleteSnapshotRequest, o: CallOptions
-    ) -> vpb.DeleteSnapshotResponse:
-        return await self.pool.unary(
-            "DeleteSnapshot",
-            lambda s, t, md: s.vector.DeleteSnapshot(r, timeout=t, metadata=md),
-            o,
-            idempotent=False,
-        )
+        rpc = _Service(pool, VECTOR_SERVICE).unary
+        self.create_collection = rpc(vpb.CreateCollectionRequest, vpb.CreateCollectionResponse)
+        self.get_collection = rpc(vpb.GetCollectionRequest, vpb.GetCollectionResponse)
+        self.list_collections = rpc(vpb.ListCollectionsRequest, vpb.ListCollectionsResponse)
+        self.update_collection = rpc(vpb.UpdateCollectionRequest, vpb.UpdateCollectionResponse)
+        self.delete_collection = rpc(vpb.DeleteCollectionRequest, vpb.DeleteCollectionResponse)
+        self.upsert_points = rpc(vpb.UpsertPointsRequest, vpb.UpsertPointsResponse)
+        self.get_points = rpc(vpb.GetPointsRequest, vpb.GetPointsResponse)
+        self.update_points = rpc(vpb.UpdatePointsRequest, vpb.UpdatePointsResponse)
+        self.delete_points = rpc(vpb.DeletePointsRequest, vpb.DeletePointsResponse)
+        self.batch_update_points = rpc(vpb.BatchUpdatePointsRequest, vpb.BatchUpdatePointsResponse)
+        self.list_points = rpc(vpb.ListPointsRequest, vpb.ListPointsResponse)
+        self.count_points = rpc(vpb.CountPointsRequest, vpb.CountPointsResponse)
+        self.search_points = rpc(vpb.SearchPointsRequest, vpb.SearchPointsResponse)
+        self.batch_search_points = rpc(vpb.BatchSearchPointsRequest, vpb.BatchSearchPointsResponse)
+        self.recommend_points = rpc(vpb.RecommendPointsRequest, vpb.RecommendPointsResponse)
+        self.cluster_points = rpc(vpb.ClusterPointsRequest, vpb.ClusterPointsResponse)
+        self.create_snapshot = rpc(vpb.CreateSnapshotRequest, vpb.CreateSnapshotResponse)
+        self.list_snapshots = rpc(vpb.ListSnapshotsRequest, vpb.ListSnapshotsResponse)
+        self.restore_snapshot = rpc(vpb.RestoreSnapshotRequest, vpb.RestoreSnapshotResponse)
+        self.delete_snapshot = rpc(vpb.DeleteSnapshotRequest, vpb.DeleteSnapshotResponse)
 
 
 class AnalyticsClient:
     """The analytics service, served by the vector service's replicas."""
 
-    def __init__(self, pool: ReplicaPool[VectorStubs]) -> None:
+    def __init__(self, pool: ReplicaPool) -> None:
         self.pool = pool
-
-    async def search_analytics(
-        self, r: apb.GetSearchAnalyticsRequest, o: CallOptions
-    ) -> apb.GetSearchAnalyticsResponse:
-        return await self.pool.unary(
-            "GetSearchAnalytics",
-            lambda s, t, md: s.analytics.GetSearchAnalytics(r, timeout=t, metadata=md),
-            o,
-            idempotent=True,
-        )
-
-    async def vector_analytics(
-        self, r: apb.GetVectorAnalyticsRequest, o: CallOptions
-    ) -> apb.GetVectorAnalyticsResponse:
-        return await self.pool.unary(
-            "GetVectorAnalytics",
-            lambda s, t, md: s.analytics.GetVectorAnalytics(r, timeout=t, metadata=md),
-            o,
-            idempotent=True,
-        )
-
-    async def usage_analytics(
-        self, r: apb.GetUsageAnalyticsRequest, o: CallOptions
-    ) -> apb.GetUsageAnalyticsResponse:
-        return await self.pool.unary(
-            "GetUsageAnalytics",
-            lambda s, t, md: s.analytics.GetUsageAnalytics(r, timeout=t, metadata=md),
-            o,
-            idempotent=True,
-        )
-
-    async def record_usage(
-        self, r: apb.RecordUsageRequest, o: CallOptions
-    ) -> apb.RecordUsageResponse:
-        # Not retried: a retry after a lost reply would count the events twice.
-        return await self.pool.unary(
-            "RecordUsage",
-            lambda s, t, md: s.analytics.RecordUsage(r, timeout=t, metadata=md),
-            o,
-            idempotent=False,
-        )
+        rpc = _Service(pool, ANALYTICS_SERVICE).unary
+        self.search_analytics = rpc(apb.GetSearchAnalyticsRequest, apb.GetSearchAnalyticsResponse)
+        self.vector_analytics = rpc(apb.GetVectorAnalyticsRequest, apb.GetVectorAnalyticsResponse)
+        self.usage_analytics = rpc(apb.GetUsageAnalyticsRequest, apb.GetUsageAnalyticsResponse)
+        self.record_usage = rpc(apb.RecordUsageRequest, apb.RecordUsageResponse)
 
 
 class InferenceClient:
-    def __init__(self, pool: ReplicaPool[ipb_grpc.InferenceServiceAsyncStub]) -> None:
+    def __init__(self, pool: ReplicaPool) -> None:
         self.pool = pool
+        rpc = _Service(pool, INFERENCE_SERVICE)
+        self.generate = rpc.unary(ipb.GenerateTextRequest, ipb.GenerateTextResponse)
+        self.stream = rpc.stream(ipb.StreamGenerateTextRequest, ipb.StreamGenerateTextResponse)
+        self.batch_generate = rpc.unary(ipb.BatchGenerateTextRequest, ipb.BatchGenerateTextResponse)
+        self.count_tokens = rpc.unary(ipb.CountTokensRequest, ipb.CountTokensResponse)
+        self.get_model_info = rpc.unary(ipb.GetModelInfoRequest, ipb.GetModelInfoResponse)
 
-    async def generate(
-        self, r: ipb.GenerateTextRequest, o: CallOptions
-    ) -> ipb.GenerateTextResponse:
-        return await self.pool.unary(
-            "GenerateText",
-            lambda s, t, md: s.GenerateText(r, timeout=t, metadata=md),
-            o,
-            idempotent=True,
-        )
-
-    def stream(
-        self, r: ipb.StreamGenerateTextRequest, o: CallOptions
-    ) -> AsyncIterator[ipb.StreamGenerateTextResponse]:
-        return self.pool.stream(
-            "StreamGenerateText",
-            lambda s, t, md: s.StreamGenerateText(r, timeout=t, metadata=md),
-            o,
-            idempotent=True,
-        )
-
-    async def batch_generate(
-        self, r: ipb.BatchGenerateTextRequest, o: CallOptions
-    ) -> ipb.BatchGenerateTextResponse:
-        return await self.pool.unary(
-            "BatchGenerateText",
-            lambda s, t, md: s.BatchGenerateText(r, timeout=t, metadata=md),
-            o,
-            idempotent=True,
-        )
-
-    async def count_tokens(
-        self, r: ipb.CountTokensRequest, o: CallOptions
-    ) -> ipb.CountTokensResponse:
-        return await self.pool.unary(
-            "CountTokens",
-            lambda s, t, md: s.CountTokens(r, timeout=t, metadata=md),
-            o,
-            idempotent=True,
-        )
-
-    async def model_info(self, o: CallOptions) -> ipb.GetModelInfoResponse:
-        return await self.pool.unary(
-            "GetModelInfo",
-            lambda s, t, md: s.GetModelInfo(ipb.GetModelInfoRequest(), timeout=t, metadata=md),
-            o,
-            idempotent=True,
-        )
+    async def model_info(self, options: CallOptions) -> ipb.GetModelInfoResponse:
+        return await self.get_model_info(ipb.GetModelInfoRequest(), options)
 
 
 class Backends:
     """Every backend the gateway calls: pools and typed clients."""
 
     def __init__(self, settings: GatewaySettings) -> None:
-        def pool(
-            backend: str,
-            service: str,
-            addresses: Sequence[str],
-            make: Callable[[grpc.aio.Channel], S],
-        ) -> ReplicaPool[S]:
+        def pool(backend: str, addresses: Sequence[str], *served: ServiceDescriptor) -> ReplicaPool:
             return ReplicaPool(
                 backend,
-                service,
+                served[0].full_name,
                 addresses,
-                make,
+                {s.full_name: _STUBS[s.full_name] for s in served},
                 failure_threshold=settings.breaker_failure_threshold,
                 open_s=settings.breaker_open_s,
                 probe_timeout_s=settings.probe_timeout_s,
                 reconnect_backoff_max_s=settings.reconnect_backoff_max_s,
             )
 
-        self.embedding_pool = pool(
-            "embedding", EMBEDDING_SERVICE, settings.embedding_addresses, _embedding_stub
+        self.embedding_pool = pool("embedding", settings.embedding_addresses, EMBEDDING_SERVICE)
+        self.vector_pool = pool(
+            "vector", settings.vector_addresses, VECTOR_SERVICE, ANALYTICS_SERVICE
         )
-        self.vector_pool = pool("vector", VECTOR_SERVICE, settings.vector_addresses, _vector_stubs)
-        self.inference_pool = pool(
-            "inference", INFERENCE_SERVICE, settings.inference_addresses, _inference_stub
-        )
+        self.inference_pool = pool("inference", settings.inference_addresses, INFERENCE_SERVICE)
         self.embedding = EmbeddingClient(self.embedding_pool, settings.embed_batch_size)
         self.vector = VectorClient(self.vector_pool)
         self.analytics = AnalyticsClient(self.vector_pool)
         self.inference = InferenceClient(self.inference_pool)
 
     @property
-    def pools(self) -> list[ReplicaPool[Any]]:
+    def pools(self) -> list[ReplicaPool]:
         return [self.embedding_pool, self.vector_pool, self.inference_pool]
 
     async def close(self) -> None:

@@ -10,6 +10,10 @@ than with a client's request means no client request is sacrificed to find
 out. Idempotent calls that fail with UNAVAILABLE are retried once, on another
 replica when there is one. When every breaker is open the call fails at once
 with 503 and a Retry-After of the time until the next probe.
+
+Every backend call takes one of two paths, ``ReplicaPool.unary`` and
+``ReplicaPool.stream``, given an ``Rpc``: the service and method name, which
+find the generated stub's method, and whether the RPC is idempotent.
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Generic, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
@@ -42,8 +47,8 @@ from lodestar.services.gateway.metrics import BACKEND_DURATION_BY, BREAKER_STATE
 
 _log = logging.getLogger(__name__)
 
-S = TypeVar("S")
-R = TypeVar("R")
+Req = TypeVar("Req", bound=Message)
+Resp = TypeVar("Resp", bound=Message)
 Metadata = tuple[tuple[str, str], ...]
 
 
@@ -264,15 +269,16 @@ class CircuitBreaker:
 # --- replicas and pools ------------------------------------------------------------------
 
 
-class Replica(Generic[S]):
-    """One backend address: its channel, stubs, breaker and load."""
+class Replica:
+    """One backend address: its channel, a generated stub per service, its
+    breaker and its load."""
 
     def __init__(
         self,
         backend: str,
         address: str,
         channel: grpc.aio.Channel,
-        stubs: S,
+        stubs: dict[str, object],
         breaker: CircuitBreaker,
     ) -> None:
         self.backend = backend
@@ -319,15 +325,33 @@ def _is_replica_failure(code: grpc.StatusCode, deadline: Deadline) -> bool:
     return code is grpc.StatusCode.DEADLINE_EXCEEDED and not deadline.shortened
 
 
-class ReplicaPool(Generic[S]):
-    """The replicas of one backend service and the policy for calling them."""
+StubFactory = Callable[[grpc.aio.Channel], object]
+
+
+@dataclass(frozen=True, slots=True)
+class Rpc(Generic[Req, Resp]):
+    """One RPC of a backend service, by name, and whether it is idempotent:
+    safe to send again when the first reply was lost (UNAVAILABLE), because
+    doing its work twice leaves the same result as doing it once."""
+
+    service: str
+    method: str
+    idempotent: bool
+
+
+class ReplicaPool:
+    """The replicas of one backend and the one policy for calling them.
+
+    ``stubs`` maps each service the backend serves (full name) to its
+    generated stub class; ``service_name`` is the one its health is checked by.
+    """
 
     def __init__(
         self,
         backend: str,
         service_name: str,
         addresses: Sequence[str],
-        make_stubs: Callable[[grpc.aio.Channel], S],
+        stubs: Mapping[str, StubFactory],
         *,
         failure_threshold: int = 5,
         open_s: float = 5.0,
@@ -341,7 +365,7 @@ class ReplicaPool(Generic[S]):
         self._probe_timeout_s = probe_timeout_s
         options = channel_options(reconnect_backoff_max_s)
         interceptors = tracing_client_interceptors()
-        self.replicas: list[Replica[S]] = []
+        self.replicas: list[Replica] = []
         for address in addresses:
             channel = grpc.aio.insecure_channel(
                 address, options=options, interceptors=interceptors or None
@@ -351,7 +375,8 @@ class ReplicaPool(Generic[S]):
             breaker = CircuitBreaker(
                 failure_threshold, open_s, on_change=self._state_logger(address, gauge)
             )
-            self.replicas.append(Replica(backend, address, channel, make_stubs(channel), breaker))
+            per_service = {service: make(channel) for service, make in stubs.items()}
+            self.replicas.append(Replica(backend, address, channel, per_service, breaker))
         self._next = 0
         self._probes: dict[int, asyncio.Task[bool]] = {}
 
@@ -365,12 +390,12 @@ class ReplicaPool(Generic[S]):
 
     # -- choosing a replica --
 
-    def _pick(self, exclude: Replica[S] | None) -> Replica[S] | None:
+    def _pick(self, exclude: Replica | None) -> Replica | None:
         replicas = self.replicas
         count = len(replicas)
         start = self._next
         self._next = (start + 1) % count
-        best: Replica[S] | None = None
+        best: Replica | None = None
         best_key: tuple[bool, int] = (True, 1 << 30)
         for i in range(count):
             replica = replicas[(start + i) % count]
@@ -395,7 +420,7 @@ class ReplicaPool(Generic[S]):
             return exclude
         return best
 
-    async def _choose(self, exclude: Replica[S] | None, deadline: Deadline) -> Replica[S]:
+    async def _choose(self, exclude: Replica | None, deadline: Deadline) -> Replica:
         replica = self._pick(exclude)
         if replica is not None:
             return replica
@@ -417,7 +442,7 @@ class ReplicaPool(Generic[S]):
             retry_after_s=max(1.0, retry_after),
         )
 
-    def _start_probe(self, replica: Replica[S]) -> None:
+    def _start_probe(self, replica: Replica) -> None:
         key = id(replica)
         if key in self._probes:
             return
@@ -426,7 +451,7 @@ class ReplicaPool(Generic[S]):
         self._probes[key] = task
         task.add_done_callback(lambda _: self._probes.pop(key, None))
 
-    async def _probe(self, replica: Replica[S]) -> bool:
+    async def _probe(self, replica: Replica) -> bool:
         try:
             reply = await replica.health.Check(
                 health_pb2.HealthCheckRequest(service=self.service_name),
@@ -444,7 +469,7 @@ class ReplicaPool(Generic[S]):
 
     # -- calls --
 
-    def _settle(self, replica: Replica[S], code: grpc.StatusCode, deadline: Deadline) -> None:
+    def _settle(self, replica: Replica, code: grpc.StatusCode, deadline: Deadline) -> None:
         if code is grpc.StatusCode.CANCELLED:
             return
         if _is_replica_failure(code, deadline):
@@ -453,24 +478,20 @@ class ReplicaPool(Generic[S]):
             # Any answer from the service, errors included, proves it alive.
             replica.breaker.record_success()
 
-    async def unary(
-        self,
-        method: str,
-        invoke: Callable[[S, float, Metadata], Awaitable[R]],
-        options: CallOptions,
-        *,
-        idempotent: bool,
-    ) -> R:
-        """Call ``invoke`` on a healthy replica; retry once if idempotent."""
-        attempts = 2 if idempotent else 1
-        exclude: Replica[S] | None = None
+    async def unary(self, rpc: Rpc[Req, Resp], request: Req, options: CallOptions) -> Resp:
+        """``rpc``'s reply from a healthy replica, within the deadline; an
+        idempotent call that fails with UNAVAILABLE is retried once."""
+        method = rpc.method
+        attempts = 2 if rpc.idempotent else 1
+        exclude: Replica | None = None
         for attempt in range(attempts):
             replica = await self._choose(exclude, options.deadline)
             timeout = options.deadline.timeout(self.backend)
+            call: Any = getattr(replica.stubs[rpc.service], method)
             replica.in_flight += 1
             start = time.perf_counter()
             try:
-                result = await invoke(replica.stubs, timeout, options.metadata)
+                result: Resp = await call(request, timeout=timeout, metadata=options.metadata)
             except grpc.aio.AioRpcError as error:
                 code = error.code()
                 BACKEND_DURATION_BY(self.backend, method, code.name).observe(
@@ -495,22 +516,19 @@ class ReplicaPool(Generic[S]):
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def stream(
-        self,
-        method: str,
-        open_call: Callable[[S, float, Metadata], grpc.aio.UnaryStreamCall[Any, R]],
-        options: CallOptions,
-        *,
-        idempotent: bool,
-    ) -> AsyncIterator[R]:
-        """Messages of a server stream; the call is cancelled if the consumer
-        stops early (client disconnect). An idempotent stream that fails with
-        UNAVAILABLE before its first message is retried once."""
-        attempts = 2 if idempotent else 1
-        exclude: Replica[S] | None = None
+        self, rpc: Rpc[Req, Resp], request: Req, options: CallOptions
+    ) -> AsyncIterator[Resp]:
+        """Messages of a server-streaming ``rpc``; the call is cancelled if the
+        consumer stops early (client disconnect). An idempotent stream that
+        fails with UNAVAILABLE before its first message is retried once."""
+        method = rpc.method
+        attempts = 2 if rpc.idempotent else 1
+        exclude: Replica | None = None
         for attempt in range(attempts):
             replica = await self._choose(exclude, options.deadline)
-            call = open_call(
-                replica.stubs, options.deadline.timeout(self.backend), options.metadata
+            open_call: Any = getattr(replica.stubs[rpc.service], method)
+            call: grpc.aio.UnaryStreamCall[Req, Resp] = open_call(
+                request, timeout=options.deadline.timeout(self.backend), metadata=options.metadata
             )
             replica.in_flight += 1
             start = time.perf_counter()
@@ -546,7 +564,7 @@ class ReplicaPool(Generic[S]):
     async def health(self, check_timeout_s: float = 1.0) -> list[ReplicaHealth]:
         """Each replica's gRPC health and breaker state (probes due ones)."""
 
-        async def check(replica: Replica[S]) -> ReplicaHealth:
+        async def check(replica: Replica) -> ReplicaHealth:
             try:
                 reply = await replica.health.Check(
                     health_pb2.HealthCheckRequest(service=self.service_name),

@@ -396,12 +396,7 @@ async def embeddings(
 
 async def _embed(call: Call, request: epb.EmbedTextsRequest) -> epb.EmbedTextsResponse:
     # The embedding client returns only vectors; the token count is wanted here.
-    return await call.backends.embedding.pool.unary(
-        "EmbedTexts",
-        lambda s, t, md: s.EmbedTexts(request, timeout=t, metadata=md),
-        call.options,
-        idempotent=True,
-    )
+    return await call.backends.embedding.embed_texts(request, call.options)
 
 
 def _shift_index(error: LodestarError, start: int) -> None:
