@@ -12,6 +12,7 @@ import numpy
 import pytest
 from google.protobuf import struct_pb2, timestamp_pb2
 
+from lodestar import limits
 from lodestar.runtime.errors import InvalidArgument
 from lodestar.services.vector import convert
 from lodestar.services.vector import models as m
@@ -240,14 +241,14 @@ def test_filter_type_checks_use_the_schema_and_the_tenant_key() -> None:
 def test_filters_are_bounded() -> None:
     deep = pb.Filter()
     current = deep
-    for _ in range(convert.MAX_FILTER_DEPTH + 2):
+    for _ in range(limits.MAX_FILTER_DEPTH + 2):
         current = current.must.add().filter
     with pytest.raises(InvalidArgument) as error:
         convert.filter_(deep, {})
     assert error.value.reason == "FILTER_TOO_DEEP"
     wide = pb.Filter(
         must=[pb.Condition(is_empty=pb.IsEmptyCondition(key="a"))]
-        * (convert.MAX_FILTER_CONDITIONS + 1)
+        * (limits.MAX_FILTER_CONDITIONS + 1)
     )
     with pytest.raises(InvalidArgument) as error:
         convert.filter_(wide, {})
@@ -267,11 +268,11 @@ def test_page_tokens() -> None:
 
 
 def test_limits() -> None:
-    assert convert.limit(0) == convert.DEFAULT_LIMIT
+    assert convert.limit(0) == limits.DEFAULT_LIMIT
     assert convert.limit(1000) == 1000
     with pytest.raises(InvalidArgument):
         convert.limit(1001)
-    assert convert.page_size(0) == convert.DEFAULT_PAGE_SIZE
+    assert convert.page_size(0) == limits.DEFAULT_PAGE_SIZE
     with pytest.raises(InvalidArgument):
         convert.page_size(-5)
     with pytest.raises(InvalidArgument):

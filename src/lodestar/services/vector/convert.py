@@ -15,41 +15,27 @@ import math
 import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final
 
 import numpy as np
 from google.protobuf import struct_pb2, timestamp_pb2
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
+from lodestar import limits
+from lodestar.runtime import protojson
 from lodestar.runtime.errors import InvalidArgument
 from lodestar.services.vector import models as m
 from lodestar.vector.v1 import vector_service_pb2 as pb
 
-MAX_DIMENSION: Final = 65_536
-MAX_LIMIT: Final = 1_000
-DEFAULT_LIMIT: Final = 10
-MAX_OFFSET: Final = 10_000
-MAX_PAGE_SIZE: Final = 1_000
-DEFAULT_PAGE_SIZE: Final = 100
-MAX_KEY_CHARS: Final = 256
-MAX_TENANT_CHARS: Final = 256
-MAX_FILTER_DEPTH: Final = 8
-MAX_FILTER_CONDITIONS: Final = 1_000
-MAX_MATCH_VALUES: Final = 1_000
-MAX_IDS: Final = 10_000
-MAX_HNSW_EF: Final = 100_000
-DEFAULT_CLUSTERS: Final = 8
-MAX_CLUSTERS: Final = 256
-DEFAULT_CLUSTER_SAMPLE: Final = 10_000
-DEFAULT_REPRESENTATIVES: Final = 3
-MAX_REPRESENTATIVES: Final = 100
-
-_COLLECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
-_SNAPSHOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}")
+_COLLECTION_NAME = re.compile(
+    rf"[A-Za-z0-9][A-Za-z0-9_.\-]{{0,{limits.MAX_COLLECTION_NAME_CHARS - 1}}}"
+)
+_SNAPSHOT_NAME = re.compile(
+    rf"[A-Za-z0-9][A-Za-z0-9_.\-]{{0,{limits.MAX_SNAPSHOT_NAME_CHARS - 1}}}"
+)
 # Dotted JSON paths: "a", "a.b", "a[].b", "a[0]".
 _PAYLOAD_KEY = re.compile(r"[A-Za-z0-9_\-]+(\[\d*\])?(\.[A-Za-z0-9_\-]+(\[\d*\])?)*")
-_MAX_SAFE_INTEGER: Final = 2**53
 
 _DISTANCE_FROM_PB: Final = {
     pb.DISTANCE_UNSPECIFIED: m.Distance.COSINE,
@@ -97,7 +83,8 @@ def collection_name(value: str, field: str = "collection") -> str:
     if not _COLLECTION_NAME.fullmatch(value):
         raise _invalid(
             field,
-            f"{_shown(value)} is not a valid collection name: use 1 to 64 letters, digits, "
+            f"{_shown(value)} is not a valid collection name: use 1 to "
+            f"{limits.MAX_COLLECTION_NAME_CHARS} letters, digits, "
             "'_', '-' or '.', starting with a letter or digit",
             "INVALID_NAME",
         )
@@ -110,7 +97,8 @@ def snapshot_name(value: str, field: str = "snapshot") -> str:
     if not _SNAPSHOT_NAME.fullmatch(value):
         raise _invalid(
             field,
-            f"{_shown(value)} is not a valid snapshot name: use 1 to 200 letters, digits, "
+            f"{_shown(value)} is not a valid snapshot name: use 1 to "
+            f"{limits.MAX_SNAPSHOT_NAME_CHARS} letters, digits, "
             "'_', '-' or '.', starting with a letter or digit",
             "INVALID_NAME",
         )
@@ -120,7 +108,7 @@ def snapshot_name(value: str, field: str = "snapshot") -> str:
 def payload_key(value: str, field: str) -> str:
     if not value:
         raise _invalid(field, "a payload key is required", "INVALID_KEY")
-    if len(value) > MAX_KEY_CHARS or not _PAYLOAD_KEY.fullmatch(value):
+    if len(value) > limits.MAX_KEY_CHARS or not _PAYLOAD_KEY.fullmatch(value):
         raise _invalid(
             field,
             f"{_shown(value)} is not a valid payload key: use letters, digits, '_' and '-', "
@@ -134,10 +122,11 @@ def tenant(value: str, field: str = "tenant") -> str | None:
     """The tenant a request is confined to, or None for none."""
     if not value:
         return None
-    if len(value) > MAX_TENANT_CHARS or not value.isprintable() or value.strip() != value:
+    if len(value) > limits.MAX_TENANT_CHARS or not value.isprintable() or value.strip() != value:
         raise _invalid(
             field,
-            f"must be at most {MAX_TENANT_CHARS} printable characters without surrounding spaces",
+            f"must be at most {limits.MAX_TENANT_CHARS} printable characters "
+            "without surrounding spaces",
             "INVALID_TENANT",
         )
     return value
@@ -167,8 +156,10 @@ def point_ids(
 ) -> list[m.PointId]:
     if required and not values:
         raise _invalid(field, "at least one id is required", "MISSING_ID")
-    if len(values) > MAX_IDS:
-        raise _invalid(field, f"at most {MAX_IDS} ids per request; got {len(values)}", "TOO_MANY")
+    if len(values) > limits.MAX_IDS:
+        raise _invalid(
+            field, f"at most {limits.MAX_IDS} ids per request; got {len(values)}", "TOO_MANY"
+        )
     return [point_id(v, f"{field}[{i}]") for i, v in enumerate(values)]
 
 
@@ -227,69 +218,18 @@ def vectors(
     return [array.array("f", row.tobytes()) for row in matrix]
 
 
-class _NonFiniteNumber(Exception):
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-
 def payload(value: struct_pb2.Struct, field: str) -> m.Payload:
     """A Struct as plain JSON values; integral numbers become ints (Struct has only doubles)."""
     try:
-        return _struct_to_dict(value)
-    except _NonFiniteNumber as error:
+        return protojson.struct_to_dict(value)
+    except protojson.NonFiniteNumber as error:
         raise _invalid(
             f"{field}.{error.path}", "payload numbers must be finite", "NON_FINITE_PAYLOAD"
         ) from None
 
 
-def _struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, item in value.fields.items():
-        if item.WhichOneof("kind") == "string_value":  # the common case, without a call
-            out[key] = item.string_value
-            continue
-        try:
-            out[key] = _value_to_python(item)
-        except _NonFiniteNumber as error:
-            raise _NonFiniteNumber(_join(key, error.path)) from None
-    return out
-
-
-def _join(head: str, tail: str) -> str:
-    if not tail:
-        return head
-    return f"{head}{tail}" if tail.startswith("[") else f"{head}.{tail}"
-
-
-def _value_to_python(value: struct_pb2.Value) -> Any:
-    kind = value.WhichOneof("kind")
-    if kind == "string_value":
-        return value.string_value
-    if kind == "number_value":
-        number = value.number_value
-        if not math.isfinite(number):
-            raise _NonFiniteNumber("")
-        if number.is_integer() and abs(number) <= _MAX_SAFE_INTEGER:
-            return int(number)
-        return number
-    if kind == "bool_value":
-        return value.bool_value
-    if kind == "struct_value":
-        return _struct_to_dict(value.struct_value)
-    if kind == "list_value":
-        items = []
-        for i, item in enumerate(value.list_value.values):
-            try:
-                items.append(_value_to_python(item))
-            except _NonFiniteNumber as error:
-                raise _NonFiniteNumber(_join(f"[{i}]", error.path)) from None
-        return items
-    return None
-
-
 def payload_to_pb(value: Mapping[str, Any] | None, target: struct_pb2.Struct) -> None:
-    if value:
-        target.update(value)
+    protojson.dict_to_struct(value, target)
 
 
 # --- collections --------------------------------------------------------------------------
@@ -333,10 +273,10 @@ def hnsw(value: pb.HnswConfig, field: str) -> m.HnswOptions:
         return number
 
     return m.HnswOptions(
-        m=bounded("m", 0, 128),
-        ef_construct=bounded("ef_construct", 4, 4_096),
-        full_scan_threshold=bounded("full_scan_threshold", 10, 2**31 - 1),
-        ef_search=bounded("ef_search", 1, MAX_HNSW_EF),
+        m=bounded("m", *limits.HNSW_M),
+        ef_construct=bounded("ef_construct", *limits.HNSW_EF_CONSTRUCT),
+        full_scan_threshold=bounded("full_scan_threshold", *limits.HNSW_FULL_SCAN_THRESHOLD),
+        ef_search=bounded("ef_search", 1, limits.MAX_HNSW_EF),
     )
 
 
@@ -360,17 +300,17 @@ def quantization(value: pb.QuantizationConfig, field: str) -> m.Quantization | N
 
 
 def collection_config(value: pb.CollectionConfig, field: str = "config") -> m.CollectionConfig:
-    if not 1 <= value.dimension <= MAX_DIMENSION:
+    if not 1 <= value.dimension <= limits.MAX_DIMENSION:
         raise _invalid(
             f"{field}.dimension",
-            f"must be between 1 and {MAX_DIMENSION}; got {value.dimension}",
+            f"must be between 1 and {limits.MAX_DIMENSION}; got {value.dimension}",
             "OUT_OF_RANGE",
         )
     distance = _DISTANCE_FROM_PB.get(value.distance)
     if distance is None:
         raise _invalid(f"{field}.distance", f"unknown distance {value.distance}")
-    if len(value.embedding_model) > MAX_KEY_CHARS:
-        raise _invalid(f"{field}.embedding_model", f"at most {MAX_KEY_CHARS} characters")
+    if len(value.embedding_model) > limits.MAX_KEY_CHARS:
+        raise _invalid(f"{field}.embedding_model", f"at most {limits.MAX_KEY_CHARS} characters")
     return m.CollectionConfig(
         dimension=value.dimension,
         distance=distance,
@@ -432,7 +372,7 @@ def collection_config_to_pb(value: m.CollectionConfig) -> pb.CollectionConfig:
 
 def timestamp(value: datetime | None, target: timestamp_pb2.Timestamp) -> None:
     if value is not None:
-        target.FromDatetime(value.astimezone(UTC).replace(tzinfo=None))
+        protojson.datetime_to_timestamp(value, target)
 
 
 def collection_to_pb(value: m.CollectionInfo) -> pb.Collection:
@@ -485,9 +425,9 @@ class _FilterReader:
         self._conditions = 0
 
     def filter(self, value: pb.Filter, field: str, depth: int = 0) -> m.Filter:
-        if depth > MAX_FILTER_DEPTH:
+        if depth > limits.MAX_FILTER_DEPTH:
             raise _invalid(
-                field, f"filters nest at most {MAX_FILTER_DEPTH} deep", "FILTER_TOO_DEEP"
+                field, f"filters nest at most {limits.MAX_FILTER_DEPTH} deep", "FILTER_TOO_DEEP"
             )
         return m.Filter(
             must=tuple(
@@ -505,10 +445,10 @@ class _FilterReader:
 
     def _condition(self, value: pb.Condition, field: str, depth: int) -> m.Condition:
         self._conditions += 1
-        if self._conditions > MAX_FILTER_CONDITIONS:
+        if self._conditions > limits.MAX_FILTER_CONDITIONS:
             raise _invalid(
                 field,
-                f"a filter has at most {MAX_FILTER_CONDITIONS} conditions",
+                f"a filter has at most {limits.MAX_FILTER_CONDITIONS} conditions",
                 "FILTER_TOO_LARGE",
             )
         kind = value.WhichOneof("kind")
@@ -593,8 +533,8 @@ def _match(match: pb.Match, kind: str, field: str) -> m.Match:
         values = tuple(int(v) for v in getattr(match, kind).values)
     if not values:
         raise _invalid(field, "needs at least one value", "EMPTY_CONDITION")
-    if len(values) > MAX_MATCH_VALUES:
-        raise _invalid(field, f"at most {MAX_MATCH_VALUES} values", "TOO_MANY")
+    if len(values) > limits.MAX_MATCH_VALUES:
+        raise _invalid(field, f"at most {limits.MAX_MATCH_VALUES} values", "TOO_MANY")
     if kind.startswith("any"):
         return m.MatchAny(values)
     return m.MatchExcept(values)
@@ -602,8 +542,8 @@ def _match(match: pb.Match, kind: str, field: str) -> m.Match:
 
 def _datetime(value: timestamp_pb2.Timestamp, field: str) -> datetime:
     try:
-        return value.ToDatetime(tzinfo=UTC)
-    except (ValueError, OverflowError):
+        return protojson.timestamp_to_datetime(value)
+    except ValueError:
         raise _invalid(field, "not a valid timestamp", "INVALID_TIMESTAMP") from None
 
 
@@ -637,23 +577,29 @@ def selector(value: pb.PointsSelector, schema: Mapping[str, m.FieldType], field:
 
 def limit(value: int, field: str = "limit") -> int:
     if value == 0:
-        return DEFAULT_LIMIT
-    if value > MAX_LIMIT:
-        raise _invalid(field, f"must be between 1 and {MAX_LIMIT}; got {value}", "OUT_OF_RANGE")
+        return limits.DEFAULT_LIMIT
+    if value > limits.MAX_LIMIT:
+        raise _invalid(
+            field, f"must be between 1 and {limits.MAX_LIMIT}; got {value}", "OUT_OF_RANGE"
+        )
     return value
 
 
 def offset(value: int, field: str = "offset") -> int:
-    if value > MAX_OFFSET:
-        raise _invalid(field, f"must be between 0 and {MAX_OFFSET}; got {value}", "OUT_OF_RANGE")
+    if value > limits.MAX_OFFSET:
+        raise _invalid(
+            field, f"must be between 0 and {limits.MAX_OFFSET}; got {value}", "OUT_OF_RANGE"
+        )
     return value
 
 
 def page_size(value: int, field: str = "page_size") -> int:
     if value == 0:
-        return DEFAULT_PAGE_SIZE
-    if not 1 <= value <= MAX_PAGE_SIZE:
-        raise _invalid(field, f"must be between 1 and {MAX_PAGE_SIZE}; got {value}", "OUT_OF_RANGE")
+        return limits.DEFAULT_PAGE_SIZE
+    if not 1 <= value <= limits.MAX_PAGE_SIZE:
+        raise _invalid(
+            field, f"must be between 1 and {limits.MAX_PAGE_SIZE}; got {value}", "OUT_OF_RANGE"
+        )
     return value
 
 
@@ -699,9 +645,11 @@ def search_params(value: pb.SearchParams, field: str = "params") -> tuple[int | 
     ef: int | None = None
     if value.HasField("hnsw_ef"):
         ef = value.hnsw_ef
-        if not 1 <= ef <= MAX_HNSW_EF:
+        if not 1 <= ef <= limits.MAX_HNSW_EF:
             raise _invalid(
-                f"{field}.hnsw_ef", f"must be between 1 and {MAX_HNSW_EF}; got {ef}", "OUT_OF_RANGE"
+                f"{field}.hnsw_ef",
+                f"must be between 1 and {limits.MAX_HNSW_EF}; got {ef}",
+                "OUT_OF_RANGE",
             )
     return ef, value.exact
 
@@ -713,8 +661,7 @@ def record_to_pb(value: m.PointRecord) -> pb.Point:
     point = pb.Point(id=point_id_to_pb(value.id))
     if value.vector is not None:
         point.vector.extend(value.vector)
-    if value.payload:
-        point.payload.update(value.payload)
+    protojson.dict_to_struct(value.payload, point.payload)
     return point
 
 
@@ -729,5 +676,4 @@ def add_hits(
         set_point_id(hit.id, value.id)
         if value.vector is not None:
             hit.vector.extend(value.vector)
-        if value.payload:
-            hit.payload.update(value.payload)
+        protojson.dict_to_struct(value.payload, hit.payload)

@@ -9,6 +9,7 @@ from typing import Any, Final
 
 import grpc
 
+from lodestar import limits
 from lodestar.runtime.errors import InvalidArgument
 from lodestar.services.vector import convert
 from lodestar.services.vector.models import (
@@ -29,9 +30,6 @@ from lodestar.vector.v1 import vector_service_pb2 as pb
 from lodestar.vector.v1 import vector_service_pb2_grpc as pb_grpc
 
 SERVICE_NAME: Final = pb.DESCRIPTOR.services_by_name["VectorService"].full_name
-MAX_EXAMPLES: Final = 1_000
-MAX_OPERATIONS: Final = 1_000
-MAX_MIN_SAMPLES: Final = 1_000
 
 _Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -257,9 +255,11 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
         tenant = convert.tenant(request.tenant)
         if not request.operations:
             raise _invalid("operations", "at least one operation is required", "EMPTY_BATCH")
-        if len(request.operations) > MAX_OPERATIONS:
+        if len(request.operations) > limits.MAX_OPERATIONS:
             raise _invalid(
-                "operations", f"at most {MAX_OPERATIONS} operations per batch", "BATCH_TOO_LARGE"
+                "operations",
+                f"at most {limits.MAX_OPERATIONS} operations per batch",
+                "BATCH_TOO_LARGE",
             )
         total = sum(len(op.upsert.points) for op in request.operations if op.HasField("upsert"))
         if total > self._settings.max_batch_points:
@@ -443,8 +443,8 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
         tenant = convert.tenant(request.tenant)
         if not request.positive:
             raise _invalid("positive", "at least one positive example is required", "NO_EXAMPLES")
-        if len(request.positive) + len(request.negative) > MAX_EXAMPLES:
-            raise _invalid("positive", f"at most {MAX_EXAMPLES} examples", "TOO_MANY")
+        if len(request.positive) + len(request.negative) > limits.MAX_EXAMPLES:
+            raise _invalid("positive", f"at most {limits.MAX_EXAMPLES} examples", "TOO_MANY")
         strategy = (
             RecommendStrategy.BEST_SCORE
             if request.strategy == pb.RECOMMEND_STRATEGY_BEST_SCORE
@@ -478,15 +478,16 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
         tenant = convert.tenant(request.tenant)
         filter = convert.optional_filter(request, config.payload_schema)
         density = request.algorithm == pb.CLUSTER_ALGORITHM_DENSITY
-        num_clusters = request.num_clusters or convert.DEFAULT_CLUSTERS
-        if not density and not 2 <= num_clusters <= convert.MAX_CLUSTERS:
+        num_clusters = request.num_clusters or limits.DEFAULT_CLUSTERS
+        if not density and not limits.MIN_CLUSTERS <= num_clusters <= limits.MAX_CLUSTERS:
             raise _invalid(
                 "num_clusters",
-                f"must be between 2 and {convert.MAX_CLUSTERS}; got {num_clusters}",
+                f"must be between {limits.MIN_CLUSTERS} and {limits.MAX_CLUSTERS}; "
+                f"got {num_clusters}",
                 "OUT_OF_RANGE",
             )
         sample_size = request.sample_size or min(
-            convert.DEFAULT_CLUSTER_SAMPLE, self._settings.max_cluster_sample
+            limits.DEFAULT_CLUSTER_SAMPLE, self._settings.max_cluster_sample
         )
         if sample_size > self._settings.max_cluster_sample:
             raise _invalid(
@@ -494,11 +495,11 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
                 f"must be at most {self._settings.max_cluster_sample}; got {sample_size}",
                 "OUT_OF_RANGE",
             )
-        representatives = request.representatives or convert.DEFAULT_REPRESENTATIVES
-        if representatives > convert.MAX_REPRESENTATIVES:
+        representatives = request.representatives or limits.DEFAULT_REPRESENTATIVES
+        if representatives > limits.MAX_REPRESENTATIVES:
             raise _invalid(
                 "representatives",
-                f"must be at most {convert.MAX_REPRESENTATIVES}; got {representatives}",
+                f"must be at most {limits.MAX_REPRESENTATIVES}; got {representatives}",
                 "OUT_OF_RANGE",
             )
         eps: float | None = None
@@ -509,10 +510,10 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
         min_samples: int | None = None
         if request.HasField("density_min_samples"):
             min_samples = request.density_min_samples
-            if not 2 <= min_samples <= MAX_MIN_SAMPLES:
+            if not 2 <= min_samples <= limits.MAX_MIN_SAMPLES:
                 raise _invalid(
                     "density_min_samples",
-                    f"must be between 2 and {MAX_MIN_SAMPLES}; got {min_samples}",
+                    f"must be between 2 and {limits.MAX_MIN_SAMPLES}; got {min_samples}",
                     "OUT_OF_RANGE",
                 )
         result = await self._store.cluster(
