@@ -2,7 +2,8 @@
 
 Every ``InvalidArgument`` names the offending field by its path in the request
 (``points[3].vector``, ``filter.must[0].field.key``) so that a client can point at
-it. Functions here are pure: no I/O, no engine.
+it. Functions here are pure: no I/O, no engine. Filters are read in
+``filter_convert``.
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import numpy as np
 from google.protobuf import struct_pb2, timestamp_pb2
-from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from lodestar import limits
 from lodestar.runtime import protojson
@@ -66,7 +66,8 @@ _STATUS_TO_PB: Final = {
 }
 
 
-def _invalid(field: str, message: str, reason: str = "INVALID_ARGUMENT") -> InvalidArgument:
+def invalid(field: str, message: str, reason: str = "INVALID_ARGUMENT") -> InvalidArgument:
+    """Bad input at ``field`` (its path in the request), with an UPPER_SNAKE reason."""
     return InvalidArgument(f"{field}: {message}", field=field, reason=reason)
 
 
@@ -79,9 +80,9 @@ def _shown(value: str, limit: int = 80) -> str:
 
 def collection_name(value: str, field: str = "collection") -> str:
     if not value:
-        raise _invalid(field, "a collection name is required", "MISSING_NAME")
+        raise invalid(field, "a collection name is required", "MISSING_NAME")
     if not _COLLECTION_NAME.fullmatch(value):
-        raise _invalid(
+        raise invalid(
             field,
             f"{_shown(value)} is not a valid collection name: use 1 to "
             f"{limits.MAX_COLLECTION_NAME_CHARS} letters, digits, "
@@ -93,9 +94,9 @@ def collection_name(value: str, field: str = "collection") -> str:
 
 def snapshot_name(value: str, field: str = "snapshot") -> str:
     if not value:
-        raise _invalid(field, "a snapshot name is required", "MISSING_NAME")
+        raise invalid(field, "a snapshot name is required", "MISSING_NAME")
     if not _SNAPSHOT_NAME.fullmatch(value):
-        raise _invalid(
+        raise invalid(
             field,
             f"{_shown(value)} is not a valid snapshot name: use 1 to "
             f"{limits.MAX_SNAPSHOT_NAME_CHARS} letters, digits, "
@@ -107,9 +108,9 @@ def snapshot_name(value: str, field: str = "snapshot") -> str:
 
 def payload_key(value: str, field: str) -> str:
     if not value:
-        raise _invalid(field, "a payload key is required", "INVALID_KEY")
+        raise invalid(field, "a payload key is required", "INVALID_KEY")
     if len(value) > limits.MAX_KEY_CHARS or not _PAYLOAD_KEY.fullmatch(value):
-        raise _invalid(
+        raise invalid(
             field,
             f"{_shown(value)} is not a valid payload key: use letters, digits, '_' and '-', "
             "with '.' between nested keys and '[]' after arrays",
@@ -123,7 +124,7 @@ def tenant(value: str, field: str = "tenant") -> str | None:
     if not value:
         return None
     if len(value) > limits.MAX_TENANT_CHARS or not value.isprintable() or value.strip() != value:
-        raise _invalid(
+        raise invalid(
             field,
             f"must be at most {limits.MAX_TENANT_CHARS} printable characters "
             "without surrounding spaces",
@@ -141,23 +142,23 @@ def point_id(value: pb.PointId, field: str) -> m.PointId:
         return value.num
     if kind == "uuid":
         return uuid_text(value.uuid, f"{field}.uuid")
-    raise _invalid(field, "a point id needs num or uuid", "MISSING_ID")
+    raise invalid(field, "a point id needs num or uuid", "MISSING_ID")
 
 
 def uuid_text(value: str, field: str) -> str:
     try:
         return str(uuid.UUID(value))
     except ValueError:
-        raise _invalid(field, f"{_shown(value)} is not a UUID", "INVALID_ID") from None
+        raise invalid(field, f"{_shown(value)} is not a UUID", "INVALID_ID") from None
 
 
 def point_ids(
     values: Sequence[pb.PointId], field: str, *, required: bool = True
 ) -> list[m.PointId]:
     if required and not values:
-        raise _invalid(field, "at least one id is required", "MISSING_ID")
+        raise invalid(field, "at least one id is required", "MISSING_ID")
     if len(values) > limits.MAX_IDS:
-        raise _invalid(
+        raise invalid(
             field, f"at most {limits.MAX_IDS} ids per request; got {len(values)}", "TOO_MANY"
         )
     return [point_id(v, f"{field}[{i}]") for i, v in enumerate(values)]
@@ -182,14 +183,14 @@ def vector(values: Sequence[float], dimension: int, field: str) -> array.array[f
     from one float32 buffer, it crosses to the engine process as that buffer, where a
     list would pickle and unpickle 384 Python floats one by one (``vectors``)."""
     if len(values) != dimension:
-        raise _invalid(
+        raise invalid(
             field,
             f"has {len(values)} values; the collection's vectors have {dimension}",
             "DIMENSION_MISMATCH",
         )
     values32 = np.array(values, dtype=np.float32)
     if not np.isfinite(values32).all():
-        raise _invalid(field, "contains NaN or infinite values", "NON_FINITE_VECTOR")
+        raise invalid(field, "contains NaN or infinite values", "NON_FINITE_VECTOR")
     return array.array("f", values32.tobytes())
 
 
@@ -203,7 +204,7 @@ def vectors(
     and the engine takes either."""
     for i, row in enumerate(rows):
         if len(row) != dimension:
-            raise _invalid(
+            raise invalid(
                 field.format(i),
                 f"has {len(row)} values; the collection's vectors have {dimension}",
                 "DIMENSION_MISMATCH",
@@ -214,7 +215,7 @@ def vectors(
     finite = np.isfinite(matrix).all(axis=1)
     if not finite.all():
         bad = int(np.argmin(finite))
-        raise _invalid(field.format(bad), "contains NaN or infinite values", "NON_FINITE_VECTOR")
+        raise invalid(field.format(bad), "contains NaN or infinite values", "NON_FINITE_VECTOR")
     return [array.array("f", row.tobytes()) for row in matrix]
 
 
@@ -223,7 +224,7 @@ def payload(value: struct_pb2.Struct, field: str) -> m.Payload:
     try:
         return protojson.struct_to_dict(value)
     except protojson.NonFiniteNumber as error:
-        raise _invalid(
+        raise invalid(
             f"{field}.{error.path}", "payload numbers must be finite", "NON_FINITE_PAYLOAD"
         ) from None
 
@@ -252,9 +253,9 @@ def payload_schema(
         payload_key(key, path)
         kind = _FIELD_TYPE_FROM_PB.get(values[key])
         if kind is None:
-            raise _invalid(path, "a payload field needs a type", "MISSING_FIELD_TYPE")
+            raise invalid(path, "a payload field needs a type", "MISSING_FIELD_TYPE")
         if key == m.TENANT_KEY and kind is not m.FieldType.KEYWORD:
-            raise _invalid(
+            raise invalid(
                 path, f"{m.TENANT_KEY!r} holds tenant names: it can only be a keyword field"
             )
         schema[key] = kind
@@ -267,7 +268,7 @@ def hnsw(value: pb.HnswConfig, field: str) -> m.HnswOptions:
             return None
         number = int(getattr(value, name))
         if not low <= number <= high:
-            raise _invalid(
+            raise invalid(
                 f"{field}.{name}", f"must be between {low} and {high}; got {number}", "OUT_OF_RANGE"
             )
         return number
@@ -288,7 +289,7 @@ def quantization(value: pb.QuantizationConfig, field: str) -> m.Quantization | N
         if scalar.HasField("quantile"):
             quantile = scalar.quantile
             if not 0.5 <= quantile <= 1.0:
-                raise _invalid(
+                raise invalid(
                     f"{field}.scalar.quantile",
                     f"must be between 0.5 and 1; got {quantile}",
                     "OUT_OF_RANGE",
@@ -301,16 +302,16 @@ def quantization(value: pb.QuantizationConfig, field: str) -> m.Quantization | N
 
 def collection_config(value: pb.CollectionConfig, field: str = "config") -> m.CollectionConfig:
     if not 1 <= value.dimension <= limits.MAX_DIMENSION:
-        raise _invalid(
+        raise invalid(
             f"{field}.dimension",
             f"must be between 1 and {limits.MAX_DIMENSION}; got {value.dimension}",
             "OUT_OF_RANGE",
         )
     distance = _DISTANCE_FROM_PB.get(value.distance)
     if distance is None:
-        raise _invalid(f"{field}.distance", f"unknown distance {value.distance}")
+        raise invalid(f"{field}.distance", f"unknown distance {value.distance}")
     if len(value.embedding_model) > limits.MAX_KEY_CHARS:
-        raise _invalid(f"{field}.embedding_model", f"at most {limits.MAX_KEY_CHARS} characters")
+        raise invalid(f"{field}.embedding_model", f"at most {limits.MAX_KEY_CHARS} characters")
     return m.CollectionConfig(
         dimension=value.dimension,
         distance=distance,
@@ -329,12 +330,12 @@ def collection_update(request: pb.UpdateCollectionRequest) -> m.CollectionUpdate
     added = payload_schema(request.add_payload_fields, "add_payload_fields")
     both = set(removed) & set(added)
     if both:
-        raise _invalid(
+        raise invalid(
             "remove_payload_fields",
             f"{sorted(both)} cannot be both added and removed in one update",
         )
     if m.TENANT_KEY in removed:
-        raise _invalid(
+        raise invalid(
             "remove_payload_fields",
             f"the {m.TENANT_KEY!r} index confines tenants and cannot be removed",
         )
@@ -399,179 +400,6 @@ def snapshot_to_pb(value: m.SnapshotInfo) -> pb.Snapshot:
     return snapshot
 
 
-# --- filters ------------------------------------------------------------------------------
-
-
-# What each kind of test can be applied to, for keys declared in the payload schema.
-_MATCH_FIELD_TYPES: Final[dict[str, frozenset[m.FieldType]]] = {
-    "keyword": frozenset({m.FieldType.KEYWORD}),
-    "integer": frozenset({m.FieldType.INTEGER}),
-    "boolean": frozenset({m.FieldType.BOOL}),
-    "text": frozenset({m.FieldType.TEXT, m.FieldType.KEYWORD}),
-    "any_keywords": frozenset({m.FieldType.KEYWORD}),
-    "any_integers": frozenset({m.FieldType.INTEGER}),
-    "except_keywords": frozenset({m.FieldType.KEYWORD}),
-    "except_integers": frozenset({m.FieldType.INTEGER}),
-}
-_RANGE_FIELD_TYPES: Final = frozenset({m.FieldType.INTEGER, m.FieldType.FLOAT})
-_DATETIME_FIELD_TYPES: Final = frozenset({m.FieldType.DATETIME})
-
-
-class _FilterReader:
-    """Reads one proto filter, checking keys and value types against the schema."""
-
-    def __init__(self, schema: Mapping[str, m.FieldType]) -> None:
-        self._schema = {**schema, m.TENANT_KEY: m.FieldType.KEYWORD}
-        self._conditions = 0
-
-    def filter(self, value: pb.Filter, field: str, depth: int = 0) -> m.Filter:
-        if depth > limits.MAX_FILTER_DEPTH:
-            raise _invalid(
-                field, f"filters nest at most {limits.MAX_FILTER_DEPTH} deep", "FILTER_TOO_DEEP"
-            )
-        return m.Filter(
-            must=tuple(
-                self._condition(c, f"{field}.must[{i}]", depth) for i, c in enumerate(value.must)
-            ),
-            should=tuple(
-                self._condition(c, f"{field}.should[{i}]", depth)
-                for i, c in enumerate(value.should)
-            ),
-            must_not=tuple(
-                self._condition(c, f"{field}.must_not[{i}]", depth)
-                for i, c in enumerate(value.must_not)
-            ),
-        )
-
-    def _condition(self, value: pb.Condition, field: str, depth: int) -> m.Condition:
-        self._conditions += 1
-        if self._conditions > limits.MAX_FILTER_CONDITIONS:
-            raise _invalid(
-                field,
-                f"a filter has at most {limits.MAX_FILTER_CONDITIONS} conditions",
-                "FILTER_TOO_LARGE",
-            )
-        kind = value.WhichOneof("kind")
-        if kind == "field":
-            return self._field(value.field, f"{field}.field")
-        if kind == "is_empty":
-            return m.IsEmpty(payload_key(value.is_empty.key, f"{field}.is_empty.key"))
-        if kind == "has_id":
-            return m.HasId(tuple(point_ids(value.has_id.ids, f"{field}.has_id.ids")))
-        if kind == "filter":
-            return self.filter(value.filter, f"{field}.filter", depth + 1)
-        raise _invalid(
-            field, "a condition needs field, is_empty, has_id or filter", "EMPTY_CONDITION"
-        )
-
-    def _check_type(self, key: str, test: str, allowed: frozenset[m.FieldType], field: str) -> None:
-        declared = self._schema.get(key)
-        if declared is not None and declared not in allowed:
-            kinds = " or ".join(sorted(t.value for t in allowed))
-            raise _invalid(
-                field,
-                f"{key!r} is a {declared.value} field; a {test} test needs a {kinds} field",
-                "FILTER_TYPE_MISMATCH",
-            )
-
-    def _field(self, value: pb.FieldCondition, field: str) -> m.FieldCondition:
-        key = payload_key(value.key, f"{field}.key")
-        test = value.WhichOneof("test")
-        if test == "match":
-            match = value.match
-            kind = match.WhichOneof("kind")
-            path = f"{field}.match"
-            if kind is None:
-                raise _invalid(path, "a match needs a value", "EMPTY_CONDITION")
-            self._check_type(key, f"{kind} match", _MATCH_FIELD_TYPES[kind], f"{path}.{kind}")
-            return m.FieldCondition(key=key, match=_match(match, kind, f"{path}.{kind}"))
-        if test == "range":
-            bounds = value.range
-            path = f"{field}.range"
-            self._check_type(key, "range", _RANGE_FIELD_TYPES, path)
-            numbers = {
-                n: getattr(bounds, n) for n in ("gt", "gte", "lt", "lte") if bounds.HasField(n)
-            }  # type: ignore[arg-type]
-            if not numbers:
-                raise _invalid(path, "a range needs at least one bound", "EMPTY_CONDITION")
-            for name, number in numbers.items():
-                if not math.isfinite(number):
-                    raise _invalid(f"{path}.{name}", "bounds must be finite", "NON_FINITE_BOUND")
-            return m.FieldCondition(key=key, range=m.NumberRange(**numbers))
-        if test == "datetime_range":
-            bounds_dt = value.datetime_range
-            path = f"{field}.datetime_range"
-            self._check_type(key, "datetime range", _DATETIME_FIELD_TYPES, path)
-            moments = {
-                n: _datetime(getattr(bounds_dt, n), f"{path}.{n}")
-                for n in ("gt", "gte", "lt", "lte")
-                if bounds_dt.HasField(n)  # type: ignore[arg-type]
-            }
-            if not moments:
-                raise _invalid(path, "a range needs at least one bound", "EMPTY_CONDITION")
-            return m.FieldCondition(key=key, range=m.DatetimeRange(**moments))
-        raise _invalid(
-            field, "a field condition needs match, range or datetime_range", "EMPTY_CONDITION"
-        )
-
-
-def _match(match: pb.Match, kind: str, field: str) -> m.Match:
-    if kind == "keyword":
-        return m.MatchValue(match.keyword)
-    if kind == "integer":
-        return m.MatchValue(match.integer)
-    if kind == "boolean":
-        return m.MatchValue(match.boolean)
-    if kind == "text":
-        if not match.text.strip():
-            raise _invalid(field, "the text to match is empty", "EMPTY_CONDITION")
-        return m.MatchText(match.text)
-    values: tuple[str, ...] | tuple[int, ...]
-    if kind in ("any_keywords", "except_keywords"):
-        values = tuple(getattr(match, kind).values)
-    else:
-        values = tuple(int(v) for v in getattr(match, kind).values)
-    if not values:
-        raise _invalid(field, "needs at least one value", "EMPTY_CONDITION")
-    if len(values) > limits.MAX_MATCH_VALUES:
-        raise _invalid(field, f"at most {limits.MAX_MATCH_VALUES} values", "TOO_MANY")
-    if kind.startswith("any"):
-        return m.MatchAny(values)
-    return m.MatchExcept(values)
-
-
-def _datetime(value: timestamp_pb2.Timestamp, field: str) -> datetime:
-    try:
-        return protojson.timestamp_to_datetime(value)
-    except ValueError:
-        raise _invalid(field, "not a valid timestamp", "INVALID_TIMESTAMP") from None
-
-
-def filter_(
-    value: pb.Filter, schema: Mapping[str, m.FieldType], field: str = "filter"
-) -> m.Filter | None:
-    """A request's filter (None when it has no condition)."""
-    result = _FilterReader(schema).filter(value, field)
-    return None if result.is_empty() else result
-
-
-def optional_filter(
-    message: Any, schema: Mapping[str, m.FieldType], field: str = "filter"
-) -> m.Filter | None:
-    """The ``filter`` field of ``message`` when it is set."""
-    if not message.HasField("filter"):
-        return None
-    return filter_(message.filter, schema, field)
-
-
-def selector(value: pb.PointsSelector, schema: Mapping[str, m.FieldType], field: str) -> m.Selector:
-    ids = point_ids(value.ids, f"{field}.ids", required=False)
-    chosen = filter_(value.filter, schema, f"{field}.filter") if value.HasField("filter") else None
-    if not ids and chosen is None:
-        raise _invalid(field, "select points by ids, by a filter, or both", "EMPTY_SELECTOR")
-    return m.Selector(ids=tuple(ids), filter=chosen)
-
-
 # --- paging, limits -----------------------------------------------------------------------
 
 
@@ -579,7 +407,7 @@ def limit(value: int, field: str = "limit") -> int:
     if value == 0:
         return limits.DEFAULT_LIMIT
     if value > limits.MAX_LIMIT:
-        raise _invalid(
+        raise invalid(
             field, f"must be between 1 and {limits.MAX_LIMIT}; got {value}", "OUT_OF_RANGE"
         )
     return value
@@ -587,7 +415,7 @@ def limit(value: int, field: str = "limit") -> int:
 
 def offset(value: int, field: str = "offset") -> int:
     if value > limits.MAX_OFFSET:
-        raise _invalid(
+        raise invalid(
             field, f"must be between 0 and {limits.MAX_OFFSET}; got {value}", "OUT_OF_RANGE"
         )
     return value
@@ -597,7 +425,7 @@ def page_size(value: int, field: str = "page_size") -> int:
     if value == 0:
         return limits.DEFAULT_PAGE_SIZE
     if not 1 <= value <= limits.MAX_PAGE_SIZE:
-        raise _invalid(
+        raise invalid(
             field, f"must be between 1 and {limits.MAX_PAGE_SIZE}; got {value}", "OUT_OF_RANGE"
         )
     return value
@@ -616,7 +444,7 @@ def decode_page_token(value: str, kind: str, field: str = "page_token") -> dict[
     except (ValueError, binascii.Error, UnicodeEncodeError):
         state = None
     if not isinstance(state, dict) or state.get("k") != kind:
-        raise _invalid(field, "not a page token from a previous response", "INVALID_PAGE_TOKEN")
+        raise invalid(field, "not a page token from a previous response", "INVALID_PAGE_TOKEN")
     return state
 
 
@@ -629,7 +457,7 @@ def point_id_from_state(state: Mapping[str, Any], field: str = "page_token") -> 
         return int(state["n"])
     if isinstance(state.get("u"), str):
         return uuid_text(state["u"], field)
-    raise _invalid(field, "not a page token from a previous response", "INVALID_PAGE_TOKEN")
+    raise invalid(field, "not a page token from a previous response", "INVALID_PAGE_TOKEN")
 
 
 def score_threshold(message: Any, field: str = "score_threshold") -> float | None:
@@ -637,7 +465,7 @@ def score_threshold(message: Any, field: str = "score_threshold") -> float | Non
         return None
     value = float(message.score_threshold)
     if not math.isfinite(value):
-        raise _invalid(field, "must be finite", "NON_FINITE_BOUND")
+        raise invalid(field, "must be finite", "NON_FINITE_BOUND")
     return value
 
 
@@ -646,7 +474,7 @@ def search_params(value: pb.SearchParams, field: str = "params") -> tuple[int | 
     if value.HasField("hnsw_ef"):
         ef = value.hnsw_ef
         if not 1 <= ef <= limits.MAX_HNSW_EF:
-            raise _invalid(
+            raise invalid(
                 f"{field}.hnsw_ef",
                 f"must be between 1 and {limits.MAX_HNSW_EF}; got {ef}",
                 "OUT_OF_RANGE",
@@ -665,9 +493,13 @@ def record_to_pb(value: m.PointRecord) -> pb.Point:
     return point
 
 
-def add_hits(
-    values: Iterable[m.ScoredHit], target: RepeatedCompositeFieldContainer[pb.ScoredPoint]
-) -> None:
+class ScoredPoints(Protocol):
+    """A response's repeated ``ScoredPoint`` field (typed without protobuf's internals)."""
+
+    def add(self) -> pb.ScoredPoint: ...
+
+
+def add_hits(values: Iterable[m.ScoredHit], target: ScoredPoints) -> None:
     """Append hits to a response's repeated ``ScoredPoint`` field, in place (cheaper than
     building each message and copying it in)."""
     for value in values:

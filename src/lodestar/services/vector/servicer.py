@@ -11,7 +11,7 @@ import grpc
 
 from lodestar import limits
 from lodestar.runtime.errors import InvalidArgument
-from lodestar.services.vector import convert
+from lodestar.services.vector import convert, filter_convert
 from lodestar.services.vector.models import (
     CollectionConfig,
     DeleteOp,
@@ -208,7 +208,9 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
         """A set-payload, delete-payload-keys or delete operation from its request part."""
         if not message.HasField("selector"):
             raise _invalid(f"{field}selector", "select points by ids, by a filter, or both")
-        selector = convert.selector(message.selector, config.payload_schema, f"{field}selector")
+        selector = filter_convert.selector(
+            message.selector, config.payload_schema, f"{field}selector"
+        )
         if kind == "delete":
             return DeleteOp(selector)
         if kind == "set_payload":
@@ -315,7 +317,7 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
         config = await self._collection(request.collection)
         tenant = convert.tenant(request.tenant)
         size = convert.page_size(request.page_size)
-        filter = convert.optional_filter(request, config.payload_schema)
+        filter = filter_convert.optional_filter(request, config.payload_schema)
         state = convert.decode_page_token(request.page_token, "points")
         offset: PointId | None = None
         if state:
@@ -345,7 +347,7 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
     ) -> pb.CountPointsResponse:
         config = await self._collection(request.collection)
         tenant = convert.tenant(request.tenant)
-        filter = convert.optional_filter(request, config.payload_schema)
+        filter = filter_convert.optional_filter(request, config.payload_schema)
         count = await self._store.count(request.collection, filter, tenant)
         return pb.CountPointsResponse(count=count)
 
@@ -360,7 +362,7 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
         ef, exact = convert.search_params(request.params, f"{prefix}params")
         return SearchQuery(
             vector=vector,
-            filter=convert.optional_filter(request, config.payload_schema, f"{prefix}filter")
+            filter=filter_convert.optional_filter(request, config.payload_schema, f"{prefix}filter")
             if request.HasField("filter")
             else None,
             limit=convert.limit(request.limit, f"{prefix}limit"),
@@ -452,7 +454,7 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
         )
         query = SearchQuery(
             vector=[],
-            filter=convert.optional_filter(request, config.payload_schema),
+            filter=filter_convert.optional_filter(request, config.payload_schema),
             limit=convert.limit(request.limit),
             offset=convert.offset(request.offset),
             score_threshold=convert.score_threshold(request),
@@ -476,7 +478,7 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
     ) -> pb.ClusterPointsResponse:
         config = await self._collection(request.collection)
         tenant = convert.tenant(request.tenant)
-        filter = convert.optional_filter(request, config.payload_schema)
+        filter = filter_convert.optional_filter(request, config.payload_schema)
         density = request.algorithm == pb.CLUSTER_ALGORITHM_DENSITY
         num_clusters = request.num_clusters or limits.DEFAULT_CLUSTERS
         if not density and not limits.MIN_CLUSTERS <= num_clusters <= limits.MAX_CLUSTERS:
