@@ -57,8 +57,8 @@ from lodestar.embedding.v1 import embedding_service_pb2_grpc as epb_grpc
 from lodestar.inference.v1 import inference_service_pb2 as ipb
 from lodestar.inference.v1 import inference_service_pb2_grpc as ipb_grpc
 from lodestar.runtime.channels import insecure_channel
+from lodestar.runtime.protojson import struct_to_dict
 from lodestar.services.gateway.auth import mint_token
-from lodestar.services.gateway.convert.common import struct_to_dict
 from lodestar.services.gateway.flows import prompting
 from lodestar.services.gateway.flows.budget import fit
 from lodestar.services.gateway.flows.prompting import Passage, Turn

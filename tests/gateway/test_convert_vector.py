@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lodestar.services.gateway.convert.common import struct_to_dict
+from lodestar.runtime.protojson import struct_to_dict
 from lodestar.services.gateway.convert.vector import hits_from_proto, point_id_from_proto
 from lodestar.services.gateway.responses import respond, respond_json
 from lodestar.services.gateway.schemas import vector as rest

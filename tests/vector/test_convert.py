@@ -12,8 +12,9 @@ import numpy
 import pytest
 from google.protobuf import struct_pb2, timestamp_pb2
 
+from lodestar import limits
 from lodestar.runtime.errors import InvalidArgument
-from lodestar.services.vector import convert
+from lodestar.services.vector import convert, filter_convert
 from lodestar.services.vector import models as m
 from lodestar.vector.v1 import vector_service_pb2 as pb
 
@@ -207,7 +208,7 @@ def test_filter_conversion() -> None:
             ),
         ],
     )
-    assert convert.filter_(proto, schema) == m.Filter(
+    assert filter_convert.filter_(proto, schema) == m.Filter(
         must=(
             m.FieldCondition("lang", match=m.MatchValue("en")),
             m.FieldCondition("year", range=m.NumberRange(gte=2000, lt=2010)),
@@ -219,7 +220,7 @@ def test_filter_conversion() -> None:
         ),
         must_not=(m.HasId((1,)), m.FieldCondition("year", match=m.MatchExcept((1999,)))),
     )
-    assert convert.filter_(pb.Filter(), schema) is None
+    assert filter_convert.filter_(pb.Filter(), schema) is None
 
 
 def test_filter_type_checks_use_the_schema_and_the_tenant_key() -> None:
@@ -228,29 +229,29 @@ def test_filter_type_checks_use_the_schema_and_the_tenant_key() -> None:
         must=[pb.Condition(field=pb.FieldCondition(key="tenant", range=pb.Range(gt=1)))]
     )
     with pytest.raises(InvalidArgument) as error:
-        convert.filter_(keyword_on_tenant, schema)
+        filter_convert.filter_(keyword_on_tenant, schema)
     assert error.value.reason == "FILTER_TYPE_MISMATCH"
     # Undeclared keys accept any test.
     free = pb.Filter(
         must=[pb.Condition(field=pb.FieldCondition(key="other", range=pb.Range(gt=1)))]
     )
-    assert convert.filter_(free, schema) is not None
+    assert filter_convert.filter_(free, schema) is not None
 
 
 def test_filters_are_bounded() -> None:
     deep = pb.Filter()
     current = deep
-    for _ in range(convert.MAX_FILTER_DEPTH + 2):
+    for _ in range(limits.MAX_FILTER_DEPTH + 2):
         current = current.must.add().filter
     with pytest.raises(InvalidArgument) as error:
-        convert.filter_(deep, {})
+        filter_convert.filter_(deep, {})
     assert error.value.reason == "FILTER_TOO_DEEP"
     wide = pb.Filter(
         must=[pb.Condition(is_empty=pb.IsEmptyCondition(key="a"))]
-        * (convert.MAX_FILTER_CONDITIONS + 1)
+        * (limits.MAX_FILTER_CONDITIONS + 1)
     )
     with pytest.raises(InvalidArgument) as error:
-        convert.filter_(wide, {})
+        filter_convert.filter_(wide, {})
     assert error.value.reason == "FILTER_TOO_LARGE"
 
 
@@ -267,11 +268,11 @@ def test_page_tokens() -> None:
 
 
 def test_limits() -> None:
-    assert convert.limit(0) == convert.DEFAULT_LIMIT
+    assert convert.limit(0) == limits.DEFAULT_LIMIT
     assert convert.limit(1000) == 1000
     with pytest.raises(InvalidArgument):
         convert.limit(1001)
-    assert convert.page_size(0) == convert.DEFAULT_PAGE_SIZE
+    assert convert.page_size(0) == limits.DEFAULT_PAGE_SIZE
     with pytest.raises(InvalidArgument):
         convert.page_size(-5)
     with pytest.raises(InvalidArgument):

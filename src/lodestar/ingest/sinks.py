@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import grpc
-from google.protobuf import struct_pb2
 
 from lodestar.embedding.v1 import embedding_service_pb2 as embedding_pb
 from lodestar.embedding.v1 import embedding_service_pb2_grpc as embedding_grpc
 from lodestar.runtime.channels import insecure_channel
 from lodestar.runtime.errors import ErrorDetails
+from lodestar.runtime.protojson import dict_to_struct
 from lodestar.vector.v1 import vector_service_pb2 as vector_pb
 from lodestar.vector.v1 import vector_service_pb2_grpc as vector_grpc
 
@@ -174,12 +174,6 @@ def _describe(service: str, address: str, error: grpc.aio.AioRpcError) -> str:
 
 def _point_id(text: str) -> vector_pb.PointId:
     return vector_pb.PointId(uuid=text)
-
-
-def _struct(payload: Mapping[str, Any]) -> struct_pb2.Struct:
-    message = struct_pb2.Struct()
-    message.update(payload)
-    return message
 
 
 class GrpcSink:
@@ -334,7 +328,9 @@ class GrpcSink:
             collection=collection,
             points=[
                 vector_pb.Point(
-                    id=_point_id(point.id), vector=embedding.values, payload=_struct(point.payload)
+                    id=_point_id(point.id),
+                    vector=embedding.values,
+                    payload=dict_to_struct(point.payload),
                 )
                 for point, embedding in zip(points, embedded.embeddings, strict=True)
             ],

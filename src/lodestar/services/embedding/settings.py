@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from lodestar import limits
 from lodestar.runtime.settings import ServerSettings
 
 
@@ -55,6 +56,10 @@ class EmbeddingSettings(ServerSettings):
         "RESOURCE_EXHAUSTED so that overload fails fast instead of timing out.",
     )
     max_texts_per_request: int = Field(
-        256, ge=1, description="Most texts accepted in one EmbedTexts call."
+        limits.DEFAULT_TEXTS_PER_EMBED_CALL,
+        ge=1,
+        description="Most texts accepted in one EmbedTexts call.",
     )
-    max_text_chars: int = Field(10_000, ge=1, description="Most characters accepted in one text.")
+    max_text_chars: int = Field(
+        limits.DEFAULT_TEXT_CHARS, ge=1, description="Most characters accepted in one text."
+    )

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from lodestar import limits
 from lodestar.runtime.settings import EventLoopSetting, GcThreshold
 from lodestar.services.gateway.auth import DEFAULT_ROLES, Permission
 from lodestar.services.gateway.ratelimit import RouteClass
@@ -151,7 +152,9 @@ class GatewaySettings(BaseSettings):
     )
 
     embed_batch_size: int = Field(
-        256, ge=1, description="Most texts sent to the embedding service in one call."
+        limits.DEFAULT_TEXTS_PER_EMBED_CALL,
+        ge=1,
+        description="Most texts sent to the embedding service in one call.",
     )
     store_text_key: str = Field(
         "text",

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from lodestar import limits
 from lodestar.inference.v1 import inference_service_pb2 as pb
 from lodestar.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from lodestar.runtime.errors import InvalidArgument, LodestarError
@@ -27,8 +28,6 @@ _log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[object, object]
 
-MAX_STOP_SEQUENCES = 16
-MAX_STOP_CHARS = 256
 TOKENIZE_INLINE_CHARS = 16_384
 
 _ROLES: dict[int, str] = {
@@ -143,39 +142,52 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         temperature = defaults.temperature
         if sampling.HasField("temperature"):
             temperature = sampling.temperature
-            if not _in_range(temperature, 0.0, 2.0):
-                raise _out_of_range("sampling.temperature", temperature, "between 0 and 2")
+            low, high = limits.TEMPERATURE
+            if not _in_range(temperature, low, high):
+                raise _out_of_range(
+                    "sampling.temperature", temperature, f"between {low} and {high}"
+                )
         top_p = defaults.top_p
         if sampling.HasField("top_p"):
             top_p = sampling.top_p
-            if not _in_range(top_p, 0.0, 1.0, low_open=True):
-                raise _out_of_range("sampling.top_p", top_p, "greater than 0 and at most 1")
+            low, high = limits.TOP_P
+            if not _in_range(top_p, low, high, low_open=True):
+                raise _out_of_range(
+                    "sampling.top_p", top_p, f"greater than {low} and at most {high}"
+                )
         top_k = defaults.top_k
         if sampling.HasField("top_k"):
             top_k = sampling.top_k
-            if not 0 <= top_k <= 1000:
-                raise _out_of_range("sampling.top_k", top_k, "between 0 and 1000 (0 turns it off)")
+            if not 0 <= top_k <= limits.MAX_TOP_K:
+                raise _out_of_range(
+                    "sampling.top_k", top_k, f"between 0 and {limits.MAX_TOP_K} (0 turns it off)"
+                )
         min_p = defaults.min_p
         if sampling.HasField("min_p"):
             min_p = sampling.min_p
-            if not _in_range(min_p, 0.0, 1.0):
-                raise _out_of_range("sampling.min_p", min_p, "between 0 and 1")
+            low, high = limits.MIN_P
+            if not _in_range(min_p, low, high):
+                raise _out_of_range("sampling.min_p", min_p, f"between {low} and {high}")
         repeat_penalty = defaults.repeat_penalty
         if sampling.HasField("repeat_penalty"):
             repeat_penalty = sampling.repeat_penalty
-            if not _in_range(repeat_penalty, 0.5, 2.0):
-                raise _out_of_range("sampling.repeat_penalty", repeat_penalty, "between 0.5 and 2")
+            low, high = limits.REPEAT_PENALTY
+            if not _in_range(repeat_penalty, low, high):
+                raise _out_of_range(
+                    "sampling.repeat_penalty", repeat_penalty, f"between {low} and {high}"
+                )
         stops = tuple(sampling.stop)
-        if len(stops) > MAX_STOP_SEQUENCES:
+        if len(stops) > limits.MAX_STOP_SEQUENCES:
             raise InvalidArgument(
-                f"sampling.stop has {len(stops)} entries; at most {MAX_STOP_SEQUENCES} are allowed",
+                f"sampling.stop has {len(stops)} entries; "
+                f"at most {limits.MAX_STOP_SEQUENCES} are allowed",
                 field="sampling.stop",
                 reason="TOO_MANY_STOP_SEQUENCES",
             )
         for index, stop in enumerate(stops):
-            if not stop or len(stop) > MAX_STOP_CHARS:
+            if not stop or len(stop) > limits.MAX_STOP_CHARS:
                 raise InvalidArgument(
-                    f"sampling.stop[{index}] must have 1 to {MAX_STOP_CHARS} characters",
+                    f"sampling.stop[{index}] must have 1 to {limits.MAX_STOP_CHARS} characters",
                     field=f"sampling.stop[{index}]",
                     reason="INVALID_STOP_SEQUENCE",
                 )

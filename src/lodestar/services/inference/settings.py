@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from lodestar import limits
 from lodestar.runtime.settings import EventLoopSetting, ServerSettings
 
 BUNDLED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -58,7 +59,7 @@ class InferenceSettings(ServerSettings):
     context_size: int = Field(
         2048,
         ge=64,
-        le=131_072,
+        le=limits.MAX_CONTEXT_TOKENS,
         description="Tokens one sequence may hold (prompt and answer together). Each "
         "concurrent sequence has its own KV cells, so the cache holds context_size × "
         "max_concurrent_sequences cells; a sequence's result never depends on its neighbours.",

@@ -19,6 +19,8 @@ from typing import Final
 import grpc
 from google.protobuf import timestamp_pb2
 
+from lodestar import limits
+from lodestar.runtime import protojson
 from lodestar.runtime.errors import InvalidArgument, NotFound, Unavailable
 from lodestar.runtime.server import ServiceRegistration
 from lodestar.runtime.telemetry import span, tracer
@@ -48,15 +50,9 @@ _log = logging.getLogger(__name__)
 _trace = tracer(__name__)
 
 SERVICE_NAME: Final = pb.DESCRIPTOR.services_by_name["AnalyticsService"].full_name
-DEFAULT_TOP_QUERIES: Final = 10
-MAX_TOP_QUERIES: Final = 100
-MAX_USAGE_EVENTS: Final = 10_000
 USAGE_COMMIT_TIMEOUT_S: Final = 30.0
 MAX_NAME_CHARS: Final = 255
 MAX_LABEL_CHARS: Final = 512
-# The range google.protobuf.Timestamp allows: 0001-01-01 to 9999-12-31.
-_MIN_SECONDS: Final = -62_135_596_800
-_MAX_SECONDS: Final = 253_402_300_799
 
 _Context = grpc.aio.ServicerContext
 # Live collection sizes: name → (points, disk bytes).
@@ -114,10 +110,10 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         collection = _name(request.collection, "collection")
         start = _start_time(request.start_time) if request.HasField("start_time") else None
         top = request.top_queries
-        if top < 0 or top > MAX_TOP_QUERIES:
+        if top < 0 or top > limits.MAX_TOP_QUERIES:
             raise InvalidArgument(
-                f"top_queries must be between 0 and {MAX_TOP_QUERIES} (0 means "
-                f"{DEFAULT_TOP_QUERIES}); got {top}",
+                f"top_queries must be between 0 and {limits.MAX_TOP_QUERIES} (0 means "
+                f"{limits.DEFAULT_TOP_QUERIES}); got {top}",
                 field="top_queries",
                 reason="OUT_OF_RANGE",
             )
@@ -126,7 +122,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                 self._store.search_analytics,
                 collection=collection or None,
                 start_time=start,
-                top_queries=top or DEFAULT_TOP_QUERIES,
+                top_queries=top or limits.DEFAULT_TOP_QUERIES,
             )
         return pb.GetSearchAnalyticsResponse(
             total=_search_stats(result.total),
@@ -177,10 +173,10 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         request: pb.RecordUsageRequest,
         context: _Context[pb.RecordUsageRequest, pb.RecordUsageResponse],
     ) -> pb.RecordUsageResponse:
-        if len(request.events) > MAX_USAGE_EVENTS:
+        if len(request.events) > limits.MAX_USAGE_EVENTS:
             raise InvalidArgument(
                 f"events holds {len(request.events)} events; send at most "
-                f"{MAX_USAGE_EVENTS} per call",
+                f"{limits.MAX_USAGE_EVENTS} per call",
                 field="events",
                 reason="TOO_MANY_EVENTS",
             )
@@ -239,13 +235,13 @@ def _label(value: str, field: str) -> str:
 
 
 def _timestamp(value: timestamp_pb2.Timestamp, field: str) -> float:
-    if not _MIN_SECONDS <= value.seconds <= _MAX_SECONDS or not 0 <= value.nanos < 1_000_000_000:
+    if not protojson.is_valid_timestamp(value):
         raise InvalidArgument(
             f"{field} is not a valid timestamp (seconds {value.seconds}, nanos {value.nanos})",
             field=field,
             reason="INVALID_TIMESTAMP",
         )
-    return value.seconds + value.nanos / 1e9
+    return protojson.timestamp_to_seconds(value)
 
 
 def _start_time(value: timestamp_pb2.Timestamp) -> float:
@@ -305,12 +301,6 @@ def _search_stats(stats: SearchStats) -> pb.SearchStats:
     )
 
 
-def _to_timestamp(seconds: float) -> timestamp_pb2.Timestamp:
-    whole = math.floor(seconds)
-    nanos = min(999_999_999, round((seconds - whole) * 1e9))
-    return timestamp_pb2.Timestamp(seconds=whole, nanos=nanos)
-
-
 def _growth(growth: CollectionGrowth) -> pb.CollectionGrowth:
     return pb.CollectionGrowth(
         collection=growth.collection,
@@ -318,7 +308,7 @@ def _growth(growth: CollectionGrowth) -> pb.CollectionGrowth:
         disk_bytes=max(0, growth.disk_bytes),
         samples=[
             pb.SizeSample(
-                time=_to_timestamp(s.time),
+                time=protojson.seconds_to_timestamp(s.time),
                 points_count=max(0, s.points_count),
                 disk_bytes=max(0, s.disk_bytes),
             )

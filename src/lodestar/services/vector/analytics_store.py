@@ -31,12 +31,12 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client import Counter
 
+from lodestar import limits
+
 _log = logging.getLogger(__name__)
 
 DATABASE_FILE: Final = "analytics.sqlite3"
 SCHEMA_VERSION: Final = 1
-# Popular queries are grouped by this much of the normalised text.
-MAX_QUERY_CHARS: Final = 256
 MAX_LABEL_CHARS: Final = 512
 # Rows committed per transaction at most; a larger backlog takes several.
 _WRITE_BATCH: Final = 5_000
@@ -166,8 +166,9 @@ class UsageAnalytics:
 
 
 def normalize_query(text: str) -> str:
-    """Case-folded, whitespace-collapsed, truncated: how popular queries are grouped."""
-    return " ".join(text.split()).casefold()[:MAX_QUERY_CHARS]
+    """Case-folded, whitespace-collapsed, truncated: how popular queries are grouped
+    (by the first ``limits.MAX_QUERY_TEXT_CHARS`` characters)."""
+    return " ".join(text.split()).casefold()[: limits.MAX_QUERY_TEXT_CHARS]
 
 
 # --- the store -----------------------------------------------------------------

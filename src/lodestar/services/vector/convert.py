@@ -2,7 +2,8 @@
 
 Every ``InvalidArgument`` names the offending field by its path in the request
 (``points[3].vector``, ``filter.must[0].field.key``) so that a client can point at
-it. Functions here are pure: no I/O, no engine.
+it. Functions here are pure: no I/O, no engine. Filters are read in
+``filter_convert``.
 """
 
 from __future__ import annotations
@@ -15,41 +16,26 @@ import math
 import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
-from typing import Any, Final
+from datetime import datetime
+from typing import Any, Final, Protocol
 
 import numpy as np
 from google.protobuf import struct_pb2, timestamp_pb2
-from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
+from lodestar import limits
+from lodestar.runtime import protojson
 from lodestar.runtime.errors import InvalidArgument
 from lodestar.services.vector import models as m
 from lodestar.vector.v1 import vector_service_pb2 as pb
 
-MAX_DIMENSION: Final = 65_536
-MAX_LIMIT: Final = 1_000
-DEFAULT_LIMIT: Final = 10
-MAX_OFFSET: Final = 10_000
-MAX_PAGE_SIZE: Final = 1_000
-DEFAULT_PAGE_SIZE: Final = 100
-MAX_KEY_CHARS: Final = 256
-MAX_TENANT_CHARS: Final = 256
-MAX_FILTER_DEPTH: Final = 8
-MAX_FILTER_CONDITIONS: Final = 1_000
-MAX_MATCH_VALUES: Final = 1_000
-MAX_IDS: Final = 10_000
-MAX_HNSW_EF: Final = 100_000
-DEFAULT_CLUSTERS: Final = 8
-MAX_CLUSTERS: Final = 256
-DEFAULT_CLUSTER_SAMPLE: Final = 10_000
-DEFAULT_REPRESENTATIVES: Final = 3
-MAX_REPRESENTATIVES: Final = 100
-
-_COLLECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
-_SNAPSHOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}")
+_COLLECTION_NAME = re.compile(
+    rf"[A-Za-z0-9][A-Za-z0-9_.\-]{{0,{limits.MAX_COLLECTION_NAME_CHARS - 1}}}"
+)
+_SNAPSHOT_NAME = re.compile(
+    rf"[A-Za-z0-9][A-Za-z0-9_.\-]{{0,{limits.MAX_SNAPSHOT_NAME_CHARS - 1}}}"
+)
 # Dotted JSON paths: "a", "a.b", "a[].b", "a[0]".
 _PAYLOAD_KEY = re.compile(r"[A-Za-z0-9_\-]+(\[\d*\])?(\.[A-Za-z0-9_\-]+(\[\d*\])?)*")
-_MAX_SAFE_INTEGER: Final = 2**53
 
 _DISTANCE_FROM_PB: Final = {
     pb.DISTANCE_UNSPECIFIED: m.Distance.COSINE,
@@ -80,7 +66,8 @@ _STATUS_TO_PB: Final = {
 }
 
 
-def _invalid(field: str, message: str, reason: str = "INVALID_ARGUMENT") -> InvalidArgument:
+def invalid(field: str, message: str, reason: str = "INVALID_ARGUMENT") -> InvalidArgument:
+    """Bad input at ``field`` (its path in the request), with an UPPER_SNAKE reason."""
     return InvalidArgument(f"{field}: {message}", field=field, reason=reason)
 
 
@@ -93,11 +80,12 @@ def _shown(value: str, limit: int = 80) -> str:
 
 def collection_name(value: str, field: str = "collection") -> str:
     if not value:
-        raise _invalid(field, "a collection name is required", "MISSING_NAME")
+        raise invalid(field, "a collection name is required", "MISSING_NAME")
     if not _COLLECTION_NAME.fullmatch(value):
-        raise _invalid(
+        raise invalid(
             field,
-            f"{_shown(value)} is not a valid collection name: use 1 to 64 letters, digits, "
+            f"{_shown(value)} is not a valid collection name: use 1 to "
+            f"{limits.MAX_COLLECTION_NAME_CHARS} letters, digits, "
             "'_', '-' or '.', starting with a letter or digit",
             "INVALID_NAME",
         )
@@ -106,11 +94,12 @@ def collection_name(value: str, field: str = "collection") -> str:
 
 def snapshot_name(value: str, field: str = "snapshot") -> str:
     if not value:
-        raise _invalid(field, "a snapshot name is required", "MISSING_NAME")
+        raise invalid(field, "a snapshot name is required", "MISSING_NAME")
     if not _SNAPSHOT_NAME.fullmatch(value):
-        raise _invalid(
+        raise invalid(
             field,
-            f"{_shown(value)} is not a valid snapshot name: use 1 to 200 letters, digits, "
+            f"{_shown(value)} is not a valid snapshot name: use 1 to "
+            f"{limits.MAX_SNAPSHOT_NAME_CHARS} letters, digits, "
             "'_', '-' or '.', starting with a letter or digit",
             "INVALID_NAME",
         )
@@ -119,9 +108,9 @@ def snapshot_name(value: str, field: str = "snapshot") -> str:
 
 def payload_key(value: str, field: str) -> str:
     if not value:
-        raise _invalid(field, "a payload key is required", "INVALID_KEY")
-    if len(value) > MAX_KEY_CHARS or not _PAYLOAD_KEY.fullmatch(value):
-        raise _invalid(
+        raise invalid(field, "a payload key is required", "INVALID_KEY")
+    if len(value) > limits.MAX_KEY_CHARS or not _PAYLOAD_KEY.fullmatch(value):
+        raise invalid(
             field,
             f"{_shown(value)} is not a valid payload key: use letters, digits, '_' and '-', "
             "with '.' between nested keys and '[]' after arrays",
@@ -134,10 +123,11 @@ def tenant(value: str, field: str = "tenant") -> str | None:
     """The tenant a request is confined to, or None for none."""
     if not value:
         return None
-    if len(value) > MAX_TENANT_CHARS or not value.isprintable() or value.strip() != value:
-        raise _invalid(
+    if len(value) > limits.MAX_TENANT_CHARS or not value.isprintable() or value.strip() != value:
+        raise invalid(
             field,
-            f"must be at most {MAX_TENANT_CHARS} printable characters without surrounding spaces",
+            f"must be at most {limits.MAX_TENANT_CHARS} printable characters "
+            "without surrounding spaces",
             "INVALID_TENANT",
         )
     return value
@@ -152,23 +142,25 @@ def point_id(value: pb.PointId, field: str) -> m.PointId:
         return value.num
     if kind == "uuid":
         return uuid_text(value.uuid, f"{field}.uuid")
-    raise _invalid(field, "a point id needs num or uuid", "MISSING_ID")
+    raise invalid(field, "a point id needs num or uuid", "MISSING_ID")
 
 
 def uuid_text(value: str, field: str) -> str:
     try:
         return str(uuid.UUID(value))
     except ValueError:
-        raise _invalid(field, f"{_shown(value)} is not a UUID", "INVALID_ID") from None
+        raise invalid(field, f"{_shown(value)} is not a UUID", "INVALID_ID") from None
 
 
 def point_ids(
     values: Sequence[pb.PointId], field: str, *, required: bool = True
 ) -> list[m.PointId]:
     if required and not values:
-        raise _invalid(field, "at least one id is required", "MISSING_ID")
-    if len(values) > MAX_IDS:
-        raise _invalid(field, f"at most {MAX_IDS} ids per request; got {len(values)}", "TOO_MANY")
+        raise invalid(field, "at least one id is required", "MISSING_ID")
+    if len(values) > limits.MAX_IDS:
+        raise invalid(
+            field, f"at most {limits.MAX_IDS} ids per request; got {len(values)}", "TOO_MANY"
+        )
     return [point_id(v, f"{field}[{i}]") for i, v in enumerate(values)]
 
 
@@ -191,14 +183,14 @@ def vector(values: Sequence[float], dimension: int, field: str) -> array.array[f
     from one float32 buffer, it crosses to the engine process as that buffer, where a
     list would pickle and unpickle 384 Python floats one by one (``vectors``)."""
     if len(values) != dimension:
-        raise _invalid(
+        raise invalid(
             field,
             f"has {len(values)} values; the collection's vectors have {dimension}",
             "DIMENSION_MISMATCH",
         )
     values32 = np.array(values, dtype=np.float32)
     if not np.isfinite(values32).all():
-        raise _invalid(field, "contains NaN or infinite values", "NON_FINITE_VECTOR")
+        raise invalid(field, "contains NaN or infinite values", "NON_FINITE_VECTOR")
     return array.array("f", values32.tobytes())
 
 
@@ -212,7 +204,7 @@ def vectors(
     and the engine takes either."""
     for i, row in enumerate(rows):
         if len(row) != dimension:
-            raise _invalid(
+            raise invalid(
                 field.format(i),
                 f"has {len(row)} values; the collection's vectors have {dimension}",
                 "DIMENSION_MISMATCH",
@@ -223,73 +215,22 @@ def vectors(
     finite = np.isfinite(matrix).all(axis=1)
     if not finite.all():
         bad = int(np.argmin(finite))
-        raise _invalid(field.format(bad), "contains NaN or infinite values", "NON_FINITE_VECTOR")
+        raise invalid(field.format(bad), "contains NaN or infinite values", "NON_FINITE_VECTOR")
     return [array.array("f", row.tobytes()) for row in matrix]
-
-
-class _NonFiniteNumber(Exception):
-    def __init__(self, path: str) -> None:
-        self.path = path
 
 
 def payload(value: struct_pb2.Struct, field: str) -> m.Payload:
     """A Struct as plain JSON values; integral numbers become ints (Struct has only doubles)."""
     try:
-        return _struct_to_dict(value)
-    except _NonFiniteNumber as error:
-        raise _invalid(
+        return protojson.struct_to_dict(value)
+    except protojson.NonFiniteNumber as error:
+        raise invalid(
             f"{field}.{error.path}", "payload numbers must be finite", "NON_FINITE_PAYLOAD"
         ) from None
 
 
-def _struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, item in value.fields.items():
-        if item.WhichOneof("kind") == "string_value":  # the common case, without a call
-            out[key] = item.string_value
-            continue
-        try:
-            out[key] = _value_to_python(item)
-        except _NonFiniteNumber as error:
-            raise _NonFiniteNumber(_join(key, error.path)) from None
-    return out
-
-
-def _join(head: str, tail: str) -> str:
-    if not tail:
-        return head
-    return f"{head}{tail}" if tail.startswith("[") else f"{head}.{tail}"
-
-
-def _value_to_python(value: struct_pb2.Value) -> Any:
-    kind = value.WhichOneof("kind")
-    if kind == "string_value":
-        return value.string_value
-    if kind == "number_value":
-        number = value.number_value
-        if not math.isfinite(number):
-            raise _NonFiniteNumber("")
-        if number.is_integer() and abs(number) <= _MAX_SAFE_INTEGER:
-            return int(number)
-        return number
-    if kind == "bool_value":
-        return value.bool_value
-    if kind == "struct_value":
-        return _struct_to_dict(value.struct_value)
-    if kind == "list_value":
-        items = []
-        for i, item in enumerate(value.list_value.values):
-            try:
-                items.append(_value_to_python(item))
-            except _NonFiniteNumber as error:
-                raise _NonFiniteNumber(_join(f"[{i}]", error.path)) from None
-        return items
-    return None
-
-
 def payload_to_pb(value: Mapping[str, Any] | None, target: struct_pb2.Struct) -> None:
-    if value:
-        target.update(value)
+    protojson.dict_to_struct(value, target)
 
 
 # --- collections --------------------------------------------------------------------------
@@ -312,9 +253,9 @@ def payload_schema(
         payload_key(key, path)
         kind = _FIELD_TYPE_FROM_PB.get(values[key])
         if kind is None:
-            raise _invalid(path, "a payload field needs a type", "MISSING_FIELD_TYPE")
+            raise invalid(path, "a payload field needs a type", "MISSING_FIELD_TYPE")
         if key == m.TENANT_KEY and kind is not m.FieldType.KEYWORD:
-            raise _invalid(
+            raise invalid(
                 path, f"{m.TENANT_KEY!r} holds tenant names: it can only be a keyword field"
             )
         schema[key] = kind
@@ -327,16 +268,16 @@ def hnsw(value: pb.HnswConfig, field: str) -> m.HnswOptions:
             return None
         number = int(getattr(value, name))
         if not low <= number <= high:
-            raise _invalid(
+            raise invalid(
                 f"{field}.{name}", f"must be between {low} and {high}; got {number}", "OUT_OF_RANGE"
             )
         return number
 
     return m.HnswOptions(
-        m=bounded("m", 0, 128),
-        ef_construct=bounded("ef_construct", 4, 4_096),
-        full_scan_threshold=bounded("full_scan_threshold", 10, 2**31 - 1),
-        ef_search=bounded("ef_search", 1, MAX_HNSW_EF),
+        m=bounded("m", *limits.HNSW_M),
+        ef_construct=bounded("ef_construct", *limits.HNSW_EF_CONSTRUCT),
+        full_scan_threshold=bounded("full_scan_threshold", *limits.HNSW_FULL_SCAN_THRESHOLD),
+        ef_search=bounded("ef_search", 1, limits.MAX_HNSW_EF),
     )
 
 
@@ -348,7 +289,7 @@ def quantization(value: pb.QuantizationConfig, field: str) -> m.Quantization | N
         if scalar.HasField("quantile"):
             quantile = scalar.quantile
             if not 0.5 <= quantile <= 1.0:
-                raise _invalid(
+                raise invalid(
                     f"{field}.scalar.quantile",
                     f"must be between 0.5 and 1; got {quantile}",
                     "OUT_OF_RANGE",
@@ -360,17 +301,17 @@ def quantization(value: pb.QuantizationConfig, field: str) -> m.Quantization | N
 
 
 def collection_config(value: pb.CollectionConfig, field: str = "config") -> m.CollectionConfig:
-    if not 1 <= value.dimension <= MAX_DIMENSION:
-        raise _invalid(
+    if not 1 <= value.dimension <= limits.MAX_DIMENSION:
+        raise invalid(
             f"{field}.dimension",
-            f"must be between 1 and {MAX_DIMENSION}; got {value.dimension}",
+            f"must be between 1 and {limits.MAX_DIMENSION}; got {value.dimension}",
             "OUT_OF_RANGE",
         )
     distance = _DISTANCE_FROM_PB.get(value.distance)
     if distance is None:
-        raise _invalid(f"{field}.distance", f"unknown distance {value.distance}")
-    if len(value.embedding_model) > MAX_KEY_CHARS:
-        raise _invalid(f"{field}.embedding_model", f"at most {MAX_KEY_CHARS} characters")
+        raise invalid(f"{field}.distance", f"unknown distance {value.distance}")
+    if len(value.embedding_model) > limits.MAX_KEY_CHARS:
+        raise invalid(f"{field}.embedding_model", f"at most {limits.MAX_KEY_CHARS} characters")
     return m.CollectionConfig(
         dimension=value.dimension,
         distance=distance,
@@ -389,12 +330,12 @@ def collection_update(request: pb.UpdateCollectionRequest) -> m.CollectionUpdate
     added = payload_schema(request.add_payload_fields, "add_payload_fields")
     both = set(removed) & set(added)
     if both:
-        raise _invalid(
+        raise invalid(
             "remove_payload_fields",
             f"{sorted(both)} cannot be both added and removed in one update",
         )
     if m.TENANT_KEY in removed:
-        raise _invalid(
+        raise invalid(
             "remove_payload_fields",
             f"the {m.TENANT_KEY!r} index confines tenants and cannot be removed",
         )
@@ -432,7 +373,7 @@ def collection_config_to_pb(value: m.CollectionConfig) -> pb.CollectionConfig:
 
 def timestamp(value: datetime | None, target: timestamp_pb2.Timestamp) -> None:
     if value is not None:
-        target.FromDatetime(value.astimezone(UTC).replace(tzinfo=None))
+        protojson.datetime_to_timestamp(value, target)
 
 
 def collection_to_pb(value: m.CollectionInfo) -> pb.Collection:
@@ -459,201 +400,34 @@ def snapshot_to_pb(value: m.SnapshotInfo) -> pb.Snapshot:
     return snapshot
 
 
-# --- filters ------------------------------------------------------------------------------
-
-
-# What each kind of test can be applied to, for keys declared in the payload schema.
-_MATCH_FIELD_TYPES: Final[dict[str, frozenset[m.FieldType]]] = {
-    "keyword": frozenset({m.FieldType.KEYWORD}),
-    "integer": frozenset({m.FieldType.INTEGER}),
-    "boolean": frozenset({m.FieldType.BOOL}),
-    "text": frozenset({m.FieldType.TEXT, m.FieldType.KEYWORD}),
-    "any_keywords": frozenset({m.FieldType.KEYWORD}),
-    "any_integers": frozenset({m.FieldType.INTEGER}),
-    "except_keywords": frozenset({m.FieldType.KEYWORD}),
-    "except_integers": frozenset({m.FieldType.INTEGER}),
-}
-_RANGE_FIELD_TYPES: Final = frozenset({m.FieldType.INTEGER, m.FieldType.FLOAT})
-_DATETIME_FIELD_TYPES: Final = frozenset({m.FieldType.DATETIME})
-
-
-class _FilterReader:
-    """Reads one proto filter, checking keys and value types against the schema."""
-
-    def __init__(self, schema: Mapping[str, m.FieldType]) -> None:
-        self._schema = {**schema, m.TENANT_KEY: m.FieldType.KEYWORD}
-        self._conditions = 0
-
-    def filter(self, value: pb.Filter, field: str, depth: int = 0) -> m.Filter:
-        if depth > MAX_FILTER_DEPTH:
-            raise _invalid(
-                field, f"filters nest at most {MAX_FILTER_DEPTH} deep", "FILTER_TOO_DEEP"
-            )
-        return m.Filter(
-            must=tuple(
-                self._condition(c, f"{field}.must[{i}]", depth) for i, c in enumerate(value.must)
-            ),
-            should=tuple(
-                self._condition(c, f"{field}.should[{i}]", depth)
-                for i, c in enumerate(value.should)
-            ),
-            must_not=tuple(
-                self._condition(c, f"{field}.must_not[{i}]", depth)
-                for i, c in enumerate(value.must_not)
-            ),
-        )
-
-    def _condition(self, value: pb.Condition, field: str, depth: int) -> m.Condition:
-        self._conditions += 1
-        if self._conditions > MAX_FILTER_CONDITIONS:
-            raise _invalid(
-                field,
-                f"a filter has at most {MAX_FILTER_CONDITIONS} conditions",
-                "FILTER_TOO_LARGE",
-            )
-        kind = value.WhichOneof("kind")
-        if kind == "field":
-            return self._field(value.field, f"{field}.field")
-        if kind == "is_empty":
-            return m.IsEmpty(payload_key(value.is_empty.key, f"{field}.is_empty.key"))
-        if kind == "has_id":
-            return m.HasId(tuple(point_ids(value.has_id.ids, f"{field}.has_id.ids")))
-        if kind == "filter":
-            return self.filter(value.filter, f"{field}.filter", depth + 1)
-        raise _invalid(
-            field, "a condition needs field, is_empty, has_id or filter", "EMPTY_CONDITION"
-        )
-
-    def _check_type(self, key: str, test: str, allowed: frozenset[m.FieldType], field: str) -> None:
-        declared = self._schema.get(key)
-        if declared is not None and declared not in allowed:
-            kinds = " or ".join(sorted(t.value for t in allowed))
-            raise _invalid(
-                field,
-                f"{key!r} is a {declared.value} field; a {test} test needs a {kinds} field",
-                "FILTER_TYPE_MISMATCH",
-            )
-
-    def _field(self, value: pb.FieldCondition, field: str) -> m.FieldCondition:
-        key = payload_key(value.key, f"{field}.key")
-        test = value.WhichOneof("test")
-        if test == "match":
-            match = value.match
-            kind = match.WhichOneof("kind")
-            path = f"{field}.match"
-            if kind is None:
-                raise _invalid(path, "a match needs a value", "EMPTY_CONDITION")
-            self._check_type(key, f"{kind} match", _MATCH_FIELD_TYPES[kind], f"{path}.{kind}")
-            return m.FieldCondition(key=key, match=_match(match, kind, f"{path}.{kind}"))
-        if test == "range":
-            bounds = value.range
-            path = f"{field}.range"
-            self._check_type(key, "range", _RANGE_FIELD_TYPES, path)
-            numbers = {
-                n: getattr(bounds, n) for n in ("gt", "gte", "lt", "lte") if bounds.HasField(n)
-            }  # type: ignore[arg-type]
-            if not numbers:
-                raise _invalid(path, "a range needs at least one bound", "EMPTY_CONDITION")
-            for name, number in numbers.items():
-                if not math.isfinite(number):
-                    raise _invalid(f"{path}.{name}", "bounds must be finite", "NON_FINITE_BOUND")
-            return m.FieldCondition(key=key, range=m.NumberRange(**numbers))
-        if test == "datetime_range":
-            bounds_dt = value.datetime_range
-            path = f"{field}.datetime_range"
-            self._check_type(key, "datetime range", _DATETIME_FIELD_TYPES, path)
-            moments = {
-                n: _datetime(getattr(bounds_dt, n), f"{path}.{n}")
-                for n in ("gt", "gte", "lt", "lte")
-                if bounds_dt.HasField(n)  # type: ignore[arg-type]
-            }
-            if not moments:
-                raise _invalid(path, "a range needs at least one bound", "EMPTY_CONDITION")
-            return m.FieldCondition(key=key, range=m.DatetimeRange(**moments))
-        raise _invalid(
-            field, "a field condition needs match, range or datetime_range", "EMPTY_CONDITION"
-        )
-
-
-def _match(match: pb.Match, kind: str, field: str) -> m.Match:
-    if kind == "keyword":
-        return m.MatchValue(match.keyword)
-    if kind == "integer":
-        return m.MatchValue(match.integer)
-    if kind == "boolean":
-        return m.MatchValue(match.boolean)
-    if kind == "text":
-        if not match.text.strip():
-            raise _invalid(field, "the text to match is empty", "EMPTY_CONDITION")
-        return m.MatchText(match.text)
-    values: tuple[str, ...] | tuple[int, ...]
-    if kind in ("any_keywords", "except_keywords"):
-        values = tuple(getattr(match, kind).values)
-    else:
-        values = tuple(int(v) for v in getattr(match, kind).values)
-    if not values:
-        raise _invalid(field, "needs at least one value", "EMPTY_CONDITION")
-    if len(values) > MAX_MATCH_VALUES:
-        raise _invalid(field, f"at most {MAX_MATCH_VALUES} values", "TOO_MANY")
-    if kind.startswith("any"):
-        return m.MatchAny(values)
-    return m.MatchExcept(values)
-
-
-def _datetime(value: timestamp_pb2.Timestamp, field: str) -> datetime:
-    try:
-        return value.ToDatetime(tzinfo=UTC)
-    except (ValueError, OverflowError):
-        raise _invalid(field, "not a valid timestamp", "INVALID_TIMESTAMP") from None
-
-
-def filter_(
-    value: pb.Filter, schema: Mapping[str, m.FieldType], field: str = "filter"
-) -> m.Filter | None:
-    """A request's filter (None when it has no condition)."""
-    result = _FilterReader(schema).filter(value, field)
-    return None if result.is_empty() else result
-
-
-def optional_filter(
-    message: Any, schema: Mapping[str, m.FieldType], field: str = "filter"
-) -> m.Filter | None:
-    """The ``filter`` field of ``message`` when it is set."""
-    if not message.HasField("filter"):
-        return None
-    return filter_(message.filter, schema, field)
-
-
-def selector(value: pb.PointsSelector, schema: Mapping[str, m.FieldType], field: str) -> m.Selector:
-    ids = point_ids(value.ids, f"{field}.ids", required=False)
-    chosen = filter_(value.filter, schema, f"{field}.filter") if value.HasField("filter") else None
-    if not ids and chosen is None:
-        raise _invalid(field, "select points by ids, by a filter, or both", "EMPTY_SELECTOR")
-    return m.Selector(ids=tuple(ids), filter=chosen)
-
-
 # --- paging, limits -----------------------------------------------------------------------
 
 
 def limit(value: int, field: str = "limit") -> int:
     if value == 0:
-        return DEFAULT_LIMIT
-    if value > MAX_LIMIT:
-        raise _invalid(field, f"must be between 1 and {MAX_LIMIT}; got {value}", "OUT_OF_RANGE")
+        return limits.DEFAULT_LIMIT
+    if value > limits.MAX_LIMIT:
+        raise invalid(
+            field, f"must be between 1 and {limits.MAX_LIMIT}; got {value}", "OUT_OF_RANGE"
+        )
     return value
 
 
 def offset(value: int, field: str = "offset") -> int:
-    if value > MAX_OFFSET:
-        raise _invalid(field, f"must be between 0 and {MAX_OFFSET}; got {value}", "OUT_OF_RANGE")
+    if value > limits.MAX_OFFSET:
+        raise invalid(
+            field, f"must be between 0 and {limits.MAX_OFFSET}; got {value}", "OUT_OF_RANGE"
+        )
     return value
 
 
 def page_size(value: int, field: str = "page_size") -> int:
     if value == 0:
-        return DEFAULT_PAGE_SIZE
-    if not 1 <= value <= MAX_PAGE_SIZE:
-        raise _invalid(field, f"must be between 1 and {MAX_PAGE_SIZE}; got {value}", "OUT_OF_RANGE")
+        return limits.DEFAULT_PAGE_SIZE
+    if not 1 <= value <= limits.MAX_PAGE_SIZE:
+        raise invalid(
+            field, f"must be between 1 and {limits.MAX_PAGE_SIZE}; got {value}", "OUT_OF_RANGE"
+        )
     return value
 
 
@@ -670,7 +444,7 @@ def decode_page_token(value: str, kind: str, field: str = "page_token") -> dict[
     except (ValueError, binascii.Error, UnicodeEncodeError):
         state = None
     if not isinstance(state, dict) or state.get("k") != kind:
-        raise _invalid(field, "not a page token from a previous response", "INVALID_PAGE_TOKEN")
+        raise invalid(field, "not a page token from a previous response", "INVALID_PAGE_TOKEN")
     return state
 
 
@@ -683,7 +457,7 @@ def point_id_from_state(state: Mapping[str, Any], field: str = "page_token") -> 
         return int(state["n"])
     if isinstance(state.get("u"), str):
         return uuid_text(state["u"], field)
-    raise _invalid(field, "not a page token from a previous response", "INVALID_PAGE_TOKEN")
+    raise invalid(field, "not a page token from a previous response", "INVALID_PAGE_TOKEN")
 
 
 def score_threshold(message: Any, field: str = "score_threshold") -> float | None:
@@ -691,7 +465,7 @@ def score_threshold(message: Any, field: str = "score_threshold") -> float | Non
         return None
     value = float(message.score_threshold)
     if not math.isfinite(value):
-        raise _invalid(field, "must be finite", "NON_FINITE_BOUND")
+        raise invalid(field, "must be finite", "NON_FINITE_BOUND")
     return value
 
 
@@ -699,9 +473,11 @@ def search_params(value: pb.SearchParams, field: str = "params") -> tuple[int | 
     ef: int | None = None
     if value.HasField("hnsw_ef"):
         ef = value.hnsw_ef
-        if not 1 <= ef <= MAX_HNSW_EF:
-            raise _invalid(
-                f"{field}.hnsw_ef", f"must be between 1 and {MAX_HNSW_EF}; got {ef}", "OUT_OF_RANGE"
+        if not 1 <= ef <= limits.MAX_HNSW_EF:
+            raise invalid(
+                f"{field}.hnsw_ef",
+                f"must be between 1 and {limits.MAX_HNSW_EF}; got {ef}",
+                "OUT_OF_RANGE",
             )
     return ef, value.exact
 
@@ -713,14 +489,17 @@ def record_to_pb(value: m.PointRecord) -> pb.Point:
     point = pb.Point(id=point_id_to_pb(value.id))
     if value.vector is not None:
         point.vector.extend(value.vector)
-    if value.payload:
-        point.payload.update(value.payload)
+    protojson.dict_to_struct(value.payload, point.payload)
     return point
 
 
-def add_hits(
-    values: Iterable[m.ScoredHit], target: RepeatedCompositeFieldContainer[pb.ScoredPoint]
-) -> None:
+class ScoredPoints(Protocol):
+    """A response's repeated ``ScoredPoint`` field (typed without protobuf's internals)."""
+
+    def add(self) -> pb.ScoredPoint: ...
+
+
+def add_hits(values: Iterable[m.ScoredHit], target: ScoredPoints) -> None:
     """Append hits to a response's repeated ``ScoredPoint`` field, in place (cheaper than
     building each message and copying it in)."""
     for value in values:
@@ -729,5 +508,4 @@ def add_hits(
         set_point_id(hit.id, value.id)
         if value.vector is not None:
             hit.vector.extend(value.vector)
-        if value.payload:
-            hit.payload.update(value.payload)
+        protojson.dict_to_struct(value.payload, hit.payload)

@@ -9,8 +9,9 @@ from typing import Any, Final
 
 import grpc
 
+from lodestar import limits
 from lodestar.runtime.errors import InvalidArgument
-from lodestar.services.vector import convert
+from lodestar.services.vector import convert, filter_convert
 from lodestar.services.vector.models import (
     CollectionConfig,
     DeleteOp,
@@ -29,9 +30,6 @@ from lodestar.vector.v1 import vector_service_pb2 as pb
 from lodestar.vector.v1 import vector_service_pb2_grpc as pb_grpc
 
 SERVICE_NAME: Final = pb.DESCRIPTOR.services_by_name["VectorService"].full_name
-MAX_EXAMPLES: Final = 1_000
-MAX_OPERATIONS: Final = 1_000
-MAX_MIN_SAMPLES: Final = 1_000
 
 _Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -210,7 +208,9 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
         """A set-payload, delete-payload-keys or delete operation from its request part."""
         if not message.HasField("selector"):
             raise _invalid(f"{field}selector", "select points by ids, by a filter, or both")
-        selector = convert.selector(message.selector, config.payload_schema, f"{field}selector")
+        selector = filter_convert.selector(
+            message.selector, config.payload_schema, f"{field}selector"
+        )
         if kind == "delete":
             return DeleteOp(selector)
         if kind == "set_payload":
@@ -257,9 +257,11 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
         tenant = convert.tenant(request.tenant)
         if not request.operations:
             raise _invalid("operations", "at least one operation is required", "EMPTY_BATCH")
-        if len(request.operations) > MAX_OPERATIONS:
+        if len(request.operations) > limits.MAX_OPERATIONS:
             raise _invalid(
-                "operations", f"at most {MAX_OPERATIONS} operations per batch", "BATCH_TOO_LARGE"
+                "operations",
+                f"at most {limits.MAX_OPERATIONS} operations per batch",
+                "BATCH_TOO_LARGE",
             )
         total = sum(len(op.upsert.points) for op in request.operations if op.HasField("upsert"))
         if total > self._settings.max_batch_points:
@@ -315,7 +317,7 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
         config = await self._collection(request.collection)
         tenant = convert.tenant(request.tenant)
         size = convert.page_size(request.page_size)
-        filter = convert.optional_filter(request, config.payload_schema)
+        filter = filter_convert.optional_filter(request, config.payload_schema)
         state = convert.decode_page_token(request.page_token, "points")
         offset: PointId | None = None
         if state:
@@ -345,7 +347,7 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
     ) -> pb.CountPointsResponse:
         config = await self._collection(request.collection)
         tenant = convert.tenant(request.tenant)
-        filter = convert.optional_filter(request, config.payload_schema)
+        filter = filter_convert.optional_filter(request, config.payload_schema)
         count = await self._store.count(request.collection, filter, tenant)
         return pb.CountPointsResponse(count=count)
 
@@ -360,7 +362,7 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
         ef, exact = convert.search_params(request.params, f"{prefix}params")
         return SearchQuery(
             vector=vector,
-            filter=convert.optional_filter(request, config.payload_schema, f"{prefix}filter")
+            filter=filter_convert.optional_filter(request, config.payload_schema, f"{prefix}filter")
             if request.HasField("filter")
             else None,
             limit=convert.limit(request.limit, f"{prefix}limit"),
@@ -443,8 +445,8 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
         tenant = convert.tenant(request.tenant)
         if not request.positive:
             raise _invalid("positive", "at least one positive example is required", "NO_EXAMPLES")
-        if len(request.positive) + len(request.negative) > MAX_EXAMPLES:
-            raise _invalid("positive", f"at most {MAX_EXAMPLES} examples", "TOO_MANY")
+        if len(request.positive) + len(request.negative) > limits.MAX_EXAMPLES:
+            raise _invalid("positive", f"at most {limits.MAX_EXAMPLES} examples", "TOO_MANY")
         strategy = (
             RecommendStrategy.BEST_SCORE
             if request.strategy == pb.RECOMMEND_STRATEGY_BEST_SCORE
@@ -452,7 +454,7 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
         )
         query = SearchQuery(
             vector=[],
-            filter=convert.optional_filter(request, config.payload_schema),
+            filter=filter_convert.optional_filter(request, config.payload_schema),
             limit=convert.limit(request.limit),
             offset=convert.offset(request.offset),
             score_threshold=convert.score_threshold(request),
@@ -476,17 +478,18 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
     ) -> pb.ClusterPointsResponse:
         config = await self._collection(request.collection)
         tenant = convert.tenant(request.tenant)
-        filter = convert.optional_filter(request, config.payload_schema)
+        filter = filter_convert.optional_filter(request, config.payload_schema)
         density = request.algorithm == pb.CLUSTER_ALGORITHM_DENSITY
-        num_clusters = request.num_clusters or convert.DEFAULT_CLUSTERS
-        if not density and not 2 <= num_clusters <= convert.MAX_CLUSTERS:
+        num_clusters = request.num_clusters or limits.DEFAULT_CLUSTERS
+        if not density and not limits.MIN_CLUSTERS <= num_clusters <= limits.MAX_CLUSTERS:
             raise _invalid(
                 "num_clusters",
-                f"must be between 2 and {convert.MAX_CLUSTERS}; got {num_clusters}",
+                f"must be between {limits.MIN_CLUSTERS} and {limits.MAX_CLUSTERS}; "
+                f"got {num_clusters}",
                 "OUT_OF_RANGE",
             )
         sample_size = request.sample_size or min(
-            convert.DEFAULT_CLUSTER_SAMPLE, self._settings.max_cluster_sample
+            limits.DEFAULT_CLUSTER_SAMPLE, self._settings.max_cluster_sample
         )
         if sample_size > self._settings.max_cluster_sample:
             raise _invalid(
@@ -494,11 +497,11 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
                 f"must be at most {self._settings.max_cluster_sample}; got {sample_size}",
                 "OUT_OF_RANGE",
             )
-        representatives = request.representatives or convert.DEFAULT_REPRESENTATIVES
-        if representatives > convert.MAX_REPRESENTATIVES:
+        representatives = request.representatives or limits.DEFAULT_REPRESENTATIVES
+        if representatives > limits.MAX_REPRESENTATIVES:
             raise _invalid(
                 "representatives",
-                f"must be at most {convert.MAX_REPRESENTATIVES}; got {representatives}",
+                f"must be at most {limits.MAX_REPRESENTATIVES}; got {representatives}",
                 "OUT_OF_RANGE",
             )
         eps: float | None = None
@@ -509,10 +512,10 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
         min_samples: int | None = None
         if request.HasField("density_min_samples"):
             min_samples = request.density_min_samples
-            if not 2 <= min_samples <= MAX_MIN_SAMPLES:
+            if not 2 <= min_samples <= limits.MAX_MIN_SAMPLES:
                 raise _invalid(
                     "density_min_samples",
-                    f"must be between 2 and {MAX_MIN_SAMPLES}; got {min_samples}",
+                    f"must be between 2 and {limits.MAX_MIN_SAMPLES}; got {min_samples}",
                     "OUT_OF_RANGE",
                 )
         result = await self._store.cluster(

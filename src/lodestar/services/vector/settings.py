@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from lodestar import limits
 from lodestar.runtime.scheduling import CpuScheduling
 from lodestar.runtime.settings import EventLoopSetting, ServerSettings
 
@@ -74,10 +75,16 @@ class VectorSettings(ServerSettings):
     )
 
     max_batch_points: int = Field(
-        10_000, ge=1, le=1_000_000, description="Most points one upsert or batch may carry."
+        limits.DEFAULT_BATCH_POINTS,
+        ge=1,
+        le=1_000_000,
+        description="Most points one upsert or batch may carry.",
     )
     max_batch_searches: int = Field(
-        100, ge=1, le=10_000, description="Most searches one BatchSearchPoints call may carry."
+        limits.DEFAULT_BATCH_SEARCHES,
+        ge=1,
+        le=10_000,
+        description="Most searches one BatchSearchPoints call may carry.",
     )
     max_cluster_sample: int = Field(
         50_000, ge=10, description="Most points a ClusterPoints call may cluster."

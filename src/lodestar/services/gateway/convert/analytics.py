@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lodestar.services.gateway.convert.common import timestamp_to_datetime
+from lodestar.runtime.protojson import timestamp_to_datetime
 from lodestar.vector.v1 import analytics_service_pb2 as pb
 
 
@@ -39,7 +39,7 @@ def vector_analytics_from_proto(response: pb.GetVectorAnalyticsResponse) -> dict
                 "disk_bytes": c.disk_bytes,
                 "samples": [
                     {
-                        "time": timestamp_to_datetime(s.time),
+                        "time": timestamp_to_datetime(s.time) if s.HasField("time") else None,
                         "points_count": s.points_count,
                         "disk_bytes": s.disk_bytes,
                     }

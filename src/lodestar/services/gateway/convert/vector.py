@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
-from lodestar.services.gateway.convert.common import (
+from lodestar.runtime.protojson import (
     datetime_to_timestamp,
     dict_to_struct,
     struct_to_dict,
@@ -523,7 +523,9 @@ def collection_from_proto(collection: pb.Collection) -> rest.Collection:
         indexed_vectors_count=collection.indexed_vectors_count,
         status=_STATUS_FROM_PROTO.get(collection.status, rest.CollectionStatus.UNKNOWN),
         disk_bytes=collection.disk_bytes,
-        create_time=timestamp_to_datetime(collection.create_time),
+        create_time=timestamp_to_datetime(collection.create_time)
+        if collection.HasField("create_time")
+        else None,
     )
 
 
@@ -532,6 +534,8 @@ def snapshot_from_proto(snapshot: pb.Snapshot) -> rest.Snapshot:
         name=snapshot.name,
         collection=snapshot.collection,
         size_bytes=snapshot.size_bytes,
-        create_time=timestamp_to_datetime(snapshot.create_time),
+        create_time=timestamp_to_datetime(snapshot.create_time)
+        if snapshot.HasField("create_time")
+        else None,
         checksum=snapshot.checksum,
     )

@@ -15,6 +15,7 @@ from fastapi import Depends
 from pydantic import Field, model_validator
 from starlette.responses import Response
 
+from lodestar import limits
 from lodestar.services.gateway.auth import Permission
 from lodestar.services.gateway.convert import vector as convert
 from lodestar.services.gateway.deps import Call, require
@@ -38,18 +39,25 @@ class ClusterSubsetRequest(RequestModel):
     """Cluster the points with these ids, or the points nearest these texts."""
 
     collection: CollectionName
-    ids: Annotated[list[PointIdIn], Field(min_length=2, max_length=100_000)] | None = None
-    texts: Annotated[list[NonEmptyText], Field(min_length=1, max_length=100)] | None = None
+    ids: Annotated[list[PointIdIn], Field(min_length=2, max_length=limits.MAX_IDS)] | None = None
+    texts: (
+        Annotated[list[NonEmptyText], Field(min_length=1, max_length=limits.DEFAULT_BATCH_SEARCHES)]
+        | None
+    ) = None
     neighbours: int = Field(
-        50, ge=1, le=1000, description="With texts: points taken nearest each text."
+        50, ge=1, le=limits.MAX_LIMIT, description="With texts: points taken nearest each text."
     )
     score_threshold: FiniteFloat | None = Field(
         None, description="With texts: only neighbours scoring better than this."
     )
     filter: Filter | None = None
     algorithm: ClusterAlgorithm = ClusterAlgorithm.KMEANS
-    num_clusters: int = Field(8, ge=2, le=256)
-    representatives: int = Field(3, ge=0, le=100)
+    num_clusters: int = Field(
+        limits.DEFAULT_CLUSTERS, ge=limits.MIN_CLUSTERS, le=limits.MAX_CLUSTERS
+    )
+    representatives: int = Field(
+        limits.DEFAULT_REPRESENTATIVES, ge=0, le=limits.MAX_REPRESENTATIVES
+    )
     with_member_ids: bool = True
     with_payload: bool = True
     seed: int | None = Field(None, ge=0, le=2**64 - 1)
@@ -71,7 +79,7 @@ async def _neighbourhood(call: Call, body: ClusterSubsetRequest) -> list[vpb.Poi
             collection=body.collection,
             vector=vector,
             limit=body.neighbours,
-            query_text=text[:256],
+            query_text=text[: limits.MAX_QUERY_TEXT_CHARS],
             tenant=call.tenant,
         )
         if body.filter is not None:

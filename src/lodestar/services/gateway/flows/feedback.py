@@ -19,9 +19,9 @@ from pydantic import Field
 from starlette.responses import Response
 
 from lodestar.runtime.errors import InvalidArgument, LodestarError, NotFound
+from lodestar.runtime.protojson import dict_to_struct, struct_to_dict
 from lodestar.services.gateway.auth import Permission
 from lodestar.services.gateway.convert import vector as convert
-from lodestar.services.gateway.convert.common import dict_to_struct, struct_to_dict
 from lodestar.services.gateway.deps import Call, require
 from lodestar.services.gateway.flows.augment import augmentation, question_vector
 from lodestar.services.gateway.flows.memory import (

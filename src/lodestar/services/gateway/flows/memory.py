@@ -17,9 +17,9 @@ from typing import Any
 import grpc
 
 from lodestar.runtime.errors import LodestarError
+from lodestar.runtime.protojson import dict_to_struct
 from lodestar.services.gateway.auth import Permission
 from lodestar.services.gateway.convert import vector as convert
-from lodestar.services.gateway.convert.common import dict_to_struct
 from lodestar.services.gateway.deps import Call
 from lodestar.services.gateway.flows.augment import augmentation_of
 from lodestar.services.gateway.flows.prompting import question_of

@@ -12,18 +12,16 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
+from lodestar import limits
+from lodestar.runtime.protojson import struct_to_dict
 from lodestar.services.gateway.auth import Permission
 from lodestar.services.gateway.convert import vector as convert
-from lodestar.services.gateway.convert.common import struct_to_dict
 from lodestar.services.gateway.flows.augment import augmentation, question_vector
 from lodestar.services.gateway.flows.prompting import Passage, passage_text
 from lodestar.services.gateway.flows.runtime import FlowsRuntime
 from lodestar.services.gateway.pipeline import Generation
 from lodestar.services.gateway.schemas.inference import GenerateRequest
 from lodestar.vector.v1 import vector_service_pb2 as vpb
-
-# Search analytics keep the question under this many characters.
-_QUERY_TEXT_CHARS = 256
 
 
 class ContextStage:
@@ -48,7 +46,7 @@ class ContextStage:
             vector=vector,
             limit=options.limit,
             with_payload=True,
-            query_text=augmented.question[:_QUERY_TEXT_CHARS],
+            query_text=augmented.question[: limits.MAX_QUERY_TEXT_CHARS],
             tenant=call.tenant,
         )
         if options.filter is not None:

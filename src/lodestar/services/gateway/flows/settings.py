@@ -11,6 +11,8 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from lodestar import limits
+
 
 class FlowsSettings(BaseSettings):
     """Retrieval, memory, feedback, usage recording and the OpenAI-compatible API."""
@@ -67,7 +69,7 @@ class FlowsSettings(BaseSettings):
         description="How often recorded usage events are sent to the analytics service.",
     )
     usage_batch_size: int = Field(
-        500, ge=1, le=10_000, description="Most usage events sent in one call."
+        500, ge=1, le=limits.MAX_USAGE_EVENTS, description="Most usage events sent in one call."
     )
     usage_max_pending: int = Field(
         100_000,

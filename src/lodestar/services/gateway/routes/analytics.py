@@ -8,9 +8,10 @@ from typing import Annotated
 from fastapi import Depends, Query
 from starlette.responses import Response
 
+from lodestar import limits
+from lodestar.runtime.protojson import datetime_to_timestamp
 from lodestar.services.gateway.auth import Permission
 from lodestar.services.gateway.convert import analytics as convert
-from lodestar.services.gateway.convert.common import datetime_to_timestamp
 from lodestar.services.gateway.deps import Call, require
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.responses import respond_json
@@ -25,7 +26,7 @@ Since = Annotated[datetime | None, Query(description="Only records at or after t
 @router.get("/analytics/vectors", summary="Collection sizes and growth")
 async def vector_analytics(
     call: Annotated[Call, Depends(require(Permission.VIEW_ANALYTICS, RouteClass.READ))],
-    collection: Annotated[str, Query(max_length=64)] = "",
+    collection: Annotated[str, Query(max_length=limits.MAX_COLLECTION_NAME_CHARS)] = "",
     since: Since = None,
 ) -> Response:
     request = pb.GetVectorAnalyticsRequest(collection=collection)
@@ -38,9 +39,11 @@ async def vector_analytics(
 @router.get("/analytics/search", summary="Search volume, latency and popular queries")
 async def search_analytics(
     call: Annotated[Call, Depends(require(Permission.VIEW_ANALYTICS, RouteClass.READ))],
-    collection: Annotated[str, Query(max_length=64)] = "",
+    collection: Annotated[str, Query(max_length=limits.MAX_COLLECTION_NAME_CHARS)] = "",
     since: Since = None,
-    top_queries: Annotated[int, Query(ge=1, le=100)] = 10,
+    top_queries: Annotated[
+        int, Query(ge=1, le=limits.MAX_TOP_QUERIES)
+    ] = limits.DEFAULT_TOP_QUERIES,
 ) -> Response:
     request = pb.GetSearchAnalyticsRequest(collection=collection, top_queries=top_queries)
     if since is not None:

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Body, Depends, Path, Query
 from starlette.responses import Response
 
+from lodestar import limits
 from lodestar.runtime.errors import InvalidArgument
 from lodestar.services.gateway.auth import Permission
 from lodestar.services.gateway.convert import vector as convert
@@ -27,8 +28,8 @@ from lodestar.vector.v1 import vector_service_pb2 as pb
 
 router = api_router("collections")
 
-Name = Annotated[str, Path(min_length=1, max_length=64)]
-PageSize = Annotated[int, Query(ge=1, le=1000)]
+Name = Annotated[str, Path(min_length=1, max_length=limits.MAX_COLLECTION_NAME_CHARS)]
+PageSize = Annotated[int, Query(ge=1, le=limits.MAX_PAGE_SIZE)]
 PageToken = Annotated[str, Query(max_length=4096)]
 
 
@@ -185,7 +186,7 @@ async def list_snapshots(
 )
 async def restore_snapshot(
     name: Name,
-    snapshot: Annotated[str, Path(min_length=1, max_length=255)],
+    snapshot: Annotated[str, Path(min_length=1, max_length=limits.MAX_SNAPSHOT_NAME_CHARS)],
     call: Annotated[Call, Depends(require(Permission.CREATE_SNAPSHOTS, RouteClass.ADMIN))],
     body: Annotated[RestoreSnapshotRequest | None, Body()] = None,
 ) -> Response:
@@ -212,7 +213,7 @@ async def restore_snapshot(
 )
 async def delete_snapshot(
     name: Name,
-    snapshot: Annotated[str, Path(min_length=1, max_length=255)],
+    snapshot: Annotated[str, Path(min_length=1, max_length=limits.MAX_SNAPSHOT_NAME_CHARS)],
     call: Annotated[Call, Depends(require(Permission.CREATE_SNAPSHOTS, RouteClass.ADMIN))],
 ) -> Response:
     call.collection(name)

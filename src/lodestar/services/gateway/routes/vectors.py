@@ -13,6 +13,7 @@ from uuid import UUID
 from fastapi import Depends, Path, Query
 from starlette.responses import Response
 
+from lodestar import limits
 from lodestar.runtime.errors import InvalidArgument, NotFound
 from lodestar.services.gateway.auth import Permission
 from lodestar.services.gateway.convert import vector as convert
@@ -46,7 +47,7 @@ router = api_router("vectors")
 PointIdPath = Annotated[
     str, Path(alias="id", description="Unsigned integer or UUID.", max_length=64)
 ]
-CollectionQuery = Annotated[str, Query(min_length=1, max_length=64)]
+CollectionQuery = Annotated[str, Query(min_length=1, max_length=limits.MAX_COLLECTION_NAME_CHARS)]
 
 
 async def embed(call: Call, texts: Sequence[str]) -> list[list[float]]:

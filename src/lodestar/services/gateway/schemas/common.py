@@ -7,6 +7,8 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from lodestar import limits
+
 MAX_POINT_NUM = 2**64 - 1
 
 
@@ -27,8 +29,8 @@ PointIdIn = Annotated[int, Field(ge=0, le=MAX_POINT_NUM)] | UUID
 PointIdOut = int | str
 Payload = dict[str, Any]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-VectorIn = Annotated[list[FiniteFloat], Field(min_length=1, max_length=65536)]
-CollectionName = Annotated[str, Field(min_length=1, max_length=64)]
+VectorIn = Annotated[list[FiniteFloat], Field(min_length=1, max_length=limits.MAX_DIMENSION)]
+CollectionName = Annotated[str, Field(min_length=1, max_length=limits.MAX_COLLECTION_NAME_CHARS)]
 NonEmptyText = Annotated[str, Field(min_length=1)]
 
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
+from lodestar import limits
 from lodestar.services.gateway.schemas.common import (
     CollectionName,
     RequestModel,
@@ -51,13 +52,21 @@ class GenerateItem(RequestModel):
 
     prompt: str | None = Field(None, min_length=1)
     messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
-    max_tokens: int | None = Field(None, ge=1, le=131_072)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0, le=1000)
-    min_p: float | None = Field(None, ge=0, le=1)
-    repeat_penalty: float | None = Field(None, ge=0.5, le=2)
-    stop: Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=16)] | None = None
+    max_tokens: int | None = Field(None, ge=1, le=limits.MAX_CONTEXT_TOKENS)
+    temperature: float | None = Field(None, ge=limits.TEMPERATURE[0], le=limits.TEMPERATURE[1])
+    top_p: float | None = Field(None, gt=limits.TOP_P[0], le=limits.TOP_P[1])
+    top_k: int | None = Field(None, ge=0, le=limits.MAX_TOP_K)
+    min_p: float | None = Field(None, ge=limits.MIN_P[0], le=limits.MIN_P[1])
+    repeat_penalty: float | None = Field(
+        None, ge=limits.REPEAT_PENALTY[0], le=limits.REPEAT_PENALTY[1]
+    )
+    stop: (
+        Annotated[
+            list[Annotated[str, Field(min_length=1)]],
+            Field(max_length=limits.MAX_STOP_SEQUENCES),
+        ]
+        | None
+    ) = None
     seed: int | None = Field(None, ge=0, le=2**64 - 1)
     response_format: ResponseFormat | None = None
 

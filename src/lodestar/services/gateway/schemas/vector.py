@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, StrictBool, StrictInt, StrictStr, model_validator
 
+from lodestar import limits
 from lodestar.services.gateway.schemas.common import (
     CollectionName,
     FiniteFloat,
@@ -144,7 +145,7 @@ class PointIn(RequestModel):
 
 class InsertRequest(RequestModel):
     collection: CollectionName
-    points: Annotated[list[PointIn], Field(min_length=1, max_length=10_000)]
+    points: Annotated[list[PointIn], Field(min_length=1, max_length=limits.DEFAULT_BATCH_POINTS)]
 
 
 class InsertResponse(ResponseModel):
@@ -206,7 +207,7 @@ class Selector(RequestModel):
 
 
 class UpsertOp(RequestModel):
-    points: Annotated[list[PointIn], Field(min_length=1, max_length=10_000)]
+    points: Annotated[list[PointIn], Field(min_length=1, max_length=limits.DEFAULT_BATCH_POINTS)]
 
 
 class SetPayloadOp(Selector):
@@ -236,7 +237,7 @@ class Operation(RequestModel):
 
 class BatchRequest(RequestModel):
     collection: CollectionName
-    operations: Annotated[list[Operation], Field(min_length=1, max_length=1000)]
+    operations: Annotated[list[Operation], Field(min_length=1, max_length=limits.MAX_OPERATIONS)]
 
 
 class OperationResult(ResponseModel):
@@ -258,12 +259,12 @@ class SearchRequest(RequestModel):
     vector: VectorIn | None = None
     text: NonEmptyText | None = None
     filter: Filter | None = None
-    limit: int = Field(10, ge=1, le=1000)
-    offset: int = Field(0, ge=0, le=10_000)
+    limit: int = Field(limits.DEFAULT_LIMIT, ge=1, le=limits.MAX_LIMIT)
+    offset: int = Field(0, ge=0, le=limits.MAX_OFFSET)
     score_threshold: FiniteFloat | None = None
     with_payload: bool = True
     with_vector: bool = False
-    hnsw_ef: int | None = Field(None, ge=1, le=100_000)
+    hnsw_ef: int | None = Field(None, ge=1, le=limits.MAX_HNSW_EF)
     exact: bool = False
 
     @model_validator(mode="after")
@@ -278,7 +279,9 @@ class SearchResponse(ResponseModel):
 
 
 class BatchSearchRequest(RequestModel):
-    searches: Annotated[list[SearchRequest], Field(min_length=1, max_length=100)]
+    searches: Annotated[
+        list[SearchRequest], Field(min_length=1, max_length=limits.DEFAULT_BATCH_SEARCHES)
+    ]
 
 
 class BatchSearchResponse(ResponseModel):
@@ -308,12 +311,14 @@ ExampleIn = Example | PointIdIn
 
 class RecommendRequest(RequestModel):
     collection: CollectionName
-    positive: Annotated[list[ExampleIn], Field(min_length=1, max_length=1000)]
-    negative: Annotated[list[ExampleIn], Field(max_length=1000)] = Field(default_factory=list)
+    positive: Annotated[list[ExampleIn], Field(min_length=1, max_length=limits.MAX_EXAMPLES)]
+    negative: Annotated[list[ExampleIn], Field(max_length=limits.MAX_EXAMPLES)] = Field(
+        default_factory=list
+    )
     strategy: RecommendStrategy = RecommendStrategy.AVERAGE_VECTOR
     filter: Filter | None = None
-    limit: int = Field(10, ge=1, le=1000)
-    offset: int = Field(0, ge=0, le=10_000)
+    limit: int = Field(limits.DEFAULT_LIMIT, ge=1, le=limits.MAX_LIMIT)
+    offset: int = Field(0, ge=0, le=limits.MAX_OFFSET)
     score_threshold: FiniteFloat | None = None
     with_payload: bool = True
     with_vector: bool = False
@@ -328,9 +333,13 @@ class ClusterRequest(RequestModel):
     collection: CollectionName
     filter: Filter | None = None
     algorithm: ClusterAlgorithm = ClusterAlgorithm.KMEANS
-    num_clusters: int = Field(8, ge=2, le=256)
-    sample_size: int = Field(10_000, ge=1, le=1_000_000)
-    representatives: int = Field(3, ge=0, le=100)
+    num_clusters: int = Field(
+        limits.DEFAULT_CLUSTERS, ge=limits.MIN_CLUSTERS, le=limits.MAX_CLUSTERS
+    )
+    sample_size: int = Field(limits.DEFAULT_CLUSTER_SAMPLE, ge=1, le=1_000_000)
+    representatives: int = Field(
+        limits.DEFAULT_REPRESENTATIVES, ge=0, le=limits.MAX_REPRESENTATIVES
+    )
     with_member_ids: bool = False
     with_payload: bool = True
     seed: int | None = Field(None, ge=0, le=2**64 - 1)
@@ -378,10 +387,14 @@ class CollectionStatus(StrEnum):
 
 
 class HnswConfig(RequestModel):
-    m: int | None = Field(None, ge=0, le=512)
-    ef_construct: int | None = Field(None, ge=4, le=10_000)
-    full_scan_threshold: int | None = Field(None, ge=0)
-    ef_search: int | None = Field(None, ge=1, le=100_000)
+    m: int | None = Field(None, ge=limits.HNSW_M[0], le=limits.HNSW_M[1])
+    ef_construct: int | None = Field(
+        None, ge=limits.HNSW_EF_CONSTRUCT[0], le=limits.HNSW_EF_CONSTRUCT[1]
+    )
+    full_scan_threshold: int | None = Field(
+        None, ge=limits.HNSW_FULL_SCAN_THRESHOLD[0], le=limits.HNSW_FULL_SCAN_THRESHOLD[1]
+    )
+    ef_search: int | None = Field(None, ge=1, le=limits.MAX_HNSW_EF)
 
 
 class ScalarQuantization(RequestModel):
@@ -407,7 +420,7 @@ class CreateCollectionRequest(RequestModel):
     """A new collection. Without ``dimension`` it takes the embedding model's."""
 
     name: CollectionName
-    dimension: int | None = Field(None, ge=1, le=65536)
+    dimension: int | None = Field(None, ge=1, le=limits.MAX_DIMENSION)
     embedding_model: str | None = Field(
         None, description="Model whose vectors the collection holds (must be the one served)."
     )

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from lodestar import limits
+
 _MAX_STOP = 4
 
 
@@ -68,8 +70,8 @@ class SamplingIn(OpenAIModel):
     model: str = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
+    temperature: float | None = Field(None, ge=limits.TEMPERATURE[0], le=limits.TEMPERATURE[1])
+    top_p: float | None = Field(None, gt=limits.TOP_P[0], le=limits.TOP_P[1])
     stop: Stop | None = None
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     n: int | None = None
