@@ -22,14 +22,14 @@ from google.protobuf import timestamp_pb2
 from lodestar.runtime.errors import InvalidArgument, NotFound, Unavailable
 from lodestar.runtime.server import ServiceRegistration
 from lodestar.runtime.telemetry import span, tracer
-from lodestar.services.vector.analytics_store import (
-    DATABASE_FILE,
-    AnalyticsStore,
+from lodestar.services.vector.analytics_db import DATABASE_FILE, MAX_LABEL_CHARS
+from lodestar.services.vector.analytics_models import (
     CollectionGrowth,
     SearchStats,
     UsageRecord,
     UsageStats,
 )
+from lodestar.services.vector.analytics_store import AnalyticsStore
 from lodestar.vector.v1 import analytics_service_pb2 as pb
 from lodestar.vector.v1 import analytics_service_pb2_grpc as pb_grpc
 
@@ -53,7 +53,6 @@ MAX_TOP_QUERIES: Final = 100
 MAX_USAGE_EVENTS: Final = 10_000
 USAGE_COMMIT_TIMEOUT_S: Final = 30.0
 MAX_NAME_CHARS: Final = 255
-MAX_LABEL_CHARS: Final = 512
 # The range google.protobuf.Timestamp allows: 0001-01-01 to 9999-12-31.
 _MIN_SECONDS: Final = -62_135_596_800
 _MAX_SECONDS: Final = 253_402_300_799
