@@ -18,7 +18,7 @@ from lodestar.services.gateway.flows.prompting import Example, Passage
 from lodestar.services.gateway.flows.usage import Event, UsageRecorder
 from lodestar.services.gateway.resilience import CallOptions
 from lodestar.services.vector.analytics import create_analytics
-from lodestar.services.vector.analytics_store import UsageRecord
+from lodestar.services.vector.analytics_models import UsageRecord
 from lodestar.vector.v1 import analytics_service_pb2 as apb
 
 

@@ -12,11 +12,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import REGISTRY
 
 from lodestar.runtime.errors import InvalidArgument, ResourceExhausted, Unavailable
-from lodestar.services.inference.engine import (
-    FinishReason,
-    GenerationParams,
-    InferenceEngine,
-)
+from lodestar.services.inference.engine import InferenceEngine
+from lodestar.services.inference.generation import FinishReason, GenerationParams
 from lodestar.services.inference.model import LlamaModel
 from tests.inference.conftest import THREADS
 

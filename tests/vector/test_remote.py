@@ -26,6 +26,7 @@ from lodestar.runtime.errors import (
 )
 from lodestar.services.vector.models import CollectionConfig, Distance
 from lodestar.services.vector.remote import RemoteBackend
+from lodestar.services.vector.remote_convert import metadata
 from tests.vector.conftest import vector_settings
 
 CONFIG = CollectionConfig(dimension=3, distance=Distance.DOT)
@@ -80,7 +81,7 @@ class _FakeServer:
         await local.create_collection(
             collection_name,
             vectors_config=qm.VectorParams(size=3, distance=qm.Distance.DOT),
-            metadata=RemoteBackend._metadata(None, CONFIG, datetime(2024, 1, 1, tzinfo=UTC)),  # type: ignore[arg-type]
+            metadata=metadata(CONFIG, datetime(2024, 1, 1, tzinfo=UTC)),
         )
         info = await local.get_collection(collection_name)
         await local.close()

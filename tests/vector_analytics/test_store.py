@@ -12,12 +12,9 @@ import pytest
 from prometheus_client import REGISTRY
 
 from lodestar.services.vector.analytics import create_analytics
-from lodestar.services.vector.analytics_store import (
-    DATABASE_FILE,
-    AnalyticsStore,
-    UsageRecord,
-    normalize_query,
-)
+from lodestar.services.vector.analytics_db import DATABASE_FILE, normalize_query
+from lodestar.services.vector.analytics_models import UsageRecord
+from lodestar.services.vector.analytics_store import AnalyticsStore
 
 from .conftest import Clock
 

@@ -17,12 +17,8 @@ from lodestar.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from lodestar.runtime.errors import InvalidArgument, LodestarError
 from lodestar.services.inference import metrics
 from lodestar.services.inference.constraints import OutputConstraint
-from lodestar.services.inference.engine import (
-    Completion,
-    FinishReason,
-    GenerationParams,
-    InferenceEngine,
-)
+from lodestar.services.inference.engine import InferenceEngine
+from lodestar.services.inference.generation import Completion, FinishReason, GenerationParams
 
 _log = logging.getLogger(__name__)
 

@@ -24,14 +24,14 @@ from lodestar.runtime import protojson
 from lodestar.runtime.errors import InvalidArgument, NotFound, Unavailable
 from lodestar.runtime.server import ServiceRegistration
 from lodestar.runtime.telemetry import span, tracer
-from lodestar.services.vector.analytics_store import (
-    DATABASE_FILE,
-    AnalyticsStore,
+from lodestar.services.vector.analytics_db import DATABASE_FILE, MAX_LABEL_CHARS
+from lodestar.services.vector.analytics_models import (
     CollectionGrowth,
     SearchStats,
     UsageRecord,
     UsageStats,
 )
+from lodestar.services.vector.analytics_store import AnalyticsStore
 from lodestar.vector.v1 import analytics_service_pb2 as pb
 from lodestar.vector.v1 import analytics_service_pb2_grpc as pb_grpc
 
@@ -52,7 +52,6 @@ _trace = tracer(__name__)
 SERVICE_NAME: Final = pb.DESCRIPTOR.services_by_name["AnalyticsService"].full_name
 USAGE_COMMIT_TIMEOUT_S: Final = 30.0
 MAX_NAME_CHARS: Final = 255
-MAX_LABEL_CHARS: Final = 512
 
 _Context = grpc.aio.ServicerContext
 # Live collection sizes: name → (points, disk bytes).

@@ -15,29 +15,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, Final
 
-import numpy as np
-import numpy.typing as npt
 from prometheus_client import Counter
 
-from lodestar import limits
+from lodestar.services.vector import analytics_db as db
+from lodestar.services.vector.analytics_models import (
+    SearchAnalytics,
+    UsageAnalytics,
+    UsageRecord,
+    VectorAnalytics,
+)
 
 _log = logging.getLogger(__name__)
 
-DATABASE_FILE: Final = "analytics.sqlite3"
-SCHEMA_VERSION: Final = 1
-MAX_LABEL_CHARS: Final = 512
 # Rows committed per transaction at most; a larger backlog takes several.
 _WRITE_BATCH: Final = 5_000
 # How long a record waits for others to share its commit. Flushes, queries, prunes,
@@ -48,130 +47,6 @@ RECORDS_DROPPED = Counter(
     "lodestar_vector_analytics_records_dropped_total",
     "Analytics records dropped because the writer queue was full or the store closed.",
 )
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS searches (
-    id INTEGER PRIMARY KEY,
-    ts REAL NOT NULL,
-    collection TEXT NOT NULL,
-    latency_ms REAL NOT NULL,
-    result_count INTEGER NOT NULL,
-    query_norm TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS searches_ts ON searches (ts);
-CREATE INDEX IF NOT EXISTS searches_collection_ts ON searches (collection, ts);
-CREATE TABLE IF NOT EXISTS sizes (
-    id INTEGER PRIMARY KEY,
-    ts REAL NOT NULL,
-    collection TEXT NOT NULL,
-    points_count INTEGER NOT NULL,
-    disk_bytes INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS sizes_ts ON sizes (ts);
-CREATE INDEX IF NOT EXISTS sizes_collection_ts ON sizes (collection, ts);
-CREATE TABLE IF NOT EXISTS usage (
-    id INTEGER PRIMARY KEY,
-    ts REAL NOT NULL,
-    subject TEXT NOT NULL,
-    route TEXT NOT NULL,
-    status_code INTEGER NOT NULL,
-    prompt_tokens INTEGER NOT NULL,
-    completion_tokens INTEGER NOT NULL,
-    latency_ms REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts);
-CREATE INDEX IF NOT EXISTS usage_subject_ts ON usage (subject, ts);
-"""
-_TABLES: Final = ("searches", "sizes", "usage")
-
-
-# --- results -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SearchStats:
-    """Searches summarised; ``collection`` is empty for totals over every collection."""
-
-    collection: str
-    search_count: int
-    latency_p50_ms: float
-    latency_p95_ms: float
-    latency_p99_ms: float
-    zero_result_rate: float
-    mean_result_count: float
-
-
-@dataclass(frozen=True)
-class QueryCount:
-    query_text: str
-    count: int
-
-
-@dataclass(frozen=True)
-class SearchAnalytics:
-    total: SearchStats
-    collections: tuple[SearchStats, ...]
-    popular_queries: tuple[QueryCount, ...]
-
-
-@dataclass(frozen=True)
-class SizeSample:
-    time: float
-    points_count: int
-    disk_bytes: int
-
-
-@dataclass(frozen=True)
-class CollectionGrowth:
-    collection: str
-    points_count: int
-    disk_bytes: int
-    samples: tuple[SizeSample, ...]  # oldest first
-
-
-@dataclass(frozen=True)
-class VectorAnalytics:
-    collections: tuple[CollectionGrowth, ...]
-    total_points: int
-    total_disk_bytes: int
-
-
-@dataclass(frozen=True)
-class UsageRecord:
-    """One request answered by a gateway. ``time`` (unix seconds) defaults to now."""
-
-    subject: str
-    route: str
-    status_code: int
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    latency_ms: float = 0.0
-    time: float | None = None
-
-
-@dataclass(frozen=True)
-class UsageStats:
-    subject: str
-    route: str
-    request_count: int
-    error_count: int
-    prompt_tokens: int
-    completion_tokens: int
-
-
-@dataclass(frozen=True)
-class UsageAnalytics:
-    usage: tuple[UsageStats, ...]
-    total: UsageStats
-
-
-def normalize_query(text: str) -> str:
-    """Case-folded, whitespace-collapsed, truncated: how popular queries are grouped
-    (by the first ``limits.MAX_QUERY_TEXT_CHARS`` characters)."""
-    return " ".join(text.split()).casefold()[: limits.MAX_QUERY_TEXT_CHARS]
-
-
-# --- the store -----------------------------------------------------------------
 
 # Queue items are plain tuples tagged by their first element: building one is
 # the whole cost of recording.
@@ -217,8 +92,8 @@ class AnalyticsStore:
         self._wake = threading.Event()
         self._closed = False
         path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as conn:
-            _create_schema(conn)
+        with db.connect(path) as conn:
+            db.create_schema(conn)
         self._writer = threading.Thread(
             target=self._write_loop, name="vector-analytics-writer", daemon=True
         )
@@ -314,49 +189,10 @@ class AnalyticsStore:
     ) -> SearchAnalytics:
         """Volume, nearest-rank latency percentiles, zero-result rate and popular queries."""
         self._settle()
-        where, params = _where(start_time=start_time, column="collection", value=collection)
-        with self._read() as conn:
-            per_collection: list[SearchStats] = []
-            latencies: list[npt.NDArray[np.float64]] = []
-            rows = conn.execute(
-                "SELECT collection, COUNT(*), SUM(result_count = 0), SUM(result_count) "
-                f"FROM searches {where} GROUP BY collection ORDER BY collection",
-                params,
-            ).fetchall()
-            for name, count, zero, results in rows:
-                # Percentiles in numpy: SQLite's window functions are several times slower.
-                values = np.fromiter(
-                    (
-                        v
-                        for (v,) in conn.execute(
-                            f"SELECT latency_ms FROM searches {where}"
-                            f"{' AND' if where else ' WHERE'} collection = ?",
-                            (*params, name),
-                        )
-                    ),
-                    dtype=np.float64,
-                    count=int(count),
-                )
-                latencies.append(values)
-                per_collection.append(_search_stats(name, values, int(zero), int(results)))
-            total = _search_stats(
-                collection or "",
-                np.concatenate(latencies) if latencies else np.empty(0),
-                sum(int(row[2]) for row in rows),
-                sum(int(row[3]) for row in rows),
+        with db.reading(self.path) as conn:
+            return db.search_analytics(
+                conn, collection=collection, start_time=start_time, top_queries=top_queries
             )
-            popular: list[QueryCount] = []
-            if top_queries > 0:
-                popular = [
-                    QueryCount(text, int(count))
-                    for text, count in conn.execute(
-                        f"SELECT query_norm, COUNT(*) AS c FROM searches {where}"
-                        f"{' AND' if where else ' WHERE'} query_norm != '' "
-                        "GROUP BY query_norm ORDER BY c DESC, query_norm LIMIT ?",
-                        (*params, top_queries),
-                    )
-                ]
-        return SearchAnalytics(total, tuple(per_collection), tuple(popular))
 
     def vector_analytics(
         self,
@@ -371,94 +207,28 @@ class AnalyticsStore:
         it, every collection with a sample is, at its latest sampled size.
         """
         self._settle()
-        with self._read() as conn:
-            latest: dict[str, tuple[int, int]]
-            if current is not None:
-                latest = dict(current)
-            else:
-                latest = {
-                    name: (int(points), int(size))
-                    for name, _, points, size in conn.execute(
-                        "SELECT collection, MAX(ts), points_count, disk_bytes FROM sizes "
-                        "GROUP BY collection"
-                    )
-                }
-            names = sorted(n for n in latest if not collection or n == collection)
-            growth = [
-                CollectionGrowth(
-                    name, latest[name][0], latest[name][1], self._samples(conn, name, start_time)
-                )
-                for name in names
-            ]
-        return VectorAnalytics(
-            tuple(growth),
-            sum(g.points_count for g in growth),
-            sum(g.disk_bytes for g in growth),
-        )
+        with db.reading(self.path) as conn:
+            return db.vector_analytics(
+                conn,
+                collection=collection,
+                start_time=start_time,
+                current=current,
+                max_samples=self.max_samples,
+            )
 
     def usage_analytics(
         self, *, subject: str | None = None, start_time: float | None = None
     ) -> UsageAnalytics:
         """Requests, errors (status >= 400) and tokens per subject and route, and their sum."""
         self._settle()
-        where, params = _where(start_time=start_time, column="subject", value=subject)
-        with self._read() as conn:
-            usage = [
-                UsageStats(s, r, int(n), int(e), int(p), int(c))
-                for s, r, n, e, p, c in conn.execute(
-                    "SELECT subject, route, COUNT(*), SUM(status_code >= 400), "
-                    f"SUM(prompt_tokens), SUM(completion_tokens) FROM usage {where} "
-                    "GROUP BY subject, route ORDER BY subject, route",
-                    params,
-                )
-            ]
-        total = UsageStats(
-            subject or "",
-            "",
-            sum(u.request_count for u in usage),
-            sum(u.error_count for u in usage),
-            sum(u.prompt_tokens for u in usage),
-            sum(u.completion_tokens for u in usage),
-        )
-        return UsageAnalytics(tuple(usage), total)
+        with db.reading(self.path) as conn:
+            return db.usage_analytics(conn, subject=subject, start_time=start_time)
 
     def row_counts(self) -> dict[str, int]:
         """Rows kept per table (for retention checks and operators)."""
         self._settle()
-        with self._read() as conn:
-            return {
-                t: int(conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]) for t in _TABLES
-            }
-
-    def _samples(
-        self, conn: sqlite3.Connection, name: str, start_time: float | None
-    ) -> tuple[SizeSample, ...]:
-        since = -math.inf if start_time is None else start_time
-        count, first, last = conn.execute(
-            "SELECT COUNT(*), MIN(ts), MAX(ts) FROM sizes WHERE collection = ? AND ts >= ?",
-            (name, since),
-        ).fetchone()
-        if not count:
-            return ()
-        if count <= self.max_samples or last <= first:
-            rows = conn.execute(
-                "SELECT ts, points_count, disk_bytes FROM sizes "
-                "WHERE collection = ? AND ts >= ? ORDER BY ts, id",
-                (name, since),
-            ).fetchall()
-            if count > self.max_samples:
-                rows = rows[-self.max_samples :]
-        else:
-            # Too many to send: the last sample of each of max_samples equal time buckets
-            # (SQLite takes the bare columns from the row that holds MAX(ts)).
-            scale = self.max_samples / (last - first)
-            rows = conn.execute(
-                "SELECT MAX(ts), points_count, disk_bytes FROM sizes "
-                "WHERE collection = ? AND ts >= ? "
-                "GROUP BY MIN(CAST((ts - ?) * ? AS INTEGER), ?) ORDER BY 1",
-                (name, since, first, scale, self.max_samples - 1),
-            ).fetchall()
-        return tuple(SizeSample(float(ts), int(p), int(b)) for ts, p, b in rows)
+        with db.reading(self.path) as conn:
+            return db.row_counts(conn)
 
     def _settle(self) -> None:
         # Read-your-writes; a failed or slow commit (logged by the writer) must not
@@ -466,24 +236,10 @@ class AnalyticsStore:
         with suppress(sqlite3.Error, TimeoutError):
             self.flush(timeout=5.0)
 
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        conn = self._connect()
-        try:
-            conn.execute("PRAGMA query_only = ON")
-            yield conn
-        finally:
-            conn.close()
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
-        conn.execute("PRAGMA busy_timeout = 10000")
-        return conn
-
     # --- the writer thread ------------------------------------------------------
 
     def _write_loop(self) -> None:
-        conn = self._connect()
+        conn = db.connect(self.path)
         # NORMAL is durable across process crashes in WAL mode; only a power loss can
         # take back the last commits, which analytics can afford.
         conn.execute("PRAGMA synchronous = NORMAL")
@@ -544,9 +300,9 @@ class AnalyticsStore:
                 future.set_exception(error)
 
     def _insert(self, conn: sqlite3.Connection, batch: list[tuple[Any, ...]]) -> None:
-        searches: list[tuple[float, str, float, int, str]] = []
-        sizes: list[tuple[float, str, int, int]] = []
-        usage: list[tuple[float, str, str, int, int, int, float]] = []
+        searches: list[db.SearchRow] = []
+        sizes: list[db.SizeRow] = []
+        usage: list[db.UsageRow] = []
         skipped = 0
         # One malformed record must not cost the whole batch: each is converted alone.
         bad = (TypeError, ValueError, AttributeError, OverflowError)
@@ -554,21 +310,23 @@ class AnalyticsStore:
             kind = item[0]
             if kind == _SEARCH:
                 try:
-                    searches.append(self._search_row(item))
+                    _, ts, collection, latency, count, text = item
+                    query = text if self._store_query_text else ""
+                    searches.append(db.search_row(ts, collection, latency, count, query))
                 except bad:
                     skipped += 1
             elif kind == _SIZES:
                 _, ts, by_collection = item
                 for name, value in by_collection.items():
                     try:
-                        sizes.append(_size_row(ts, name, value))
+                        sizes.append(db.size_row(ts, name, value))
                     except bad:
                         skipped += 1
             elif kind == _USAGE:
                 _, now, events = item
                 for event in events:
                     try:
-                        usage.append(_usage_row(now, event))
+                        usage.append(db.usage_row(now, event))
                     except bad:
                         skipped += 1
         # Events reported with a time already outside retention would only be pruned
@@ -581,144 +339,13 @@ class AnalyticsStore:
         if not (searches or sizes or usage):
             return
         try:
-            with _transaction(conn):
-                conn.executemany(
-                    "INSERT INTO searches (ts, collection, latency_ms, result_count,"
-                    " query_norm) VALUES (?, ?, ?, ?, ?)",
-                    searches,
-                )
-                conn.executemany(
-                    "INSERT INTO sizes (ts, collection, points_count, disk_bytes)"
-                    " VALUES (?, ?, ?, ?)",
-                    sizes,
-                )
-                conn.executemany(
-                    "INSERT INTO usage (ts, subject, route, status_code, prompt_tokens,"
-                    " completion_tokens, latency_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    usage,
-                )
+            db.insert(conn, searches, sizes, usage)
         except Exception:
             RECORDS_DROPPED.inc(len(searches) + len(sizes) + len(usage))
             raise
 
-    def _search_row(self, item: tuple[Any, ...]) -> tuple[float, str, float, int, str]:
-        _, ts, collection, latency, count, text = item
-        query = normalize_query(text) if self._store_query_text and text else ""
-        return (ts, str(collection)[:MAX_LABEL_CHARS], _finite(latency), _count(count), query)
-
     def _prune(self, conn: sqlite3.Connection) -> None:
         cutoff = self._clock() - self.retention_s
-        removed = 0
-        with _transaction(conn):
-            for table in _TABLES:
-                removed += conn.execute(f"DELETE FROM {table} WHERE ts < ?", (cutoff,)).rowcount
-                # Row ids only grow, so the oldest inserts are the lowest ids.
-                removed += conn.execute(
-                    f"DELETE FROM {table} WHERE id <= (SELECT MAX(id) FROM {table}) - ?",
-                    (self.max_rows,),
-                ).rowcount
+        removed = db.prune(conn, cutoff, self.max_rows)
         if removed:
             _log.info("analytics: retention removed %d rows", removed)
-
-
-# --- helpers ------------------------------------------------------------------
-
-
-_MAX_INTEGER: Final = 2**63 - 1
-
-
-def _count(value: Any) -> int:
-    """A non-negative integer SQLite can hold."""
-    return min(max(0, int(value)), _MAX_INTEGER)
-
-
-def _finite(value: Any) -> float:
-    number = float(value)
-    if not math.isfinite(number):
-        raise ValueError(f"not a finite number: {value!r}")
-    return max(0.0, number)
-
-
-def _size_row(ts: float, name: Any, value: tuple[Any, Any]) -> tuple[float, str, int, int]:
-    points, size = value
-    return (ts, str(name)[:MAX_LABEL_CHARS], _count(points), _count(size))
-
-
-def _usage_row(now: float, event: UsageRecord) -> tuple[float, str, str, int, int, int, float]:
-    return (
-        now if event.time is None else float(event.time),
-        str(event.subject)[:MAX_LABEL_CHARS],
-        str(event.route)[:MAX_LABEL_CHARS],
-        int(event.status_code),
-        _count(event.prompt_tokens),
-        _count(event.completion_tokens),
-        _finite(event.latency_ms),
-    )
-
-
-def _create_schema(conn: sqlite3.Connection) -> None:
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-    if str(mode).lower() != "wal":
-        raise RuntimeError(f"analytics database cannot use WAL mode (got {mode})")
-    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    if version > SCHEMA_VERSION:
-        raise RuntimeError(
-            f"analytics database has schema version {version}; this build reads "
-            f"up to {SCHEMA_VERSION}"
-        )
-    conn.executescript(_SCHEMA)
-    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-
-@contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
-def _where(
-    *, start_time: float | None, column: str, value: str | None
-) -> tuple[str, tuple[Any, ...]]:
-    clauses: list[str] = []
-    params: list[Any] = []
-    if value:
-        clauses.append(f"{column} = ?")
-        params.append(value)
-    if start_time is not None:
-        clauses.append("ts >= ?")
-        params.append(start_time)
-    return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
-
-
-_PERCENTILES: Final = (50, 95, 99)
-
-
-def nearest_ranks(values: npt.NDArray[np.float64]) -> tuple[float, float, float]:
-    """p50, p95 and p99 by nearest rank (an observed value: the ceil(p·n/100)-th smallest)."""
-    n = len(values)
-    if n == 0:
-        return (0.0, 0.0, 0.0)
-    ranks = [max(1, (p * n + 99) // 100) - 1 for p in _PERCENTILES]
-    picked = np.partition(values, ranks)
-    return (float(picked[ranks[0]]), float(picked[ranks[1]]), float(picked[ranks[2]]))
-
-
-def _search_stats(
-    name: str, latencies: npt.NDArray[np.float64], zero: int, results: int
-) -> SearchStats:
-    count = len(latencies)
-    p50, p95, p99 = nearest_ranks(latencies)
-    return SearchStats(
-        collection=name,
-        search_count=count,
-        latency_p50_ms=p50,
-        latency_p95_ms=p95,
-        latency_p99_ms=p99,
-        zero_result_rate=zero / count if count else 0.0,
-        mean_result_count=results / count if count else 0.0,
-    )

@@ -1,8 +1,7 @@
 """The remote backend: a Qdrant server or cluster through qdrant-client (async, gRPC preferred).
 
-The service's own view of a collection (payload schema with types, the
-embedding model, creation time, ``ef_search``) travels in Qdrant's collection
-metadata, so every service replica reads the same configuration. Snapshots
+The service's own view of a collection travels in Qdrant's collection metadata
+(``remote_convert``), so every service replica reads the same configuration. Snapshots
 are Qdrant's native snapshots. qdrant-client's local mode (``location=":memory:"``
 or a path; used by the tests) has no snapshots and no payload indexes: there the
 portable snapshot files stand in, and indexes are skipped.
@@ -12,104 +11,65 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Final
 
 import grpc
 from qdrant_client import AsyncQdrantClient
 from qdrant_client import models as qm
-from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+from qdrant_client.http.exceptions import UnexpectedResponse
 
-from lodestar.runtime.errors import (
-    AlreadyExists,
-    DeadlineExceeded,
-    FailedPrecondition,
-    InvalidArgument,
-    LodestarError,
-    NotFound,
-    Unavailable,
-)
-from lodestar.services.vector.edge import (
-    DEFAULT_EF_CONSTRUCT,
-    DEFAULT_FULL_SCAN_THRESHOLD_KB,
-    DEFAULT_M,
-    average_vector,
-)
+from lodestar.runtime.errors import AlreadyExists, NotFound, Unavailable
 from lodestar.services.vector.filters import to_qdrant_filter
 from lodestar.services.vector.models import (
     TENANT_KEY,
-    BinaryQuantization,
     CollectionConfig,
     CollectionInfo,
-    CollectionStatus,
     CollectionUpdate,
     DeleteOp,
     DeletePayloadKeysOp,
-    Distance,
     FieldType,
     Filter,
     HasId,
-    HnswOptions,
     Operation,
     PointId,
     PointRecord,
-    Quantization,
     RecommendQuery,
-    RecommendStrategy,
-    ScalarQuantization,
     ScoredHit,
     SearchQuery,
     SetPayloadOp,
     SnapshotInfo,
     UpdateVectorsOp,
     UpsertOp,
-    config_from_dict,
-    config_to_dict,
     with_must,
+)
+from lodestar.services.vector.remote_convert import (
+    client_filter,
+    collection_exists,
+    collection_not_found,
+    collection_status,
+    config_of,
+    field_index,
+    hnsw_diff,
+    metadata,
+    plain_vector,
+    point_id,
+    point_record,
+    qdrant_errors,
+    quantization_config,
+    query_request,
+    recommend_query,
+    scored_hit,
+    search_params,
+    snapshot_info,
+    vector_params,
 )
 from lodestar.services.vector.settings import VectorSettings
 from lodestar.services.vector.snapshots import PortableSnapshots
 
-_log = logging.getLogger(__name__)
-
-METADATA_KEY: Final = "lodestar"
 _SCROLL_CHUNK: Final = 1_000
-
-_DISTANCES: Final = {
-    Distance.COSINE: qm.Distance.COSINE,
-    Distance.DOT: qm.Distance.DOT,
-    Distance.EUCLID: qm.Distance.EUCLID,
-    Distance.MANHATTAN: qm.Distance.MANHATTAN,
-}
-_DISTANCES_BACK: Final = {v: k for k, v in _DISTANCES.items()}
-_SCHEMA_TYPES: Final = {
-    FieldType.KEYWORD: qm.PayloadSchemaType.KEYWORD,
-    FieldType.TEXT: qm.PayloadSchemaType.TEXT,
-    FieldType.INTEGER: qm.PayloadSchemaType.INTEGER,
-    FieldType.FLOAT: qm.PayloadSchemaType.FLOAT,
-    FieldType.DATETIME: qm.PayloadSchemaType.DATETIME,
-    FieldType.BOOL: qm.PayloadSchemaType.BOOL,
-}
-_SCHEMA_TYPES_BACK: Final = {v: k for k, v in _SCHEMA_TYPES.items()}
-
-
-def _not_found(name: str) -> NotFound:
-    return NotFound(
-        f"collection {name!r} does not exist",
-        reason="COLLECTION_NOT_FOUND",
-        metadata={"collection": name},
-    )
-
-
-def _exists(name: str) -> AlreadyExists:
-    return AlreadyExists(
-        f"collection {name!r} already exists",
-        reason="COLLECTION_EXISTS",
-        metadata={"collection": name},
-    )
 
 
 class RemoteBackend:
@@ -123,7 +83,7 @@ class RemoteBackend:
         self._settings = settings
         self._client = client or AsyncQdrantClient(
             url=settings.qdrant_url,
-            api_key=settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None,
+            api_key=self._api_key(),
             prefer_grpc=settings.prefer_grpc,
             grpc_port=settings.qdrant_grpc_port,
             timeout=max(1, round(settings.qdrant_timeout_s)),
@@ -134,64 +94,21 @@ class RemoteBackend:
         self._portable = PortableSnapshots(settings.snapshots_path) if self.local else None
         self._configs: dict[str, tuple[float, CollectionConfig]] = {}
 
+    def _api_key(self) -> str | None:
+        key = self._settings.qdrant_api_key
+        return key.get_secret_value() if key else None
+
     # --- plumbing ------------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def _errors(self, collection: str | None = None) -> AsyncIterator[None]:
-        """Qdrant's and the transport's errors as the service's errors."""
-        try:
-            yield
-        except LodestarError:
-            raise
-        except UnexpectedResponse as error:
-            raise self._from_status(error.status_code or 0, str(error), collection) from None
-        except grpc.aio.AioRpcError as error:
-            raise self._from_grpc(error, collection) from None
-        except ResponseHandlingException as error:
-            raise Unavailable(
-                f"Qdrant is unreachable: {error}", reason="BACKEND_UNAVAILABLE"
-            ) from None
-        except (KeyError, ValueError) as error:
-            # Local mode reports missing collections and points with these.
-            text = str(error)
-            if collection is not None and "not found" in text.lower():
-                raise _not_found(collection) from None
-            raise InvalidArgument(f"rejected by the vector engine: {text}") from None
-
-    def _from_status(self, status: int, text: str, collection: str | None) -> Exception:
-        if status == 404 and collection is not None:
-            return _not_found(collection)
-        if status == 404:
-            return NotFound(text)
-        if status == 409:
-            return AlreadyExists(text)
-        if status in (400, 422):
-            return InvalidArgument(f"rejected by the vector engine: {text}")
-        if status in (502, 503, 504):
-            return Unavailable(f"Qdrant is unavailable: {text}", reason="BACKEND_UNAVAILABLE")
-        return RuntimeError(f"Qdrant answered {status}: {text}")
-
-    def _from_grpc(self, error: grpc.aio.AioRpcError, collection: str | None) -> Exception:
-        code = error.code()
-        text = error.details() or code.name
-        if code == grpc.StatusCode.NOT_FOUND:
-            return _not_found(collection) if collection is not None else NotFound(text)
-        if code == grpc.StatusCode.ALREADY_EXISTS:
-            return AlreadyExists(text)
-        if code == grpc.StatusCode.INVALID_ARGUMENT:
-            return InvalidArgument(f"rejected by the vector engine: {text}")
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return DeadlineExceeded(f"Qdrant did not answer in time: {text}")
-        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED):
-            return Unavailable(f"Qdrant is unavailable: {text}", reason="BACKEND_UNAVAILABLE")
-        return RuntimeError(f"Qdrant failed with {code.name}: {text}")
+    # Every call to Qdrant runs inside this, so callers only see the service's errors.
+    _errors = staticmethod(qdrant_errors)
 
     async def _require(self, name: str) -> None:
         async with self._errors(name):
             exists = await self._client.collection_exists(name)
         if not exists:
             self._configs.pop(name, None)
-            raise _not_found(name)
+            raise collection_not_found(name)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -204,11 +121,6 @@ class RemoteBackend:
 
     # --- collections ----------------------------------------------------------------------
 
-    def _metadata(self, config: CollectionConfig, create_time: datetime) -> dict[str, Any]:
-        return {
-            METADATA_KEY: {"config": config_to_dict(config), "create_time": create_time.isoformat()}
-        }
-
     async def create_collection(self, name: str, config: CollectionConfig) -> CollectionInfo:
         await self._create(name, config, datetime.now(UTC))
         return await self.get_collection(name)
@@ -216,20 +128,18 @@ class RemoteBackend:
     async def _create(self, name: str, config: CollectionConfig, create_time: datetime) -> None:
         async with self._errors():
             if await self._client.collection_exists(name):
-                raise _exists(name)
+                raise collection_exists(name)
             try:
                 await self._client.create_collection(
                     name,
-                    vectors_config=qm.VectorParams(
-                        size=config.dimension, distance=_DISTANCES[config.distance]
-                    ),
-                    hnsw_config=_hnsw_diff(config.hnsw),
-                    quantization_config=_quantization(config.quantization),
-                    metadata=self._metadata(config, create_time),
+                    vectors_config=vector_params(config),
+                    hnsw_config=hnsw_diff(config.hnsw),
+                    quantization_config=quantization_config(config.quantization),
+                    metadata=metadata(config, create_time),
                 )
             except (UnexpectedResponse, grpc.aio.AioRpcError, ValueError):
                 if await self._client.collection_exists(name):
-                    raise _exists(name) from None
+                    raise collection_exists(name) from None
                 raise
         await self._create_indexes(name, {TENANT_KEY: FieldType.KEYWORD, **config.payload_schema})
         self._configs[name] = (time.monotonic(), config)
@@ -239,60 +149,25 @@ class RemoteBackend:
             return  # local mode has no payload indexes (filters still work)
         async with self._errors(name):
             for key, kind in sorted(schema.items()):
-                field_schema: Any = (
-                    qm.KeywordIndexParams(type=qm.KeywordIndexType.KEYWORD, is_tenant=True)
-                    if key == TENANT_KEY
-                    else _SCHEMA_TYPES[kind]
+                await self._client.create_payload_index(
+                    name, key, field_schema=field_index(key, kind)
                 )
-                await self._client.create_payload_index(name, key, field_schema=field_schema)
 
     async def get_collection(self, name: str) -> CollectionInfo:
         await self._require(name)
         async with self._errors(name):
             info = await self._client.get_collection(name)
-        config, create_time = self._config_of(info)
+        config, create_time = config_of(info)
         self._configs[name] = (time.monotonic(), config)
-        status = {
-            qm.CollectionStatus.GREEN: CollectionStatus.READY,
-            qm.CollectionStatus.RED: CollectionStatus.ERROR,
-        }.get(info.status, CollectionStatus.OPTIMIZING)
         return CollectionInfo(
             name=name,
             config=config,
             points_count=info.points_count or 0,
             indexed_vectors_count=info.indexed_vectors_count or 0,
-            status=status,
+            status=collection_status(info),
             disk_bytes=0,
             create_time=create_time,
         )
-
-    def _config_of(self, info: qm.CollectionInfo) -> tuple[CollectionConfig, datetime | None]:
-        own = (info.config.metadata or {}).get(METADATA_KEY)
-        if isinstance(own, dict) and "config" in own:
-            created = own.get("create_time")
-            return config_from_dict(own["config"]), (
-                datetime.fromisoformat(created) if isinstance(created, str) else None
-            )
-        # A collection made without this service: read Qdrant's own configuration.
-        vectors = info.config.params.vectors
-        if not isinstance(vectors, qm.VectorParams):
-            raise FailedPrecondition(
-                "the collection has named vectors, which this service does not serve",
-                reason="UNSUPPORTED_COLLECTION",
-            )
-        hnsw = info.config.hnsw_config
-        schema = {
-            key: _SCHEMA_TYPES_BACK[entry.data_type]
-            for key, entry in (info.payload_schema or {}).items()
-            if entry.data_type in _SCHEMA_TYPES_BACK and key != TENANT_KEY
-        }
-        config = CollectionConfig(
-            dimension=vectors.size,
-            distance=_DISTANCES_BACK.get(vectors.distance, Distance.COSINE),
-            payload_schema=schema,
-            hnsw=HnswOptions(hnsw.m, hnsw.ef_construct, hnsw.full_scan_threshold, None),
-        )
-        return config, info.created_at if isinstance(info.created_at, datetime) else None
 
     async def collection_config(self, name: str) -> CollectionConfig:
         cached = self._configs.get(name)
@@ -337,9 +212,9 @@ class RemoteBackend:
         async with self._errors(name):
             await self._client.update_collection(
                 name,
-                hnsw_config=_hnsw_diff(hnsw) if update.hnsw is not None else None,
-                quantization_config=_quantization(update.quantization),
-                metadata=self._metadata(new_config, current.create_time or datetime.now(UTC)),
+                hnsw_config=hnsw_diff(hnsw) if update.hnsw is not None else None,
+                quantization_config=quantization_config(update.quantization),
+                metadata=metadata(new_config, current.create_time or datetime.now(UTC)),
             )
         self._configs.pop(name, None)
         return await self.get_collection(name)
@@ -424,7 +299,7 @@ class RemoteBackend:
                     with_payload=with_payload,
                     with_vectors=with_vector,
                 )
-        return [_record(r, with_payload, with_vector) for r in found]
+        return [point_record(r, with_payload, with_vector) for r in found]
 
     async def scroll(
         self,
@@ -439,37 +314,25 @@ class RemoteBackend:
         async with self._errors(collection):
             found, next_offset = await self._client.scroll(
                 collection,
-                scroll_filter=None if filter is None else to_qdrant_filter(filter),
+                scroll_filter=client_filter(filter),
                 limit=limit,
                 offset=offset,
                 with_payload=with_payload,
                 with_vectors=with_vector,
             )
         return (
-            [_record(r, with_payload, with_vector) for r in found],
-            None if next_offset is None else _point_id(next_offset),
+            [point_record(r, with_payload, with_vector) for r in found],
+            None if next_offset is None else point_id(next_offset),
         )
 
     async def count(self, collection: str, filter: Filter | None) -> int:
         async with self._errors(collection):
             result = await self._client.count(
                 collection,
-                count_filter=None if filter is None else to_qdrant_filter(filter),
+                count_filter=client_filter(filter),
                 exact=True,
             )
         return result.count
-
-    def _request(self, query: SearchQuery, ef_search: int | None) -> qm.QueryRequest:
-        return qm.QueryRequest(
-            query=list(query.vector),
-            filter=None if query.filter is None else to_qdrant_filter(query.filter),
-            params=_search_params(query.hnsw_ef or ef_search, query.exact, self.local),
-            limit=query.limit,
-            offset=query.offset or None,
-            score_threshold=query.score_threshold,
-            with_payload=query.with_payload,
-            with_vector=query.with_vector,
-        )
 
     async def search(self, collection: str, query: SearchQuery) -> list[ScoredHit]:
         return (await self.search_batch(collection, [query]))[0]
@@ -481,7 +344,7 @@ class RemoteBackend:
         async with self._errors(collection):
             if len(queries) == 1:
                 query = queries[0]
-                request = self._request(query, ef)
+                request = query_request(query, ef, self.local)
                 response = await self._client.query_points(
                     collection,
                     query=list(query.vector),
@@ -496,51 +359,40 @@ class RemoteBackend:
                 responses = [response]
             else:
                 responses = await self._client.query_batch_points(
-                    collection, requests=[self._request(q, ef) for q in queries]
+                    collection, requests=[query_request(q, ef, self.local) for q in queries]
                 )
         return [
-            [_hit(p, q.with_payload, q.with_vector) for p in r.points]
+            [scored_hit(p, q.with_payload, q.with_vector) for p in r.points]
             for r, q in zip(responses, queries, strict=True)
         ]
 
     async def recommend(self, collection: str, query: RecommendQuery) -> list[ScoredHit]:
         ef = (await self.collection_config(collection)).hnsw.ef_search
-        remote_query: Any
-        if query.strategy is RecommendStrategy.BEST_SCORE:
-            remote_query = qm.RecommendQuery(
-                recommend=qm.RecommendInput(
-                    positive=[list(v) for v in query.positives],
-                    negative=[list(v) for v in query.negatives] or None,
-                    strategy=qm.RecommendStrategy.BEST_SCORE,
-                )
-            )
-        else:
-            remote_query = average_vector(query.positives, query.negatives)
         async with self._errors(collection):
             response = await self._client.query_points(
                 collection,
-                query=remote_query,
-                query_filter=None if query.filter is None else to_qdrant_filter(query.filter),
-                search_params=_search_params(ef, False, self.local),
+                query=recommend_query(query),
+                query_filter=client_filter(query.filter),
+                search_params=search_params(ef, False, self.local),
                 limit=query.limit,
                 offset=query.offset or None,
                 score_threshold=query.score_threshold,
                 with_payload=query.with_payload,
                 with_vectors=query.with_vector,
             )
-        return [_hit(p, query.with_payload, query.with_vector) for p in response.points]
+        return [scored_hit(p, query.with_payload, query.with_vector) for p in response.points]
 
     async def sample(self, collection: str, filter: Filter | None, limit: int) -> list[PointRecord]:
         async with self._errors(collection):
             response = await self._client.query_points(
                 collection,
                 query=qm.SampleQuery(sample=qm.Sample.RANDOM),
-                query_filter=None if filter is None else to_qdrant_filter(filter),
+                query_filter=client_filter(filter),
                 limit=limit,
                 with_payload=False,
                 with_vectors=True,
             )
-        return [PointRecord(_point_id(p.id), _vector(p.vector), None) for p in response.points]
+        return [PointRecord(point_id(p.id), plain_vector(p.vector), None) for p in response.points]
 
     # --- snapshots --------------------------------------------------------------------------------
 
@@ -554,7 +406,7 @@ class RemoteBackend:
             description = await self._client.create_snapshot(collection, wait=True)
         if description is None:
             raise Unavailable("Qdrant did not report the snapshot it made")
-        return _snapshot(collection, description)
+        return snapshot_info(collection, description)
 
     async def _scroll_all(self, collection: str) -> AsyncIterator[list[PointRecord]]:
         offset: PointId | None = None
@@ -576,7 +428,7 @@ class RemoteBackend:
             return await asyncio.to_thread(self._portable.infos, collection)
         async with self._errors(collection):
             descriptions = await self._client.list_snapshots(collection)
-        snapshots = [_snapshot(collection, d) for d in descriptions]
+        snapshots = [snapshot_info(collection, d) for d in descriptions]
         snapshots.sort(
             key=lambda s: (s.create_time or datetime.min.replace(tzinfo=UTC), s.name), reverse=True
         )
@@ -619,9 +471,7 @@ class RemoteBackend:
                 await self._client.recover_snapshot(
                     target,
                     location=f"{base}/collections/{collection}/snapshots/{snapshot}",
-                    api_key=self._settings.qdrant_api_key.get_secret_value()
-                    if self._settings.qdrant_api_key
-                    else None,
+                    api_key=self._api_key(),
                     checksum=info.checksum or None,
                     wait=True,
                 )
@@ -650,77 +500,3 @@ class RemoteBackend:
                 info = await self.get_collection(name)
                 sizes[name] = (info.points_count, info.disk_bytes)
         return sizes
-
-
-def _hnsw_diff(options: HnswOptions) -> qm.HnswConfigDiff:
-    return qm.HnswConfigDiff(
-        m=options.m if options.m is not None else DEFAULT_M,
-        ef_construct=options.ef_construct
-        if options.ef_construct is not None
-        else DEFAULT_EF_CONSTRUCT,
-        full_scan_threshold=options.full_scan_threshold
-        if options.full_scan_threshold is not None
-        else DEFAULT_FULL_SCAN_THRESHOLD_KB,
-    )
-
-
-def _quantization(value: Quantization | None) -> Any:
-    if isinstance(value, ScalarQuantization):
-        return qm.ScalarQuantization(
-            scalar=qm.ScalarQuantizationConfig(
-                type=qm.ScalarType.INT8, quantile=value.quantile, always_ram=value.always_ram
-            )
-        )
-    if isinstance(value, BinaryQuantization):
-        return qm.BinaryQuantization(
-            binary=qm.BinaryQuantizationConfig(always_ram=value.always_ram)
-        )
-    return None
-
-
-def _search_params(ef: int | None, exact: bool, local: bool) -> qm.SearchParams | None:
-    if local or (not ef and not exact):
-        return None  # local mode always searches exactly (and warns about parameters)
-    return qm.SearchParams(hnsw_ef=ef, exact=exact)
-
-
-def _point_id(value: Any) -> PointId:
-    return value if isinstance(value, int) else str(value)
-
-
-def _vector(value: Any) -> list[float] | None:
-    if isinstance(value, dict):
-        value = value.get("")
-    return None if value is None else [float(x) for x in value]
-
-
-def _record(record: qm.Record, with_payload: bool, with_vector: bool) -> PointRecord:
-    return PointRecord(
-        _point_id(record.id),
-        _vector(record.vector) if with_vector else None,
-        (record.payload or {}) if with_payload else None,
-    )
-
-
-def _hit(point: qm.ScoredPoint, with_payload: bool, with_vector: bool) -> ScoredHit:
-    return ScoredHit(
-        _point_id(point.id),
-        point.score,
-        (point.payload or {}) if with_payload else None,
-        _vector(point.vector) if with_vector else None,
-    )
-
-
-def _snapshot(collection: str, description: qm.SnapshotDescription) -> SnapshotInfo:
-    created: datetime | None = None
-    if description.creation_time:
-        created = datetime.fromisoformat(description.creation_time)
-        if created.tzinfo is None:
-            created = created.replace(tzinfo=UTC)
-    return SnapshotInfo(
-        name=description.name,
-        collection=collection,
-        size_bytes=description.size,
-        create_time=created,
-        checksum=description.checksum or "",
-    )
