@@ -2,7 +2,7 @@
 calls through the gateway over HTTP.
 
     python -m bench.gateway [--points 10000] [--dim 128] [--calls 600] [--rate 100]
-                            [--clients 32] [--seconds 3] [--rounds 3] [--fastapi-routing]
+                            [--clients 32] [--seconds 3] [--rounds 3]
 
 In one run, with the vector service (``python -m lodestar.services.vector``)
 and the gateway (``python -m lodestar.services.gateway``) as their own
@@ -19,10 +19,7 @@ processes on loopback and this process as the client:
   path at ``--rate`` calls/s per path, direct and gateway calls taking turns
   (each starts half an interval after the other), so that both paths meet the
   same conditions; p50 and p99 of each path, and the gateway's added latency
-  (gateway − direct) at both. With ``--fastapi-routing``, a second gateway with
-  direct routes turned off (``LODESTAR_GATEWAY_DIRECT_ROUTES=false``: every
-  request through FastAPI's router and dependency solver) takes its turn in
-  the same windows, for comparison;
+  (gateway − direct) at both;
 - requests/s at saturation: ``--clients`` concurrent clients for
   ``--seconds``, spread over ``--client-processes`` processes (one Python
   client process cannot keep a server busy), with the gateway process's CPU
@@ -335,8 +332,6 @@ async def measure(args: argparse.Namespace) -> Figures:
     ops_token = mint_token(GatewaySettings(), "bench-ops", ["operator"], 3600)
     figures = Figures()
     pool = ProcessPoolExecutor(args.client_processes, mp_context=mp.get_context("spawn"))
-    fastapi_port = free_port()
-    fastapi_url = f"http://127.0.0.1:{fastapi_port}"
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(
             service_process(
@@ -346,15 +341,6 @@ async def measure(args: argparse.Namespace) -> Figures:
         gateway_pid = await stack.enter_async_context(
             service_process("lodestar.services.gateway", gateway_env, http_url=url)
         )
-        if args.fastapi_routing:
-            fastapi_env = {
-                **gateway_env,
-                "LODESTAR_GATEWAY_PORT": str(fastapi_port),
-                "LODESTAR_GATEWAY_DIRECT_ROUTES": "false",
-            }
-            await stack.enter_async_context(
-                service_process("lodestar.services.gateway", fastapi_env, http_url=fastapi_url)
-            )
         channel = insecure_channel(f"127.0.0.1:{vector_port}")
         stub = pb_grpc.VectorServiceStub(channel)
         # For the gateway's own metrics; the measured calls use ``--http-client``.
@@ -366,12 +352,6 @@ async def measure(args: argparse.Namespace) -> Figures:
                 "get": (paths.get_direct, paths.get_gateway),
                 "search": (paths.search_direct, paths.search_gateway),
             }
-            clients = [client]
-            if args.fastapi_routing:
-                clients.append(_http_client(args.http_client, fastapi_url, token))
-                routed = _paths(stub, clients[-1], args.points, query)
-                turns["get"] += (routed.get_gateway,)
-                turns["search"] += (routed.search_gateway,)
             for calls in turns.values():  # warm up connections, caches, JIT-free paths
                 for i in range(200):
                     for call in calls:
@@ -384,7 +364,7 @@ async def measure(args: argparse.Namespace) -> Figures:
                     before = await _server_times(http, ops_token)
                     measured = await _paced(calls, args.calls, args.rate)
                     after = await _server_times(http, ops_token)
-                    for side, ms in zip(("direct", "gateway", "fastapi"), measured, strict=False):
+                    for side, ms in zip(("direct", "gateway"), measured, strict=True):
                         figures.latency.setdefault(f"{name}.{side}", []).append(ms)
                     (a0, a1, a2, a3), (b0, b1, b2, b3) = after[name], before[name]
                     figures.inside.setdefault(name, []).append((a0 - b0, a1 - b1, a2 - b2, a3 - b3))
@@ -405,8 +385,7 @@ async def measure(args: argparse.Namespace) -> Figures:
                             figures.cpu_per_call.setdefault(name, []).append(cpu / rps)
                         figures.rps.setdefault(key, []).append(rps)
                 print(f"  round {round_no + 1}/{args.rounds} done", flush=True)
-            for opened in clients:
-                await opened.close()
+            await client.close()
         await channel.close()
     pool.shutdown()
     return figures
@@ -435,14 +414,6 @@ def report(figures: Figures, args: argparse.Namespace) -> bool:
                 f"{label + ' ' + qname + ' ms':22}{direct:>14.3f}{via:>14.3f}"
                 f"{added:>+11.3f}{'' if ok else '!'}{via / direct:>8.2f}"
             )
-        if f"{name}.fastapi" in figures.latency:
-            for q, qname in ((0.5, "p50"), (0.99, "p99")):
-                direct = figures.p(f"{name}.direct", q)
-                routed = figures.p(f"{name}.fastapi", q)
-                print(
-                    f"{label + ' ' + qname + ' ms':22}{'':>14}{routed:>14.3f}"
-                    f"{routed - direct:>+11.3f} {routed / direct:>8.2f}  (FastAPI routing)"
-                )
         direct_rps = figures.r(f"{name}.direct")
         via_rps = figures.r(f"{name}.gateway")
         print(
@@ -500,11 +471,6 @@ def main(argv: list[str] | None = None) -> int:
         default="raw",
         help="HTTP client of the gateway side: a minimal keep-alive client (as load tools "
         "use) or httpx (adds its own per-request CPU to the gateway's figures)",
-    )
-    parser.add_argument(
-        "--fastapi-routing",
-        action="store_true",
-        help="also measure, in the same latency windows, a gateway with direct routes off",
     )
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)

@@ -24,7 +24,8 @@ from lodestar.services.embedding.engine import EmbeddingEngine
 from lodestar.services.embedding.server import create_server as create_embedding_server
 from lodestar.services.embedding.settings import EmbeddingSettings
 from lodestar.services.embedding.settings import bundled_model_path as embedding_model_path
-from lodestar.services.gateway.flows import FlowsRuntime, FlowsSettings, runtime_of
+from lodestar.services.gateway.flows.runtime import FlowsRuntime
+from lodestar.services.gateway.flows.settings import FlowsSettings
 from lodestar.services.inference.engine import InferenceEngine
 from lodestar.services.inference.model import LlamaModel
 from lodestar.services.inference.server import create_server as create_inference_server
@@ -143,7 +144,9 @@ async def client(gateway: RunningGateway) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 def runtime(gateway: RunningGateway) -> FlowsRuntime:
-    return runtime_of(gateway.app.state.gateway)
+    flows: FlowsRuntime | None = gateway.app.state.gateway.flows
+    assert flows is not None
+    return flows
 
 
 def fresh(prefix: str) -> str:

@@ -12,10 +12,11 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
-from lodestar.services.gateway import GatewaySettings
+from lodestar.services.gateway.app import create_app as create_flows_app
 from lodestar.services.gateway.auth import mint_token
-from lodestar.services.gateway.flows import FlowsSettings, create_flows_app
+from lodestar.services.gateway.flows.settings import FlowsSettings
 from lodestar.services.gateway.server import bound_port, create_server
+from lodestar.services.gateway.settings import GatewaySettings
 
 GENEROUS_LIMITS = {"generate": 100_000, "read": 100_000, "write": 100_000, "admin": 100_000}
 

@@ -270,8 +270,6 @@ async def test_the_prompt_may_not_exceed_the_context(
 async def test_usage_of_openai_routes_counts_tokens(
     gateway: RunningGateway, oai: AsyncOpenAI, models: dict[str, str], client: httpx.AsyncClient
 ) -> None:
-    from lodestar.services.gateway.flows import runtime_of
-
     completion = await oai.chat.completions.create(
         model=models["chat"],
         messages=QUESTION,
@@ -279,7 +277,7 @@ async def test_usage_of_openai_routes_counts_tokens(
         temperature=0,
     )
     assert completion.usage is not None
-    await runtime_of(gateway.app.state.gateway).usage.flush()
+    await gateway.app.state.gateway.flows.usage.flush()
     reply = await client.get(
         "/api/v1/analytics/usage",
         params={"subject": "openai-user"},

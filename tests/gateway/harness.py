@@ -16,9 +16,10 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
-from lodestar.services.gateway import Extension, GatewaySettings, create_app
+from lodestar.services.gateway.app import create_app
 from lodestar.services.gateway.auth import mint_token
 from lodestar.services.gateway.server import bound_port, create_server
+from lodestar.services.gateway.settings import GatewaySettings
 
 ROLES = ("viewer", "user", "editor", "operator", "admin")
 
@@ -42,9 +43,10 @@ class RunningGateway:
 
 @contextlib.asynccontextmanager
 async def run_gateway(
-    settings: GatewaySettings, extensions: Sequence[Extension] = ()
+    settings: GatewaySettings, app: FastAPI | None = None
 ) -> AsyncIterator[RunningGateway]:
-    app = create_app(settings, extensions=extensions)
+    """Serve ``app`` (by default the core gateway app of ``settings``)."""
+    app = app or create_app(settings)
     server = create_server(settings, app)
     # Tests own the process's signals.
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]

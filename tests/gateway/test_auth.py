@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from lodestar.runtime.errors import Unauthenticated, Unavailable
-from lodestar.services.gateway.auth import Permission, TokenVerifier, mint_token, parse_duration
+from lodestar.services.gateway.auth import TokenVerifier, mint_token, parse_duration
+from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.settings import GatewaySettings
 from tests.gateway.harness import RunningGateway, free_port
 

@@ -17,7 +17,7 @@ from lodestar.runtime.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from lodestar.services.gateway import Extension
+from lodestar.services.gateway.app import create_app
 from tests.gateway.fakes import FakeBackends
 from tests.gateway.harness import RunningGateway, gateway_settings, run_gateway
 
@@ -197,8 +197,10 @@ async def test_unexpected_exception_is_a_json_500(fakes: FakeBackends) -> None:
     settings = gateway_settings(
         fakes.address("embedding"), fakes.address("vector"), fakes.address("inference")
     )
+    app = create_app(settings)
+    app.include_router(router)
     async with (
-        run_gateway(settings, [Extension("boom", routers=[router])]) as gw,
+        run_gateway(settings, app) as gw,
         gw.client() as http,
     ):
         response = await http.get("/api/v1/boom", headers={"X-Request-ID": "trace-me-42"})

@@ -11,9 +11,7 @@ import httpx
 import pytest
 
 from lodestar.inference.v1 import inference_service_pb2 as ipb
-from lodestar.services.gateway import Extension
-from lodestar.services.gateway.auth import Permission
-from lodestar.services.gateway.deps import Gateway
+from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.pipeline import Generation
 from lodestar.services.gateway.schemas.inference import GenerateRequest
 from tests.gateway.fakes import FakeBackends
@@ -168,17 +166,15 @@ class _EchoContextStage:
 
 
 async def test_stages_extend_generation(fakes: FakeBackends) -> None:
-    async def install(gateway: Gateway) -> None:
-        gateway.pipeline.add(_EchoContextStage())
-
     settings = gateway_settings(
         fakes.address("embedding"), fakes.address("vector"), fakes.address("inference")
     )
     body = {"messages": [{"role": "user", "content": "What?"}], "context": {"collection": "docs"}}
     async with (
-        run_gateway(settings, [Extension("echo", on_start=install)]) as gw,
+        run_gateway(settings) as gw,
         gw.client() as http,
     ):
+        gw.app.state.gateway.pipeline.add(_EchoContextStage())
         unary = await http.post(GENERATE, json=body, headers=gw.auth("user"))
         assert unary.status_code == 200, unary.text
         assert unary.json()["sources"] == [{"id": 1, "score": 0.9}]

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from lodestar.services.gateway.app import route_security
-from lodestar.services.gateway.auth import DEFAULT_ROLES, Permission
+from lodestar.services.gateway.permissions import DEFAULT_ROLES, Permission
 from tests.gateway.harness import ROLES, RunningGateway
 
 P = Permission

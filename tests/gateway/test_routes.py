@@ -1,86 +1,231 @@
-"""Routes parse JSON bodies with pydantic-core and answer exactly as FastAPI's own parsing."""
+"""Requests through the app's FastAPI routes, valid ones and ones it must refuse
+(bad JSON, wrong types, unknown fields, bad query parameters, a foreign content
+type, oversized bodies, missing or weak tokens, unknown paths and methods): each
+gets its status and the reason and fields of the one error body shape."""
 
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
-import starlette.requests
-from fastapi import APIRouter, FastAPI
-from fastapi.routing import APIRoute
-from pydantic import BaseModel
 
-from lodestar.services.gateway.routes.base import GatewayRoute
+from tests.gateway.fakes import FakeBackends
+from tests.gateway.harness import RunningGateway
 
+SEARCH = {"collection": "docs", "vector": [0.1, 0.2, 0.3, 0.4], "limit": 3}
+JSON = {"content-type": "application/json"}
+OK = None  # a 2xx or 3xx: no error body
 
-class Body(BaseModel):
-    vector: list[float]
-    count: int = 0
-
-
-def app_with(route_class: type[APIRoute]) -> FastAPI:
-    router = APIRouter(route_class=route_class)
-
-    @router.post("/echo")
-    async def echo(body: Body) -> dict[str, object]:
-        return {"vector": body.vector, "count": body.count}
-
-    @router.get("/plain")
-    async def plain() -> dict[str, str]:
-        return {"ok": "yes"}
-
-    app = FastAPI()
-    app.include_router(router)
-    return app
-
-
-async def call(app: FastAPI, content: bytes) -> httpx.Response:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-        return await client.post(
-            "/echo", content=content, headers={"content-type": "application/json"}
-        )
-
-
-BODIES = [
-    b'{"vector": [0.5, 1, -2e-3], "count": 3}',
-    b'{"vector": [1, NaN, 0]}',  # the standard library accepts NaN, and validation refuses it
-    b'{"vector": [1, 2], "count": 123456789012345678901234567890}',  # beyond 64 bits
-    b'{"vector": [1, 2',  # truncated
-    b'{"vector": "not a list"}',
-    b"[]",
-    b'{"vector": [1], "count": 1, "count": 2}',  # the last of duplicate keys
-    b'{"vector": [1], "note": "\\ud800"}',  # a lone surrogate escape
+# (method, path, body as sent, extra headers, role or None for no token)
+#   → (status, error reason or OK, the fields named by the error's violations)
+CASES: list[
+    tuple[
+        tuple[str, str, bytes | None, dict[str, str], str | None],
+        tuple[int, str | None, list[str]],
+    ]
+] = [
+    (
+        ("POST", "/api/v1/vectors/search", json.dumps(SEARCH).encode(), JSON, "viewer"),
+        (200, OK, []),
+    ),
+    (
+        ("POST", "/api/v1/vectors/search", json.dumps(SEARCH).encode(), {}, "viewer"),
+        (422, "INVALID_REQUEST", ["body"]),
+    ),
+    (
+        (
+            "POST",
+            "/api/v1/vectors/search",
+            json.dumps(SEARCH).encode(),
+            {"content-type": "application/vnd.api+json; charset=utf-8"},
+            "viewer",
+        ),
+        (200, OK, []),
+    ),
+    (
+        ("POST", "/api/v1/vectors/search", json.dumps(SEARCH).encode(), JSON, None),
+        (401, "MISSING_TOKEN", []),
+    ),
+    (
+        ("POST", "/api/v1/vectors/search", json.dumps(SEARCH).encode(), JSON, "nobody"),
+        (401, "INVALID_TOKEN", []),
+    ),
+    (
+        (
+            "POST",
+            "/api/v1/vectors/search",
+            b'{"collection": "docs", "vector": [1, ',
+            JSON,
+            "viewer",
+        ),
+        (400, "MALFORMED_JSON", ["body"]),
+    ),
+    (("POST", "/api/v1/vectors/search", b"", JSON, "viewer"), (422, "INVALID_REQUEST", ["body"])),
+    (
+        ("POST", "/api/v1/vectors/search", b"null", JSON, "viewer"),
+        (422, "INVALID_REQUEST", ["body"]),
+    ),
+    (
+        ("POST", "/api/v1/vectors/search", b'{"collection": "docs"}', JSON, "viewer"),
+        (422, "INVALID_REQUEST", ["body"]),
+    ),
+    (
+        (
+            "POST",
+            "/api/v1/vectors/search",
+            json.dumps({**SEARCH, "limit": "many"}).encode(),
+            JSON,
+            "viewer",
+        ),
+        (422, "INVALID_REQUEST", ["limit"]),
+    ),
+    (
+        ("POST", "/api/v1/vectors/search", json.dumps({**SEARCH, "k": 3}).encode(), JSON, "viewer"),
+        (422, "INVALID_REQUEST", ["k"]),
+    ),
+    (
+        (
+            "POST",
+            "/api/v1/vectors/search",
+            b'{"collection": "docs", "vector": [NaN, 1, 2, 3]}',
+            JSON,
+            "viewer",
+        ),
+        (422, "INVALID_REQUEST", ["vector[0]"]),
+    ),
+    (
+        (
+            "POST",
+            "/api/v1/vectors/search",
+            json.dumps(SEARCH).encode(),
+            {"content-type": "text/plain"},
+            "viewer",
+        ),
+        (422, "INVALID_REQUEST", ["body"]),
+    ),
+    (
+        ("POST", "/api/v1/vectors/search", b'{"pad": "' + b"x" * 70_000 + b'"}', JSON, "viewer"),
+        (413, "BODY_TOO_LARGE", []),
+    ),
+    (
+        ("POST", "/api/v1/vectors/search", json.dumps(SEARCH).encode(), JSON, "collections:other"),
+        (403, "COLLECTION_NOT_ALLOWED", []),
+    ),
+    (
+        ("GET", "/api/v1/vectors/search", None, {}, "viewer"),
+        (422, "INVALID_REQUEST", ["collection"]),
+    ),
+    (("GET", "/api/v1/vectors/7?collection=docs", None, {}, "viewer"), (200, OK, [])),
+    (
+        (
+            "GET",
+            "/api/v1/vectors/7?collection=docs&with_vector=true&with_payload=0",
+            None,
+            {},
+            "viewer",
+        ),
+        (200, OK, []),
+    ),
+    (
+        ("GET", "/api/v1/vectors/7?collection=docs&with_vector=maybe", None, {}, "viewer"),
+        (422, "INVALID_REQUEST", ["with_vector"]),
+    ),
+    (
+        ("GET", "/api/v1/vectors/7?collection=", None, {}, "viewer"),
+        (422, "INVALID_REQUEST", ["collection"]),
+    ),
+    (("GET", "/api/v1/vectors/7", None, {}, "viewer"), (422, "INVALID_REQUEST", ["collection"])),
+    (("GET", "/api/v1/vectors/7?collection=a&collection=docs", None, {}, "viewer"), (200, OK, [])),
+    (
+        ("GET", "/api/v1/vectors/404?collection=docs", None, {}, "viewer"),
+        (404, "POINT_NOT_FOUND", []),
+    ),
+    (
+        ("GET", "/api/v1/vectors/not-an-id?collection=docs", None, {}, "viewer"),
+        (400, "BAD_POINT_ID", ["id"]),
+    ),
+    (("GET", "/api/v1/vectors/7/?collection=docs", None, {}, "viewer"), (307, OK, [])),
+    (("HEAD", "/api/v1/vectors/7?collection=docs", None, {}, "viewer"), (405, OK, [])),
+    (
+        ("PATCH", "/api/v1/vectors/7?collection=docs", None, {}, "viewer"),
+        (405, "METHOD_NOT_ALLOWED", []),
+    ),
+    (
+        (
+            "POST",
+            "/api/v1/vectors/insert",
+            json.dumps({"collection": "docs"}).encode(),
+            JSON,
+            "viewer",
+        ),
+        (403, "MISSING_PERMISSION", []),
+    ),
+    (
+        ("DELETE", "/api/v1/vectors/7?collection=docs", None, {}, "user"),
+        (403, "MISSING_PERMISSION", []),
+    ),
+    (("DELETE", "/api/v1/vectors/7?collection=docs", None, {}, "editor"), (200, OK, [])),
+    (("GET", "/api/v1/collections?limit=2", None, {}, "viewer"), (200, OK, [])),
+    (("GET", "/api/v1/collections?limit=-1", None, {}, "viewer"), (200, OK, [])),
+    (("GET", "/api/v1/collections/docs", None, {}, "viewer"), (200, OK, [])),
+    (("GET", "/api/v1/collections/bad..name", None, {}, "viewer"), (200, OK, [])),
+    (("GET", "/api/v1/nowhere", None, {}, "viewer"), (404, "ROUTE_NOT_FOUND", [])),
 ]
 
 
-@pytest.mark.parametrize("content", BODIES)
-async def test_answers_match_fastapis_own_parsing(content: bytes) -> None:
-    ours = await call(app_with(GatewayRoute), content)
-    theirs = await call(app_with(APIRoute), content)
-    assert (ours.status_code, ours.json()) == (theirs.status_code, theirs.json())
+def _headers(gateway: RunningGateway, role: str | None, extra: dict[str, str]) -> dict[str, str]:
+    headers = dict(extra)
+    if role == "collections:other":
+        headers.update(gateway.auth("viewer", collections=["other"]))
+    elif role == "nobody":
+        headers["Authorization"] = "Bearer not-a-token"
+    elif role is not None:
+        headers.update(gateway.auth(role))
+    return headers
 
 
-async def test_valid_bodies_do_not_go_through_the_standard_library(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(("request_", "expected"), CASES)
+async def test_route_answers(
+    gateway: RunningGateway,
+    client: httpx.AsyncClient,
+    request_: tuple[str, str, bytes | None, dict[str, str], str | None],
+    expected: tuple[int, str | None, list[str]],
 ) -> None:
-    def refuse(*args: object, **kwargs: object) -> object:
-        raise AssertionError("json.loads called")
+    method, path, body, extra, role = request_
+    response = await client.request(
+        method, path, content=body, headers=_headers(gateway, role, extra)
+    )
+    status, reason, fields = expected
+    assert response.status_code == status, response.text
+    if status == 307:
+        return
+    assert response.headers["content-type"] == "application/json"
+    if reason is None:
+        return
+    error: dict[str, Any] = response.json()["error"]
+    assert error["details"]["reason"] == reason
+    violations = error["details"].get("field_violations", [])
+    assert [v["field"] for v in violations] == fields
 
-    monkeypatch.setattr(starlette.requests, "json", SimpleNamespace(loads=refuse))
-    response = await call(app_with(GatewayRoute), BODIES[0])
-    assert response.status_code == 200
-    assert response.json() == {"vector": [0.5, 1.0, -0.002], "count": 3}
-    # The same body through FastAPI's own parsing does use it (and fails).
-    assert (await call(app_with(APIRoute), BODIES[0])).status_code == 400
 
-
-async def test_routes_without_a_body_are_fastapis_own() -> None:
-    app = app_with(GatewayRoute)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-        response = await client.get("/plain")
-    assert response.json() == {"ok": "yes"}
-    assert json.loads(response.content) == {"ok": "yes"}
+async def test_answers_carry_what_was_asked(
+    gateway: RunningGateway, client: httpx.AsyncClient, fakes: FakeBackends
+) -> None:
+    headers = gateway.auth("viewer")
+    found = await client.post("/api/v1/vectors/search", json=SEARCH, headers=headers)
+    assert found.json() == {
+        "points": [{"id": 1, "score": 0.5, "payload": {"text": "hello", "n": 3}}],
+        "time_ms": 0.25,
+    }
+    point = await client.get(
+        "/api/v1/vectors/7",
+        params={"collection": "docs", "with_vector": "true", "with_payload": "0"},
+        headers=headers,
+    )
+    assert point.json() == {"id": 7, "vector": [0.25, 0.25, 0.25, 0.25]}
+    # The last of a repeated query parameter counts.
+    repeated = await client.get("/api/v1/vectors/7?collection=a&collection=docs", headers=headers)
+    assert repeated.json() == {"id": 7, "payload": {"n": 1, "tenant": ""}}
+    assert fakes.vector.recorder.last("GetPoints").collection == "docs"

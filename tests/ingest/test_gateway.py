@@ -20,9 +20,10 @@ from lodestar.ingest import IngestOptions, Ingestor, ingest_main
 from lodestar.ingest.chunking import ChunkingOptions
 from lodestar.ingest.sinks import GatewaySink, IngestError, PointToWrite, RetryPolicy
 from lodestar.ingest.sources import discover
-from lodestar.services.gateway import GatewaySettings, create_app
+from lodestar.services.gateway.app import create_app
 from lodestar.services.gateway.auth import mint_token
 from lodestar.services.gateway.server import bound_port, create_server
+from lodestar.services.gateway.settings import GatewaySettings
 from lodestar.vector.v1 import vector_service_pb2 as vector_pb
 from lodestar.vector.v1 import vector_service_pb2_grpc as vector_grpc
 from tests.ingest.conftest import Services, write_corpus

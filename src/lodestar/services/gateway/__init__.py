@@ -1,10 +1,7 @@
 """The gateway: REST and Server-Sent Events over the gRPC services, with JWT
-permissions, rate limits, circuit breakers and failover."""
+permissions, rate limits, circuit breakers and failover.
 
-from __future__ import annotations
-
-from lodestar.services.gateway.app import Extension, create_app
-from lodestar.services.gateway.server import create_server, serve
-from lodestar.services.gateway.settings import GatewaySettings
-
-__all__ = ["Extension", "GatewaySettings", "create_app", "create_server", "serve"]
+The package itself imports nothing, so that light users (``lodestar token``
+imports ``auth`` and ``settings``) do not load the web server: the app is
+``app.create_app``, the server ``server.create_server`` and ``server.serve``.
+"""

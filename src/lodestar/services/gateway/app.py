@@ -1,33 +1,37 @@
-"""The gateway application factory: ``create_app(settings) -> FastAPI``.
+"""The gateway application factory: ``create_app(settings, flows) -> FastAPI``.
 
 Everything with a lifetime (gRPC channels, the rate-limit store, the token
-verifier) is built in the app's lifespan, so one process can run several
-independent gateway apps (as the tests do) and nothing lives in module
-globals.
-
-Extensions add routers and generation stages without editing this module::
-
-    create_app(settings, extensions=[Extension("flows", routers=[feedback.router],
-                                                on_start=install_stages)])
+verifier, the flows' usage recorder) is built in the app's lifespan as one
+``Gateway``, so one process can run several independent gateway apps (as the
+tests do) and nothing lives in module globals. With ``flows`` settings the app
+also serves the flows (their routes and generation stages, usage accounting)
+and the OpenAI-compatible API; without, the core REST API alone.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.routing import APIRoute, APIRouter, iter_route_contexts
+from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute, APIRouter
 
-from lodestar.services.gateway.auth import Permission, TokenVerifier
+from lodestar.services.gateway.auth import TokenVerifier
 from lodestar.services.gateway.backends import Backends
-from lodestar.services.gateway.deps import Gateway
-from lodestar.services.gateway.direct import DirectRoutes
+from lodestar.services.gateway.context import Gateway
+from lodestar.services.gateway.deps import Requirement
 from lodestar.services.gateway.errors import install_error_handlers
+from lodestar.services.gateway.flows.assembly import ROUTERS as FLOWS_ROUTERS
+from lodestar.services.gateway.flows.assembly import build_flows, flow_stages
+from lodestar.services.gateway.flows.settings import FlowsSettings
+from lodestar.services.gateway.flows.usage import Scope, UsageMiddleware, UsageRecorder
 from lodestar.services.gateway.middleware import GatewayMiddleware
+from lodestar.services.gateway.openai.routes import router as openai_router
+from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.pipeline import GeneratePipeline
 from lodestar.services.gateway.ratelimit import RouteClass, create_rate_limiter
 from lodestar.services.gateway.routes import API_ROUTERS, ROOT_ROUTERS, system
@@ -38,22 +42,12 @@ _log = logging.getLogger(__name__)
 VERSION = "0.1.0"
 
 
-@dataclass(frozen=True)
-class Extension:
-    """Routes and startup work added to the gateway by another package."""
-
-    name: str
-    # Routers with full paths (``routes.base.api_router`` adds /api/v1).
-    routers: Sequence[APIRouter] = ()
-    # Called once the gateway is built (e.g. to add generation stages).
-    on_start: Callable[[Gateway], Awaitable[None]] | None = None
-    on_stop: Callable[[Gateway], Awaitable[None]] | None = None
-
-
-def build_gateway(settings: GatewaySettings) -> Gateway:
+def build_gateway(settings: GatewaySettings, flows: FlowsSettings | None = None) -> Gateway:
+    backends = Backends(settings)
+    runtime = build_flows(flows, backends) if flows is not None else None
     return Gateway(
         settings=settings,
-        backends=Backends(settings),
+        backends=backends,
         verifier=TokenVerifier(settings),
         limiter=create_rate_limiter(
             settings.redis_url,
@@ -62,13 +56,9 @@ def build_gateway(settings: GatewaySettings) -> Gateway:
             settings.generated_tokens_per_minute,
             settings.rate_limit_window_s,
         ),
-        pipeline=GeneratePipeline(),
+        pipeline=GeneratePipeline(flow_stages(runtime) if runtime is not None else ()),
+        flows=runtime,
     )
-
-
-async def close_gateway(gateway: Gateway) -> None:
-    await gateway.backends.close()
-    await gateway.limiter.close()
 
 
 # Routes that authorise inside their handler rather than through ``require``.
@@ -89,20 +79,21 @@ class RouteSecurity:
 
 
 def route_security(app: FastAPI) -> list[RouteSecurity]:
-    """What each API route needs: the permission matrix, read from the routes."""
+    """What each API route needs: the permission matrix, read from the routes
+    of the routers ``create_app`` included (their paths are full paths)."""
     settings: GatewaySettings = app.state.settings
+    routers: list[APIRouter] = app.state.routers
     out: list[RouteSecurity] = []
-    for context in iter_route_contexts(app.routes):
-        route = context.original_route
+    for route in (r for router in routers for r in router.routes):
         if not isinstance(route, APIRoute):
             continue
-        declared: tuple[Any, Any] | None = None
-        for dependency in route.dependant.dependencies:
-            if hasattr(dependency.call, "route_class"):
-                declared = (dependency.call.permission, dependency.call.route_class)  # type: ignore[union-attr]
+        declared = [d.call for d in route.dependant.dependencies if isinstance(d.call, Requirement)]
         for method in sorted(route.methods or ()):
-            if declared is not None:
-                out.append(RouteSecurity(method, route.path, declared[0], declared[1], True))
+            if declared:
+                need = declared[-1]
+                out.append(
+                    RouteSecurity(method, route.path, need.permission, need.route_class, True)
+                )
             elif route.endpoint in _HANDLER_PERMISSIONS:
                 required = route.endpoint is not system.health and not (
                     route.endpoint is system.metrics and settings.metrics_public
@@ -121,8 +112,6 @@ def _install_openapi_security(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:
             return app.openapi_schema
-        from fastapi.openapi.utils import get_openapi
-
         schema = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
@@ -165,13 +154,13 @@ request's deadline.
 
 
 def create_app(
-    settings: GatewaySettings | None = None, *, extensions: Sequence[Extension] = ()
+    settings: GatewaySettings | None = None, flows: FlowsSettings | None = None
 ) -> FastAPI:
     settings = settings or GatewaySettings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        gateway = build_gateway(settings)
+        gateway = build_gateway(settings, flows)
         app.state.gateway = gateway
         if (
             not settings.jwt_jwks_url
@@ -181,18 +170,12 @@ def create_app(
                 "tokens are verified with the public development key; "
                 "set LODESTAR_GATEWAY_JWT_JWKS_URL (or JWT_SIGNING_KEY) outside development"
             )
-        started: list[Extension] = []
         try:
-            for extension in extensions:
-                if extension.on_start is not None:
-                    await extension.on_start(gateway)
-                started.append(extension)
+            if gateway.flows is not None:
+                gateway.flows.start()
             yield
         finally:
-            for extension in reversed(started):
-                if extension.on_stop is not None:
-                    await extension.on_stop(gateway)
-            await close_gateway(gateway)
+            await gateway.close()
 
     app = FastAPI(
         title="Lodestar",
@@ -205,21 +188,33 @@ def create_app(
     )
     app.state.settings = settings
     install_error_handlers(app)
-    for router in [*API_ROUTERS, *ROOT_ROUTERS]:
+    routers = [*API_ROUTERS, *ROOT_ROUTERS]
+    if flows is not None:
+        routers += [*FLOWS_ROUTERS, openai_router]
+    for router in routers:
         app.include_router(router)
-    for extension in extensions:
-        for router in extension.routers:
-            app.include_router(router)
+    app.state.routers = routers
     _install_openapi_security(app)
-    # Inside GatewayMiddleware (added after it, so nearer the routes).
-    app.add_middleware(
-        DirectRoutes,  # type: ignore[arg-type]
-        fastapi_app=app,
-        enabled=settings.direct_routes,
-    )
     app.add_middleware(
         GatewayMiddleware,  # type: ignore[arg-type]
         max_body_bytes=settings.max_body_bytes,
         access_log=settings.access_log,
     )
+    if flows is not None:
+        # Outermost, so that it sees every final status and a stream's whole time.
+        app.add_middleware(
+            UsageMiddleware,  # type: ignore[arg-type]
+            recorder=_usage_recorder(app),
+            excluded=frozenset(flows.usage_excluded_routes),
+        )
     return app
+
+
+def _usage_recorder(app: FastAPI) -> Callable[[Scope], UsageRecorder | None]:
+    def recorder(scope: Scope) -> UsageRecorder | None:
+        gateway: Gateway | None = getattr(app.state, "gateway", None)
+        if gateway is None or gateway.flows is None:
+            return None
+        return gateway.flows.usage
+
+    return recorder

@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lodestar.services.gateway.auth import Permission, mint_token, parse_duration
+from lodestar.services.gateway.auth import mint_token, parse_duration
+from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.settings import GatewaySettings
 
 

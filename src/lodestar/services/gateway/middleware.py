@@ -3,9 +3,10 @@ buffering, and streams pass straight through).
 
 For every HTTP request it: takes or makes the request id (X-Request-ID in and
 out; routes forward it to backends as x-request-id metadata); refuses bodies
-over the configured size with 413; adds RateLimit-* headers decided by the
-route; turns an unexpected exception into the JSON 500 body; counts the request
-by route template, method and status; and writes one access-log line.
+over the configured size with 413; adds the RateLimit-* headers a route's
+dependency decided (left in the request state, ``state.py``); turns an
+unexpected exception into the JSON 500 body; counts the request by route
+template, method and status; and writes one access-log line.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from lodestar.runtime.context import new_request_id, request_id_var
 from lodestar.runtime.telemetry import tracing_enabled
 from lodestar.services.gateway.errors import JSON, error_payload, internal_error_body
 from lodestar.services.gateway.metrics import HTTP_DURATION_BY, HTTP_REQUESTS_BY
+from lodestar.services.gateway.state import STATE_RATE_LIMIT, STATE_SUBJECT, request_state
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -36,17 +38,6 @@ _access = logging.getLogger("lodestar.gateway.access")
 _log = logging.getLogger(__name__)
 
 _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
-
-# Keys of the per-request state (``scope["state"]``) routes fill in.
-STATE_RATE_LIMIT = "lodestar.rate_limit"
-STATE_SUBJECT = "lodestar.subject"
-# (prompt tokens, completion tokens) a generating route used, for usage accounting.
-STATE_TOKENS = "lodestar.tokens"
-
-
-def set_tokens(scope: Scope, prompt_tokens: int, completion_tokens: int) -> None:
-    """Count ``prompt_tokens`` and ``completion_tokens`` for this request."""
-    scope.setdefault("state", {})[STATE_TOKENS] = (prompt_tokens, completion_tokens)
 
 
 class BodyTooLarge(HTTPException):
@@ -83,7 +74,7 @@ class GatewayMiddleware:
         if not request_id:
             request_id = new_request_id()
         token = request_id_var.set(request_id)
-        state: dict[str, Any] = scope.setdefault("state", {})
+        state = request_state(scope)
         status = 500
         started = False
         request_id_header = (b"x-request-id", request_id.encode())

@@ -31,13 +31,13 @@ import orjson
 
 from lodestar.inference.v1 import inference_service_pb2 as ipb
 from lodestar.runtime.errors import LodestarError
-from lodestar.services.gateway.auth import Permission
+from lodestar.services.gateway.call import Call
 from lodestar.services.gateway.convert import inference as convert
-from lodestar.services.gateway.deps import Call, missing_permission
 from lodestar.services.gateway.errors import error_payload
 from lodestar.services.gateway.metrics import GENERATED_TOKENS
-from lodestar.services.gateway.middleware import set_tokens
+from lodestar.services.gateway.permissions import Permission, missing_permission
 from lodestar.services.gateway.schemas.inference import GenerateRequest
+from lodestar.services.gateway.state import set_tokens
 
 _log = logging.getLogger(__name__)
 
@@ -117,14 +117,14 @@ class GeneratePipeline:
         return active
 
     async def _admit(self, call: Call) -> None:
-        await call.gateway.limiter.check_tokens(call.principal.subject)
+        await call.limiter.check_tokens(call.principal.subject)
 
     async def _debit(self, call: Call, tokens: int) -> None:
         if tokens <= 0:
             return
         GENERATED_TOKENS.inc(tokens)
         try:
-            await call.gateway.limiter.debit_tokens(call.principal.subject, tokens)
+            await call.limiter.debit_tokens(call.principal.subject, tokens)
         except Exception:
             _log.exception("could not debit %d generated tokens", tokens)
 

@@ -7,9 +7,7 @@ lifespan closes the backend channels and the rate-limit store.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import importlib.util
 import socket
 from collections.abc import Callable, Iterator
 
@@ -20,6 +18,7 @@ from lodestar.runtime.heap import settle_heap
 from lodestar.runtime.logging import configure_logging
 from lodestar.runtime.telemetry import configure_tracing, shutdown_tracing
 from lodestar.services.gateway.app import create_app
+from lodestar.services.gateway.flows.settings import FlowsSettings
 from lodestar.services.gateway.settings import GatewaySettings
 
 
@@ -38,7 +37,8 @@ def create_server(
         # The platform's logging is configured once; the gateway writes its own access log.
         log_config=None,
         access_log=False,
-        http=_http_protocol(),
+        # httptools where installed, else uvicorn's pure-Python h11 protocol.
+        http="auto",
         loop="asyncio",
         lifespan="on",
         server_header=False,
@@ -46,16 +46,6 @@ def create_server(
         timeout_keep_alive=30,
     )
     return _Server(config, on_started)
-
-
-def _http_protocol() -> type[asyncio.Protocol] | str:
-    """httptools with one socket write per response where httptools is installed,
-    else uvicorn's pure-Python h11 protocol."""
-    if importlib.util.find_spec("httptools") is None:
-        return "h11"
-    from lodestar.services.gateway.transport import CoalescingHttpToolsProtocol
-
-    return CoalescingHttpToolsProtocol
 
 
 class _Server(uvicorn.Server):
@@ -91,11 +81,8 @@ async def serve(settings: GatewaySettings) -> None:
     """Run the gateway until SIGTERM or SIGINT."""
     configure_logging(settings.log_level, json_lines=settings.log_json)
     configure_tracing("lodestar-gateway")
-    # Imported here: the flows build on the gateway package this module belongs to.
-    from lodestar.services.gateway.flows import create_flows_app
-
     try:
-        app = create_flows_app(settings)
+        app = create_app(settings, FlowsSettings())
         await create_server(
             settings, app, on_started=lambda: settle_heap(settings.gc_threshold)
         ).serve()

@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from lodestar import limits
 from lodestar.runtime.settings import EventLoopSetting, GcThreshold
-from lodestar.services.gateway.auth import DEFAULT_ROLES, Permission
+from lodestar.services.gateway.permissions import DEFAULT_ROLES, Permission
 from lodestar.services.gateway.ratelimit import RouteClass
 
 # Signs and verifies development tokens when no JWKS URL is configured. It is
@@ -110,7 +110,7 @@ class GatewaySettings(BaseSettings):
     roles: dict[str, tuple[Permission, ...]] = Field(
         default_factory=lambda: {role: tuple(perms) for role, perms in DEFAULT_ROLES.items()},
         description="Role → permissions, JSON. Defaults: viewer, user, editor, operator, "
-        "admin (see the gateway's auth module).",
+        "admin (see the gateway's permissions module).",
     )
 
     requests_per_minute: dict[RouteClass, int] = Field(
@@ -172,11 +172,6 @@ class GatewaySettings(BaseSettings):
         10.0, ge=0, description="Seconds in-flight requests may take to finish on shutdown."
     )
     access_log: bool = Field(True, description="Log one line per request.")
-    direct_routes: bool = Field(
-        True,
-        description="Call the endpoints of routes with simple parameters directly, past "
-        "FastAPI's router and dependency solver (same answers, less time per request).",
-    )
     event_loop: EventLoopSetting = "auto"
     log_level: LogLevel = Field(
         "INFO", validation_alias=AliasChoices("LODESTAR_LOG_LEVEL"), description="Log level."

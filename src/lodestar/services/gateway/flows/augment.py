@@ -17,12 +17,12 @@ from typing import Any
 
 from lodestar.inference.v1 import inference_service_pb2 as ipb
 from lodestar.runtime.errors import InvalidArgument
-from lodestar.services.gateway.auth import Permission
-from lodestar.services.gateway.deps import Call
+from lodestar.services.gateway.call import Call
 from lodestar.services.gateway.flows import prompting
 from lodestar.services.gateway.flows.budget import fit
 from lodestar.services.gateway.flows.prompting import Example, Passage, Turn
 from lodestar.services.gateway.flows.runtime import FlowsRuntime
+from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.pipeline import Generation
 from lodestar.services.gateway.schemas.inference import ContextOptions, GenerateRequest
 
@@ -206,7 +206,7 @@ class ComposeStage:
         budget: dict[str, int],
     ) -> None:
         assert augmented.context is not None
-        text_key = generation.call.gateway.settings.store_text_key
+        text_key = generation.call.settings.store_text_key
         generation.sources = [
             _source(passage, number, self._runtime, text_key)
             for number, passage in enumerate(used, start=1)

@@ -20,9 +20,9 @@ from starlette.responses import Response
 
 from lodestar.runtime.errors import InvalidArgument, LodestarError, NotFound
 from lodestar.runtime.protojson import dict_to_struct, struct_to_dict
-from lodestar.services.gateway.auth import Permission
+from lodestar.services.gateway.call import Call
 from lodestar.services.gateway.convert import vector as convert
-from lodestar.services.gateway.deps import Call, require
+from lodestar.services.gateway.deps import flows_of, require
 from lodestar.services.gateway.flows.augment import augmentation, question_vector
 from lodestar.services.gateway.flows.memory import (
     INTERACTION_KIND,
@@ -30,7 +30,8 @@ from lodestar.services.gateway.flows.memory import (
     is_missing_collection,
 )
 from lodestar.services.gateway.flows.prompting import Example
-from lodestar.services.gateway.flows.runtime import FlowsRuntime, runtime_of
+from lodestar.services.gateway.flows.runtime import FlowsRuntime
+from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.pipeline import Generation
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.responses import respond_json
@@ -94,6 +95,7 @@ def _not_found(value: int | str, collection: str) -> NotFound:
 async def feedback(
     body: FeedbackRequest,
     call: Annotated[Call, Depends(require(Permission.GENERATE_TEXT, RouteClass.WRITE))],
+    runtime: Annotated[FlowsRuntime, Depends(flows_of)],
 ) -> Response:
     """Keeps the score (and comment) on the interaction; a later score replaces
     it. Well-scored interactions steer generations that set ``use_feedback``.
@@ -105,7 +107,6 @@ async def feedback(
             reason="SCORE_OUT_OF_RANGE",
         )
     point_id = _interaction_id(body.interaction_id)
-    runtime = runtime_of(call.gateway)
     collection = call.collection(body.collection or runtime.settings.conversations_collection)
     try:
         found = await call.backends.vector.get_points(

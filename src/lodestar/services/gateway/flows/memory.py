@@ -18,12 +18,12 @@ import grpc
 
 from lodestar.runtime.errors import LodestarError
 from lodestar.runtime.protojson import dict_to_struct
-from lodestar.services.gateway.auth import Permission
+from lodestar.services.gateway.call import Call
 from lodestar.services.gateway.convert import vector as convert
-from lodestar.services.gateway.deps import Call
 from lodestar.services.gateway.flows.augment import augmentation_of
 from lodestar.services.gateway.flows.prompting import question_of
 from lodestar.services.gateway.flows.runtime import FlowsRuntime
+from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.pipeline import Generation
 from lodestar.services.gateway.schemas.inference import GenerateRequest
 from lodestar.vector.v1 import vector_service_pb2 as vpb
@@ -113,7 +113,7 @@ class StoreStage:
             "prompt_tokens": usage.prompt_tokens if usage is not None else 0,
             "completion_tokens": usage.completion_tokens if usage is not None else 0,
         }
-        text_key = call.gateway.settings.store_text_key
+        text_key = call.settings.store_text_key
         if text_key:
             payload[text_key] = text
         if generation.sources:

@@ -14,11 +14,11 @@ from collections.abc import Iterable
 
 from lodestar import limits
 from lodestar.runtime.protojson import struct_to_dict
-from lodestar.services.gateway.auth import Permission
 from lodestar.services.gateway.convert import vector as convert
 from lodestar.services.gateway.flows.augment import augmentation, question_vector
 from lodestar.services.gateway.flows.prompting import Passage, passage_text
 from lodestar.services.gateway.flows.runtime import FlowsRuntime
+from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.pipeline import Generation
 from lodestar.services.gateway.schemas.inference import GenerateRequest
 from lodestar.vector.v1 import vector_service_pb2 as vpb
@@ -56,7 +56,7 @@ class ContextStage:
         start = time.perf_counter()
         response = await call.backends.vector.search_points(request, call.options)
         augmented.timing_ms["search"] = round((time.perf_counter() - start) * 1000, 3)
-        text_key = call.gateway.settings.store_text_key
+        text_key = call.settings.store_text_key
         augmented.retrieved = len(response.points)
         for point in response.points:
             payload = struct_to_dict(point.payload)

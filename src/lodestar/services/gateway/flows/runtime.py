@@ -1,5 +1,5 @@
-"""What the flows keep for a running gateway: settings, the usage recorder and
-short-lived caches of the backends' model descriptions."""
+"""What the flows keep for a running gateway (``Gateway.flows``): settings, the
+usage recorder and a short-lived cache of the inference model's description."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ import time
 from dataclasses import dataclass, field
 
 from lodestar.inference.v1 import inference_service_pb2 as ipb
-from lodestar.services.gateway.deps import Call, Gateway
+from lodestar.services.gateway.call import Call
 from lodestar.services.gateway.flows.settings import FlowsSettings
 from lodestar.services.gateway.flows.usage import UsageRecorder
 
-EXTENSION_KEY = "flows"
 _MODEL_INFO_TTL_S = 60.0
 
 
@@ -23,6 +22,12 @@ class FlowsRuntime:
     started_at: float = field(default_factory=time.time)
     _inference_info: tuple[ipb.ModelInfo, float] | None = field(default=None, init=False)
 
+    def start(self) -> None:
+        self.usage.start()
+
+    async def stop(self) -> None:
+        await self.usage.stop()
+
     async def inference_info(self, call: Call) -> ipb.ModelInfo:
         """The inference model's description (context size, default max_tokens)."""
         cached = self._inference_info
@@ -31,8 +36,3 @@ class FlowsRuntime:
         response = await call.backends.inference.model_info(call.options)
         self._inference_info = (response.model, time.monotonic())
         return response.model
-
-
-def runtime_of(gateway: Gateway) -> FlowsRuntime:
-    runtime: FlowsRuntime = gateway.extensions[EXTENSION_KEY]
-    return runtime

@@ -1,6 +1,6 @@
 """Route modules by area, each with a ``router`` (made by ``base.api_router``,
-so its paths start with /api/v1). An extension adds its own router modules to
-the app (``create_app(settings, extensions=...)``)."""
+so its paths start with /api/v1). The flows' routers (``flows.assembly``) and
+the OpenAI-compatible API's (``openai.routes``) join them on apps with flows."""
 
 from __future__ import annotations
 

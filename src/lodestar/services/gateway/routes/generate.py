@@ -9,11 +9,12 @@ from fastapi import Depends
 from starlette.responses import Response, StreamingResponse
 
 from lodestar.inference.v1 import inference_service_pb2 as ipb
-from lodestar.services.gateway.auth import Permission
+from lodestar.services.gateway.call import Call
+from lodestar.services.gateway.context import Gateway, gateway_of
 from lodestar.services.gateway.convert import inference as convert
-from lodestar.services.gateway.deps import Call, require
+from lodestar.services.gateway.deps import require
 from lodestar.services.gateway.metrics import GENERATED_TOKENS
-from lodestar.services.gateway.middleware import set_tokens
+from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.responses import respond, respond_json
 from lodestar.services.gateway.routes.base import api_router
@@ -23,6 +24,7 @@ from lodestar.services.gateway.schemas.inference import (
     GenerateRequest,
     GenerateResponse,
 )
+from lodestar.services.gateway.state import set_tokens
 
 router = api_router("generation")
 
@@ -44,12 +46,13 @@ async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[by
 async def generate(
     body: GenerateRequest,
     call: Annotated[Call, Depends(require(Permission.GENERATE_TEXT, RouteClass.GENERATE))],
+    gateway: Annotated[Gateway, Depends(gateway_of)],
 ) -> Response:
     """Text or chat generation. With ``stream: true`` the answer comes as
     Server-Sent Events: ``token`` events with text deltas, then a ``done`` event
     with the finish reason, usage and timing (or an ``error`` event). Closing
     the connection cancels the generation."""
-    pipeline = call.gateway.pipeline
+    pipeline = gateway.pipeline
     if not body.stream:
         return respond_json(await pipeline.generate(body, call))
     events = await pipeline.stream(body, call)
@@ -67,7 +70,7 @@ async def generate_batch(
     call: Annotated[Call, Depends(require(Permission.GENERATE_TEXT, RouteClass.GENERATE))],
 ) -> Response:
     """Many generations; results in request order, each with its own error."""
-    limiter = call.gateway.limiter
+    limiter = call.limiter
     await limiter.check_tokens(call.principal.subject)
     request = ipb.BatchGenerateTextRequest(
         requests=[convert.generate_to_proto(item) for item in body.requests]

@@ -15,9 +15,10 @@ from starlette.responses import Response
 
 from lodestar import limits
 from lodestar.runtime.errors import InvalidArgument, NotFound
-from lodestar.services.gateway.auth import Permission
+from lodestar.services.gateway.call import Call
 from lodestar.services.gateway.convert import vector as convert
-from lodestar.services.gateway.deps import Call, require
+from lodestar.services.gateway.deps import require
+from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.responses import respond, respond_json
 from lodestar.services.gateway.routes.base import api_router
@@ -125,7 +126,7 @@ async def insert_vectors(
     texts = convert.texts_of(body.points)
     vectors = await embed(call, texts)
     request = convert.upsert_to_proto(
-        body, vectors, tenant=call.tenant, text_key=call.gateway.settings.store_text_key
+        body, vectors, tenant=call.tenant, text_key=call.settings.store_text_key
     )
     response = await call.backends.vector.upsert_points(request, call.options)
     return respond(
@@ -160,7 +161,7 @@ async def batch_vectors(
     call.collection(body.collection)
     vectors = await embed(call, convert.batch_texts(body))
     request = convert.batch_to_proto(
-        body, vectors, tenant=call.tenant, text_key=call.gateway.settings.store_text_key
+        body, vectors, tenant=call.tenant, text_key=call.settings.store_text_key
     )
     response = await call.backends.vector.batch_update_points(request, call.options)
     return respond(convert.batch_from_proto(response))

@@ -26,22 +26,23 @@ from starlette.responses import Response, StreamingResponse
 from lodestar.embedding.v1 import embedding_service_pb2 as epb
 from lodestar.inference.v1 import inference_service_pb2 as ipb
 from lodestar.runtime.errors import InvalidArgument, LodestarError, NotFound
-from lodestar.services.gateway.auth import Permission
+from lodestar.services.gateway.call import Call
 from lodestar.services.gateway.convert import inference as convert
-from lodestar.services.gateway.deps import Call, require
-from lodestar.services.gateway.flows.openai.errors import OpenAIRoute, lodestar_error_body
-from lodestar.services.gateway.flows.openai.schemas import (
+from lodestar.services.gateway.deps import flows_of, require
+from lodestar.services.gateway.flows.runtime import FlowsRuntime
+from lodestar.services.gateway.metrics import GENERATED_TOKENS
+from lodestar.services.gateway.openai.errors import OpenAIRoute, lodestar_error_body
+from lodestar.services.gateway.openai.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
     ResponseFormatIn,
     SamplingIn,
 )
-from lodestar.services.gateway.flows.runtime import runtime_of
-from lodestar.services.gateway.metrics import GENERATED_TOKENS
-from lodestar.services.gateway.middleware import set_tokens
+from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.responses import respond_json
+from lodestar.services.gateway.state import set_tokens
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
 
@@ -56,6 +57,8 @@ _FINISH: dict[int, str] = {ipb.FINISH_REASON_LENGTH: "length"}
 _DONE = b"data: [DONE]\n\n"
 
 Generate = Annotated[Call, Depends(require(Permission.GENERATE_TEXT, RouteClass.GENERATE))]
+# The model descriptions are cached, and the models' creation time kept, by the flows.
+Flows = Annotated[FlowsRuntime, Depends(flows_of)]
 
 
 def _finish(value: int) -> str:
@@ -84,8 +87,8 @@ def _check_model(asked: str, served: str) -> None:
         )
 
 
-async def _inference_model(call: Call, asked: str) -> str:
-    info = await runtime_of(call.gateway).inference_info(call)
+async def _inference_model(call: Call, flows: FlowsRuntime, asked: str) -> str:
+    info = await flows.inference_info(call)
     _check_model(asked, info.name)
     return info.name
 
@@ -122,7 +125,7 @@ async def _debit(call: Call, prompt_tokens: int, completion_tokens: int) -> None
     set_tokens(call.request.scope, prompt_tokens, completion_tokens)
     if completion_tokens > 0:
         GENERATED_TOKENS.inc(completion_tokens)
-        await call.gateway.limiter.debit_tokens(call.principal.subject, completion_tokens)
+        await call.limiter.debit_tokens(call.principal.subject, completion_tokens)
 
 
 async def _start_stream(
@@ -198,14 +201,14 @@ async def list_models(
         Call,
         Depends(require((Permission.GENERATE_TEXT, Permission.SEARCH_VECTORS), RouteClass.READ)),
     ],
+    flows: Flows,
 ) -> Response:
     """The generation model (needs GenerateText) and the embedding model (needs
     SearchVectors) this platform serves."""
-    runtime = runtime_of(call.gateway)
-    created = int(runtime.started_at)
+    created = int(flows.started_at)
     data: list[dict[str, Any]] = []
     if call.principal.has(Permission.GENERATE_TEXT):
-        info = await runtime.inference_info(call)
+        info = await flows.inference_info(call)
         data.append(
             {"id": info.name, "object": "model", "created": created, "owned_by": "lodestar"}
         )
@@ -218,17 +221,17 @@ async def list_models(
 
 
 @router.post("/chat/completions", summary="Chat completion (OpenAI-compatible)")
-async def chat_completions(body: ChatCompletionRequest, call: Generate) -> Response:
+async def chat_completions(body: ChatCompletionRequest, call: Generate, flows: Flows) -> Response:
     """Chat completion; ``stream: true`` answers with ``chat.completion.chunk``
     events. Supports temperature, top_p, max_tokens (or max_completion_tokens),
     stop, seed and response_format (json_object, json_schema)."""
-    model = await _inference_model(call, body.model)
+    model = await _inference_model(call, flows, body.model)
     request = ipb.GenerateTextRequest(
         messages=[ipb.ChatMessage(role=_ROLES[m.role], content=m.text) for m in body.messages]
     )
     _sampling(request, body, body.token_limit)
     _constraint(request, body.response_format)
-    await call.gateway.limiter.check_tokens(call.principal.subject)
+    await call.limiter.check_tokens(call.principal.subject)
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     if not body.stream:
@@ -294,15 +297,15 @@ async def chat_completions(body: ChatCompletionRequest, call: Generate) -> Respo
 
 
 @router.post("/completions", summary="Text completion (OpenAI-compatible)")
-async def completions(body: CompletionRequest, call: Generate) -> Response:
+async def completions(body: CompletionRequest, call: Generate, flows: Flows) -> Response:
     """Raw text completion of one prompt (max_tokens defaults to 16, as in
     OpenAI's API); ``stream: true`` answers with ``text_completion`` events."""
-    model = await _inference_model(call, body.model)
+    model = await _inference_model(call, flows, body.model)
     if not body.prompt_text.strip():
         raise InvalidArgument("prompt is empty", field="prompt", reason="EMPTY_PROMPT")
     request = ipb.GenerateTextRequest(prompt=body.prompt_text)
     _sampling(request, body, body.max_tokens)
-    await call.gateway.limiter.check_tokens(call.principal.subject)
+    await call.limiter.check_tokens(call.principal.subject)
     completion_id = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     header = {"id": completion_id, "object": "text_completion", "created": created, "model": model}
@@ -365,7 +368,7 @@ async def embeddings(
             reason="UNSUPPORTED_DIMENSIONS",
         )
     texts = body.texts
-    batch = call.gateway.settings.embed_batch_size
+    batch = call.settings.embed_batch_size
     data: list[dict[str, Any]] = []
     tokens = 0
     for start in range(0, len(texts), batch):

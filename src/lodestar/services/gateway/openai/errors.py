@@ -21,13 +21,13 @@ import grpc
 import orjson
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from lodestar.runtime.context import current_request_id
 from lodestar.runtime.errors import LodestarError, http_status_for
 from lodestar.services.gateway.errors import JSON, field_path
-from lodestar.services.gateway.routes.base import GatewayRoute
 
 _log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def http_error_response(error: HTTPException) -> Response:
     )
 
 
-class OpenAIRoute(GatewayRoute):
+class OpenAIRoute(APIRoute):
     """A route whose failures (authentication, permission, validation, backend
     errors) are answered in OpenAI's error shape."""
 
