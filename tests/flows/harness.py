@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -56,8 +57,10 @@ async def run_gateway(
 ) -> AsyncIterator[RunningGateway]:
     app = create_flows_app(settings, flows)
     server = create_server(settings, app)
-    # The test process owns its signals.
-    server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]
+    # The test process owns its signals: uvicorn takes SIGINT and SIGTERM for as long
+    # as serve() runs inside its capture_signals() context, so that context is a no-op.
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    handlers = _signal_handlers()
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
@@ -65,10 +68,16 @@ async def run_gateway(
             raise RuntimeError("the gateway exited during startup")
         await asyncio.sleep(0.005)
     try:
+        taken = _signal_handlers()
+        assert taken == handlers, f"the gateway took the test process's signals: {taken}"
         yield RunningGateway(app, settings, f"http://127.0.0.1:{bound_port(server)}")
     finally:
         server.should_exit = True
         await task
+
+
+def _signal_handlers() -> dict[signal.Signals, object]:
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
 def sse_events(body: str) -> list[tuple[str, Any]]:

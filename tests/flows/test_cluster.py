@@ -121,7 +121,9 @@ async def test_recommend_by_texts(client: httpx.AsyncClient, gateway: RunningGat
         headers=gateway.auth("viewer"),
     )
     assert reply.status_code == 200, reply.text
-    assert {p["id"] for p in reply.json()["points"]} <= set(ids["fruit"])
+    hits = [p["id"] for p in reply.json()["points"]]
+    assert len(hits) == 3
+    assert set(hits) <= set(ids["fruit"])
 
 
 async def test_openapi_documents_the_flows_routes_and_their_permissions(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from lodestar.runtime.server import GrpcServer
 from lodestar.vector.v1 import vector_service_pb2 as vpb
@@ -177,26 +178,74 @@ async def test_create_insert_search_generate(gw: RunningGateway, http: httpx.Asy
     assert [("response" in r) for r in batch.json()["results"]] == [True, True]
 
 
-async def test_streaming_disconnect_frees_the_model(
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def _stream_endings() -> dict[str, float]:
+    """StreamGenerateText calls the inference service (in this process) has ended, by
+    finish reason."""
+    return {
+        reason: _sample(
+            "lodestar_inference_requests_total",
+            method="StreamGenerateText",
+            finish_reason=reason,
+        )
+        for reason in ("stop", "length", "cancelled", "error")
+    }
+
+
+async def _until(condition: Callable[[], bool], what: str, limit_s: float = 120) -> None:
+    """Wait for an event; the limit only bounds a hang, it is no claim about speed."""
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.02)
+
+
+async def test_streaming_disconnect_cancels_the_generation(
     gw: RunningGateway, http: httpx.AsyncClient
 ) -> None:
+    """A client leaving a stream cancels its generation in the inference service: the
+    stream ends there as cancelled, the engine stops short of max_tokens and frees the
+    sequence slot. The grammar admits no end before 2,000 characters, so nothing but a
+    cancel ends the generation before its 400 tokens."""
     headers = gw.auth("user")
-    start = time.perf_counter()
+    endings = _stream_endings()
+    tokens = _sample("lodestar_inference_completion_tokens_total")
+    active = _sample("lodestar_inference_active_sequences")
     async with http.stream(
         "POST",
         "/api/v1/generate",
-        # Greedy, so that the story does not end at its first token by chance.
-        json={"prompt": "Write a long story.", "max_tokens": 400, "temperature": 0, "stream": True},
+        json={
+            "prompt": "Count from one to a thousand:",
+            "max_tokens": 400,
+            "temperature": 0,
+            "response_format": {"type": "grammar", "grammar": "root ::= [0-9 ]{2000}"},
+            "stream": True,
+        },
         headers=headers,
     ) as response:
+        assert response.status_code == 200
         lines = response.aiter_lines()
         assert (await anext(lines)).startswith("event: token")
-    # With the stream cancelled, a new generation is not stuck behind 400 tokens.
+
+    await _until(lambda: _stream_endings() != endings, "the stream never ended")
+    ended = {r: n - endings[r] for r, n in _stream_endings().items() if n != endings[r]}
+    assert ended == {"cancelled": 1}
+    # The engine frees the slot when it drops the sequence, and counts its tokens then.
+    await _until(
+        lambda: (
+            _sample("lodestar_inference_active_sequences") == active
+            and _sample("lodestar_inference_completion_tokens_total") > tokens
+        ),
+        "the engine never let the sequence go",
+    )
+    assert 0 < _sample("lodestar_inference_completion_tokens_total") - tokens < 400
     answer = await http.post(
         "/api/v1/generate", json={"prompt": "Hi", "max_tokens": 4}, headers=headers
     )
     assert answer.status_code == 200
-    assert time.perf_counter() - start < 4.0  # 400 tokens would take several seconds
 
 
 async def _ids(response: httpx.Response) -> set[Any]:
@@ -261,7 +310,7 @@ async def test_tenant_isolation_across_vector_routes(
         json={"collection": "shared", "positive": [{"text": "plans"}], "limit": 10},
         headers=bob,
     )
-    assert await _ids(recommended) <= {3, 4, 5}
+    assert await _ids(recommended) == {3, 4, 5}
     by_foreign_id = await http.post(
         "/api/v1/vectors/recommend", json={"collection": "shared", "positive": [1]}, headers=bob
     )

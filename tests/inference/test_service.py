@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import jsonschema  # type: ignore[import-untyped]
 import pytest
+from prometheus_client import REGISTRY
 
 from lodestar.inference.v1 import inference_service_pb2 as pb
 from lodestar.inference.v1 import inference_service_pb2_grpc as pb_grpc
@@ -346,12 +347,37 @@ async def test_count_tokens_needs_exactly_one_input(stub: Stub) -> None:
 
 # -- cancellation and overload (one slot, no queue) -------------------------------------
 
-# A generation that runs all of its 400 tokens (seconds): the grammar admits no end
-# before 2,000 characters, so the model cannot stop early. Unconstrained, it answers
-# this prompt in about 50 tokens, which a fast machine decodes within the deadlines
-# below.
+# A generation that runs all of its 400 tokens unless cancelled: the grammar admits no
+# end before 2,000 characters, so the model cannot stop early.
 LONG_RUN = pb.SamplingOptions(temperature=0.0, max_tokens=400)
 NO_EARLY_END = pb.OutputConstraint(grammar="root ::= [0-9 ]{2000}")
+
+
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def _ended(method: str) -> dict[str, float]:
+    """Calls of an RPC the servers in this process have ended, by finish reason."""
+    return {
+        reason: _sample("lodestar_inference_requests_total", method=method, finish_reason=reason)
+        for reason in ("stop", "length", "cancelled", "error")
+    }
+
+
+def _completion_tokens() -> float:
+    return _sample("lodestar_inference_completion_tokens_total")
+
+
+async def _until_ended(method: str, before: dict[str, float]) -> dict[str, float]:
+    """Wait for one more call of ``method`` to end; how many ended, by reason. The limit
+    only bounds a hang: the server learns of a client's cancel or deadline a little
+    after the client does."""
+    deadline = time.monotonic() + 120
+    while (after := _ended(method)) == before:
+        assert time.monotonic() < deadline, f"no {method} call ended"
+        await asyncio.sleep(0.01)
+    return {reason: n - before[reason] for reason, n in after.items() if n != before[reason]}
 
 
 async def _first_delta_then(
@@ -364,6 +390,7 @@ async def _first_delta_then(
 
 
 async def test_full_queue_is_resource_exhausted_at_once(tight_stub: Stub) -> None:
+    streams = _ended("StreamGenerateText")
     call = tight_stub.StreamGenerateText(
         pb.StreamGenerateTextRequest(
             prompt="Count from one to a thousand:", sampling=LONG_RUN, constraint=NO_EARLY_END
@@ -371,31 +398,31 @@ async def test_full_queue_is_resource_exhausted_at_once(tight_stub: Stub) -> Non
     )
     try:
         await _first_delta_then(call)
-        started = time.perf_counter()
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await generate(tight_stub, prompt="Hello", sampling=GREEDY)
-        assert time.perf_counter() - started < 1.0
+        # Refused while the stream still held the only slot, not once it came free.
+        assert _ended("StreamGenerateText") == streams
         details = ErrorDetails.from_rpc_error(raised.value)
         assert details.code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert details.reason == "QUEUE_FULL"
     finally:
         call.cancel()
+    assert await _until_ended("StreamGenerateText", streams) == {"cancelled": 1}
 
 
-async def _generate_once_free(stub: Stub, within_s: float) -> pb.GenerateTextResponse:
-    """Generate, retrying RESOURCE_EXHAUSTED for a moment: the server learns of a client's
-    cancel or deadline a little after the client does."""
-    deadline = time.perf_counter() + within_s
-    while True:
-        try:
-            return await generate(stub, prompt="Hello", sampling=GREEDY)
-        except grpc.aio.AioRpcError as error:
-            if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or time.perf_counter() > deadline:
-                raise
-            await asyncio.sleep(0.02)
+async def _generate_in_the_freed_slot(tight_stub: Stub, tokens_before: float) -> None:
+    """With no queue, a call that the engine still counted would be refused at once;
+    the slot goes to the next request only once the cancelled sequence is dropped, its
+    tokens counted, which must be well short of the 400 it was allowed."""
+    response = await generate(tight_stub, prompt="Hello", sampling=GREEDY)
+    assert response.usage.completion_tokens > 0
+    cancelled_tokens = _completion_tokens() - tokens_before - response.usage.completion_tokens
+    assert cancelled_tokens < LONG_RUN.max_tokens
 
 
 async def test_cancelled_stream_frees_its_slot_for_the_next_request(tight_stub: Stub) -> None:
+    streams = _ended("StreamGenerateText")
+    tokens = _completion_tokens()
     call = tight_stub.StreamGenerateText(
         pb.StreamGenerateTextRequest(
             prompt="Count from one to a thousand:", sampling=LONG_RUN, constraint=NO_EARLY_END
@@ -403,12 +430,13 @@ async def test_cancelled_stream_frees_its_slot_for_the_next_request(tight_stub: 
     )
     await _first_delta_then(call)
     call.cancel()
-    # 400 tokens would take seconds; the slot comes free within a decode step or two.
-    response = await _generate_once_free(tight_stub, within_s=1.0)
-    assert response.usage.completion_tokens > 0
+    assert await _until_ended("StreamGenerateText", streams) == {"cancelled": 1}
+    await _generate_in_the_freed_slot(tight_stub, tokens)
 
 
 async def test_expired_deadline_stops_the_work_and_frees_the_slot(tight_stub: Stub) -> None:
+    calls = _ended("GenerateText")
+    tokens = _completion_tokens()
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await tight_stub.GenerateText(
             pb.GenerateTextRequest(
@@ -417,5 +445,5 @@ async def test_expired_deadline_stops_the_work_and_frees_the_slot(tight_stub: St
             timeout=0.5,
         )
     assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    response = await _generate_once_free(tight_stub, within_s=1.0)
-    assert response.usage.completion_tokens > 0
+    assert await _until_ended("GenerateText", calls) == {"cancelled": 1}
+    await _generate_in_the_freed_slot(tight_stub, tokens)

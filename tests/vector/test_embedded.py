@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import statistics
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -94,7 +93,9 @@ async def test_indexes_build_in_the_background_without_losing_writes(server: Ser
     first_shard = collection.shard
 
     # While the index builds in the child process: concurrent writers and readers.
-    latencies: list[float] = []
+    # Whether each search was answered during that build (a build inside the process
+    # would hold the GIL, and every search, for its whole duration).
+    during_build: list[bool] = []
 
     async def writer(worker: int) -> None:
         for batch in range(5):
@@ -106,11 +107,10 @@ async def test_indexes_build_in_the_background_without_losing_writes(server: Ser
     async def reader() -> None:
         query = rng.normal(size=DIMENSION).astype(np.float32).tolist()
         for _ in range(20):
-            started = time.perf_counter()
             hits = await stub.SearchPoints(
                 pb.SearchPointsRequest(collection=name, vector=query, limit=5)
             )
-            latencies.append(time.perf_counter() - started)
+            during_build.append(collection.optimizing)
             assert len(hits.points) == 5
 
     await asyncio.gather(*(writer(w) for w in range(4)), reader())
@@ -130,9 +130,8 @@ async def test_indexes_build_in_the_background_without_losing_writes(server: Ser
     assert info.indexed_vectors_count >= 8_000 - 1
     assert collection.shard is not first_shard  # the optimized copy took over
     assert _runs(name) >= 1
-    # The event loop kept serving while the index was built (a build inside the
-    # process would hold the GIL, and every search, for its whole duration).
-    assert statistics.median(latencies) < 0.25, latencies
+    # The event loop kept serving while the index was built.
+    assert during_build == [True] * 20
 
     seen: list[int] = []
     token = ""

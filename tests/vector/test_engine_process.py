@@ -1,6 +1,6 @@
 """The engine in a child process: its life tied to the service's, restarts, events.
 
-The behavioural suite (``test_service.py``) runs over the engine process too; these
+The behavioural suite (``test_service_*.py``) runs over the engine process too; these
 tests cover what only it has: a second process that can die on its own or be left
 behind, and the optimizer's metric counted across the process boundary.
 """

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import random
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
@@ -314,14 +313,14 @@ def test_recording_never_waits_for_a_locked_database(tmp_path: Path) -> None:
     try:
         blocker.execute("BEGIN IMMEDIATE")  # the writer now waits on the lock
         before = _dropped()
-        started = time.perf_counter()
+        # This thread holds the lock until the records are made: a recording that wrote
+        # to the database would wait for the COMMIT below, or give up and drop its record.
         for i in range(50):
             store.record_search("docs", float(i), 1, "q")
-        elapsed = time.perf_counter() - started
-        assert elapsed < 0.5, f"recording took {elapsed:.3f}s while the database was locked"
         dropped = _dropped() - before
-        # Only a bounded backlog is kept (the writer may have taken a few first).
-        assert dropped >= 30
+        # Only a bounded backlog is kept (the writer may have taken a few first), and
+        # at least max_pending records wait in memory for the lock.
+        assert 30 <= dropped <= 45
         blocker.execute("COMMIT")
         assert store.search_analytics().total.search_count == 50 - dropped
     finally:
