@@ -77,6 +77,9 @@ _log = logging.getLogger(__name__)
 
 METADATA_KEY: Final = "lodestar"
 _SCROLL_CHUNK: Final = 1_000
+# Seconds a collection's configuration is trusted for request validation: other
+# service replicas see a change to it (a new payload index, say) within this time.
+_CONFIG_CACHE_S: Final = 5.0
 
 _DISTANCES: Final = {
     Distance.COSINE: qm.Distance.COSINE,
@@ -296,10 +299,7 @@ class RemoteBackend:
 
     async def collection_config(self, name: str) -> CollectionConfig:
         cached = self._configs.get(name)
-        if (
-            cached is not None
-            and time.monotonic() - cached[0] < self._settings.remote_config_cache_s
-        ):
+        if cached is not None and time.monotonic() - cached[0] < _CONFIG_CACHE_S:
             return cached[1]
         return (await self.get_collection(name)).config
 

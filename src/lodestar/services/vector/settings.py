@@ -9,7 +9,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from lodestar.runtime.scheduling import CpuScheduling
-from lodestar.runtime.settings import EventLoopSetting, ServerSettings
+from lodestar.runtime.settings import ServerSettings
 
 BackendKind = Literal["embedded", "remote"]
 
@@ -23,12 +23,13 @@ class VectorSettings(ServerSettings):
     metrics_port: int | None = Field(
         9102, ge=0, le=65535, description="Prometheus metrics HTTP port; unset disables it."
     )
-    event_loop: EventLoopSetting = "auto"
     cpu_scheduling: CpuScheduling = Field(
         "batch",
         description="Linux CPU scheduling policy of the service and its engine process: "
         "`batch` (SCHED_BATCH: a thread that wakes waits for a busy CPU's running thread "
-        "instead of preempting it, so a call costs fewer context switches) or `normal`.",
+        "instead of preempting it, so a call costs fewer context switches) or `normal`, "
+        "where the latency of a call on busy CPUs matters more than the CPU it takes (a "
+        "thread that wakes then preempts the one running).",
     )
 
     backend: BackendKind = Field(
@@ -65,12 +66,6 @@ class VectorSettings(ServerSettings):
     )
     qdrant_timeout_s: float = Field(
         30.0, gt=0, description="Remote backend: timeout of each call to Qdrant, in seconds."
-    )
-    remote_config_cache_s: float = Field(
-        5.0,
-        ge=0,
-        description="Remote backend: seconds a collection's configuration is cached for "
-        "request validation.",
     )
 
     max_batch_points: int = Field(
