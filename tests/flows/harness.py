@@ -55,8 +55,6 @@ async def run_gateway(
 ) -> AsyncIterator[RunningGateway]:
     app = create_flows_app(settings, flows)
     server = create_server(settings, app)
-    # The test process owns its signals.
-    server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

@@ -46,8 +46,6 @@ async def run_gateway(
 ) -> AsyncIterator[RunningGateway]:
     app = create_app(settings, extensions=extensions)
     server = create_server(settings, app)
-    # Tests own the process's signals.
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

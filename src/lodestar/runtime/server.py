@@ -110,7 +110,3 @@ class GrpcServer:
         if self._metrics is not None:
             self._metrics.stop()
             self._metrics = None
-
-    async def wait_for_termination(self) -> None:
-        if self._server is not None:
-            await self._server.wait_for_termination()

@@ -27,8 +27,9 @@ def create_server(
     *,
     on_started: Callable[[], None] | None = None,
 ) -> uvicorn.Server:
-    """An uvicorn server for the gateway (``await server.serve()`` runs it);
-    ``on_started`` is called once it listens."""
+    """An uvicorn server for the gateway: ``await server.serve()`` runs it until
+    ``should_exit`` is set (it takes no signals itself); ``on_started`` is called once
+    it listens."""
     config = uvicorn.Config(
         app or create_app(settings),
         host=settings.host,

@@ -39,17 +39,21 @@ class VectorSettings(ServerSettings):
     )
     data_dir: Path = Field(
         Path("./.data/vector"),
-        description="Directory for embedded collections, snapshots and search analytics.",
+        description="Directory for embedded collections, snapshots and search analytics; "
+        "a persistent volume in a container.",
     )
     snapshot_dir: Path | None = Field(
-        None, description="Directory for portable snapshots; unset means data_dir/snapshots."
+        None,
+        description="Directory for portable snapshots, to keep them on another volume than "
+        "the data (a backup mount); unset means data_dir/snapshots.",
     )
     data_lock_wait_s: float = Field(
         10.0,
         ge=0,
         description="Embedded: seconds to wait for data_dir's lock, held by the process that "
         "serves it (one that is stopping lets it go); after that the service refuses to start "
-        "rather than open data another process is writing.",
+        "rather than open data another process is writing. Raise it if a rolling restart "
+        "starts the new pod before the old one has stopped.",
     )
 
     qdrant_url: str = Field(
@@ -59,23 +63,39 @@ class VectorSettings(ServerSettings):
         None, description="Remote backend: API key of the Qdrant server."
     )
     prefer_grpc: bool = Field(
-        True, description="Remote backend: talk to Qdrant over gRPC rather than REST."
+        True,
+        description="Remote backend: talk to Qdrant over gRPC rather than REST; false where "
+        "only Qdrant's REST port is reachable.",
     )
     qdrant_grpc_port: int = Field(
         6334, ge=1, le=65535, description="Remote backend: Qdrant's gRPC port."
     )
     qdrant_timeout_s: float = Field(
-        30.0, gt=0, description="Remote backend: timeout of each call to Qdrant, in seconds."
+        30.0,
+        gt=0,
+        description="Remote backend: timeout of each call to Qdrant, in seconds; raise it "
+        "for collections whose large writes or snapshots take longer.",
     )
 
     max_batch_points: int = Field(
-        10_000, ge=1, le=1_000_000, description="Most points one upsert or batch may carry."
+        10_000,
+        ge=1,
+        le=1_000_000,
+        description="Most points one upsert or batch may carry; raise it for bulk loaders "
+        "that send larger batches (each is held in memory whole).",
     )
     max_batch_searches: int = Field(
-        100, ge=1, le=10_000, description="Most searches one BatchSearchPoints call may carry."
+        100,
+        ge=1,
+        le=10_000,
+        description="Most searches one BatchSearchPoints call may carry; raise it for "
+        "clients that send larger batches.",
     )
     max_cluster_sample: int = Field(
-        50_000, ge=10, description="Most points a ClusterPoints call may cluster."
+        50_000,
+        ge=10,
+        description="Most points a ClusterPoints call may cluster; lower it if clustering "
+        "calls take too long or too much memory.",
     )
 
     optimize_delay_s: float = Field(
