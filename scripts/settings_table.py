@@ -18,13 +18,17 @@ from typing import Any
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
-# (module, class) per service, in README order.
+from lodestar.runtime.settings import ServiceSettings
+
+# (section, module, class), in README order. The first lists the variables every
+# service reads under one name (those with an alias); each service's own follow.
 SETTINGS = (
-    ("lodestar.services.embedding.settings", "EmbeddingSettings"),
-    ("lodestar.services.vector.settings", "VectorSettings"),
-    ("lodestar.services.inference.settings", "InferenceSettings"),
-    ("lodestar.services.gateway.settings", "GatewaySettings"),
-    ("lodestar.services.gateway.flows.settings", "FlowsSettings"),
+    ("every service", "lodestar.runtime.settings", "ServiceSettings"),
+    ("embedding", "lodestar.services.embedding.settings", "EmbeddingSettings"),
+    ("vector", "lodestar.services.vector.settings", "VectorSettings"),
+    ("inference", "lodestar.services.inference.settings", "InferenceSettings"),
+    ("gateway", "lodestar.services.gateway.settings", "GatewaySettings"),
+    ("gateway", "lodestar.services.gateway.flows.settings", "FlowsSettings"),
 )
 BEGIN = "<!-- settings-table:begin -->"
 END = "<!-- settings-table:end -->"
@@ -63,15 +67,17 @@ def _default(field: FieldInfo) -> str:
 def table() -> str:
     rows = ["| Variable | Default | Description |", "|---|---|---|"]
     seen: set[str] = set()
-    for module_name, class_name in SETTINGS:
+    for section, module_name, class_name in SETTINGS:
         try:
             cls = getattr(importlib.import_module(module_name), class_name)
         except ImportError:
             continue
-        service = module_name.split(".")[2]
-        if not any(row == f"| **{service}** | | |" for row in rows):
-            rows.append(f"| **{service}** | | |")
+        if f"| **{section}** | | |" not in rows:
+            rows.append(f"| **{section}** | | |")
+        shared = cls is ServiceSettings
         for name, field in cls.model_fields.items():
+            if shared and field.validation_alias is None:
+                continue  # each service's own variable, listed under the service
             env = _env_name(cls, name, field)
             if env in seen:
                 continue

@@ -57,9 +57,6 @@ async def run_gateway(
 ) -> AsyncIterator[RunningGateway]:
     app = create_flows_app(settings, flows)
     server = create_server(settings, app)
-    # The test process owns its signals: uvicorn takes SIGINT and SIGTERM for as long
-    # as serve() runs inside its capture_signals() context, so that context is a no-op.
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     handlers = _signal_handlers()
     task = asyncio.create_task(server.serve())
     while not server.started:

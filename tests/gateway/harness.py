@@ -48,8 +48,6 @@ async def run_gateway(
     """Serve ``app`` (by default the core gateway app of ``settings``)."""
     app = app or create_app(settings)
     server = create_server(settings, app)
-    # Tests own the process's signals.
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

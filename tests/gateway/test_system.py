@@ -154,21 +154,25 @@ async def test_sigterm_drains_in_flight_requests_and_exits_cleanly(fakes: FakeBa
             await process.wait()
 
 
-async def test_the_server_calls_back_once_it_listens(gateway: RunningGateway) -> None:
+async def test_the_server_calls_back_once_it_listens_and_leaves_signals_alone(
+    gateway: RunningGateway,
+) -> None:
     settings = gateway.settings.model_copy(update={"port": 0})
     listening = asyncio.Event()
     seen: list[bool] = []
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def started() -> None:
         seen.append(server.started)
+        # Whoever runs the server owns the process's signals (runtime.process does).
+        seen.append(all(signal.getsignal(sig) == h for sig, h in handlers.items()))
         listening.set()
 
     server = create_server(settings, on_started=started)
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     task = asyncio.create_task(server.serve())
     try:
         await asyncio.wait_for(listening.wait(), 30)
-        assert seen == [True]
+        assert seen == [True, True]
     finally:
         server.should_exit = True
         await task

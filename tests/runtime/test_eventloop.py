@@ -8,6 +8,8 @@ import sys
 import pytest
 
 from lodestar.runtime import eventloop
+from lodestar.runtime.settings import ServiceSettings
+from lodestar.services.embedding.settings import EmbeddingSettings
 from lodestar.services.gateway.settings import GatewaySettings
 from lodestar.services.inference.settings import InferenceSettings
 from lodestar.services.vector.settings import VectorSettings
@@ -25,12 +27,19 @@ def test_the_choice_names_the_loop_that_runs(choice: eventloop.EventLoop, module
     assert eventloop.run(_loop_module(), choice) == module
 
 
-@pytest.mark.parametrize("settings", [InferenceSettings, GatewaySettings, VectorSettings])
-def test_one_variable_chooses_for_every_service_that_has_the_setting(
-    settings: type[InferenceSettings] | type[GatewaySettings] | type[VectorSettings],
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(
+    ("settings", "default"),
+    [
+        (InferenceSettings, "auto"),  # uvloop: these services' extras install it
+        (GatewaySettings, "auto"),
+        (VectorSettings, "auto"),
+        (EmbeddingSettings, "asyncio"),
+    ],
+)
+def test_one_variable_chooses_for_every_service(
+    settings: type[ServiceSettings], default: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert settings().event_loop == "auto"  # uvloop: these services' extras install it
+    assert settings().event_loop == default
     monkeypatch.setenv("LODESTAR_EVENT_LOOP", "asyncio")
     assert settings().event_loop == "asyncio"
     monkeypatch.setenv("LODESTAR_EVENT_LOOP", "tokio")

@@ -1,22 +1,14 @@
-"""Running a service's main coroutine on the chosen event loop.
+"""Running a service's main coroutine on the event loop its settings choose.
 
-uvloop (libuv) runs the same asyncio code with less CPU per network event than
-the standard loop. The gateway, the vector service and the vector engine process
-run on it when it is installed (``LODESTAR_EVENT_LOOP`` chooses, the engine process
-as its service does); their packages' extras install it. In five paired runs
-of searches from 8 clients, the vector service process took 3-9% less CPU per
-search on uvloop than on the standard loop (each search wakes its loop twice: for
-grpc.aio's completion and for the engine process's reply).
-
-The inference service runs on it too (the same setting), for another reason: its
-decode thread hands every step's tokens to the loop with ``call_soon_threadsafe``.
-The standard loop's wake-up is a socket write that releases the GIL, so the woken
-loop takes the GIL and the decode thread waits for it before it can start the next
-``llama_decode`` (3% of that thread's time in a profile of one stream); uvloop's
-wake-up keeps the GIL, and the decode thread goes straight back to decoding.
-
-The embedding service runs the standard loop: its time goes to the model, and
-uvloop has not been measured there.
+uvloop (libuv) runs the same asyncio code with less CPU per network event than the
+standard loop. ``LODESTAR_EVENT_LOOP`` chooses for every service (``auto``: uvloop
+where it is installed; the inference, vector and gateway extras install it), and the
+vector engine process follows its service. The vector service and the gateway wake
+their loop several times per request; the inference service's decode thread hands
+every step's tokens to the loop with ``call_soon_threadsafe``, and uvloop's wake-up,
+unlike the standard loop's socket write, does not release the GIL, so the decode
+thread goes straight back to decoding. The embedding service spends its time in the
+model and runs the standard loop unless the variable is set.
 """
 
 from __future__ import annotations

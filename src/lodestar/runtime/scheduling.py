@@ -7,14 +7,11 @@ CPU, the same niceness.
 
 A gRPC call to a grpc.aio server wakes several threads in turn: grpc's event-engine
 threads read and write the sockets, its completion-queue thread hands each event to
-the event loop, and the event loop runs the handler. Under the normal policy, each of
+the event loop, and the event loop runs the handler. Under the normal policy each of
 those wake-ups preempts whatever runs on its CPU, the event loop and a busy engine
-process included. For the vector service, on 2 CPUs with searches from 8 clients,
-that was about 12 context switches per search in the service process. Under
-``SCHED_BATCH`` it was about 5. In three series of paired runs the service process
-took 15-22% less CPU per search, and the service answered 1-12% more searches per
-second (medians). A lone caller on an idle machine saw the same latency either way,
-since a wake-up finds an idle CPU.
+process included; under ``SCHED_BATCH`` a busy vector service makes far fewer context
+switches per search and spends less CPU on each. A lone caller on an idle machine
+sees the same latency either way, since a wake-up finds an idle CPU.
 
 The policy belongs to each thread. ``apply`` sets it on every thread of the calling
 process. Threads and processes started later inherit it from the thread that starts

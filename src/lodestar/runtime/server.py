@@ -1,16 +1,15 @@
-"""gRPC aio server bootstrap shared by every service.
+"""The gRPC aio server every gRPC service runs.
 
 ``GrpcServer`` owns the server, the standard health service, reflection, the
-interceptor chain and the metrics endpoint. ``serve`` runs one until SIGTERM or
-SIGINT, then shuts down gracefully: health turns NOT_SERVING first, in-flight
-calls are given ``shutdown_grace_s`` to finish, then the process exits.
+interceptor chain and the metrics endpoint. ``stop`` shuts it down gracefully:
+health turns NOT_SERVING first, in-flight calls are given ``shutdown_grace_s`` to
+finish. ``runtime.process.run_service`` runs one until SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -19,12 +18,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from lodestar.runtime.heap import settle_heap
 from lodestar.runtime.interceptors import WrappingRegistrar, server_interceptors
-from lodestar.runtime.logging import configure_logging
 from lodestar.runtime.metrics import MetricsServer, start_metrics_server
 from lodestar.runtime.settings import ServerSettings
-from lodestar.runtime.telemetry import configure_tracing, shutdown_tracing
 
 _log = logging.getLogger(__name__)
 
@@ -114,31 +110,3 @@ class GrpcServer:
         if self._metrics is not None:
             self._metrics.stop()
             self._metrics = None
-
-    async def wait_for_termination(self) -> None:
-        if self._server is not None:
-            await self._server.wait_for_termination()
-
-
-async def serve(
-    settings: ServerSettings,
-    service_name: str,
-    build: Callable[[], Awaitable[GrpcServer]],
-) -> None:
-    """Run a service until SIGTERM/SIGINT, then stop it gracefully."""
-    configure_logging(settings.log_level, json_lines=settings.log_json)
-    configure_tracing(service_name)
-    server = await build()
-    await server.start()
-    settle_heap(settings.gc_threshold)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-        _log.info("shutdown requested")
-    finally:
-        await server.stop()
-        shutdown_tracing()
-        _log.info("%s stopped", service_name)

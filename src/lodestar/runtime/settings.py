@@ -1,10 +1,11 @@
 """Typed settings from environment variables.
 
-Every service has one settings class deriving from ``ServerSettings``, with its
-own prefix (``LODESTAR_EMBEDDING_``, ``LODESTAR_VECTOR_``, ...). Logging is
-configured once for the whole platform (``LODESTAR_LOG_LEVEL``, ``LODESTAR_LOG_JSON``), as is
-the garbage collector (``LODESTAR_GC_THRESHOLD``) and, for the services that choose
-one, the event loop (``LODESTAR_EVENT_LOOP``).
+Every service has one settings class deriving from ``ServiceSettings`` (the gRPC
+services through ``ServerSettings``), with its own prefix (``LODESTAR_EMBEDDING_``,
+``LODESTAR_VECTOR_``, ...). What the process bootstrap (``runtime.process``) reads is
+declared here once, each under one variable for the whole platform:
+``LODESTAR_LOG_LEVEL``, ``LODESTAR_LOG_JSON``, ``LODESTAR_EVENT_LOOP`` and
+``LODESTAR_GC_THRESHOLD``.
 """
 
 from __future__ import annotations
@@ -18,54 +19,75 @@ from lodestar.runtime.eventloop import EventLoop
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
-# Shared by every service's settings (the gateway's included).
-GcThreshold = Annotated[
-    int,
-    Field(
-        ge=0,
-        validation_alias=AliasChoices("LODESTAR_GC_THRESHOLD"),
-        description="Allocations between young garbage collections once the service has "
-        "started (startup objects are frozen out of collection); 0 keeps Python's defaults.",
-    ),
-]
-
-# For the services whose ``__main__`` runs on ``runtime.eventloop`` (see which there).
+# Annotated so that a service can change the default and keep the variable and its
+# description (the embedding service runs the standard loop unless told otherwise).
 EventLoopSetting = Annotated[
     EventLoop,
     Field(
         validation_alias=AliasChoices("LODESTAR_EVENT_LOOP"),
-        description="Event loop of the gateway, the inference service and the vector "
-        "service: uvloop, asyncio, or auto (uvloop when installed).",
+        description="Event loop of every service: uvloop, asyncio, or auto (uvloop when "
+        "installed; the embedding service, whose time goes to its model, runs asyncio "
+        "unless this is set). Set asyncio to rule uvloop out when diagnosing a fault.",
     ),
 ]
 
 
-class ServerSettings(BaseSettings):
-    """Settings every gRPC service shares; subclasses set ``env_prefix``."""
+class ServiceSettings(BaseSettings):
+    """What every service process shares: its address, its drain, and what the
+    bootstrap sets up (logging, event loop, garbage collector); subclasses set
+    ``env_prefix`` and their own port."""
 
     model_config = SettingsConfigDict(env_prefix="LODESTAR_", extra="ignore", frozen=True)
 
-    host: str = Field("127.0.0.1", description="Address the gRPC server binds to.")
+    host: str = Field(
+        "127.0.0.1",
+        description="Address the server binds to; 0.0.0.0 in a container, so that other "
+        "hosts can reach it.",
+    )
+    port: int = Field(0, ge=0, le=65535, description="Port (0 picks a free one).")
+    shutdown_grace_s: float = Field(
+        10.0,
+        ge=0,
+        description="Seconds in-flight calls (streams included) may take to finish after "
+        "SIGTERM; raise it when answers take longer, keeping it below the orchestrator's "
+        "own grace period (Kubernetes' terminationGracePeriodSeconds).",
+    )
+    log_level: LogLevel = Field(
+        "INFO",
+        validation_alias=AliasChoices("LODESTAR_LOG_LEVEL"),
+        description="Log level of every service; DEBUG while tracking a fault down.",
+    )
+    log_json: bool = Field(
+        False,
+        validation_alias=AliasChoices("LODESTAR_LOG_JSON"),
+        description="One JSON object a log line, for a log collector; plain text otherwise.",
+    )
+    event_loop: EventLoopSetting = "auto"
+    gc_threshold: int = Field(
+        50_000,
+        ge=0,
+        validation_alias=AliasChoices("LODESTAR_GC_THRESHOLD"),
+        description="Allocations between young garbage collections once a service has "
+        "started (what exists then is frozen out of collection); 0 keeps Python's "
+        "defaults. Lower it only if memory grows with cyclic garbage between collections.",
+    )
+
+
+class ServerSettings(ServiceSettings):
+    """What every gRPC service shares besides: the metrics endpoint and the pause
+    between NOT_SERVING and the drain."""
+
     port: int = Field(0, ge=0, le=65535, description="gRPC port (0 picks a free one).")
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Prometheus metrics HTTP port; unset disables it."
     )
-    shutdown_grace_s: float = Field(
-        10.0, ge=0, description="Seconds in-flight calls may take to finish on shutdown."
-    )
     shutdown_delay_s: float = Field(
         0.0,
         ge=0,
-        description="Seconds to keep serving after health turns NOT_SERVING, so load "
-        "balancers stop sending traffic before the drain starts.",
+        description="Seconds to keep serving after health turns NOT_SERVING on SIGTERM, so "
+        "that load balancers stop sending traffic before the drain starts; set it to a few "
+        "probe periods behind a load balancer that follows gRPC health.",
     )
-    log_level: LogLevel = Field(
-        "INFO", validation_alias=AliasChoices("LODESTAR_LOG_LEVEL"), description="Log level."
-    )
-    log_json: bool = Field(
-        False, validation_alias=AliasChoices("LODESTAR_LOG_JSON"), description="JSON log lines."
-    )
-    gc_threshold: GcThreshold = 50_000
 
     @property
     def address(self) -> str:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from lodestar.runtime import eventloop
-from lodestar.services.gateway.server import serve
+from lodestar.runtime.process import run_service
+from lodestar.services.gateway.server import create_service
 from lodestar.services.gateway.settings import GatewaySettings
 
 
 def main() -> None:
     settings = GatewaySettings()
-    eventloop.run(serve(settings), settings.event_loop)
+    run_service(settings, "gateway", lambda: create_service(settings))
 
 
 if __name__ == "__main__":

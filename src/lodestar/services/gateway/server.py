@@ -1,12 +1,14 @@
 """Running the gateway app on uvicorn, with graceful shutdown.
 
-On SIGTERM/SIGINT uvicorn stops accepting connections, lets in-flight requests
-finish for up to ``shutdown_grace_s`` (streams included), then the app's
-lifespan closes the backend channels and the rate-limit store.
+The process bootstrap (``runtime.process``) takes SIGTERM/SIGINT and stops the
+``GatewayService``: uvicorn stops accepting connections, lets in-flight requests
+finish for up to ``shutdown_grace_s`` (streams included), then the app's lifespan
+closes the backend channels and the rate-limit store.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 from collections.abc import Callable, Iterator
@@ -14,9 +16,6 @@ from collections.abc import Callable, Iterator
 import uvicorn
 from fastapi import FastAPI
 
-from lodestar.runtime.heap import settle_heap
-from lodestar.runtime.logging import configure_logging
-from lodestar.runtime.telemetry import configure_tracing, shutdown_tracing
 from lodestar.services.gateway.app import create_app
 from lodestar.services.gateway.flows.settings import FlowsSettings
 from lodestar.services.gateway.settings import GatewaySettings
@@ -28,8 +27,9 @@ def create_server(
     *,
     on_started: Callable[[], None] | None = None,
 ) -> uvicorn.Server:
-    """An uvicorn server for the gateway (``await server.serve()`` runs it);
-    ``on_started`` is called once it listens."""
+    """An uvicorn server for the gateway: ``await server.serve()`` runs it until
+    ``should_exit`` is set (it takes no signals itself); ``on_started`` is called once
+    it listens."""
     config = uvicorn.Config(
         app or create_app(settings),
         host=settings.host,
@@ -49,9 +49,8 @@ def create_server(
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, minus re-raising the stop signal once it has shut down
-    gracefully: SIGTERM/SIGINT then end the process normally (exit status 0)
-    instead of by the signal or with a KeyboardInterrupt traceback."""
+    """uvicorn's server without signal handlers of its own (whoever runs it owns the
+    process's signals and sets ``should_exit``), calling ``on_started`` once it listens."""
 
     def __init__(self, config: uvicorn.Config, on_started: Callable[[], None] | None) -> None:
         super().__init__(config)
@@ -64,9 +63,7 @@ class _Server(uvicorn.Server):
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
-        with super().capture_signals():
-            yield
-            self._captured_signals.clear()
+        yield
 
 
 def bound_port(server: uvicorn.Server) -> int:
@@ -77,14 +74,33 @@ def bound_port(server: uvicorn.Server) -> int:
     raise RuntimeError("the gateway server is not listening")
 
 
-async def serve(settings: GatewaySettings) -> None:
-    """Run the gateway until SIGTERM or SIGINT."""
-    configure_logging(settings.log_level, json_lines=settings.log_json)
-    configure_tracing("lodestar-gateway")
-    try:
-        app = create_app(settings, FlowsSettings())
-        await create_server(
-            settings, app, on_started=lambda: settle_heap(settings.gc_threshold)
-        ).serve()
-    finally:
-        shutdown_tracing()
+class GatewayService:
+    """A gateway server as ``runtime.process.run_service`` runs it: ``start`` returns
+    once it listens, ``stop`` lets in-flight requests finish and closes the app."""
+
+    def __init__(self, settings: GatewaySettings, app: FastAPI) -> None:
+        self._listening = asyncio.Event()
+        self.server = create_server(settings, app, on_started=self._listening.set)
+        self._serving: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        """Serve; returns the port once it listens (raises if it stopped instead)."""
+        self._serving = asyncio.create_task(self.server.serve(), name="gateway-server")
+        listening = asyncio.create_task(self._listening.wait())
+        await asyncio.wait((self._serving, listening), return_when=asyncio.FIRST_COMPLETED)
+        listening.cancel()
+        if not self._listening.is_set():
+            await self._serving  # its error, if it failed
+            raise RuntimeError("the gateway stopped while starting (see the log)")
+        return bound_port(self.server)
+
+    async def stop(self) -> None:
+        if self._serving is None:
+            return
+        self.server.should_exit = True
+        await self._serving
+
+
+async def create_service(settings: GatewaySettings) -> GatewayService:
+    """The gateway with its flows, not started yet."""
+    return GatewayService(settings, create_app(settings, FlowsSettings()))

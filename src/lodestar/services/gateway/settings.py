@@ -1,8 +1,7 @@
 """Gateway settings, from ``LODESTAR_GATEWAY_*`` environment variables.
 
-The gateway serves HTTP rather than gRPC, so it has its own settings class
-instead of deriving from ``ServerSettings``; logging is still configured for
-the whole platform by ``LODESTAR_LOG_LEVEL`` and ``LODESTAR_LOG_JSON``.
+The gateway serves HTTP rather than gRPC: its settings derive from
+``ServiceSettings`` (what every service process shares) rather than ``ServerSettings``.
 
 Lists (backend addresses, JWT algorithms) are comma-separated; mappings (the
 role table, rate limits) are JSON objects, e.g.
@@ -11,21 +10,19 @@ role table, rate limits) are JSON objects, e.g.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from lodestar import limits
-from lodestar.runtime.settings import EventLoopSetting, GcThreshold
+from lodestar.runtime.settings import ServiceSettings
 from lodestar.services.gateway.permissions import DEFAULT_ROLES, Permission
 from lodestar.services.gateway.ratelimit import RouteClass
 
 # Signs and verifies development tokens when no JWKS URL is configured. It is
 # public knowledge, so a gateway using it must never face the internet.
 DEVELOPMENT_SIGNING_KEY = "lodestar-development-signing-key-do-not-use-in-production"
-
-LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 _DEFAULT_REQUESTS_PER_MINUTE: dict[RouteClass, int] = {
     RouteClass.GENERATE: 120,
@@ -50,12 +47,11 @@ def _split_commas(value: Any) -> Any:
 Addresses = Annotated[tuple[str, ...], NoDecode]
 
 
-class GatewaySettings(BaseSettings):
+class GatewaySettings(ServiceSettings):
     """Everything the gateway reads from its environment."""
 
     model_config = SettingsConfigDict(env_prefix="LODESTAR_GATEWAY_", extra="ignore", frozen=True)
 
-    host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
     port: int = Field(8080, ge=0, le=65535, description="HTTP port (0 picks a free one).")
 
     embedding_addresses: Addresses = Field(
@@ -168,18 +164,7 @@ class GatewaySettings(BaseSettings):
         "otherwise it needs the ViewMetrics permission.",
     )
     docs_enabled: bool = Field(True, description="Serve the interactive API docs at /docs.")
-    shutdown_grace_s: float = Field(
-        10.0, ge=0, description="Seconds in-flight requests may take to finish on shutdown."
-    )
     access_log: bool = Field(True, description="Log one line per request.")
-    event_loop: EventLoopSetting = "auto"
-    log_level: LogLevel = Field(
-        "INFO", validation_alias=AliasChoices("LODESTAR_LOG_LEVEL"), description="Log level."
-    )
-    log_json: bool = Field(
-        False, validation_alias=AliasChoices("LODESTAR_LOG_JSON"), description="JSON log lines."
-    )
-    gc_threshold: GcThreshold = 50_000
 
     @field_validator(
         "embedding_addresses",

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from lodestar.runtime import eventloop
-from lodestar.runtime.server import GrpcServer, serve
+from lodestar.runtime.process import run_service
 from lodestar.services.inference.server import create_server
 from lodestar.services.inference.settings import InferenceSettings
 
@@ -16,12 +15,8 @@ def main() -> None:
     # default 5 ms switch interval a busy event loop can keep it waiting that long.
     sys.setswitchinterval(0.0005)
     settings = InferenceSettings()
-
-    async def build() -> GrpcServer:
-        # Loading the model blocks for a moment; keep the loop responsive.
-        return await asyncio.to_thread(create_server, settings)
-
-    eventloop.run(serve(settings, "inference", build), settings.event_loop)
+    # Loading the model blocks for a moment: off the event loop.
+    run_service(settings, "inference", lambda: asyncio.to_thread(create_server, settings))
 
 
 if __name__ == "__main__":

@@ -70,6 +70,9 @@ from lodestar.services.vector.settings import VectorSettings
 from lodestar.services.vector.snapshots import PortableSnapshots
 
 _SCROLL_CHUNK: Final = 1_000
+# Seconds a collection's configuration is trusted for request validation: other
+# service replicas see a change to it (a new payload index, say) within this time.
+_CONFIG_CACHE_S: Final = 5.0
 
 
 class RemoteBackend:
@@ -171,10 +174,7 @@ class RemoteBackend:
 
     async def collection_config(self, name: str) -> CollectionConfig:
         cached = self._configs.get(name)
-        if (
-            cached is not None
-            and time.monotonic() - cached[0] < self._settings.remote_config_cache_s
-        ):
+        if cached is not None and time.monotonic() - cached[0] < _CONFIG_CACHE_S:
             return cached[1]
         return (await self.get_collection(name)).config
 

@@ -10,7 +10,7 @@ from pydantic_settings import SettingsConfigDict
 
 from lodestar import limits
 from lodestar.runtime.scheduling import CpuScheduling
-from lodestar.runtime.settings import EventLoopSetting, ServerSettings
+from lodestar.runtime.settings import ServerSettings
 
 BackendKind = Literal["embedded", "remote"]
 
@@ -24,12 +24,13 @@ class VectorSettings(ServerSettings):
     metrics_port: int | None = Field(
         9102, ge=0, le=65535, description="Prometheus metrics HTTP port; unset disables it."
     )
-    event_loop: EventLoopSetting = "auto"
     cpu_scheduling: CpuScheduling = Field(
         "batch",
         description="Linux CPU scheduling policy of the service and its engine process: "
         "`batch` (SCHED_BATCH: a thread that wakes waits for a busy CPU's running thread "
-        "instead of preempting it, so a call costs fewer context switches) or `normal`.",
+        "instead of preempting it, so a call costs fewer context switches) or `normal`, "
+        "where the latency of a call on busy CPUs matters more than the CPU it takes (a "
+        "thread that wakes then preempts the one running).",
     )
 
     backend: BackendKind = Field(
@@ -39,17 +40,21 @@ class VectorSettings(ServerSettings):
     )
     data_dir: Path = Field(
         Path("./.data/vector"),
-        description="Directory for embedded collections, snapshots and search analytics.",
+        description="Directory for embedded collections, snapshots and search analytics; "
+        "a persistent volume in a container.",
     )
     snapshot_dir: Path | None = Field(
-        None, description="Directory for portable snapshots; unset means data_dir/snapshots."
+        None,
+        description="Directory for portable snapshots, to keep them on another volume than "
+        "the data (a backup mount); unset means data_dir/snapshots.",
     )
     data_lock_wait_s: float = Field(
         10.0,
         ge=0,
         description="Embedded: seconds to wait for data_dir's lock, held by the process that "
         "serves it (one that is stopping lets it go); after that the service refuses to start "
-        "rather than open data another process is writing.",
+        "rather than open data another process is writing. Raise it if a rolling restart "
+        "starts the new pod before the old one has stopped.",
     )
 
     qdrant_url: str = Field(
@@ -59,35 +64,39 @@ class VectorSettings(ServerSettings):
         None, description="Remote backend: API key of the Qdrant server."
     )
     prefer_grpc: bool = Field(
-        True, description="Remote backend: talk to Qdrant over gRPC rather than REST."
+        True,
+        description="Remote backend: talk to Qdrant over gRPC rather than REST; false where "
+        "only Qdrant's REST port is reachable.",
     )
     qdrant_grpc_port: int = Field(
         6334, ge=1, le=65535, description="Remote backend: Qdrant's gRPC port."
     )
     qdrant_timeout_s: float = Field(
-        30.0, gt=0, description="Remote backend: timeout of each call to Qdrant, in seconds."
-    )
-    remote_config_cache_s: float = Field(
-        5.0,
-        ge=0,
-        description="Remote backend: seconds a collection's configuration is cached for "
-        "request validation.",
+        30.0,
+        gt=0,
+        description="Remote backend: timeout of each call to Qdrant, in seconds; raise it "
+        "for collections whose large writes or snapshots take longer.",
     )
 
     max_batch_points: int = Field(
         limits.DEFAULT_BATCH_POINTS,
         ge=1,
         le=1_000_000,
-        description="Most points one upsert or batch may carry.",
+        description="Most points one upsert or batch may carry; raise it for bulk loaders "
+        "that send larger batches (each is held in memory whole).",
     )
     max_batch_searches: int = Field(
         limits.DEFAULT_BATCH_SEARCHES,
         ge=1,
         le=10_000,
-        description="Most searches one BatchSearchPoints call may carry.",
+        description="Most searches one BatchSearchPoints call may carry; raise it for "
+        "clients that send larger batches.",
     )
     max_cluster_sample: int = Field(
-        50_000, ge=10, description="Most points a ClusterPoints call may cluster."
+        50_000,
+        ge=10,
+        description="Most points a ClusterPoints call may cluster; lower it if clustering "
+        "calls take too long or too much memory.",
     )
 
     optimize_delay_s: float = Field(
