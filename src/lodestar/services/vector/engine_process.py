@@ -360,13 +360,14 @@ class _Child:
         self.send((_EVENT, "optimized", (collection,)))
 
     async def _run(self, group: list[_Call]) -> None:
+        """Run one group: a group of searches as one batch query, other calls alone."""
         if len(group) > 1:
-            collection = group[0][2][0]
+            queries = [args[1] for _, _, args, _ in group]
             try:
-                found = await self.backend.search_batch(collection, [c[2][1] for c in group])
-            except Exception:
-                pass
-            else:
+                found = await self.backend.search_batch(group[0][2][0], queries)
+            except Exception:  # then each search alone, for its own answer or error
+                found = None
+            if found is not None:
                 for (key, *_), hits in zip(group, found, strict=True):
                     self._reply(key, True, hits)
                 return
