@@ -11,9 +11,10 @@ kernel's page cache and survives a crash (``kill -9``) of the process;
 ``fsync_writes`` also flushes it to the disk before acknowledging, for power loss. On
 start the engine replays the log.
 
-Calls: the engine holds the GIL while it reads, searches or writes, so those run on
-the event loop, one after another; work on files (copies, snapshots, loading and
-closing shards, fsync) runs in worker threads.
+Calls: the engine holds the GIL for most of a read, search or write, so those run on
+the event loop, one after another (a worker thread would add a hand-off each way and
+run little beside them); work on files (copies, snapshots, loading and closing shards,
+fsync) runs in worker threads.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Reads, searches and writes of points on one qdrant-edge shard.
 
-Plain functions over an ``EdgeShard``, called on the event loop: the engine holds the
-GIL while it works, so a worker thread would run nothing beside it and only add a
-hand-off each way.
+Plain functions over an ``EdgeShard``, called on the event loop (``embedded.py`` says
+why).
 """
 
 from __future__ import annotations
