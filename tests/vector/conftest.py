@@ -45,7 +45,6 @@ def vector_settings(data_dir: Path, **overrides: object) -> VectorSettings:
         "optimize_delay_s": 0.1,
         "indexing_threshold_kb": 64,
         "indexing_threads": 1,
-        "engine_threads": 4,
     }
     values.update(overrides)
     return VectorSettings(**values)  # type: ignore[arg-type]

@@ -234,36 +234,3 @@ async def test_unfinished_work_is_cleaned_up_on_start(tmp_path: Path) -> None:
         assert [c.name for c in listed.collections] == ["real"]
     assert sorted(p.name for p in root.iterdir()) == ["real"]
     assert sorted(p.name for p in (root / "real").iterdir()) == ["collection.json", "gen-000001"]
-
-
-async def test_concurrent_searches_batched_together_get_their_own_answers(server: Server) -> None:
-    stub = server.stub
-    name = "batched"
-    await stub.CreateCollection(
-        pb.CreateCollectionRequest(
-            name=name,
-            config=pb.CollectionConfig(
-                dimension=DIMENSION, payload_schema={"i": pb.PAYLOAD_FIELD_TYPE_INTEGER}
-            ),
-        )
-    )
-    rng = np.random.default_rng(5)
-    await stub.UpsertPoints(pb.UpsertPointsRequest(collection=name, points=_points(0, 400, rng)))
-    requests = [
-        pb.SearchPointsRequest(
-            collection=name,
-            vector=rng.normal(size=DIMENSION).astype(np.float32).tolist(),
-            limit=1 + i % 7,
-            offset=i % 3,
-            with_payload=i % 2 == 0,
-            filter=pb.Filter(
-                must=[pb.Condition(field=pb.FieldCondition(key="i", range=pb.Range(lt=100 + i)))]
-            ),
-        )
-        for i in range(64)
-    ]
-    alone = [await stub.SearchPoints(r) for r in requests]
-    together = await asyncio.gather(*(stub.SearchPoints(r) for r in requests))
-    for single, batched in zip(alone, together, strict=True):
-        assert [p.id.num for p in batched.points] == [p.id.num for p in single.points]
-        assert [p.payload for p in batched.points] == [p.payload for p in single.points]

@@ -2,16 +2,15 @@
 
 The behavioural suite (``test_service_*.py``) runs over the engine process too; these
 tests cover what only it has: a second process that can die on its own or be left
-behind, and the optimizer's metric counted across the process boundary.
+behind, calls that cross together and searches that reach the engine as one batch,
+and the optimizer's metric counted across the process boundary.
 """
 
 from __future__ import annotations
 
-import array
 import asyncio
 import contextlib
 import os
-import pickle
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -23,10 +22,12 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
+from lodestar.runtime.errors import NotFound
 from lodestar.services.vector.embedded import EmbeddedBackend
-from lodestar.services.vector.engine_process import EngineProcess, _Child, _Frames, _Outbox
-from lodestar.services.vector.models import PointRecord, ScoredHit, SearchQuery
+from lodestar.services.vector.engine_process import EngineProcess, _Child
+from lodestar.services.vector.models import ScoredHit, SearchQuery
 from lodestar.services.vector.server import create_server
+from lodestar.services.vector.wire import CoalescingWriter, FrameReader
 from lodestar.vector.v1 import vector_service_pb2 as pb
 from lodestar.vector.v1 import vector_service_pb2_grpc as pb_grpc
 from tests.vector.conftest import vector_settings
@@ -112,9 +113,9 @@ async def test_calls_made_together_cross_to_the_child_and_back_in_one_write_each
     ]
     alone = [await backend.search("together", q) for q in queries]
 
-    outbox = backend._outbox
-    assert outbox is not None
-    transport = outbox.transport
+    writer = backend._writer
+    assert writer is not None
+    transport = writer.transport
     writes: list[int] = []
     reads: list[int] = []
 
@@ -133,28 +134,44 @@ async def test_calls_made_together_cross_to_the_child_and_back_in_one_write_each
         reads.append(len(data))
         received(data)
 
-    outbox.transport = Recorded()  # type: ignore[assignment]
+    writer.transport = Recorded()  # type: ignore[assignment]
     protocol.data_received = data_received  # type: ignore[method-assign]
     try:
         together = await asyncio.gather(*(backend.search("together", q) for q in queries))
     finally:
-        outbox.transport = transport
+        writer.transport = transport
         del protocol.data_received
     assert together == alone  # each caller got its own answer
     assert len(writes) == 1  # the twelve requests in one write
     assert len(reads) == 1  # and the twelve replies in one
 
 
-class _SlowSearches:
-    """A backend whose searches hold the event loop for ``seconds`` each, as the
-    engine's searches of a large collection do."""
+class _Recorded:
+    """A backend that records the engine calls it gets; a hit's id is its query's length."""
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
+    def __init__(self, *, batches_fail: bool = False) -> None:
+        self.calls: list[tuple[str, str, int]] = []
+        self.batches_fail = batches_fail
 
     async def search(self, collection: str, query: SearchQuery) -> list[ScoredHit]:
-        time.sleep(self.seconds)  # noqa: ASYNC251 - the engine's work blocks the loop, too
+        self.calls.append(("search", collection, 1))
+        if not query.vector:
+            raise NotFound("no such thing", reason="COLLECTION_NOT_FOUND")
         return [ScoredHit(id=len(query.vector), score=1.0, payload=None, vector=None)]
+
+    async def search_batch(
+        self, collection: str, queries: list[SearchQuery]
+    ) -> list[list[ScoredHit]]:
+        self.calls.append(("search_batch", collection, len(queries)))
+        if self.batches_fail:
+            raise NotFound("no such thing", reason="COLLECTION_NOT_FOUND")
+        return [
+            [ScoredHit(id=len(q.vector), score=1.0, payload=None, vector=None)] for q in queries
+        ]
+
+    async def count(self, collection: str, filter: object) -> int:
+        self.calls.append(("count", collection, 0))
+        return 42
 
 
 class _Written:
@@ -167,7 +184,7 @@ class _Written:
 
     def write(self, data: bytes) -> None:
         frames: list[Any] = []
-        _Frames(frames.append, lambda exc: None).data_received(data)
+        FrameReader(frames.extend, lambda exc: None).data_received(data)
         self.writes.append(frames)
         if sum(len(w) for w in self.writes) >= self._expected:
             self.all_written.set()
@@ -176,27 +193,98 @@ class _Written:
         return False
 
 
-@pytest.mark.parametrize(
-    ("seconds", "writes"),
-    [(0.0, [8]), (0.002, [4, 2, 2])],
-    ids=["cheap calls: one write", "long calls: half the group first"],
-)
-async def test_the_childs_replies_to_long_calls_leave_while_the_rest_of_the_group_runs(
-    seconds: float, writes: list[int]
-) -> None:
+def _search(key: int, collection: str, size: int) -> tuple[int, str, tuple[Any, ...], Any]:
+    return (key, "search", (collection, SearchQuery(vector=[0.0] * size, limit=1)), {})
+
+
+async def test_searches_that_arrive_together_go_to_the_engine_as_one_batch_in_order() -> None:
     child = _Child()
-    child.backend = _SlowSearches(seconds)
+    backend = child.backend = _Recorded()
     transport = _Written(frames=8)
-    child.outbox = _Outbox(transport)  # type: ignore[arg-type]
-    for key in range(1, 9):  # eight searches that arrive together
-        child.received((key, "search", ("c", SearchQuery(vector=[0.0] * key, limit=1)), {}))
+    child.writer = CoalescingWriter(transport)  # type: ignore[arg-type]
+    child.received(
+        [
+            _search(1, "a", 1),
+            _search(2, "a", 2),
+            _search(3, "a", 3),
+            _search(4, "b", 4),
+            (5, "count", ("a", None), {}),
+            _search(6, "a", 6),
+            _search(7, "a", 7),
+            (8, "no_such_call", (), {}),
+        ]
+    )
     await asyncio.wait_for(transport.all_written.wait(), 10)
-    assert [len(w) for w in transport.writes] == writes
-    replies = [reply for w in transport.writes for reply in w]
-    # each caller's own answer, in order
-    assert [(key, ok, hits[0].id) for key, ok, hits in replies] == [
-        (key, True, key) for key in range(1, 9)
+    # Consecutive searches of one collection: one engine call; the rest in order.
+    assert backend.calls == [
+        ("search_batch", "a", 3),
+        ("search", "b", 1),
+        ("count", "a", 0),
+        ("search_batch", "a", 2),
     ]
+    # Every reply in one write, each caller's own answer.
+    assert len(transport.writes) == 1
+    replies = {key: (ok, value) for key, ok, value in transport.writes[0]}
+    assert sorted(replies) == list(range(1, 9))
+    for key in (1, 2, 3, 4, 6, 7):
+        assert replies[key][0] is True
+        assert [hit.id for hit in replies[key][1]] == [key]
+    assert replies[5] == (True, 42)
+    assert replies[8][0] is False
+    assert isinstance(replies[8][1], ValueError)
+
+
+async def test_a_batch_that_fails_answers_each_search_alone() -> None:
+    child = _Child()
+    backend = child.backend = _Recorded(batches_fail=True)
+    transport = _Written(frames=3)
+    child.writer = CoalescingWriter(transport)  # type: ignore[arg-type]
+    child.received([_search(1, "a", 1), _search(2, "a", 0), _search(3, "a", 3)])
+    await asyncio.wait_for(transport.all_written.wait(), 10)
+    assert backend.calls == [("search_batch", "a", 3)] + [("search", "a", 1)] * 3
+    replies = {key: (ok, value) for w in transport.writes for key, ok, value in w}
+    assert [hit.id for hit in replies[1][1]] == [1]
+    assert replies[2][0] is False
+    assert isinstance(replies[2][1], NotFound)
+    assert [hit.id for hit in replies[3][1]] == [3]
+
+
+async def test_concurrent_searches_batched_together_get_their_own_answers(
+    served: Served,
+) -> None:
+    stub = served.stub
+    name = "batched"
+    await stub.CreateCollection(
+        pb.CreateCollectionRequest(
+            name=name,
+            config=pb.CollectionConfig(
+                dimension=DIMENSION, payload_schema={"i": pb.PAYLOAD_FIELD_TYPE_INTEGER}
+            ),
+        )
+    )
+    points = _points(0, 400)
+    for point in points:
+        point.payload.update({"i": point.id.num})
+    await stub.UpsertPoints(pb.UpsertPointsRequest(collection=name, points=points))
+    rng = np.random.default_rng(5)
+    requests = [
+        pb.SearchPointsRequest(
+            collection=name,
+            vector=rng.normal(size=DIMENSION).astype(np.float32).tolist(),
+            limit=1 + i % 7,
+            offset=i % 3,
+            with_payload=i % 2 == 0,
+            filter=pb.Filter(
+                must=[pb.Condition(field=pb.FieldCondition(key="i", range=pb.Range(lt=100 + i)))]
+            ),
+        )
+        for i in range(64)
+    ]
+    alone = [await stub.SearchPoints(r) for r in requests]
+    together = await asyncio.gather(*(stub.SearchPoints(r) for r in requests))
+    for single, batched in zip(alone, together, strict=True):
+        assert [p.id.num for p in batched.points] == [p.id.num for p in single.points]
+        assert [p.payload for p in batched.points] == [p.payload for p in single.points]
 
 
 async def test_index_builds_in_the_child_are_counted_by_the_service(served: Served) -> None:
@@ -338,21 +426,3 @@ async def test_the_childs_cpu_and_memory_are_exported_by_the_service(served: Ser
     cpu = REGISTRY.get_sample_value("lodestar_vector_engine_process_cpu_seconds_total")
     assert cpu is not None
     assert cpu > 0
-
-
-def test_records_and_hits_cross_with_their_vectors_packed_and_intact() -> None:
-    vector = np.random.default_rng(3).normal(size=384).astype(np.float32).tolist()
-    record = PointRecord("a", vector, {"k": [1, "x"]})
-    hit = ScoredHit(7, 0.25, None, vector)
-    query = SearchQuery(vector=vector, limit=3, hnsw_ef=64, exact=True, score_threshold=0.5)
-    for original in (record, hit):
-        payload = pickle.dumps(original, pickle.HIGHEST_PROTOCOL)
-        # float32 values in one buffer (4 bytes each), not a pickled float per value (9)
-        assert len(payload) < 384 * 5
-        copy = pickle.loads(payload)
-        assert isinstance(copy.vector, array.array)
-        assert list(copy.vector) == vector
-        assert (copy.id, copy.payload) == (original.id, original.payload)
-    assert pickle.loads(pickle.dumps(hit)).score == 0.25
-    assert pickle.loads(pickle.dumps(query)) == query
-    assert pickle.loads(pickle.dumps(PointRecord(1, None, None))) == PointRecord(1, None, None)

@@ -23,22 +23,3 @@ def settle_heap(young_threshold: int) -> None:
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(young_threshold, middle, old)
-
-
-class paused_collector:  # noqa: N801 (used like a function: ``with paused_collector():``)
-    """The cyclic collector off inside the block, as it was after (nesting is safe).
-
-    For a burst that makes and visits many container objects (unpickling a page of
-    records, say): it would set off young collections over and over, each walking
-    everything young. A class rather than a generator context manager: it runs on
-    hot paths, twice per engine call."""
-
-    __slots__ = ("_was_enabled",)
-
-    def __enter__(self) -> None:
-        self._was_enabled = gc.isenabled()
-        gc.disable()
-
-    def __exit__(self, *exc: object) -> None:
-        if self._was_enabled:
-            gc.enable()

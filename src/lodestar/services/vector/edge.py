@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import uuid
 from collections.abc import Sequence
 from typing import Any, Final, cast
@@ -113,12 +114,14 @@ def point_id(value: Any) -> PointId:
     return str(value) if isinstance(value, uuid.UUID) else str(uuid.UUID(str(value)))
 
 
-def _vector(value: Any) -> list[float] | None:
+def _vector(value: Any) -> Vector | None:
+    """A stored vector as float32 values in one buffer, as the engine keeps them: the
+    cheapest form to carry across processes (one buffer, not an object per value)."""
     if value is None:
         return None
     if isinstance(value, dict):
         value = value.get("")
-    return list(value) if value is not None else None
+    return array.array("f", value) if value is not None else None
 
 
 def records(

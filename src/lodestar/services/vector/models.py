@@ -6,22 +6,19 @@ validates) at the edge, each backend translates them to its engine's types.
 
 from __future__ import annotations
 
-import array
 import enum
-import operator
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeAlias
 
 # An unsigned integer or a canonical (lower-case, hyphenated) UUID string.
 PointId: TypeAlias = int | str
 Payload: TypeAlias = dict[str, Any]
-# A dense vector: a list, or an ``array.array("f")`` from requests, points written and
-# queries (cheaper to make and to hand to the engine than a list of Python floats).
+# A dense vector: a list, or an ``array.array("f")`` (from requests, and from the embedded
+# engine): float32 values in one buffer are cheaper to make, to hand to the engine and to
+# carry to another process than a list of Python floats.
 Vector: TypeAlias = Sequence[float]
-
-_T = TypeVar("_T")
 
 TENANT_KEY = "tenant"
 
@@ -123,33 +120,6 @@ class CollectionUpdate:
     remove_payload_fields: tuple[str, ...] = ()
 
 
-def _pickled_by_fields(*, pack_vector: bool) -> Callable[[type[_T]], type[_T]]:
-    """Pickle a dataclass as a call of its constructor with its fields in order: several
-    times faster than the dataclass default (a Python loop over the fields on both sides),
-    for what crosses to and from the engine process on every call. With ``pack_vector``,
-    a list in the ``vector`` field travels as its float32 values in one buffer
-    (``array.array``): a list pickles one Python float per value and unpickles into as
-    many objects (the engine's vectors are float32, so nothing is lost). Worth it for
-    pages of records; a query's vector is an ``array.array`` already (``convert.vector``)."""
-
-    def decorate(cls: type[_T]) -> type[_T]:
-        names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-        state = operator.attrgetter(*names)
-        at = names.index("vector") if pack_vector else -1
-
-        def reduce(self: _T) -> tuple[type[_T], tuple[Any, ...]]:
-            values: tuple[Any, ...] = state(self)
-            if at >= 0 and type(values[at]) is list:
-                values = (*values[:at], array.array("f", values[at]), *values[at + 1 :])
-            return cls, values
-
-        cls.__reduce__ = reduce  # type: ignore[assignment,method-assign]
-        return cls
-
-    return decorate
-
-
-@_pickled_by_fields(pack_vector=True)
 @dataclass(slots=True)
 class PointRecord:
     id: PointId
@@ -157,7 +127,6 @@ class PointRecord:
     payload: Payload | None
 
 
-@_pickled_by_fields(pack_vector=True)
 @dataclass(slots=True)
 class ScoredHit:
     id: PointId
@@ -260,7 +229,6 @@ def tenant_condition(tenant: str) -> FieldCondition:
 # --- queries and writes -----------------------------------------------------------
 
 
-@_pickled_by_fields(pack_vector=False)
 @dataclass(frozen=True, slots=True)
 class SearchQuery:
     vector: Vector

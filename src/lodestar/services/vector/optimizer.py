@@ -2,9 +2,9 @@
 
 qdrant-edge's ``optimize()`` holds the Python GIL for the whole index build
 (seconds to minutes), which would freeze every request of the service. So the
-embedded backend copies a collection's shard, runs this module on the copy in a
-child process (``python -m lodestar.services.vector.optimizer``), and swaps the
-optimized copy in once it is done, replaying the writes made meanwhile.
+background optimizer (``indexing.py``) copies a collection's shard, runs this module
+on the copy in a child process (``python -m lodestar.services.vector.optimizer``),
+and swaps the optimized copy in once it is done, replaying the writes made meanwhile.
 
 Usage: ``python -m lodestar.services.vector.optimizer SHARD_DIR CONFIG_JSON`` where
 CONFIG_JSON is ``{"collection": <config dict>, "indexing_threshold_kb": int,

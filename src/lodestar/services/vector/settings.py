@@ -131,13 +131,6 @@ class VectorSettings(ServerSettings):
         description="Embedded: also fsync every write before acknowledging it, so that it "
         "survives power loss (a process crash never loses an acknowledged write).",
     )
-    search_slots: int = Field(
-        0,
-        ge=0,
-        le=256,
-        description="Embedded: searches of one collection in the engine at once (0: one per "
-        "CPU); searches arriving meanwhile go in together as one batch.",
-    )
     search_threads: int = Field(
         1,
         ge=0,
@@ -148,21 +141,11 @@ class VectorSettings(ServerSettings):
         "searches arrive concurrently; more lowers the latency of a lone search on an idle "
         "machine.",
     )
-    inline_search_ms: float = Field(
-        1.0,
-        ge=0,
-        description="Embedded: unfiltered searches that take the engine less than this run "
-        "on the event loop instead of a worker thread (the hand-off costs more than they "
-        "do); 0 always uses worker threads.",
-    )
     engine_process: bool = Field(
         True,
         description="Embedded: run the engine in a child process of its own, so that its work "
         "and the gRPC server's use different cores (the engine holds the Python GIL while it "
         "searches); false runs it in the service process.",
-    )
-    engine_threads: int = Field(
-        8, ge=1, le=256, description="Embedded: threads running engine calls off the event loop."
     )
 
     analytics_interval_s: float = Field(
