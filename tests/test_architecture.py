@@ -35,10 +35,7 @@ GENERATED = ("lodestar.inference.v1", "lodestar.embedding.v1", "lodestar.vector.
 
 # Private attributes set outside the gateway, to be removed by the change that
 # owns their area: (file, attribute).
-KNOWN_PRIVATE_WRITES = {
-    # A marker on the root logger's handler so that configuring twice replaces it.
-    ("lodestar/runtime/logging.py", "_lodestar"),
-}
+KNOWN_PRIVATE_WRITES: set[tuple[str, str]] = set()
 
 # Import cycles outside the gateway, each listed as the sorted modules of one
 # strongly connected component; every one is to be broken by the change that owns

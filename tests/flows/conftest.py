@@ -57,7 +57,6 @@ def vector_settings(data_dir: Path) -> VectorSettings:
         data_dir=data_dir,
         optimize_delay_s=0.1,
         indexing_threads=1,
-        engine_threads=2,
         analytics_interval_s=0.5,
     )
 

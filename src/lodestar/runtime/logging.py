@@ -52,9 +52,13 @@ class _TextFormatter(logging.Formatter):
         return f"{line} [request_id={request_id}]" if request_id else line
 
 
+class _LodestarHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler this module installs, so that configuring again replaces it."""
+
+
 def configure_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
     """Configure the root logger once for the process (idempotent)."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _LodestarHandler(sys.stderr)
     handler.addFilter(_ContextFilter())
     if json_lines:
         handler.setFormatter(JsonFormatter())
@@ -62,8 +66,7 @@ def configure_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
         handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     for existing in list(root.handlers):
-        if getattr(existing, "_lodestar", False):
+        if isinstance(existing, _LodestarHandler):
             root.removeHandler(existing)
-    handler._lodestar = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
