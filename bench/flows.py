@@ -60,7 +60,7 @@ from lodestar.runtime.channels import insecure_channel
 from lodestar.runtime.protojson import struct_to_dict
 from lodestar.services.gateway.auth import mint_token
 from lodestar.services.gateway.flows import prompting
-from lodestar.services.gateway.flows.budget import fit
+from lodestar.services.gateway.flows.budget import PROMPT_SAFETY_TOKENS, fit
 from lodestar.services.gateway.flows.prompting import Passage, Turn
 from lodestar.services.gateway.flows.settings import FlowsSettings
 from lodestar.services.gateway.settings import GatewaySettings
@@ -168,7 +168,7 @@ class Direct:
         def render(chosen: Sequence[Passage]) -> str | list[Turn]:
             return prompting.compose_turns([("user", question)], chosen, [], context_requested=True)
 
-        limit = self.context_size - args.max_tokens - self.flows.prompt_safety_tokens
+        limit = self.context_size - args.max_tokens - PROMPT_SAFETY_TOKENS
         fitted = await fit(
             passages,
             render,

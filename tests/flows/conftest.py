@@ -112,10 +112,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory, llm: LlamaModel) -> As
 
 
 def flows_settings(**overrides: Any) -> FlowsSettings:
-    values: dict[str, Any] = {
-        "usage_flush_interval_s": 0.2,
-        "feedback_min_similarity": 0.3,
-    }
+    values: dict[str, Any] = {"feedback_min_similarity": 0.3}
     values.update(overrides)
     return FlowsSettings(**values)
 

@@ -390,8 +390,6 @@ async def test_failover_between_real_vector_replicas(stack: Stack, tmp_path: Pat
         stack.address(stack.inference),
         breaker_failure_threshold=3,
         breaker_open_s=0.5,
-        probe_timeout_s=0.5,
-        reconnect_backoff_max_s=0.3,
     )
     failures: list[str] = []
     done = asyncio.Event()

@@ -259,8 +259,6 @@ async def test_failover_when_a_replica_dies_and_recovery(fakes: FakeBackends) ->
         fakes.address("inference"),
         breaker_failure_threshold=3,
         breaker_open_s=0.5,
-        probe_timeout_s=0.5,
-        reconnect_backoff_max_s=0.3,
     )
     failures: list[str] = []
     done = asyncio.Event()
@@ -319,8 +317,6 @@ async def test_a_request_waits_for_a_due_probe_instead_of_failing(fakes: FakeBac
         fakes.address("inference"),
         breaker_failure_threshold=1,
         breaker_open_s=0.3,
-        probe_timeout_s=2,
-        reconnect_backoff_max_s=0.2,
     )
     try:
         async with run_gateway(settings) as gw, gw.client() as http:

@@ -254,8 +254,6 @@ class Backends:
                 {s.full_name: _STUBS[s.full_name] for s in served},
                 failure_threshold=settings.breaker_failure_threshold,
                 open_s=settings.breaker_open_s,
-                probe_timeout_s=settings.probe_timeout_s,
-                reconnect_backoff_max_s=settings.reconnect_backoff_max_s,
             )
 
         self.embedding_pool = pool("embedding", settings.embedding_addresses, EMBEDDING_SERVICE)

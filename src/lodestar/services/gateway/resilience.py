@@ -26,7 +26,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -302,6 +302,14 @@ class ReplicaHealth:
     in_flight: int
 
 
+# Deadline of a half-open probe (a gRPC health check): a replica that is up answers
+# one in milliseconds.
+PROBE_TIMEOUT_S: Final = 1.0
+# Longest wait between a channel's attempts to reconnect to a replica that is down,
+# so that one that comes back is found within seconds, not minutes.
+RECONNECT_BACKOFF_MAX_S: Final = 2.0
+
+
 def channel_options(reconnect_backoff_max_s: float) -> list[tuple[str, int | str]]:
     backoff_ms = max(100, int(reconnect_backoff_max_s * 1000))
     return [
@@ -355,15 +363,14 @@ class ReplicaPool:
         *,
         failure_threshold: int = 5,
         open_s: float = 5.0,
-        probe_timeout_s: float = 1.0,
-        reconnect_backoff_max_s: float = 2.0,
     ) -> None:
         if not addresses:
             raise ValueError(f"{backend}: at least one replica address is needed")
         self.backend = backend
         self.service_name = service_name
-        self._probe_timeout_s = probe_timeout_s
-        options = channel_options(reconnect_backoff_max_s)
+        # A channel retries a replica that is down at least as often as its breaker
+        # probes it, so that a probe finds a replica that came back connected.
+        options = channel_options(min(RECONNECT_BACKOFF_MAX_S, open_s))
         interceptors = tracing_client_interceptors()
         self.replicas: list[Replica] = []
         for address in addresses:
@@ -427,7 +434,7 @@ class ReplicaPool:
         if self._probes:
             # Every breaker is open but some replica is being probed: a quick
             # answer from it beats refusing the request.
-            wait = min(self._probe_timeout_s, max(0.0, deadline.remaining()))
+            wait = min(PROBE_TIMEOUT_S, max(0.0, deadline.remaining()))
             await asyncio.wait(
                 list(self._probes.values()), timeout=wait, return_when=asyncio.FIRST_COMPLETED
             )
@@ -455,7 +462,7 @@ class ReplicaPool:
         try:
             reply = await replica.health.Check(
                 health_pb2.HealthCheckRequest(service=self.service_name),
-                timeout=self._probe_timeout_s,
+                timeout=PROBE_TIMEOUT_S,
                 wait_for_ready=True,
             )
             serving = bool(reply.status == health_pb2.HealthCheckResponse.SERVING)

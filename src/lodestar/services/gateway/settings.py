@@ -52,70 +52,104 @@ class GatewaySettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="LODESTAR_GATEWAY_", extra="ignore", frozen=True)
 
-    port: int = Field(8080, ge=0, le=65535, description="HTTP port (0 picks a free one).")
+    port: int = Field(
+        8080,
+        ge=0,
+        le=65535,
+        description="HTTP port (0 picks a free one); change it where 8080 is taken.",
+    )
 
     embedding_addresses: Addresses = Field(
         ("127.0.0.1:50051",),
-        description="Embedding service replicas, comma-separated host:port.",
+        description="Embedding service replicas, comma-separated host:port; set it to "
+        "where the embedding service runs (every replica, when there are several).",
     )
     vector_addresses: Addresses = Field(
         ("127.0.0.1:50052",),
-        description="Vector service replicas (which also serve analytics), comma-separated.",
+        description="Vector service replicas (which also serve analytics), comma-separated "
+        "host:port; set it to where the vector service runs.",
     )
     inference_addresses: Addresses = Field(
         ("127.0.0.1:50053",),
-        description="Inference service replicas, comma-separated host:port.",
+        description="Inference service replicas, comma-separated host:port; set it to "
+        "where the inference service runs.",
     )
 
     deadlines_s: dict[RouteClass, float] = Field(
         default_factory=lambda: dict(_DEFAULT_DEADLINES_S),
         description="Default deadline in seconds per route class (generate, read, write, "
-        "admin), JSON. A client's X-Request-Timeout or grpc-timeout header can only "
-        "shorten it.",
+        "admin), JSON; raise generate's for long generations on slow hardware. A client's "
+        "X-Request-Timeout or grpc-timeout header can only shorten it.",
     )
     max_body_bytes: int = Field(
-        16 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above)."
+        16 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body accepted (413 above); raise it for clients that "
+        "insert larger batches of points in one request.",
     )
 
     jwt_signing_key: SecretStr = Field(
         SecretStr(DEVELOPMENT_SIGNING_KEY),
         description="HS256 key that signs and verifies tokens when no JWKS URL is set. "
-        "The default is a public development key.",
+        "The default is a public development key: set a secret one wherever the gateway "
+        "is reachable by anyone but you.",
     )
     jwt_jwks_url: str = Field(
         "",
-        description="JWKS URL of the identity provider. When set, tokens must be RS256 or "
-        "ES256 signed by one of its keys and HS256 tokens are refused.",
+        description="JWKS URL of the identity provider; set it to accept the tokens your "
+        "identity provider issues. When set, tokens must be signed by one of its keys with "
+        "an algorithm of jwt_algorithms, and HS256 tokens are refused.",
     )
     jwt_algorithms: Annotated[tuple[str, ...], NoDecode] = Field(
         ("RS256", "ES256"),
-        description="Algorithms accepted with a JWKS URL (comma-separated; asymmetric only).",
+        description="Algorithms accepted with a JWKS URL (comma-separated; asymmetric "
+        "only); add the one your identity provider signs with if it is not RS256 or ES256.",
     )
-    jwt_issuer: str = Field("lodestar", description="Required `iss` claim.")
-    jwt_audience: str = Field("lodestar-api", description="Required `aud` claim.")
+    jwt_issuer: str = Field(
+        "lodestar",
+        description="Required `iss` claim; set it to your identity provider's issuer.",
+    )
+    jwt_audience: str = Field(
+        "lodestar-api",
+        description="Required `aud` claim; set it to the audience your identity provider "
+        "puts in the tokens it issues for Lodestar.",
+    )
     jwt_leeway_s: float = Field(
-        30.0, ge=0, le=600, description="Clock skew tolerated on exp and nbf, in seconds."
+        30.0,
+        ge=0,
+        le=600,
+        description="Clock skew tolerated on exp and nbf, in seconds; raise it only where "
+        "the clocks of the token issuer and the gateway drift further apart.",
     )
     jwt_required_claims: Annotated[tuple[str, ...], NoDecode] = Field(
         ("exp", "nbf", "iss", "aud", "sub"),
-        description="Claims every token must carry (comma-separated).",
+        description="Claims every token must carry (comma-separated); drop one only if "
+        "your identity provider does not issue it.",
     )
     jwks_cache_s: float = Field(
-        300.0, gt=0, description="How long keys fetched from the JWKS URL are trusted."
+        300.0,
+        gt=0,
+        description="How long keys fetched from the JWKS URL are trusted, in seconds; lower "
+        "it if your identity provider retires keys sooner after rotating them.",
     )
     roles: dict[str, tuple[Permission, ...]] = Field(
         default_factory=lambda: {role: tuple(perms) for role, perms in DEFAULT_ROLES.items()},
-        description="Role → permissions, JSON. Defaults: viewer, user, editor, operator, "
-        "admin (see the gateway's permissions module).",
+        description="Role → permissions, JSON; set it to give your identity provider's "
+        "roles their permissions. Defaults: viewer, user, editor, operator, admin (see the "
+        "gateway's permissions module).",
     )
 
     requests_per_minute: dict[RouteClass, int] = Field(
         default_factory=lambda: dict(_DEFAULT_REQUESTS_PER_MINUTE),
         description="Requests per minute per subject and route class (generate, read, "
-        "write, admin), JSON; 0 disables a class's limit.",
+        "write, admin), JSON; 0 disables a class's limit. Set it to what one client may "
+        "fairly use of your deployment.",
     )
     generated_tokens_per_minute: int = Field(
-        60_000, ge=0, description="Generated tokens per minute per subject; 0 disables it."
+        60_000,
+        ge=0,
+        description="Generated tokens per minute per subject; 0 disables it. Set it to "
+        "the share of the inference service's throughput one client may use.",
     )
     rate_limit_window_s: float = Field(
         60.0,
@@ -123,48 +157,62 @@ class GatewaySettings(ServiceSettings):
         le=3600,
         description="Window the rate limits refill over, in seconds: a subject may use a "
         "whole window's allowance at once, then it refills evenly. The limits are per minute "
-        "at the default 60.",
+        "at the default 60; lower it to allow shorter bursts.",
     )
     redis_url: str = Field(
         "",
         description="Redis URL for rate-limit state shared by gateway replicas "
-        "(e.g. redis://redis:6379/0); empty keeps it in memory.",
+        "(e.g. redis://redis:6379/0); empty keeps it in memory, per replica. Set it when "
+        "the gateway runs more than one replica.",
     )
-    redis_key_prefix: str = Field("lodestar:ratelimit:", description="Prefix of Redis keys.")
+    redis_key_prefix: str = Field(
+        "lodestar:ratelimit:",
+        description="Prefix of the rate limits' Redis keys; give each deployment its own "
+        "when several share one Redis, so that their limits stay apart.",
+    )
 
     breaker_failure_threshold: int = Field(
-        5, ge=1, description="Consecutive failures that open a replica's circuit breaker."
+        5,
+        ge=1,
+        description="Consecutive failures that open a replica's circuit breaker; raise it "
+        "where a backend's network drops calls now and then without the replica being down.",
     )
     breaker_open_s: float = Field(
-        5.0, gt=0, description="Seconds a breaker stays open before a half-open health probe."
-    )
-    probe_timeout_s: float = Field(
-        1.0, gt=0, description="Deadline of a half-open probe (gRPC health check)."
-    )
-    reconnect_backoff_max_s: float = Field(
-        2.0,
+        5.0,
         gt=0,
-        description="Longest wait between reconnection attempts to a backend replica.",
+        description="Seconds a breaker stays open before a half-open health probe; lower it "
+        "to bring a restarted replica back into use sooner, raise it to probe a failing one "
+        "less often.",
     )
 
     embed_batch_size: int = Field(
         limits.DEFAULT_TEXTS_PER_EMBED_CALL,
         ge=1,
-        description="Most texts sent to the embedding service in one call.",
+        description="Most texts sent to the embedding service in one call; keep it at most "
+        "the embedding service's LODESTAR_EMBEDDING_MAX_TEXTS_PER_REQUEST when that is changed.",
     )
     store_text_key: str = Field(
         "text",
-        description="Payload key that keeps the text of a point inserted by text "
-        "(empty: the text is not stored).",
+        description="Payload key that keeps the text of a point inserted by text (empty: "
+        "the text is not stored); change it if your payloads use `text` for something else.",
     )
 
     metrics_public: bool = Field(
         False,
         description="Serve GET /metrics without a token (for scrapers on a trusted network); "
-        "otherwise it needs the ViewMetrics permission.",
+        "otherwise it needs the ViewMetrics permission. Set it when Prometheus scrapes "
+        "the gateway without a token.",
     )
-    docs_enabled: bool = Field(True, description="Serve the interactive API docs at /docs.")
-    access_log: bool = Field(True, description="Log one line per request.")
+    docs_enabled: bool = Field(
+        True,
+        description="Serve the interactive API docs at /docs; turn it off to keep the API's "
+        "description from the public.",
+    )
+    access_log: bool = Field(
+        True,
+        description="Log one line per request; turn it off where a proxy in front of the "
+        "gateway already logs each request.",
+    )
 
     @field_validator(
         "embedding_addresses",

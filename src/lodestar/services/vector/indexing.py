@@ -46,6 +46,8 @@ _log = logging.getLogger(__name__)
 _RETRY_AFTER_FAILURE_S: Final = 30.0
 # Deleted points that make a compaction worth a run.
 _VACUUM_MIN_DELETED: Final = 1_000
+# Niceness of the optimizer process, so that index builds yield the CPU to requests.
+_OPTIMIZER_NICE: Final = 10
 
 
 class BackgroundOptimizer:
@@ -186,7 +188,7 @@ class BackgroundOptimizer:
             "indexing_threshold_kb": self._settings.indexing_threshold_kb,
             "indexing_threads": self._settings.indexing_threads,
             "search_threads": self._settings.search_threads,
-            "nice": self._settings.optimizer_nice,
+            "nice": _OPTIMIZER_NICE,
             "parent": os.getpid(),
         }
         process = await asyncio.create_subprocess_exec(

@@ -103,28 +103,28 @@ class VectorSettings(ServerSettings):
         2.0,
         ge=0,
         description="Embedded: quiet seconds after the last write before the background "
-        "optimizer builds indexes.",
+        "optimizer builds indexes; raise it where writes come in bursts with longer pauses, "
+        "so that one build follows a whole burst.",
     )
     optimize_max_wait_s: float = Field(
         30.0,
         ge=0,
-        description="Embedded: longest time steady writes can postpone a background index build.",
+        description="Embedded: longest time steady writes can postpone a background index "
+        "build; lower it if searches during long write streams are slow (unindexed vectors "
+        "are scanned), raise it to rebuild less often under constant writes.",
     )
     indexing_threshold_kb: int = Field(
         10_000,
         ge=1,
         description="Embedded: kilobytes of unindexed vectors above which a segment gets an "
-        "HNSW index (smaller ones are scanned exactly).",
+        "HNSW index (smaller ones are scanned exactly); lower it if searches of small "
+        "collections are slow, raise it to build indexes less often.",
     )
     indexing_threads: int = Field(
-        0, ge=0, description="Embedded: threads building an HNSW index (0: the engine's choice)."
-    )
-    optimizer_nice: int = Field(
-        10,
+        0,
         ge=0,
-        le=19,
-        description="Embedded: scheduling niceness of the optimizer process, so that index "
-        "builds yield the CPU to requests.",
+        description="Embedded: threads building an HNSW index (0: the engine's choice); set "
+        "it below the CPU count to keep cores free for searches while an index is built.",
     )
     fsync_writes: bool = Field(
         False,
@@ -149,10 +149,16 @@ class VectorSettings(ServerSettings):
     )
 
     analytics_interval_s: float = Field(
-        60.0, gt=0, description="Seconds between samples of collection sizes for analytics."
+        60.0,
+        gt=0,
+        description="Seconds between samples of collection sizes for analytics; lower it "
+        "for finer size history, at the cost of more rows kept.",
     )
     analytics_retention_days: float = Field(
-        30.0, gt=0, description="Days search and size analytics are kept."
+        30.0,
+        gt=0,
+        description="Days search, size and usage analytics are kept; raise it for longer "
+        "history, lower it to keep the analytics database small.",
     )
 
     @property

@@ -20,13 +20,7 @@ ROUTERS: tuple[APIRouter, ...] = (feedback.router, cluster.router)
 
 def build_flows(settings: FlowsSettings, backends: Backends) -> FlowsRuntime:
     """The flows' state; its usage recorder starts with the app (``FlowsRuntime.start``)."""
-    recorder = UsageRecorder(
-        backends.analytics.record_usage,
-        interval_s=settings.usage_flush_interval_s,
-        batch_size=settings.usage_batch_size,
-        max_pending=settings.usage_max_pending,
-    )
-    return FlowsRuntime(settings, recorder)
+    return FlowsRuntime(settings, UsageRecorder(backends.analytics.record_usage))
 
 
 def flow_stages(flows: FlowsRuntime) -> list[GenerateStage]:

@@ -13,13 +13,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from lodestar.inference.v1 import inference_service_pb2 as ipb
 from lodestar.runtime.errors import InvalidArgument
 from lodestar.services.gateway.call import Call
 from lodestar.services.gateway.flows import prompting
-from lodestar.services.gateway.flows.budget import fit
+from lodestar.services.gateway.flows.budget import PROMPT_SAFETY_TOKENS, fit
 from lodestar.services.gateway.flows.prompting import Example, Passage, Turn
 from lodestar.services.gateway.flows.runtime import FlowsRuntime
 from lodestar.services.gateway.permissions import Permission
@@ -27,6 +27,9 @@ from lodestar.services.gateway.pipeline import Generation
 from lodestar.services.gateway.schemas.inference import ContextOptions, GenerateRequest
 
 _STATE_KEY = "flows_augmentation"
+# Characters of a question embedded for retrieval: far more than an embedding
+# model reads, and far fewer than the embedding service accepts.
+QUESTION_MAX_CHARS: Final = 2000
 
 
 @dataclass
@@ -75,9 +78,7 @@ async def question_vector(
                 reason="EMPTY_QUESTION",
             )
         start = time.perf_counter()
-        vectors = await call.backends.embedding.embed(
-            [question[: runtime.settings.question_max_chars]], call.options
-        )
+        vectors = await call.backends.embedding.embed([question[:QUESTION_MAX_CHARS]], call.options)
         augmented.vector = vectors[0]
         augmented.timing_ms["embed"] = _elapsed_ms(start)
     return augmented.vector
@@ -125,7 +126,7 @@ class ComposeStage:
             if request.sampling.HasField("max_tokens")
             else min(info.default_max_tokens or context_size, context_size)
         )
-        limit = context_size - max_tokens - self._runtime.settings.prompt_safety_tokens
+        limit = context_size - max_tokens - PROMPT_SAFETY_TOKENS
         settings = self._runtime.settings
         pieces: list[Passage | Example] = [
             p.cut(settings.passage_max_chars) if p.size > settings.passage_max_chars else p

@@ -15,11 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, Self, TypeVar
+from typing import Final, Generic, Protocol, Self, TypeVar
 
 from lodestar.runtime.errors import InvalidArgument
 
 R = TypeVar("R")
+
+# Tokens kept free between the prompt plus max_tokens and the context size: the
+# margin the rule above calls small.
+PROMPT_SAFETY_TOKENS: Final = 8
 
 # Estimates are made a little pessimistic so that the verifying count usually passes.
 _ESTIMATE_MARGIN = 1.15

@@ -15,7 +15,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import grpc
 from prometheus_client import Counter
@@ -46,6 +46,13 @@ USAGE_EVENTS = Counter(
 
 _SEND_TIMEOUT_S = 10.0
 _MAX_ATTEMPTS = 3
+# Events are sent every second, or as soon as a batch is full: figures are at most
+# a second behind, in at most one RecordUsage call a second per gateway under load.
+FLUSH_INTERVAL_S: Final = 1.0
+BATCH_SIZE: Final = 500  # at most limits.MAX_USAGE_EVENTS
+# Events kept while the analytics service is unreachable (minutes of heavy
+# traffic, a few tens of megabytes); the oldest are dropped beyond it.
+MAX_PENDING: Final = 100_000
 
 # (subject, route, status, prompt tokens, completion tokens, latency ms, unix time)
 Event = tuple[str, str, int, int, int, float, float]
@@ -58,7 +65,12 @@ class UsageRecorder:
     unavailable are kept (up to ``max_pending``) and sent later."""
 
     def __init__(
-        self, send: Sender, *, interval_s: float, batch_size: int, max_pending: int
+        self,
+        send: Sender,
+        *,
+        interval_s: float = FLUSH_INTERVAL_S,
+        batch_size: int = BATCH_SIZE,
+        max_pending: int = MAX_PENDING,
     ) -> None:
         self._send = send
         self._interval_s = interval_s
