@@ -237,3 +237,12 @@ def test_the_token_command_does_not_load_the_web_server() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_no_hand_written_module_is_over_600_lines() -> None:
+    long = {
+        str(path.relative_to(SRC)): lines
+        for path in _hand_written().values()
+        if (lines := len(path.read_text(encoding="utf-8").splitlines())) > 600
+    }
+    assert long == {}

@@ -11,12 +11,12 @@ import pytest
 
 from lodestar.inference.v1 import inference_service_pb2 as ipb
 from lodestar.runtime.errors import InvalidArgument, Unavailable
+from lodestar.services.gateway.deadline import CallOptions
 from lodestar.services.gateway.flows import prompting
 from lodestar.services.gateway.flows.budget import ContextOverflow, fit
 from lodestar.services.gateway.flows.prompting import Example, Passage
 from lodestar.services.gateway.flows.usage import Event, UsageRecorder
 from lodestar.services.gateway.openai.errors import lodestar_error_body, param_of
-from lodestar.services.gateway.resilience import CallOptions
 from lodestar.services.vector.analytics import create_analytics
 from lodestar.services.vector.analytics_models import UsageRecord
 from lodestar.vector.v1 import analytics_service_pb2 as apb

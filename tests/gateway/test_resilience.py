@@ -24,15 +24,8 @@ from lodestar.services.gateway.backends import (
     VECTOR_SERVICE,
     Backends,
 )
-from lodestar.services.gateway.resilience import (
-    BackendError,
-    BreakerState,
-    CallOptions,
-    CircuitBreaker,
-    Deadline,
-    Rpc,
-    parse_timeout_header,
-)
+from lodestar.services.gateway.deadline import CallOptions, Deadline, parse_timeout_header
+from lodestar.services.gateway.resilience import BackendError, BreakerState, CircuitBreaker, Rpc
 from lodestar.vector.v1 import vector_service_pb2 as vpb
 from tests.gateway.fakes import (
     FakeAnalytics,

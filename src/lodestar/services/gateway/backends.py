@@ -21,7 +21,8 @@ from lodestar.embedding.v1 import embedding_service_pb2_grpc as epb_grpc
 from lodestar.inference.v1 import inference_service_pb2 as ipb
 from lodestar.inference.v1 import inference_service_pb2_grpc as ipb_grpc
 from lodestar.runtime.errors import InvalidArgument
-from lodestar.services.gateway.resilience import CallOptions, ReplicaPool, Rpc, StubFactory
+from lodestar.services.gateway.deadline import CallOptions
+from lodestar.services.gateway.resilience import ReplicaPool, Rpc, StubFactory
 from lodestar.services.gateway.settings import GatewaySettings
 from lodestar.vector.v1 import analytics_service_pb2 as apb
 from lodestar.vector.v1 import analytics_service_pb2_grpc as apb_grpc

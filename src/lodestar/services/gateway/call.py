@@ -14,9 +14,9 @@ from starlette.requests import Request
 
 from lodestar.runtime.errors import PermissionDenied
 from lodestar.services.gateway.backends import Backends
+from lodestar.services.gateway.deadline import CallOptions
 from lodestar.services.gateway.permissions import Permission, Principal, missing_permission
 from lodestar.services.gateway.ratelimit import RateLimiter
-from lodestar.services.gateway.resilience import CallOptions
 from lodestar.services.gateway.settings import GatewaySettings
 
 

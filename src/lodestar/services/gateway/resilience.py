@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,90 +33,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from lodestar.runtime.channels import CHANNEL_OPTIONS
-from lodestar.runtime.context import REQUEST_ID_HEADER
 from lodestar.runtime.errors import (
-    DeadlineExceeded,
     ErrorDetails,
-    InvalidArgument,
     LodestarError,
     Unavailable,
 )
 from lodestar.runtime.telemetry import tracing_client_interceptors
+from lodestar.services.gateway.deadline import CallOptions, Deadline
 from lodestar.services.gateway.metrics import BACKEND_DURATION_BY, BREAKER_STATE
 
 _log = logging.getLogger(__name__)
 
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)
-Metadata = tuple[tuple[str, str], ...]
-
-
-# --- deadlines ---------------------------------------------------------------------------
-
-_GRPC_TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
-_GRPC_TIMEOUT_UNIT_S = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
-_SECONDS = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s)?\s*$")
-
-
-def parse_timeout_header(name: str, value: str) -> float:
-    """Seconds in an ``X-Request-Timeout`` (``2.5``, ``2.5s``, ``500ms``) or a
-    ``grpc-timeout`` (``500m``, ``2S``) header."""
-    if name == "grpc-timeout":
-        match = _GRPC_TIMEOUT.match(value.strip())
-        if match is not None:
-            return int(match.group(1)) * _GRPC_TIMEOUT_UNIT_S[match.group(2)]
-    else:
-        match = _SECONDS.match(value)
-        if match is not None:
-            return float(match.group(1)) * (0.001 if match.group(2) == "ms" else 1.0)
-    raise InvalidArgument(
-        f"header {name} must be a positive duration such as 2.5, 2.5s or 500ms"
-        if name != "grpc-timeout"
-        else "header grpc-timeout must be digits and a unit (H, M, S, m, u, n), e.g. 500m",
-        field=name,
-        reason="BAD_TIMEOUT_HEADER",
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class Deadline:
-    """When a request's work must be done (monotonic clock)."""
-
-    expires_at: float
-    # The client asked for less than the route's default: running out of
-    # time then says nothing about the backend's health.
-    shortened: bool = False
-
-    @classmethod
-    def after(cls, default_s: float, client_s: float | None = None) -> Deadline:
-        now = time.monotonic()
-        if client_s is not None and client_s < default_s:
-            return cls(now + client_s, True)
-        return cls(now + default_s, False)
-
-    def remaining(self) -> float:
-        return self.expires_at - time.monotonic()
-
-    def timeout(self, backend: str) -> float:
-        remaining = self.expires_at - time.monotonic()
-        if remaining <= 0.0005:
-            raise DeadlineExceeded(
-                f"the request's deadline passed before the {backend} service could be called",
-                reason="DEADLINE_EXCEEDED",
-            )
-        return remaining
-
-
-@dataclass(frozen=True, slots=True)
-class CallOptions:
-    """Per-request settings of every backend call: deadline and metadata."""
-
-    deadline: Deadline
-    metadata: Metadata = ()
-
-    @classmethod
-    def for_request(cls, deadline: Deadline, request_id: str) -> CallOptions:
-        return cls(deadline, ((REQUEST_ID_HEADER, request_id),) if request_id else ())
 
 
 # --- errors ------------------------------------------------------------------------------
