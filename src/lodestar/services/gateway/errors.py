@@ -96,8 +96,9 @@ def _violations(error: LodestarError) -> list[tuple[str, str]]:
     return [(error.field, error.message)] if error.field else []
 
 
-def response_for(error: LodestarError) -> Response:
-    status = http_status_for(error.code)
+def error_headers(error: LodestarError) -> dict[str, str]:
+    """The HTTP headers an error's answer carries, whichever API's body it has:
+    Retry-After, WWW-Authenticate, and a rate-limit decision's headers."""
     headers: dict[str, str] = {}
     if error.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
@@ -106,6 +107,12 @@ def response_for(error: LodestarError) -> Response:
     decision = getattr(error, "decision", None)
     if decision is not None:
         headers.update({k.decode(): v.decode() for k, v in decision.headers()})
+    return headers
+
+
+def response_for(error: LodestarError) -> Response:
+    status = http_status_for(error.code)
+    headers = error_headers(error)
     return error_response(
         status,
         error.code,

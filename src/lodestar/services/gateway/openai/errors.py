@@ -13,7 +13,6 @@ with 400 rather than 422.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -27,7 +26,7 @@ from starlette.responses import Response
 
 from lodestar.runtime.context import current_request_id
 from lodestar.runtime.errors import LodestarError, http_status_for
-from lodestar.services.gateway.errors import JSON, field_path
+from lodestar.services.gateway.errors import JSON, error_headers, field_path
 
 _log = logging.getLogger(__name__)
 
@@ -94,16 +93,7 @@ def _response(body: dict[str, Any], status: int, headers: dict[str, str] | None 
 
 
 def lodestar_error_response(error: LodestarError) -> Response:
-    status = http_status_for(error.code)
-    headers: dict[str, str] = {}
-    if error.retry_after_s is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
-    if error.code is grpc.StatusCode.UNAUTHENTICATED:
-        headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
-    decision = getattr(error, "decision", None)
-    if decision is not None:
-        headers.update({k.decode(): v.decode() for k, v in decision.headers()})
-    return _response(lodestar_error_body(error), status, headers)
+    return _response(lodestar_error_body(error), http_status_for(error.code), error_headers(error))
 
 
 def validation_error_response(error: RequestValidationError) -> Response:
