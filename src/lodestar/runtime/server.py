@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from lodestar.runtime.interceptors import WrappingRegistrar, server_interceptors
+from lodestar.runtime.keepalive import server_options
 from lodestar.runtime.metrics import MetricsServer, start_metrics_server
 from lodestar.runtime.settings import ServerSettings
 
@@ -63,6 +64,8 @@ class GrpcServer:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
+                # Accepts the pings of the platform's channels (runtime.channels).
+                *server_options(self.settings.grpc_keepalive_s),
             ],
         )
         # Handlers are wrapped in the per-call layers as they register (see interceptors).

@@ -5,7 +5,8 @@ services through ``ServerSettings``), with its own prefix (``LODESTAR_EMBEDDING_
 ``LODESTAR_VECTOR_``, ...). What the process bootstrap (``runtime.process``) reads is
 declared here once, each under one variable for the whole platform:
 ``LODESTAR_LOG_LEVEL``, ``LODESTAR_LOG_JSON``, ``LODESTAR_EVENT_LOOP`` and
-``LODESTAR_GC_THRESHOLD``.
+``LODESTAR_GC_THRESHOLD``; and the gRPC keepalive interval that clients and servers
+share, ``LODESTAR_GRPC_KEEPALIVE_S`` (``runtime.keepalive``).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from lodestar.runtime.eventloop import EventLoop
+from lodestar.runtime.keepalive import KeepaliveSettings
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
@@ -32,10 +34,10 @@ EventLoopSetting = Annotated[
 ]
 
 
-class ServiceSettings(BaseSettings):
-    """What every service process shares: its address, its drain, and what the
-    bootstrap sets up (logging, event loop, garbage collector); subclasses set
-    ``env_prefix`` and their own port."""
+class ServiceSettings(KeepaliveSettings):
+    """What every service process shares: its address, its drain, what the
+    bootstrap sets up (logging, event loop, garbage collector) and the keepalive
+    interval of its gRPC connections; subclasses set ``env_prefix`` and their own port."""
 
     model_config = SettingsConfigDict(env_prefix="LODESTAR_", extra="ignore", frozen=True)
 

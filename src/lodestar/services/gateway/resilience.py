@@ -32,7 +32,7 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from lodestar.runtime.channels import CHANNEL_OPTIONS
+from lodestar.runtime import channels
 from lodestar.runtime.errors import (
     ErrorDetails,
     LodestarError,
@@ -241,7 +241,7 @@ RECONNECT_BACKOFF_MAX_S: Final = 2.0
 def channel_options(reconnect_backoff_max_s: float) -> list[tuple[str, int | str]]:
     backoff_ms = max(100, int(reconnect_backoff_max_s * 1000))
     return [
-        *CHANNEL_OPTIONS,
+        *channels.channel_options(),
         # Reconnect to a replica that comes back within seconds, not minutes.
         ("grpc.initial_reconnect_backoff_ms", min(backoff_ms, 250)),
         ("grpc.min_reconnect_backoff_ms", min(backoff_ms, 250)),
