@@ -1338,9 +1338,15 @@ _GATEWAY_ADDRESSES = re.compile(r"^LODESTAR_GATEWAY_(\w+)_ADDRESSES$")
 def compose_schema_problems(path: Path | None = None) -> list[str]:
     """The file against the Compose specification's JSON schema (check-jsonschema's copy)."""
     path = path or COMPOSE
+    try:
+        check_jsonschema = tool("check-jsonschema")
+    except CheckError:
+        raise CheckError(
+            "check-jsonschema not found; pip install check-jsonschema (the dev extra has it)"
+        ) from None
     result = _run(
         [
-            tool("check-jsonschema"),
+            check_jsonschema,
             "--builtin-schema",
             "vendor.compose-spec",
             "--output-format",

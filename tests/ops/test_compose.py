@@ -150,3 +150,13 @@ def test_deploy_check_fails_on_a_broken_compose_file(
         path.unlink()
     out = capsys.readouterr().out
     assert "LODESTAR_GATEWAY_PUBLIC_METRICS is not a setting of the gateway service" in out
+
+
+def test_every_python_healthcheck_compiles(compose: dict[str, Any]) -> None:
+    checked = 0
+    for name, service in compose["services"].items():
+        test = service.get("healthcheck", {}).get("test", [])
+        if test[:3] == ["CMD", "python", "-c"]:
+            compile(test[3], f"{name} healthcheck", "exec")
+            checked += 1
+    assert checked == len(dc.SERVICES)
