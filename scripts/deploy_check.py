@@ -19,6 +19,10 @@ Needs no cluster, no Docker engine and no network:
   (``promtool check rules`` on a generated file) and names known metrics.
 - Images: hadolint on every Dockerfile, and the image policy (multi-stage,
   pinned base, non-root, only the service's own extra).
+- Compose: deploy/compose/compose.yaml against the Compose specification's
+  JSON schema (check-jsonschema's copy); every build context, Dockerfile,
+  image, port, bind-mounted path and LODESTAR_* variable it names exists; its
+  Prometheus config passes promtool with the repository's rules.
 
 Run ``python scripts/deploy_check.py --help`` for single checks.
 """
@@ -615,17 +619,27 @@ def k8s_policy_problems(objects: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def settings_env_names(service: str) -> set[str] | None:
-    """Environment names the service's settings accept, or None before it exists."""
+    """Environment names the service's settings accept, or None before it exists.
+
+    A service's subpackages may read settings classes of their own (the
+    gateway's flows): their ``settings`` modules count too.
+    """
     try:
-        module = importlib.import_module(f"lodestar.services.{service}.settings")
+        modules = [importlib.import_module(f"lodestar.services.{service}.settings")]
     except ImportError:
         return None
+    package = REPO / "src" / "lodestar" / "services" / service
+    for path in sorted(package.glob("*/settings.py")):
+        modules.append(
+            importlib.import_module(f"lodestar.services.{service}.{path.parent.name}.settings")
+        )
     from pydantic import AliasChoices
     from pydantic_settings import BaseSettings
 
     names: set[str] = set()
     classes = [
         obj
+        for module in modules
         for obj in vars(module).values()
         if isinstance(obj, type)
         and issubclass(obj, BaseSettings)
@@ -1310,6 +1324,289 @@ def check_images() -> list[str]:
 
 
 # ---------------------------------------------------------------------------
+# Compose: deploy/compose/compose.yaml, the one-host stack
+
+COMPOSE = DEPLOY / "compose" / "compose.yaml"
+# The services built from deploy/docker/<service>.Dockerfile are Lodestar's; the
+# others run third-party images, which must be the ones the Kubernetes manifests
+# pin, so that both ways of running Lodestar run the same servers.
+_EXPOSE_PORT = re.compile(r"^(\d+)(?:/tcp)?$")
+_LOCAL_PORT = re.compile(r"127\.0\.0\.1[:/](\d+)")
+_GATEWAY_ADDRESSES = re.compile(r"^LODESTAR_GATEWAY_(\w+)_ADDRESSES$")
+
+
+def compose_schema_problems(path: Path | None = None) -> list[str]:
+    """The file against the Compose specification's JSON schema (check-jsonschema's copy)."""
+    path = path or COMPOSE
+    try:
+        check_jsonschema = tool("check-jsonschema")
+    except CheckError:
+        raise CheckError(
+            "check-jsonschema not found; pip install check-jsonschema (the dev extra has it)"
+        ) from None
+    result = _run(
+        [
+            check_jsonschema,
+            "--builtin-schema",
+            "vendor.compose-spec",
+            "--output-format",
+            "json",
+            str(path),
+        ]
+    )
+    if result.returncode == 0:
+        return []
+    try:
+        report = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        return [f"check-jsonschema {path.name}: {(result.stdout + result.stderr).strip()}"]
+    problems = [f"{path.name}: {e['path']}: {e['message']}" for e in report.get("errors", [])]
+    problems += [f"{path.name}: {e.get('message', e)}" for e in report.get("parse_errors", [])]
+    return problems or [f"check-jsonschema {path.name}: {result.stdout.strip()}"]
+
+
+def _compose_environment(service: Mapping[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        return dict(str(item).partition("=")[::2] for item in env)
+    return {str(k): "" if v is None else str(v) for k, v in env.items()}
+
+
+def _compose_volume_source(volume: str | Mapping[str, Any]) -> str:
+    if isinstance(volume, str):
+        return volume.split(":", 1)[0] if ":" in volume else ""
+    return str(volume.get("source", ""))
+
+
+def _dockerfile_exposed(dockerfile: Path) -> set[int]:
+    ports: set[int] = set()
+    for word, args in _dockerfile_instructions(dockerfile.read_text()):
+        if word == "EXPOSE":
+            ports.update(int(m.group(1)) for a in args.split() if (m := _EXPOSE_PORT.match(a)))
+    return ports
+
+
+def _compose_container_ports(service: Mapping[str, Any]) -> set[int]:
+    """Ports a Compose service declares: published (the container's side) or exposed."""
+    ports = {int(p) for p in service.get("expose", []) if str(p).isdigit()}
+    for port in service.get("ports", []):
+        target = port.get("target") if isinstance(port, Mapping) else str(port).rsplit(":", 1)[-1]
+        if str(target).split("/")[0].isdigit():
+            ports.add(int(str(target).split("/")[0]))
+    return ports
+
+
+def _manifest_images() -> set[str]:
+    images = set()
+    for path in sorted(K8S.rglob("*.yaml")):
+        images.update(re.findall(r"^\s*image:\s*[\"']?([^\s\"']+)", path.read_text(), re.MULTILINE))
+    return images
+
+
+def _project_version() -> str:
+    match = re.search(r'^version\s*=\s*"([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M)
+    return match.group(1) if match else ""
+
+
+def compose_reference_problems(
+    compose: Mapping[str, Any], base: Path = COMPOSE.parent
+) -> list[str]:
+    """Every build context, Dockerfile, image, port, path and LODESTAR_* variable resolves.
+
+    Relative paths resolve against ``base`` (the compose file's directory).
+    """
+    problems: list[str] = []
+    services: Mapping[str, Any] = compose.get("services") or {}
+    volumes = set(compose.get("volumes") or {})
+    pinned = _manifest_images()
+    listening: dict[str, set[int]] = {}
+    lodestar: dict[str, str] = {}  # compose service → Lodestar service
+    for name, service in services.items():
+        where = f"services.{name}"
+        ports = _compose_container_ports(service)
+        build = service.get("build")
+        if build is not None:
+            context = (
+                base / (build if isinstance(build, str) else build.get("context", "."))
+            ).resolve()
+            dockerfile = context / (
+                "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
+            )
+            if not context.is_dir():
+                problems.append(f"{where}: build context {context} does not exist")
+            elif not dockerfile.is_file():
+                problems.append(f"{where}: Dockerfile {dockerfile} does not exist")
+            elif dockerfile.parent == DOCKER.resolve() and dockerfile.name.endswith(".Dockerfile"):
+                own = dockerfile.name.removesuffix(".Dockerfile")
+                lodestar[name] = own
+                exposed = _dockerfile_exposed(dockerfile)
+                for port in sorted(ports - exposed):
+                    problems.append(f"{where}: port {port} is not EXPOSEd by {dockerfile.name}")
+                ports |= exposed
+                expected = f"lodestar/{own}:{_project_version()}"
+                if service.get("image") != expected:
+                    problems.append(
+                        f"{where}: image {service.get('image')!r}; expected {expected!r}"
+                    )
+        elif service.get("image") not in pinned:
+            problems.append(
+                f"{where}: image {service.get('image')!r} is not one the Kubernetes manifests "
+                "pin (deploy/k8s)"
+            )
+        listening[name] = ports
+        for volume in service.get("volumes", []):
+            source = _compose_volume_source(volume)
+            if source.startswith((".", "/", "~")):
+                if not (base / source).exists():
+                    problems.append(f"{where}: volume source {source} does not exist")
+            elif source and source not in volumes:
+                problems.append(f"{where}: named volume {source} is not declared in volumes")
+        depends = service.get("depends_on") or []
+        for other in depends:
+            if other not in services:
+                problems.append(f"{where}: depends on {other}, which is not a service")
+    for name, service in services.items():
+        where = f"services.{name}"
+        env = _compose_environment(service)
+        owner = lodestar.get(name)
+        known = settings_env_names(owner) if owner else set()
+        for variable, value in env.items():
+            if not variable.startswith("LODESTAR_"):
+                continue
+            if known is not None and variable not in known:
+                problems.append(
+                    f"{where}: {variable} is not a setting of "
+                    + (f"the {owner} service" if owner else "any service built here")
+                )
+            own_ports = {f"LODESTAR_{str(owner).upper()}_{p}" for p in ("PORT", "METRICS_PORT")}
+            if variable in own_ports and value.isdigit() and int(value) not in listening[name]:
+                problems.append(f"{where}: {variable}={value} is not a port the service declares")
+            if _GATEWAY_ADDRESSES.match(variable):
+                for address in filter(None, (a.strip() for a in value.split(","))):
+                    host, _, number = address.rpartition(":")
+                    if host not in services:
+                        problems.append(f"{where}: {variable} names {host}, not a service")
+                    elif not number.isdigit() or int(number) not in listening[host]:
+                        problems.append(
+                            f"{where}: {variable} names port {number} of {host}, which it does "
+                            "not declare"
+                        )
+        test = (service.get("healthcheck") or {}).get("test", [])
+        for port in _LOCAL_PORT.findall(" ".join(test) if isinstance(test, list) else str(test)):
+            if int(port) not in listening[name]:
+                problems.append(f"{where}: the healthcheck probes port {port}, not declared")
+    return problems
+
+
+def compose_policy_problems(compose: Mapping[str, Any], base: Path = COMPOSE.parent) -> list[str]:
+    """The stack the docs describe: vector in remote mode over the Qdrant server, the
+    gateway's rate limits in Redis, Prometheus scraping every Lodestar service and
+    Grafana provisioning every dashboard."""
+    services: Mapping[str, Any] = compose.get("services") or {}
+    by_image = {
+        str(s.get("image", "")).split(":")[0].removesuffix("-unprivileged"): n
+        for n, s in services.items()
+    }
+    problems = []
+    for name in SERVICES:
+        if name not in services:
+            problems.append(f"no {name} service")
+    for image in ("qdrant/qdrant", "redis", "prom/prometheus", "grafana/grafana"):
+        if image not in by_image:
+            problems.append(f"no service runs {image}")
+    if problems:
+        return problems
+    vector = _compose_environment(services["vector"])
+    if vector.get("LODESTAR_VECTOR_BACKEND") != "remote":
+        problems.append("services.vector: LODESTAR_VECTOR_BACKEND is not remote")
+    qdrant_host = re.sub(r"^\w+://([^:/]+).*$", r"\1", vector.get("LODESTAR_VECTOR_QDRANT_URL", ""))
+    if qdrant_host != by_image["qdrant/qdrant"]:
+        problems.append("services.vector: LODESTAR_VECTOR_QDRANT_URL is not the Qdrant service")
+    redis_url = _compose_environment(services["gateway"]).get("LODESTAR_GATEWAY_REDIS_URL", "")
+    if not redis_url.startswith(f"redis://{by_image['redis']}:"):
+        problems.append("services.gateway: LODESTAR_GATEWAY_REDIS_URL is not the Redis service")
+    mounts = {
+        str(v).split(":")[1]: base / _compose_volume_source(v)
+        for v in services[by_image["prom/prometheus"]].get("volumes", [])
+        if isinstance(v, str) and ":" in v
+    }
+    if mounts.get("/etc/prometheus/rules", Path()).resolve() != (PROMETHEUS / "rules").resolve():
+        problems.append(
+            "prometheus: deploy/prometheus/rules is not mounted at /etc/prometheus/rules"
+        )
+    grafana = {
+        str(v).split(":")[1]: base / _compose_volume_source(v)
+        for v in services[by_image["grafana/grafana"]].get("volumes", [])
+        if isinstance(v, str) and ":" in v
+    }
+    provisioned = set()
+    for target, source in grafana.items():
+        if target == "/etc/grafana/provisioning/dashboards" and source.is_dir():
+            for provider_file in sorted(source.glob("*.yaml")):
+                for provider in yaml.safe_load(provider_file.read_text()).get("providers", []):
+                    provisioned.add(provider.get("options", {}).get("path"))
+    boards = {t for t, s in grafana.items() if s.resolve() == GRAFANA.resolve()}
+    if not boards or not boards <= provisioned:
+        problems.append("grafana: deploy/grafana is not mounted where a dashboard provider reads")
+    return problems
+
+
+def compose_prometheus_problems(
+    compose: Mapping[str, Any], base: Path = COMPOSE.parent
+) -> list[str]:
+    """The Compose Prometheus config: promtool accepts it with the repository's rules, and
+    it scrapes each Lodestar service by its Compose name on its metrics port."""
+    config_path = base / "prometheus.yml"
+    with tempfile.TemporaryDirectory(prefix="lodestar-compose-") as scratch:
+        shutil.copy(config_path, Path(scratch) / "prometheus.yml")
+        (Path(scratch) / "rules").symlink_to(PROMETHEUS / "rules")
+        problems = _failed(
+            promtool("check", "config", str(Path(scratch) / "prometheus.yml")),
+            "compose prometheus.yml",
+        )
+    services: Mapping[str, Any] = compose.get("services") or {}
+    scraped = set()
+    config = yaml.safe_load(config_path.read_text())
+    for job in config.get("scrape_configs", []):
+        for static in job.get("static_configs", []):
+            for target in static.get("targets", []):
+                host, _, port = target.rpartition(":")
+                scraped.add(host)
+                label = static.get("labels", {}).get("service")
+                if host not in services:
+                    problems.append(f"prometheus.yml: target {target} is not a Compose service")
+                    continue
+                env = _compose_environment(services[host])
+                if label != host:
+                    problems.append(f"prometheus.yml: target {target} has service label {label}")
+                port_setting = env.get(
+                    f"LODESTAR_{host.upper()}_METRICS_PORT",
+                    env.get(f"LODESTAR_{host.upper()}_PORT"),
+                )
+                if port_setting != port:
+                    problems.append(
+                        f"prometheus.yml: target {target}, but {host} serves metrics on "
+                        f"{port_setting}"
+                    )
+    for name in SERVICES:
+        if name not in scraped:
+            problems.append(f"prometheus.yml: {name} is not scraped")
+    return problems
+
+
+def check_compose(path: Path | None = None) -> list[str]:
+    path = path or COMPOSE
+    problems = compose_schema_problems(path)
+    compose = yaml.safe_load(path.read_text())
+    return (
+        problems
+        + compose_reference_problems(compose, path.parent)
+        + compose_policy_problems(compose, path.parent)
+        + compose_prometheus_problems(compose, path.parent)
+    )
+
+
+# ---------------------------------------------------------------------------
 # Runner
 
 
@@ -1349,6 +1646,7 @@ def all_checks() -> dict[str, list[Check]]:
             Check("PromQL parses and names known metrics", check_promql),
         ],
         "images": [Check("hadolint and image policy", check_images)],
+        "compose": [Check("compose.yaml against the Compose spec and the repo", check_compose)],
     }
 
 
