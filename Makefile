@@ -114,7 +114,7 @@ $(GRPC_LOAD): bench/grpc_load.cc
 grpc-load: $(GRPC_LOAD) ## Build the vector benchmark's native gRPC load generator
 
 .PHONY: deploy-check
-deploy-check: $(VENV)/.installed system-deps ## Validate deploy/ offline (manifests, Envoy, rules, dashboards, images)
+deploy-check: $(VENV)/.installed system-deps ## Validate deploy/ offline (manifests, Compose, Envoy, rules, dashboards, images)
 	$(PY) scripts/deploy_check.py
 
 .PHONY: clean
