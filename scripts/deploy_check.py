@@ -15,6 +15,11 @@ Needs no cluster, no Docker engine and no network:
   limit).
 - Prometheus: ``promtool check config``, ``check rules`` and ``test rules``;
   every alert links to a runbook section that exists.
+- Prometheus Operator: the prometheus-operator component's PrometheusRules are
+  generated from the rule files and equal to them; its PrometheusRules,
+  PodMonitors and ServiceMonitors validate against the operator's CRD schemas
+  (deploy/k8s/schemas, strict like the Kubernetes ones); its monitors scrape
+  each service exactly once, on its metrics port, with the rules' labels.
 - Grafana: every dashboard is valid JSON, every PromQL expression parses
   (``promtool check rules`` on a generated file) and names known metrics.
 - Images: hadolint on every Dockerfile, and the image policy (multi-stage,
@@ -51,7 +56,9 @@ REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
 OVERLAYS = ("dev", "prod")
-COMPONENTS = ("network-policies", "monitoring")
+COMPONENTS = ("network-policies", "monitoring", "prometheus-operator")
+# Components that do one job two ways: a build takes one component of each set.
+ALTERNATIVE_COMPONENTS = (frozenset({"monitoring", "prometheus-operator"}),)
 # Oldest Kubernetes minor the manifests support (gRPC probes, matchLabelKeys).
 K8S_VERSION = "1.32"
 ENVOY_CONFIG = DEPLOY / "envoy" / "envoy.yaml"
@@ -214,14 +221,29 @@ def build_variant(overlay: str, components: Sequence[str] = ()) -> list[dict[str
         return kustomize(Path(scratch))
 
 
+def _component_choices(included: Iterable[str]) -> list[set[str]]:
+    """Every set of components a build can have: all of them, one of each alternative set."""
+    choices = [set(COMPONENTS) - set().union(*ALTERNATIVE_COMPONENTS)]
+    for alternatives in ALTERNATIVE_COMPONENTS:
+        chosen = alternatives & set(included)
+        choices = [c | {a} for c in choices for a in sorted(chosen or alternatives)]
+    return choices
+
+
 def variants() -> dict[str, tuple[str, tuple[str, ...]]]:
-    """Every build to check: each overlay as committed, and with every component."""
+    """Every build to check: each overlay as committed, and with every component.
+
+    Of components that are alternatives (ALTERNATIVE_COMPONENTS), each build
+    takes one: the overlay is built once with each.
+    """
     out: dict[str, tuple[str, tuple[str, ...]]] = {}
     for overlay in OVERLAYS:
         out[overlay] = (overlay, ())
-        extra = tuple(c for c in COMPONENTS if c not in overlay_components(overlay))
-        if extra:
-            out[f"{overlay}+{'+'.join(extra)}"] = (overlay, extra)
+        included = overlay_components(overlay)
+        for choice in _component_choices(included):
+            extra = tuple(c for c in COMPONENTS if c in choice and c not in included)
+            if extra:
+                out[f"{overlay}+{'+'.join(extra)}"] = (overlay, extra)
     return out
 
 
@@ -249,6 +271,8 @@ def _schema_dir(version: str) -> Path:
 
 @functools.cache
 def _validator(version: str, kind: str, api_version: str) -> Any:
+    if api_version.split("/")[0] in CRD_SCHEMAS:
+        return _crd_validator(version, kind, api_version)
     import jsonschema  # type: ignore[import-untyped]
     from referencing import Registry, Resource
 
@@ -1023,6 +1047,290 @@ def check_runbooks() -> list[str]:
 
 
 # ---------------------------------------------------------------------------
+# Prometheus Operator: the prometheus-operator component
+#
+# Its PrometheusRules are generated from deploy/prometheus/rules (one source of
+# truth: kustomize cannot make a PrometheusRule from a file), its objects are
+# validated against the operator's CRD schemas (deploy/k8s/schemas), and its
+# monitors must scrape each service once, on the port its pods serve metrics
+# on, with the labels the rules select on.
+
+OPERATOR = K8S / "components" / "prometheus-operator"
+# API group → directory of its CRDs' openAPIV3Schemas (<kind>-<group>-<version>.json).
+CRD_SCHEMAS = {"monitoring.coreos.com": K8S / "schemas" / "prometheus-operator"}
+_OBJECT_META = "https://kubernetes.io/api/_definitions.json#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
+# The labels every Lodestar target carries (deploy/prometheus/rules select on them).
+TARGET_LABELS: Mapping[str, Mapping[str, Any]] = {
+    "job": {"targetLabel": "job", "replacement": "lodestar"},
+    "service": {
+        "targetLabel": "service",
+        "sourceLabels": ["__meta_kubernetes_pod_label_app_kubernetes_io_name"],
+    },
+}
+
+
+def _strict_crd_schema(node: Any) -> Any:
+    """A CRD's openAPIV3Schema as the API server's strict field validation applies it.
+
+    An object schema with properties accepts no other field (the API server
+    rejects unknown fields), and Go's inline flags after an anchor (``^(?i)``)
+    move to the front, where Python's re accepts them.
+    """
+    if isinstance(node, list):
+        return [_strict_crd_schema(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {
+        k: (
+            {name: _strict_crd_schema(s) for name, s in v.items()}
+            if k == "properties"
+            else _strict_crd_schema(v)
+        )
+        for k, v in node.items()
+    }
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    pattern = out.get("pattern")
+    if isinstance(pattern, str):
+        out["pattern"] = re.sub(r"^\^(\(\?[a-z]+\))", r"\1^", pattern)
+    return out
+
+
+def _list_type(validator: Any, list_type: Any, instance: Any, schema: Mapping[str, Any]) -> Any:
+    """x-kubernetes-list-type: a "map" list has one item per key, a "set" no repeats."""
+    import jsonschema
+
+    if not isinstance(instance, list):
+        return
+    if list_type == "map":
+        keys = schema.get("x-kubernetes-list-map-keys", [])
+        seen: set[str] = set()
+        for item in instance:
+            if isinstance(item, dict):
+                key = json.dumps([item.get(k) for k in keys])
+                if key in seen:
+                    yield jsonschema.ValidationError(
+                        f"duplicate entry with {', '.join(keys)} {key} (list-map keys)"
+                    )
+                seen.add(key)
+    elif list_type == "set":
+        values = [json.dumps(item, sort_keys=True) for item in instance]
+        if len(values) != len(set(values)):
+            yield jsonschema.ValidationError("duplicate entries in a set")
+
+
+@functools.cache
+def _crd_validator(version: str, kind: str, api_version: str) -> Any:
+    """A custom resource's validator from its CRD schema, or None for an unknown kind."""
+    import jsonschema
+    from referencing import Registry, Resource
+
+    group, _, group_version = api_version.partition("/")
+    path = CRD_SCHEMAS[group] / f"{kind.lower()}-{group.split('.')[0]}-{group_version}.json"
+    if not path.exists():
+        return None
+    schema = _strict_crd_schema(json.loads(path.read_text()))
+    schema["properties"]["metadata"] = {"$ref": _OBJECT_META}
+    schema["properties"]["apiVersion"]["enum"] = [api_version]
+    schema["properties"]["kind"]["enum"] = [kind]
+    definitions = json.loads((_schema_dir(version) / "_definitions.json").read_text())
+    registry: Registry[Any] = Resource.from_contents(definitions) @ Registry()
+    validator_class = jsonschema.validators.extend(
+        jsonschema.Draft202012Validator, {"x-kubernetes-list-type": _list_type}
+    )
+    return validator_class(schema, registry=registry)
+
+
+def operator_rule_files() -> dict[Path, Path]:
+    """Each rule file → the PrometheusRule manifest generated from it."""
+    return {path: OPERATOR / f"prometheusrule-{path.stem}.yaml" for path in rule_files()}
+
+
+def operator_rule_manifest(rule_file: Path) -> str:
+    """The PrometheusRule of a rule file: the file's text, comments and all, as its spec."""
+    body = "".join(
+        f"  {line}" if line.strip() else "\n"
+        for line in rule_file.read_text().splitlines(keepends=True)
+    )
+    return (
+        f"# Generated from {rule_file.relative_to(REPO)} by\n"
+        "# `python scripts/deploy_check.py --write-operator-rules`: edit that file and\n"
+        "# regenerate (make deploy-check fails while they differ).\n"
+        "apiVersion: monitoring.coreos.com/v1\n"
+        "kind: PrometheusRule\n"
+        "metadata:\n"
+        f"  name: lodestar-{rule_file.stem}\n"
+        "  labels:\n"
+        "    app.kubernetes.io/name: lodestar\n"
+        "    app.kubernetes.io/component: monitoring\n"
+        "spec:\n"
+        f"{body}"
+    )
+
+
+def write_operator_rules() -> list[Path]:
+    written = []
+    for rule_file, manifest in operator_rule_files().items():
+        text = operator_rule_manifest(rule_file)
+        if not manifest.exists() or manifest.read_text() != text:
+            manifest.write_text(text)
+            written.append(manifest)
+    return written
+
+
+def check_operator_rules() -> list[str]:
+    """The PrometheusRules are the rule files: generated, listed, and nothing else."""
+    problems = []
+    expected = operator_rule_files()
+    listed = yaml.safe_load((OPERATOR / "kustomization.yaml").read_text()).get("resources", [])
+    for rule_file, manifest in expected.items():
+        name = manifest.relative_to(REPO)
+        if not manifest.exists() or manifest.read_text() != operator_rule_manifest(rule_file):
+            problems.append(
+                f"{name} is not what {rule_file.relative_to(REPO)} generates; run "
+                "python scripts/deploy_check.py --write-operator-rules"
+            )
+        elif (
+            yaml.safe_load(manifest.read_text())["spec"]["groups"]
+            != yaml.safe_load(rule_file.read_text())["groups"]
+        ):
+            problems.append(f"{name}: its groups differ from {rule_file.relative_to(REPO)}")
+        if manifest.name not in listed:
+            problems.append(f"{name} is not in {OPERATOR.name}/kustomization.yaml")
+    for stale in sorted(set(OPERATOR.glob("prometheusrule-*.yaml")) - set(expected.values())):
+        problems.append(f"{stale.relative_to(REPO)}: no rule file generates it")
+    return problems
+
+
+def _monitor_endpoint_problems(where: str, endpoint: Mapping[str, Any]) -> list[str]:
+    problems = []
+    if endpoint.get("path", "/metrics") != "/metrics":
+        problems.append(f"{where}: path {endpoint.get('path')} is not /metrics")
+    relabelings = endpoint.get("relabelings", [])
+    for label, wanted in TARGET_LABELS.items():
+        if not any(all(r.get(k) == v for k, v in wanted.items()) for r in relabelings):
+            problems.append(f"{where}: no relabeling sets {label} as {wanted}")
+    return problems
+
+
+def _lodestar_workloads(
+    objects: Sequence[Mapping[str, Any]],
+) -> dict[str, Mapping[str, Any]]:
+    out = {}
+    for workload in (o for o in objects if o.get("kind") in WORKLOAD_KINDS):
+        labels = _pod_template(workload).get("metadata", {}).get("labels", {})
+        if labels.get("app.kubernetes.io/name") in SERVICES:
+            out[labels["app.kubernetes.io/name"]] = workload
+    return out
+
+
+def _container_port(workload: Mapping[str, Any], port: int | str) -> int | None:
+    """The number of a port the workload's pods declare (by name or number), if they do."""
+    containers = _pod_template(workload).get("spec", {}).get("containers", [])
+    for container in containers:
+        number = _port_number(container, port)
+        if number is not None and any(
+            p.get("containerPort") == number for p in container.get("ports", [])
+        ):
+            return number
+    return None
+
+
+def _selected_workloads(
+    selector: Mapping[str, Any], workloads: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Mapping[str, Any]]:
+    return {
+        service: workload
+        for service, workload in workloads.items()
+        if _selects(selector, _pod_template(workload).get("metadata", {}).get("labels", {}))
+    }
+
+
+def operator_monitor_problems(objects: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Each service scraped by exactly one monitor endpoint, on its metrics port.
+
+    The port is resolved to a number (a PodMonitor names a container port, a
+    ServiceMonitor a Service port and through it a container port) and must
+    be the one the pod's prometheus.io/port annotation names, which the policy
+    ties to the service's metrics setting: both monitoring paths scrape the
+    same port. Pods or Services that a monitor selects but none of its
+    endpoints fits are reported too: the operator drops them silently.
+    """
+    problems: list[str] = []
+    workloads = _lodestar_workloads(objects)
+    scraped: dict[str, list[str]] = {service: [] for service in SERVICES}
+
+    def scrape(where: str, service: str, workload: Mapping[str, Any], number: int) -> None:
+        template = _pod_template(workload)
+        annotated = template.get("metadata", {}).get("annotations", {}).get("prometheus.io/port")
+        scraped[service].append(where)
+        if str(number) != annotated:
+            problems.append(
+                f"{where}: scrapes {service} on port {number}, but its metrics port is {annotated}"
+            )
+
+    for monitor in _by_kind(objects, "PodMonitor").values():
+        spec = monitor.get("spec", {})
+        endpoints = spec.get("podMetricsEndpoints", [])
+        for index, endpoint in enumerate(endpoints):
+            problems.extend(
+                _monitor_endpoint_problems(
+                    f"{_obj_name(monitor)} podMetricsEndpoints[{index}]", endpoint
+                )
+            )
+        for service, workload in _selected_workloads(spec.get("selector", {}), workloads).items():
+            ports = [_container_port(workload, e.get("port", "")) for e in endpoints]
+            if not any(ports):
+                problems.append(
+                    f"{_obj_name(monitor)}: selects the {service} pods, which have none of "
+                    f"the ports {[e.get('port') for e in endpoints]}"
+                )
+            for index, number in enumerate(ports):
+                if number is not None:
+                    where = f"{_obj_name(monitor)} podMetricsEndpoints[{index}]"
+                    scrape(where, service, workload, number)
+    for monitor in _by_kind(objects, "ServiceMonitor").values():
+        spec = monitor.get("spec", {})
+        endpoints = spec.get("endpoints", [])
+        for index, endpoint in enumerate(endpoints):
+            problems.extend(
+                _monitor_endpoint_problems(f"{_obj_name(monitor)} endpoints[{index}]", endpoint)
+            )
+        for svc in _by_kind(objects, "Service").values():
+            if not _selects(spec.get("selector", {}), svc.get("metadata", {}).get("labels", {})):
+                continue
+            service_ports = {p.get("name"): p for p in svc.get("spec", {}).get("ports", [])}
+            if not any(e.get("port") in service_ports for e in endpoints):
+                problems.append(
+                    f"{_obj_name(monitor)}: selects {_obj_name(svc)}, which has none of the "
+                    f"ports {[e.get('port') for e in endpoints]}"
+                )
+            selected = _selected_workloads(svc.get("spec", {}).get("selector", {}), workloads)
+            for index, endpoint in enumerate(endpoints):
+                port = service_ports.get(endpoint.get("port"))
+                if port is None:
+                    continue
+                where = f"{_obj_name(monitor)} endpoints[{index}] via {_obj_name(svc)}"
+                for service, workload in selected.items():
+                    target = port.get("targetPort", port.get("port"))
+                    number = _container_port(workload, target)
+                    if number is None:
+                        problems.append(f"{where}: the {service} pods have no port {target!r}")
+                    else:
+                        scrape(where, service, workload, number)
+    for service, monitors in scraped.items():
+        if not monitors:
+            problems.append(f"no PodMonitor or ServiceMonitor scrapes the {service} service")
+        elif len(monitors) > 1:
+            problems.append(f"the {service} service is scraped more than once: {monitors}")
+    return problems
+
+
+# ---------------------------------------------------------------------------
 # PromQL: dashboards and rules
 
 
@@ -1628,6 +1936,14 @@ def k8s_checks() -> list[Check]:
         checks.append(
             Check(f"kustomize {variant}: settings", _on_variant(env_name_problems, variant))
         )
+        overlay, components = variants()[variant]
+        if "prometheus-operator" in (*overlay_components(overlay), *components):
+            checks.append(
+                Check(
+                    f"kustomize {variant}: operator monitors",
+                    _on_variant(operator_monitor_problems, variant),
+                )
+            )
     return checks
 
 
@@ -1640,6 +1956,7 @@ def all_checks() -> dict[str, list[Check]]:
             Check("promtool check rules", check_rules),
             Check("promtool test rules", test_rules),
             Check("runbook links", check_runbooks),
+            Check("PrometheusRules generated from the rule files", check_operator_rules),
         ],
         "grafana": [
             Check("dashboards", check_dashboards),
@@ -1654,7 +1971,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     groups = all_checks()
     parser.add_argument("only", nargs="*", choices=[*groups, []], help="run only these groups")
+    parser.add_argument(
+        "--write-operator-rules",
+        action="store_true",
+        help="regenerate the prometheus-operator component's PrometheusRules from the rule files",
+    )
     args = parser.parse_args(argv)
+    if args.write_operator_rules:
+        for path in write_operator_rules():
+            print(f"wrote {path.relative_to(REPO)}")
+        return 0
     failed = 0
     total = 0
     for group, checks in groups.items():
