@@ -2,7 +2,8 @@
 
 Starts each service as its own process (the same command a container runs),
 waits until each reports healthy, prints the addresses and a ready admin token,
-and on Ctrl-C (or SIGTERM) stops them in reverse order, each gracefully.
+and on Ctrl-C (or SIGTERM) stops them in reverse order, each gracefully. A service
+that dies is restarted with backoff; one that keeps dying stops the stack.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -87,53 +90,144 @@ def _healthy(service: _Service) -> bool:
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
+RESTART_FIRST_DELAY_S = 1.0
+RESTART_MAX_DELAY_S = 30.0
+# A service that stayed up this long is restarted after the first delay again.
+STABLE_AFTER_S = 60.0
+# The stack gives up on a service that dies this often within the window.
+GIVE_UP_DEATHS = 5
+GIVE_UP_WINDOW_S = 300.0
+
+
+class GaveUp(RuntimeError):
+    """A service kept dying: restarting it again would not help."""
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def _say(message: str) -> None:
+    """A line of the stack's own log, stamped with the time."""
+    print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
+
+
+@dataclass
+class _Supervised:
+    """One service's process and its restart history."""
+
+    service: _Service
+    process: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    ready: bool = False
+    times_ready: int = 0
+    restart_at: float | None = None
+    delay_s: float = RESTART_FIRST_DELAY_S
+    deaths: deque[float] = field(default_factory=deque)
+
+
 class _Stack:
+    """The services' processes, each restarted with backoff when it dies.
+
+    A service that dies is started again after a delay that doubles from
+    ``RESTART_FIRST_DELAY_S`` up to ``RESTART_MAX_DELAY_S``, and goes back to the first
+    delay once a run of it lasted ``STABLE_AFTER_S``; ``GIVE_UP_DEATHS`` deaths within
+    ``GIVE_UP_WINDOW_S`` stop the stack (``GaveUp``), since it would keep failing."""
+
     def __init__(self, services: Sequence[_Service]) -> None:
         self.services = list(services)
         self.env = _environment(self.services)
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.supervised: dict[str, _Supervised] = {}
+
+    def _launch(self, entry: _Supervised) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", f"lodestar.services.{entry.service.name}"], env=self.env
+        )
+        entry.process = process
+        entry.started = time.monotonic()
+        entry.ready = False
+        entry.restart_at = None
+        return process
+
+    def _died(self, entry: _Supervised, code: int) -> None:
+        now = time.monotonic()
+        name = entry.service.name
+        ran_s = now - entry.started
+        entry.process = None
+        entry.ready = False
+        entry.deaths.append(now)
+        while entry.deaths and entry.deaths[0] < now - GIVE_UP_WINDOW_S:
+            entry.deaths.popleft()
+        if len(entry.deaths) >= GIVE_UP_DEATHS:
+            raise GaveUp(
+                f"{name} died {len(entry.deaths)} times within {GIVE_UP_WINDOW_S:.0f} s (last: "
+                f"{_describe_exit(code)} after {ran_s:.1f} s); giving up and stopping the "
+                "stack (its own log above says why it stopped)"
+            )
+        if ran_s >= STABLE_AFTER_S:
+            entry.delay_s = RESTART_FIRST_DELAY_S
+        entry.restart_at = now + entry.delay_s
+        _say(
+            f"{name} {_describe_exit(code)} after {ran_s:.1f} s; restarting in {entry.delay_s:g} s"
+        )
+        entry.delay_s = min(entry.delay_s * 2, RESTART_MAX_DELAY_S)
+
+    def _tick(self) -> None:
+        """One round over the services: restart those due, note those now healthy, and
+        handle those that died."""
+        for entry in self.supervised.values():
+            name = entry.service.name
+            if entry.process is None:
+                if entry.restart_at is not None and time.monotonic() >= entry.restart_at:
+                    _say(f"{name} restarted (pid {self._launch(entry).pid})")
+                continue
+            code = entry.process.poll()
+            if code is not None:
+                self._died(entry, code)
+            elif not entry.ready and _healthy(entry.service):
+                entry.ready = True
+                entry.times_ready += 1
+                where = f"{entry.service.address()} (pid {entry.process.pid})"
+                if entry.times_ready == 1:
+                    print(f"  {name:<10} ready at {where}", flush=True)
+                else:
+                    _say(f"{name} ready again at {where}")
 
     def start(self, group: Sequence[_Service]) -> None:
+        """Start ``group`` and wait until each is healthy (restarting any that dies)."""
         for service in group:
-            self.processes[service.name] = subprocess.Popen(
-                [sys.executable, "-m", f"lodestar.services.{service.name}"], env=self.env
-            )
+            entry = self.supervised[service.name] = _Supervised(service)
+            self._launch(entry)
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        pending = list(group)
-        while pending:
-            for service in list(pending):
-                code = self.processes[service.name].poll()
-                if code is not None:
-                    raise RuntimeError(f"{service.name} exited with status {code} while starting")
-                if _healthy(service):
-                    print(f"  {service.name:<10} ready at {service.address()}", flush=True)
-                    pending.remove(service)
-            if pending and time.monotonic() > deadline:
-                names = ", ".join(s.name for s in pending)
-                raise RuntimeError(f"timed out waiting for {names} to become healthy")
+        while pending := [s.name for s in group if not self.supervised[s.name].ready]:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"timed out waiting for {', '.join(pending)} to become healthy")
             time.sleep(0.3)
+            self._tick()
 
     def stop(self) -> None:
-        for name in reversed(list(self.processes)):
-            process = self.processes[name]
+        processes = [e.process for e in self.supervised.values() if e.process is not None]
+        for process in reversed(processes):
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        for process in self.processes.values():
+        for process in processes:
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
 
-    def watch(self) -> int:
-        """Block until a signal or until a service dies; return the exit status."""
+    def watch(self) -> NoReturn:
+        """Keep the services running until a signal, or until one keeps dying (raises
+        ``GaveUp``)."""
         while True:
-            for name, process in self.processes.items():
-                code = process.poll()
-                if code is not None:
-                    print(f"{name} exited with status {code}; stopping the stack", flush=True)
-                    return 1
             time.sleep(0.5)
+            self._tick()
 
 
 def _admin_token() -> str | None:
@@ -177,7 +271,7 @@ def run_stack(only: Sequence[str] | None = None) -> int:
                 print(f"admin token (24 h):\n  export LODESTAR_TOKEN={token}")
                 print(f'  curl -H "Authorization: Bearer $LODESTAR_TOKEN" {base}/api/v1/health')
         print("\nCtrl-C stops everything.", flush=True)
-        return stack.watch()
+        stack.watch()
     except KeyboardInterrupt:
         print("\nstopping...", flush=True)
         return 0

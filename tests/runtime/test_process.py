@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 
 import pytest
+from pydantic_settings import SettingsConfigDict
+
+from lodestar.runtime.process import PortInUse, ports_in_use
+from lodestar.runtime.settings import ServerSettings
 
 _SERVICE = """
 import asyncio, gc, sys
@@ -97,3 +102,24 @@ def test_a_stop_asked_for_while_the_service_is_built_stops_it_once_built() -> No
     assert code == 0, err
     assert lines[:3] == ["building", "started", "stopped"]
     assert lines[-1] == "exited"
+
+
+class _Settings(ServerSettings):
+    model_config = SettingsConfigDict(env_prefix="LODESTAR_PROBE_", frozen=True)
+
+
+def test_a_taken_port_is_found_with_the_variable_that_moves_it() -> None:
+    with socket.socket() as held, socket.socket() as free:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        free.bind(("127.0.0.1", 0))
+        taken, free_port = held.getsockname()[1], free.getsockname()[1]
+        free.close()
+        settings = _Settings(port=free_port, metrics_port=taken)
+        variable = "LODESTAR_PROBE_METRICS_PORT"
+        assert ports_in_use(settings) == [PortInUse("127.0.0.1", taken, variable)]
+        assert str(ports_in_use(settings)[0]) == (
+            f"port {taken} on 127.0.0.1 is in use; set LODESTAR_PROBE_METRICS_PORT to another port"
+        )
+        # Port 0 picks a free port: never taken.
+        assert ports_in_use(_Settings(port=0, metrics_port=None)) == []

@@ -74,6 +74,22 @@ class ServiceSettings(KeepaliveSettings):
         "defaults. Lower it only if memory grows with cyclic garbage between collections.",
     )
 
+    @classmethod
+    def variable(cls, field: str) -> str:
+        """The environment variable that sets ``field``: its alias where it has one, else
+        the class's prefix and the field's name."""
+        alias = cls.model_fields[field].validation_alias
+        if isinstance(alias, AliasChoices) and isinstance(alias.choices[0], str):
+            return alias.choices[0]
+        if isinstance(alias, str):
+            return alias
+        return f"{cls.model_config.get('env_prefix', '')}{field}".upper()
+
+    def listen_ports(self) -> dict[str, int]:
+        """The ports this process listens on (on ``host``), by the field that sets each;
+        0 (a free port) is left out, since it cannot be taken."""
+        return {"port": self.port} if self.port else {}
+
 
 class ServerSettings(ServiceSettings):
     """What every gRPC service shares besides: the metrics endpoint and the pause
@@ -90,6 +106,12 @@ class ServerSettings(ServiceSettings):
         "that load balancers stop sending traffic before the drain starts; set it to a few "
         "probe periods behind a load balancer that follows gRPC health.",
     )
+
+    def listen_ports(self) -> dict[str, int]:
+        ports = super().listen_ports()
+        if self.metrics_port:
+            ports["metrics_port"] = self.metrics_port
+        return ports
 
     @property
     def address(self) -> str:
