@@ -26,7 +26,8 @@ from lodestar.services.gateway.backends import EMBEDDING_SERVICE
 from lodestar.services.gateway.deadline import CallOptions, Deadline
 from lodestar.services.gateway.discovery import DnsTarget, parse_target
 from lodestar.services.gateway.resilience import ReplicaPool, Rpc
-from tests.gateway.fakes import FakeEmbedding
+from tests.gateway.fakes import FakeBackends, FakeEmbedding
+from tests.gateway.harness import gateway_settings, run_gateway
 
 NAME = "embedding.lodestar.test"
 HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
@@ -104,6 +105,13 @@ def test_dns_targets_parse() -> None:
     for bad in ("dns:///embedding", "dns://kube-dns/embedding:50051", "dns://x"):
         with pytest.raises(ValueError, match=r"port|IP address"):
             parse_target(bad)
+
+
+def test_settings_check_dns_addresses() -> None:
+    settings = gateway_settings("dns:///embedding-headless:50051", "v:1", "i:1")
+    assert settings.embedding_addresses == ("dns:///embedding-headless:50051",)
+    with pytest.raises(ValueError, match="IP address"):
+        gateway_settings("dns://kube-dns/embedding:50051", "v:1", "i:1")
 
 
 def test_servers_bound_connection_age() -> None:
@@ -215,3 +223,36 @@ async def test_calls_follow_the_records_under_load(
         await pool.close()
     assert not failures, failures[:3]
     assert done > 500
+
+
+async def test_the_gateway_follows_the_records(
+    dns_server: tuple[Records, int],
+    replicas: tuple[int, dict[str, FakeEmbedding]],
+    fakes: FakeBackends,
+) -> None:
+    """The gateway's own settings name the backend by DNS; its health report lists
+    every replica the records give, and follows them (the real resolve interval)."""
+    records, dns_port = dns_server
+    port, _ = replicas
+    records.hosts = list(HOSTS)
+    settings = gateway_settings(
+        f"dns://127.0.0.1:{dns_port}/{NAME}:{port}",
+        fakes.address("vector"),
+        fakes.address("inference"),
+    )
+
+    async with run_gateway(settings) as gw, gw.client() as http:
+
+        async def embedding_replicas() -> set[str]:
+            response = await http.get("/api/v1/health", headers=gw.auth("admin"))
+            assert response.status_code == 200, response.text
+            embedding = response.json()["backends"]["embedding"]
+            assert embedding["status"] == "ok"
+            return {r["address"] for r in embedding["replicas"]}
+
+        assert await embedding_replicas() == {f"{h}:{port}" for h in HOSTS}
+        records.hosts = list(HOSTS[1:])
+        deadline = time.monotonic() + 15
+        while await embedding_replicas() != {f"{h}:{port}" for h in HOSTS[1:]}:
+            assert time.monotonic() < deadline, "the gateway kept a removed replica"
+            await asyncio.sleep(0.2)

@@ -17,6 +17,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 
 from lodestar import limits
 from lodestar.runtime.settings import ServiceSettings
+from lodestar.services.gateway.discovery import parse_target
 from lodestar.services.gateway.permissions import DEFAULT_ROLES, Permission
 from lodestar.services.gateway.ratelimit import RouteClass
 
@@ -237,6 +238,8 @@ class GatewaySettings(ServiceSettings):
         if not value:
             raise ValueError("give at least one host:port address")
         for address in value:
+            if parse_target(address) is not None:
+                continue
             host, sep, port = address.rpartition(":")
             if not sep or not host or not port.isdigit():
                 raise ValueError(f"{address!r} is not host:port")
