@@ -11,6 +11,10 @@ so a call that stays silent (a long generation or batch) is the one that gets cu
 Both sides' options are therefore derived here from one interval, which every
 process reads from the same variable: servers accept pings at half of it (slack for
 timers), with or without calls.
+
+Servers also bound each connection's age, so that a long-lived client (one that
+reached a backend through a Service's virtual IP) reconnects now and then and
+spreads over pods that were added since; calls in flight then get a long grace.
 """
 
 from __future__ import annotations
@@ -22,6 +26,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # How long a ping may wait for its acknowledgement before the connection is closed.
 KEEPALIVE_TIMEOUT_S: Final = 10.0
+
+# A server asks each client to reconnect (GOAWAY, calls in flight unharmed) after this
+# long, give or take gRPC's 10% jitter: clients rebalance within minutes of a scale-up.
+MAX_CONNECTION_AGE_S: Final = 300.0
+# How long calls in flight may go on after that GOAWAY before the server cuts the
+# connection: beyond any deadline the gateway gives a call by default.
+MAX_CONNECTION_AGE_GRACE_S: Final = 3600.0
 
 GrpcOptions = list[tuple[str, int]]
 
@@ -65,10 +76,13 @@ def server_options(interval_s: float) -> GrpcOptions:
     silent calls and idle connections alike. The server pings a client only after
     twice the interval without hearing from it: a live client's own pings come first,
     so a connection carries one ping an interval, and a vanished client is still
-    found (its calls cancelled) within two intervals and the timeout."""
+    found (its calls cancelled) within two intervals and the timeout. Connections
+    are bounded in age (``MAX_CONNECTION_AGE_S``) so that clients rebalance."""
     return [
         ("grpc.keepalive_time_ms", _ms(2 * interval_s)),
         ("grpc.keepalive_timeout_ms", _ms(KEEPALIVE_TIMEOUT_S)),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", _ms(interval_s / 2)),
+        ("grpc.max_connection_age_ms", _ms(MAX_CONNECTION_AGE_S)),
+        ("grpc.max_connection_age_grace_ms", _ms(MAX_CONNECTION_AGE_GRACE_S)),
     ]

@@ -11,6 +11,11 @@ out. Idempotent calls that fail with UNAVAILABLE are retried once, on another
 replica when there is one. When every breaker is open the call fails at once
 with 503 and a Retry-After of the time until the next probe.
 
+A backend's addresses may be DNS targets (``discovery``): the pool then holds one
+replica per address the name resolves to and follows the records as they change.
+A replica whose address leaves the records gets no new calls, and its channel
+closes once its calls in flight have finished.
+
 Every backend call takes one of two paths, ``ReplicaPool.unary`` and
 ``ReplicaPool.stream``, given an ``Rpc``: the service and method name, which
 find the generated stub's method, and whether the RPC is idempotent.
@@ -38,8 +43,10 @@ from lodestar.runtime.errors import (
     LodestarError,
     Unavailable,
 )
+from lodestar.runtime.keepalive import MAX_CONNECTION_AGE_GRACE_S
 from lodestar.runtime.telemetry import tracing_client_interceptors
 from lodestar.services.gateway.deadline import CallOptions, Deadline
+from lodestar.services.gateway.discovery import RESOLVE_INTERVAL_S, Discovery, parse_target
 from lodestar.services.gateway.metrics import BACKEND_DURATION_BY, BREAKER_STATE
 
 _log = logging.getLogger(__name__)
@@ -291,29 +298,69 @@ class ReplicaPool:
         *,
         failure_threshold: int = 5,
         open_s: float = 5.0,
+        resolve_interval_s: float = RESOLVE_INTERVAL_S,
     ) -> None:
         if not addresses:
             raise ValueError(f"{backend}: at least one replica address is needed")
         self.backend = backend
         self.service_name = service_name
+        self._stubs = stubs
+        self._failure_threshold = failure_threshold
+        self._open_s = open_s
         # A channel retries a replica that is down at least as often as its breaker
         # probes it, so that a probe finds a replica that came back connected.
-        options = channel_options(min(RECONNECT_BACKOFF_MAX_S, open_s))
-        interceptors = tracing_client_interceptors()
-        self.replicas: list[Replica] = []
-        for address in addresses:
-            channel = grpc.aio.insecure_channel(
-                address, options=options, interceptors=interceptors or None
-            )
-            gauge = BREAKER_STATE.labels(backend, address)
-            gauge.set(BreakerState.CLOSED)
-            breaker = CircuitBreaker(
-                failure_threshold, open_s, on_change=self._state_logger(address, gauge)
-            )
-            per_service = {service: make(channel) for service, make in stubs.items()}
-            self.replicas.append(Replica(backend, address, channel, per_service, breaker))
+        self._options = channel_options(min(RECONNECT_BACKOFF_MAX_S, open_s))
+        self._interceptors = tracing_client_interceptors()
+        targets = [(address, parse_target(address)) for address in addresses]
+        self._fixed = [address for address, target in targets if target is None]
+        dns_targets = [target for _, target in targets if target is not None]
+        self.replicas: list[Replica] = [self._replica(a) for a in dict.fromkeys(self._fixed)]
+        self._discovery = (
+            Discovery(backend, dns_targets, self._follow, resolve_interval_s)
+            if dns_targets
+            else None
+        )
+        self._retiring: dict[asyncio.Task[None], Replica] = {}
         self._next = 0
         self._probes: dict[int, asyncio.Task[bool]] = {}
+
+    def _replica(self, address: str) -> Replica:
+        channel = grpc.aio.insecure_channel(
+            address, options=self._options, interceptors=self._interceptors or None
+        )
+        gauge = BREAKER_STATE.labels(self.backend, address)
+        gauge.set(BreakerState.CLOSED)
+        breaker = CircuitBreaker(
+            self._failure_threshold, self._open_s, on_change=self._state_logger(address, gauge)
+        )
+        per_service = {service: make(channel) for service, make in self._stubs.items()}
+        return Replica(self.backend, address, channel, per_service, breaker)
+
+    def _follow(self, resolved: frozenset[str]) -> None:
+        """Make the replicas those of the fixed addresses and of ``resolved``."""
+        wanted = dict.fromkeys([*self._fixed, *sorted(resolved)])
+        kept = [r for r in self.replicas if r.address in wanted]
+        known = {r.address for r in kept}
+        for replica in self.replicas:
+            if replica.address not in wanted:
+                self._retire(replica)
+        self.replicas = kept + [self._replica(a) for a in wanted if a not in known]
+
+    def _retire(self, replica: Replica) -> None:
+        """No new calls for ``replica``; its channel closes when its calls finish
+        (cut only after the longest time a server lets a call outlive its connection)."""
+        _log.info("%s replica %s: left the records, draining", self.backend, replica.address)
+        with contextlib.suppress(KeyError):
+            BREAKER_STATE.remove(self.backend, replica.address)
+        task = asyncio.create_task(
+            replica.channel.close(MAX_CONNECTION_AGE_GRACE_S), name=f"retire {replica.address}"
+        )
+        self._retiring[task] = replica
+        task.add_done_callback(lambda done: self._retiring.pop(done, None))
+
+    async def _discover(self) -> None:
+        if self._discovery is not None and not self._discovery.resolved:
+            await self._discovery.start()
 
     def _state_logger(self, address: str, gauge: Any) -> Callable[[BreakerState], None]:
         def changed(state: BreakerState) -> None:
@@ -328,7 +375,9 @@ class ReplicaPool:
     def _pick(self, exclude: Replica | None) -> Replica | None:
         replicas = self.replicas
         count = len(replicas)
-        start = self._next
+        if not count:
+            return None
+        start = self._next % count
         self._next = (start + 1) % count
         best: Replica | None = None
         best_key: tuple[bool, int] = (True, 1 << 30)
@@ -351,11 +400,12 @@ class ReplicaPool:
             key = (failing, replica.in_flight)
             if best is None or key < best_key:
                 best, best_key = replica, key
-        if best is None and exclude is not None and exclude.breaker.closed:
+        if best is None and exclude is not None and exclude.breaker.closed and exclude in replicas:
             return exclude
         return best
 
     async def _choose(self, exclude: Replica | None, deadline: Deadline) -> Replica:
+        await self._discover()
         replica = self._pick(exclude)
         if replica is not None:
             return replica
@@ -369,7 +419,7 @@ class ReplicaPool:
             replica = self._pick(exclude)
             if replica is not None:
                 return replica
-        retry_after = min(r.breaker.retry_after() for r in self.replicas)
+        retry_after = min((r.breaker.retry_after() for r in self.replicas), default=0.0)
         raise AllReplicasUnavailable(
             f"every replica of the {self.backend} service is failing; retry shortly",
             reason="BACKEND_UNAVAILABLE",
@@ -498,6 +548,7 @@ class ReplicaPool:
 
     async def health(self, check_timeout_s: float = 1.0) -> list[ReplicaHealth]:
         """Each replica's gRPC health and breaker state (probes due ones)."""
+        await self._discover()
 
         async def check(replica: Replica) -> ReplicaHealth:
             try:
@@ -524,9 +575,16 @@ class ReplicaPool:
         return list(await asyncio.gather(*(check(r) for r in self.replicas)))
 
     async def close(self) -> None:
+        if self._discovery is not None:
+            await self._discovery.close()
         for task in list(self._probes.values()):
             task.cancel()
         for task in list(self._probes.values()):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await asyncio.gather(*(r.channel.close() for r in self.replicas))
+        retiring = list(self._retiring.items())
+        for closing, _ in retiring:
+            closing.cancel()
+        await asyncio.gather(*(closing for closing, _ in retiring), return_exceptions=True)
+        draining = [replica for _, replica in retiring]
+        await asyncio.gather(*(r.channel.close() for r in [*self.replicas, *draining]))

@@ -17,6 +17,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 
 from lodestar import limits
 from lodestar.runtime.settings import ServiceSettings
+from lodestar.services.gateway.discovery import parse_target
 from lodestar.services.gateway.permissions import DEFAULT_ROLES, Permission
 from lodestar.services.gateway.ratelimit import RouteClass
 
@@ -62,17 +63,22 @@ class GatewaySettings(ServiceSettings):
     embedding_addresses: Addresses = Field(
         ("127.0.0.1:50051",),
         description="Embedding service replicas, comma-separated host:port; set it to "
-        "where the embedding service runs (every replica, when there are several).",
+        "where the embedding service runs (every replica, when there are several). "
+        "dns:///name:port (or dns://DNS-SERVER-IP/name:port) stands for every address the "
+        "name resolves to, re-resolved every few seconds: give a headless Service so that "
+        "calls spread over every ready pod and follow scaling.",
     )
     vector_addresses: Addresses = Field(
         ("127.0.0.1:50052",),
         description="Vector service replicas (which also serve analytics), comma-separated "
-        "host:port; set it to where the vector service runs.",
+        "host:port or dns:///name:port (see embedding_addresses); set it to where the "
+        "vector service runs.",
     )
     inference_addresses: Addresses = Field(
         ("127.0.0.1:50053",),
-        description="Inference service replicas, comma-separated host:port; set it to "
-        "where the inference service runs.",
+        description="Inference service replicas, comma-separated host:port or "
+        "dns:///name:port (see embedding_addresses); set it to where the inference service "
+        "runs.",
     )
 
     deadlines_s: dict[RouteClass, float] = Field(
@@ -232,6 +238,8 @@ class GatewaySettings(ServiceSettings):
         if not value:
             raise ValueError("give at least one host:port address")
         for address in value:
+            if parse_target(address) is not None:
+                continue
             host, sep, port = address.rpartition(":")
             if not sep or not host or not port.isdigit():
                 raise ValueError(f"{address!r} is not host:port")
