@@ -6,6 +6,7 @@ the generation is queued cancels it then, not at its first token."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import time
@@ -145,6 +146,24 @@ async def test_a_client_that_leaves_while_queued_cancels_the_generation(
     # Noticed while the generation is still queued, not at its first token.
     await asyncio.wait_for(inference.stream_cancelled.wait(), timeout=5)
     assert time.monotonic() - left < 5
+
+
+async def test_a_client_that_leaves_before_any_answer_cancels_the_generation(
+    streaming: RunningGateway, fakes: FakeBackends
+) -> None:
+    """Gone before even the status was sent: noticed at the first keep-alive."""
+    inference = fakes.inference
+    inference.first_token_delay_s = 30
+    inference.stream_started.clear()
+    inference.stream_cancelled.clear()
+    path, body = ROUTES["generate"]
+    async with streaming.client() as http:
+        request = asyncio.create_task(http.post(path, json=body, headers=streaming.auth("user")))
+        await asyncio.wait_for(inference.stream_started.wait(), timeout=5)
+        request.cancel()  # closes the connection
+        with contextlib.suppress(asyncio.CancelledError):
+            await request
+    await asyncio.wait_for(inference.stream_cancelled.wait(), timeout=5)
 
 
 async def test_a_failure_before_the_first_keepalive_keeps_its_http_status(
