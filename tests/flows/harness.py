@@ -38,7 +38,9 @@ class RunningGateway:
         return httpx.AsyncClient(base_url=self.url, timeout=60)
 
 
-def gateway_settings(embedding: str, vector: str, inference: str) -> GatewaySettings:
+def gateway_settings(
+    embedding: str, vector: str, inference: str, **overrides: Any
+) -> GatewaySettings:
     return GatewaySettings(
         port=0,
         embedding_addresses=embedding,  # type: ignore[arg-type]
@@ -48,6 +50,7 @@ def gateway_settings(embedding: str, vector: str, inference: str) -> GatewaySett
         shutdown_grace_s=1,
         requests_per_minute=GENEROUS_LIMITS,  # type: ignore[arg-type]
         generated_tokens_per_minute=10_000_000,
+        **overrides,
     )
 
 
@@ -81,6 +84,8 @@ def sse_events(body: str) -> list[tuple[str, Any]]:
     """(event, decoded data) pairs of a Server-Sent Events body."""
     events: list[tuple[str, Any]] = []
     for block in body.strip().split("\n\n"):
+        if all(line.startswith(":") for line in block.splitlines()):
+            continue  # a comment (keep-alive), which SSE clients ignore
         name, data = "message", ""
         for line in block.splitlines():
             if line.startswith("event: "):

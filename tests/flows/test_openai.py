@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import numpy as np
@@ -16,8 +16,8 @@ from openai.types.chat import ChatCompletionMessageParam
 from lodestar.embedding.v1 import embedding_service_pb2 as epb
 from lodestar.embedding.v1 import embedding_service_pb2_grpc as epb_grpc
 from lodestar.runtime.channels import insecure_channel
-from tests.flows.conftest import Stack
-from tests.flows.harness import RunningGateway
+from tests.flows.conftest import Stack, flows_settings
+from tests.flows.harness import RunningGateway, gateway_settings, run_gateway
 
 QUESTION: list[ChatCompletionMessageParam] = [
     {"role": "user", "content": "What is the capital of France?"}
@@ -319,3 +319,105 @@ async def test_a_client_that_disconnects_cancels_the_generation(
             break
         await asyncio.sleep(0.05)
     assert after == before + 1
+
+
+QUEUE_DEPTH = "lodestar_inference_queue_depth"
+REQUESTS = "lodestar_inference_requests_total"
+
+
+def _sample(name: str, labels: dict[str, str] | None = None) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels or {}) or 0
+
+
+async def _until(holds: Callable[[], bool], what: str, timeout_s: float = 10) -> None:
+    for _ in range(int(timeout_s / 0.02)):
+        if holds():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{what} did not happen within {timeout_s} s")
+
+
+async def test_keepalives_while_a_stream_waits_leave_the_openai_client_unchanged(
+    stack: Stack, models: dict[str, str]
+) -> None:
+    """With a keep-alive interval shorter than any time to first token, a
+    stream opens with keep-alive comments (and has more between slow tokens);
+    the official client reads the same answer as without them."""
+    settings = gateway_settings(
+        stack.embedding, stack.vector, stack.inference, sse_keepalive_s=0.002
+    )
+    options = {"model": models["chat"], "messages": QUESTION, "max_tokens": 16, "temperature": 0}
+    async with run_gateway(settings, flows_settings()) as gateway:
+        async with (
+            gateway.client() as http,
+            http.stream(
+                "POST",
+                "/v1/chat/completions",
+                json={**options, "stream": True},
+                headers=gateway.auth("user"),
+            ) as reply,
+        ):
+            assert reply.status_code == 200
+            lines = [line async for line in reply.aiter_lines() if line]
+        assert lines[0] == ": keep-alive"
+        assert lines[-1] == "data: [DONE]"
+        async with _client(gateway, "user") as client:
+            whole = await client.chat.completions.create(**options)  # type: ignore[call-overload]
+            stream = await client.chat.completions.create(  # type: ignore[call-overload]
+                **options, stream=True
+            )
+            deltas = [
+                chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices
+            ]
+    assert "".join(deltas) == whole.choices[0].message.content
+
+
+async def test_a_client_that_leaves_while_queued_cancels_the_generation(
+    stack: Stack, models: dict[str, str]
+) -> None:
+    """The inference service with one sequence slot runs a long generation; a
+    second one waits in its queue. Its client leaves after a keep-alive: the
+    queued generation is cancelled there, before its first token."""
+    settings = gateway_settings(
+        stack.embedding, stack.vector, stack.small_inference, sse_keepalive_s=0.05
+    )
+    # Counting at temperature 0 goes on until max_tokens.
+    counting = {
+        "model": models["chat"],
+        "prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,",
+        "max_tokens": 120,
+        "temperature": 0,
+        "stream": True,
+    }
+    queued = {**counting, "max_tokens": 8}
+    cancelled = {"method": "StreamGenerateText", "finish_reason": "cancelled"}
+    async with (
+        run_gateway(settings, flows_settings()) as gateway,
+        gateway.client() as http,
+        http.stream(
+            "POST", "/v1/completions", json=counting, headers=gateway.auth("user")
+        ) as running,
+    ):
+        running_lines = running.aiter_lines()
+        async for line in running_lines:
+            if line.startswith("data: {"):
+                break  # generating
+        first_tokens = _sample("lodestar_inference_time_to_first_token_seconds_count")
+        before = _sample(REQUESTS, cancelled)
+        async with http.stream(
+            "POST", "/v1/completions", json=queued, headers=gateway.auth("user")
+        ) as waiting:
+            assert waiting.status_code == 200
+            assert await anext(waiting.aiter_lines()) == ": keep-alive"
+            await _until(lambda: _sample(QUEUE_DEPTH) == 1, "queueing")
+        await _until(lambda: _sample(REQUESTS, cancelled) > before, "the cancellation")
+        await _until(lambda: _sample(QUEUE_DEPTH) == 0, "leaving the queue")
+        assert _sample(REQUESTS, cancelled) == before + 1
+        # Cancelled in the queue: no first token was produced for it; the
+        # long generation goes on to its end.
+        assert _sample("lodestar_inference_time_to_first_token_seconds_count") == first_tokens
+        following = [line async for line in running_lines if line]
+        assert following[-1] == "data: [DONE]"
+        assert '"finish_reason":"length"' in following[-2]

@@ -34,6 +34,7 @@ def _reset_fakes(request: pytest.FixtureRequest) -> None:
     backends.inference.completion_tokens = 5
     backends.inference.stream_tokens = 5
     backends.inference.stream_delay_s = 0.0
+    backends.inference.first_token_delay_s = 0.0
 
 
 @pytest.fixture(scope="session")

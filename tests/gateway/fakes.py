@@ -297,6 +297,8 @@ class FakeInference(ipb_grpc.InferenceServiceServicer):
         self.completion_tokens = 5
         self.stream_tokens = 5
         self.stream_delay_s = 0.0
+        # Before the first token only: a generation waiting in the queue.
+        self.first_token_delay_s = 0.0
         self.stream_started = asyncio.Event()
         self.stream_cancelled = asyncio.Event()
 
@@ -323,6 +325,8 @@ class FakeInference(ipb_grpc.InferenceServiceServicer):
         await self.recorder.record("StreamGenerateText", request, context)
         self.stream_started.set()
         try:
+            if self.first_token_delay_s:
+                await asyncio.sleep(self.first_token_delay_s)
             for i in range(self.stream_tokens):
                 if self.stream_delay_s:
                     await asyncio.sleep(self.stream_delay_s)

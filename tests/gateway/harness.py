@@ -118,6 +118,8 @@ def sse_events(body: str) -> list[tuple[str, str]]:
     """(event, data) pairs of a Server-Sent Events body."""
     events = []
     for block in body.strip().split("\n\n"):
+        if all(line.startswith(":") for line in block.splitlines()):
+            continue  # a comment (keep-alive), which SSE clients ignore
         name, data = "message", ""
         for line in block.splitlines():
             if line.startswith("event: "):

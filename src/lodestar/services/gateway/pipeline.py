@@ -12,7 +12,9 @@ serves one request option (``context`` for retrieval, ``store_embedding``,
 Streaming answers are Server-Sent Events: ``sources`` first (when a stage set
 them), then ``token`` events with text deltas, then one ``done`` event with the
 finish reason, usage, timing and the stages' extra fields (or an ``error``
-event). A client that disconnects cancels the inference stream.
+event, ``error_event``). The route relays them through ``sse.respond``, which
+keeps the connection alive while the generation waits; a client that
+disconnects cancels the inference stream.
 
 An option that no installed stage serves is refused with 501, so a request
 never silently loses what it asked for.
@@ -22,12 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpc
-import orjson
 
 from lodestar.inference.v1 import inference_service_pb2 as ipb
 from lodestar.runtime.errors import LodestarError
@@ -37,6 +38,7 @@ from lodestar.services.gateway.errors import error_payload
 from lodestar.services.gateway.metrics import GENERATED_TOKENS
 from lodestar.services.gateway.permissions import Permission, missing_permission
 from lodestar.services.gateway.schemas.inference import GenerateRequest
+from lodestar.services.gateway.sse import event
 from lodestar.services.gateway.state import set_tokens
 
 _log = logging.getLogger(__name__)
@@ -92,8 +94,13 @@ class NotEnabled(LodestarError):
         )
 
 
-def _sse(event: str, data: dict[str, Any]) -> bytes:
-    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+def error_event(error: LodestarError) -> bytes:
+    """The ``error`` event that ends a stream failing after it started, with
+    the error body of the REST API."""
+    payload = error_payload(
+        error.code, error.message, reason=error.reason, metadata=error.metadata or None
+    )
+    return event(payload, "error")
 
 
 class GeneratePipeline:
@@ -166,33 +173,30 @@ class GeneratePipeline:
             await stage.after(generation)
         return self._response(generation, response.timing if response.HasField("timing") else None)
 
-    async def stream(self, body: GenerateRequest, call: Call) -> AsyncIterator[bytes]:
-        """The SSE events of an answer. Everything that can fail before the
-        first token (limits, stages, the inference call itself) fails while
-        this coroutine runs, before any event exists, so the route can still
-        answer with an HTTP error status."""
+    async def stream(self, body: GenerateRequest, call: Call) -> AsyncGenerator[bytes, None]:
+        """The SSE events of an answer. Limits and stages fail while this
+        coroutine runs; the inference call's own failures before the first
+        token fail the first event, before anything is sent."""
         generation, stages = await self._prepare(body, call)
         request = convert.stream_request_from(generation.request)
         messages = call.backends.inference.stream(request, call.options)
-        first = await anext(messages, None)
-        return self._events(generation, stages, first, messages)
+        return self._events(generation, stages, messages)
 
     async def _events(
         self,
         generation: Generation,
         stages: list[GenerateStage],
-        first: ipb.StreamGenerateTextResponse | None,
         messages: AsyncIterator[ipb.StreamGenerateTextResponse],
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         call = generation.call
         parts: list[str] = []
         deltas = 0
         last: ipb.StreamGenerateTextResponse | None = None
         finished = False
         try:
+            message = await anext(messages, None)
             if generation.sources is not None:
-                yield _sse("sources", {"sources": generation.sources})
-            message = first
+                yield event({"sources": generation.sources}, "sources")
             while message is not None:
                 last = message
                 if message.model:
@@ -200,7 +204,7 @@ class GeneratePipeline:
                 if message.delta:
                     deltas += 1
                     parts.append(message.delta)
-                    yield _sse("token", {"delta": message.delta})
+                    yield event({"delta": message.delta}, "token")
                 message = await anext(messages, None)
             generation.text = "".join(parts)
             if last is not None:
@@ -215,17 +219,7 @@ class GeneratePipeline:
             done = self._response(generation, timing)
             done.pop("text")
             done.pop("sources", None)
-            yield _sse("done", done)
-        except LodestarError as error:
-            yield _sse(
-                "error",
-                error_payload(
-                    error.code,
-                    error.message,
-                    reason=error.reason,
-                    metadata=error.metadata or None,
-                ),
-            )
+            yield event(done, "done")
         finally:
             if not finished:
                 # Cancelled or failed midway: the tokens produced still count

@@ -191,6 +191,16 @@ class GatewaySettings(ServiceSettings):
         "less often.",
     )
 
+    sse_keepalive_s: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds a streamed answer (Server-Sent Events of /api/v1/generate and "
+        "the OpenAI routes) may stay silent, queued or between tokens, before the gateway "
+        "sends a keep-alive comment; it also bounds how long a stream's HTTP status waits "
+        "for the first token. Keep it below the idle timeout of every proxy and load "
+        "balancer in front of the gateway (often 60 s).",
+    )
+
     embed_batch_size: int = Field(
         limits.DEFAULT_TEXTS_PER_EMBED_CALL,
         ge=1,

@@ -4,8 +4,9 @@
 The bearer key is the platform's JWT, with the same permissions as the REST
 API (GenerateText to generate, SearchVectors to embed) and the same rate
 limits. Streams are Server-Sent Events of ``chat.completion.chunk`` (or
-``text_completion``) objects ending with ``data: [DONE]``; closing the
-connection cancels the generation.
+``text_completion``) objects ending with ``data: [DONE]``, with keep-alive
+comments while the generation waits (``sse.respond``); closing the connection
+cancels the generation.
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Annotated, Any
 
 import numpy as np
-import orjson
 from fastapi import APIRouter, Depends
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from lodestar.embedding.v1 import embedding_service_pb2 as epb
 from lodestar.inference.v1 import inference_service_pb2 as ipb
@@ -42,11 +42,12 @@ from lodestar.services.gateway.openai.schemas import (
 from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.responses import respond_json
+from lodestar.services.gateway.sse import event
+from lodestar.services.gateway.sse import respond as respond_events
 from lodestar.services.gateway.state import set_tokens
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
 
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _ROLES = {
     "system": ipb.ROLE_SYSTEM,
     "developer": ipb.ROLE_SYSTEM,
@@ -63,10 +64,6 @@ Flows = Annotated[FlowsRuntime, Depends(flows_of)]
 
 def _finish(value: int) -> str:
     return _FINISH.get(value, "stop")
-
-
-def _sse(data: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(data) + b"\n\n"
 
 
 def _usage(usage: ipb.Usage) -> dict[str, Any]:
@@ -128,71 +125,72 @@ async def _debit(call: Call, prompt_tokens: int, completion_tokens: int) -> None
         await call.limiter.debit_tokens(call.principal.subject, completion_tokens)
 
 
-async def _start_stream(
-    call: Call, request: ipb.GenerateTextRequest
-) -> tuple[ipb.StreamGenerateTextResponse | None, AsyncIterator[ipb.StreamGenerateTextResponse]]:
-    """Open the stream and wait for its first message, so that failures before
-    the first token still get their HTTP status."""
+_Chunk = Callable[[str | None, str | None], bytes]
+_UsageChunk = Callable[[dict[str, Any]], bytes]
+
+
+async def _relay(
+    call: Call,
+    request: ipb.GenerateTextRequest,
+    *,
+    chunk: _Chunk,
+    opening: bytes | None,
+    usage_chunk: _UsageChunk,
+    include_usage: bool,
+) -> Response:
+    """The inference stream relayed as OpenAI chunks (``chunk`` makes one from
+    a delta or a finish reason); failures before the first token still get
+    their HTTP status."""
     messages = call.backends.inference.stream(convert.stream_request_from(request), call.options)
-    first = await anext(messages, None)
-    return first, messages
+    events = _events(call, messages, chunk, opening, usage_chunk, include_usage=include_usage)
+    return await respond_events(
+        events, keepalive_s=call.settings.sse_keepalive_s, error_event=_error_event
+    )
 
 
-class _Stream:
-    """Relays an inference stream as OpenAI chunks."""
-
-    def __init__(
-        self,
-        call: Call,
-        first: ipb.StreamGenerateTextResponse | None,
-        rest: AsyncIterator[ipb.StreamGenerateTextResponse],
-        *,
-        include_usage: bool,
-    ) -> None:
-        self.call = call
-        self.first = first
-        self.rest = rest
-        self.include_usage = include_usage
-
-    async def events(
-        self, chunk: Any, opening: bytes | None, usage_chunk: Any
-    ) -> AsyncIterator[bytes]:
-        deltas = 0
-        last: ipb.StreamGenerateTextResponse | None = None
-        settled = False
-        try:
-            if opening is not None:
-                yield opening
-            message = self.first
-            while message is not None:
-                last = message
-                if message.delta:
-                    deltas += 1
-                    yield chunk(message.delta, None)
-                message = await anext(self.rest, None)
-            usage = last.usage if last is not None else ipb.Usage()
-            settled = True
-            await _debit(self.call, usage.prompt_tokens, usage.completion_tokens or deltas)
-            yield chunk(None, _finish(last.finish_reason if last is not None else 0))
-            if self.include_usage:
-                yield usage_chunk(_usage(usage))
-            yield _DONE
-        except LodestarError as error:
-            yield _sse(lodestar_error_body(error))
-        finally:
-            # A client that went away cancels the inference stream now, not
-            # when the suspended generator is collected.
-            close = getattr(self.rest, "aclose", None)
-            if close is not None:
-                with contextlib.suppress(Exception):
-                    await close()
-            if not settled:
-                # Cancelled or failed midway: the tokens produced still count.
-                await _debit(self.call, 0, deltas)
+def _error_event(error: LodestarError) -> bytes:
+    return event(lodestar_error_body(error))
 
 
-def _streaming(events: AsyncIterator[bytes]) -> StreamingResponse:
-    return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
+async def _events(
+    call: Call,
+    messages: AsyncIterator[ipb.StreamGenerateTextResponse],
+    chunk: _Chunk,
+    opening: bytes | None,
+    usage_chunk: _UsageChunk,
+    *,
+    include_usage: bool,
+) -> AsyncGenerator[bytes, None]:
+    deltas = 0
+    last: ipb.StreamGenerateTextResponse | None = None
+    settled = False
+    try:
+        message = await anext(messages, None)
+        if opening is not None:
+            yield opening
+        while message is not None:
+            last = message
+            if message.delta:
+                deltas += 1
+                yield chunk(message.delta, None)
+            message = await anext(messages, None)
+        usage = last.usage if last is not None else ipb.Usage()
+        settled = True
+        await _debit(call, usage.prompt_tokens, usage.completion_tokens or deltas)
+        yield chunk(None, _finish(last.finish_reason if last is not None else 0))
+        if include_usage:
+            yield usage_chunk(_usage(usage))
+        yield _DONE
+    finally:
+        # A client that went away cancels the inference stream now, not
+        # when the suspended generator is collected.
+        close = getattr(messages, "aclose", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                await close()
+        if not settled:
+            # Cancelled or failed midway: the tokens produced still count.
+            await _debit(call, 0, deltas)
 
 
 @router.get("/models", summary="Models (OpenAI-compatible)")
@@ -255,7 +253,6 @@ async def chat_completions(body: ChatCompletionRequest, call: Generate, flows: F
                 "usage": _usage(response.usage),
             }
         )
-    first, rest = await _start_stream(call, request)
     header = {
         "id": completion_id,
         "object": "chat.completion.chunk",
@@ -266,7 +263,7 @@ async def chat_completions(body: ChatCompletionRequest, call: Generate, flows: F
 
     def chunk(delta: str | None, finish: str | None) -> bytes:
         content = {} if delta is None else {"content": delta}
-        return _sse(
+        return event(
             {
                 **header,
                 "choices": [
@@ -276,9 +273,9 @@ async def chat_completions(body: ChatCompletionRequest, call: Generate, flows: F
         )
 
     def usage_chunk(usage: dict[str, int]) -> bytes:
-        return _sse({**header, "choices": [], "usage": usage})
+        return event({**header, "choices": [], "usage": usage})
 
-    opening = _sse(
+    opening = event(
         {
             **header,
             "choices": [
@@ -292,8 +289,14 @@ async def chat_completions(body: ChatCompletionRequest, call: Generate, flows: F
         }
     )
     include_usage = body.stream_options is not None and body.stream_options.include_usage
-    relay = _Stream(call, first, rest, include_usage=include_usage)
-    return _streaming(relay.events(chunk, opening, usage_chunk))
+    return await _relay(
+        call,
+        request,
+        chunk=chunk,
+        opening=opening,
+        usage_chunk=usage_chunk,
+        include_usage=include_usage,
+    )
 
 
 @router.post("/completions", summary="Text completion (OpenAI-compatible)")
@@ -326,10 +329,9 @@ async def completions(body: CompletionRequest, call: Generate, flows: Flows) -> 
                 "usage": _usage(response.usage),
             }
         )
-    first, rest = await _start_stream(call, request)
 
     def chunk(delta: str | None, finish: str | None) -> bytes:
-        return _sse(
+        return event(
             {
                 **header,
                 "choices": [
@@ -339,11 +341,17 @@ async def completions(body: CompletionRequest, call: Generate, flows: Flows) -> 
         )
 
     def usage_chunk(usage: dict[str, int]) -> bytes:
-        return _sse({**header, "choices": [], "usage": usage})
+        return event({**header, "choices": [], "usage": usage})
 
     include_usage = body.stream_options is not None and body.stream_options.include_usage
-    relay = _Stream(call, first, rest, include_usage=include_usage)
-    return _streaming(relay.events(chunk, None, usage_chunk))
+    return await _relay(
+        call,
+        request,
+        chunk=chunk,
+        opening=None,
+        usage_chunk=usage_chunk,
+        include_usage=include_usage,
+    )
 
 
 def _encode(vector: list[float], encoding: str) -> list[float] | str:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from lodestar.inference.v1 import inference_service_pb2 as ipb
 from lodestar.services.gateway.call import Call
@@ -15,6 +14,7 @@ from lodestar.services.gateway.convert import inference as convert
 from lodestar.services.gateway.deps import require
 from lodestar.services.gateway.metrics import GENERATED_TOKENS
 from lodestar.services.gateway.permissions import Permission
+from lodestar.services.gateway.pipeline import error_event
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.responses import respond, respond_json
 from lodestar.services.gateway.routes.base import api_router
@@ -24,17 +24,10 @@ from lodestar.services.gateway.schemas.inference import (
     GenerateRequest,
     GenerateResponse,
 )
+from lodestar.services.gateway.sse import respond as respond_events
 from lodestar.services.gateway.state import set_tokens
 
 router = api_router("generation")
-
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    yield first
-    async for chunk in rest:
-        yield chunk
 
 
 @router.post(
@@ -50,17 +43,15 @@ async def generate(
 ) -> Response:
     """Text or chat generation. With ``stream: true`` the answer comes as
     Server-Sent Events: ``token`` events with text deltas, then a ``done`` event
-    with the finish reason, usage and timing (or an ``error`` event). Closing
-    the connection cancels the generation."""
+    with the finish reason, usage and timing (or an ``error`` event), and a
+    keep-alive comment whenever the stream is silent for a while (queued, or
+    between slow tokens). Closing the connection cancels the generation."""
     pipeline = gateway.pipeline
     if not body.stream:
         return respond_json(await pipeline.generate(body, call))
     events = await pipeline.stream(body, call)
-    # Pull the first event here: failures up to the first token still get
-    # their HTTP status instead of a 200 with an error event.
-    first = await anext(events, b"")
-    return StreamingResponse(
-        _prepend(first, events), media_type="text/event-stream", headers=_SSE_HEADERS
+    return await respond_events(
+        events, keepalive_s=call.settings.sse_keepalive_s, error_event=error_event
     )
 
 
