@@ -5,6 +5,7 @@
 
 Each benchmark measures the raw library and the Lodestar service side by side
 in the same run and prints their ratio; see each module's docstring.
+The soak run (``python -m bench.soak``) is not among them: it runs for minutes.
 """
 
 from __future__ import annotations
