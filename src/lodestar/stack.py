@@ -2,8 +2,9 @@
 
 Starts each service as its own process (the same command a container runs),
 waits until each reports healthy, prints the addresses and a ready admin token,
-and on Ctrl-C (or SIGTERM) stops them in reverse order, each gracefully. A service
-that dies is restarted with backoff; one that keeps dying stops the stack.
+and on Ctrl-C (or SIGTERM) stops them gracefully, the gateway before the services
+it calls. A service that dies is restarted with backoff; one that keeps dying stops
+the stack.
 """
 
 from __future__ import annotations
@@ -211,8 +212,20 @@ class _Stack:
             self._tick()
 
     def stop(self) -> None:
-        processes = [e.process for e in self.supervised.values() if e.process is not None]
-        for process in reversed(processes):
+        """The gateway first, so that its last calls (the usage records it flushes on
+        the way out) still find the backends; then the backends together."""
+        for kind in ("http", "grpc"):
+            self._stop(
+                [
+                    e.process
+                    for e in self.supervised.values()
+                    if e.service.kind == kind and e.process is not None
+                ]
+            )
+
+    @staticmethod
+    def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+        for process in processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
         for process in processes:
