@@ -5,7 +5,8 @@
 
 Each benchmark measures the raw library and the Lodestar service side by side
 in the same run and prints their ratio; see each module's docstring.
-The soak run (``python -m bench.soak``) is not among them: it runs for minutes.
+The soak run (``python -m bench.soak``) and the rolling restart
+(``python -m bench.rolling_restart``) are not among them: they run for minutes.
 """
 
 from __future__ import annotations

@@ -84,10 +84,11 @@ WORDS = (
 class Failed(Exception):
     """A request the gateway did not answer as expected."""
 
-    def __init__(self, status: int, body: str) -> None:
+    def __init__(self, status: int, body: str, retry_after: str | None = None) -> None:
         super().__init__(f"{status}: {body}")
         self.status = status
         self.body = body
+        self.retry_after = retry_after
 
 
 @dataclass
@@ -133,7 +134,7 @@ class Load:
         """The JSON object answered; ``Failed`` unless 200/201 with a non-empty ``needs``."""
         reply = await self.http.request(method, path, json=body)
         if reply.status_code not in (200, 201):
-            raise Failed(reply.status_code, reply.text)
+            raise Failed(reply.status_code, reply.text, reply.headers.get("Retry-After"))
         answer = reply.json()
         if not isinstance(answer, dict) or (needs and answer.get(needs) in (None, [], "")):
             raise Failed(reply.status_code, f"no {needs!r} in {reply.text}")
@@ -196,7 +197,8 @@ class Load:
         body = {**self._prompt(i), "stream": True}
         async with self.http.stream("POST", "/api/v1/generate", json=body) as reply:
             if reply.status_code != 200:
-                raise Failed(reply.status_code, (await reply.aread()).decode(errors="replace"))
+                text = (await reply.aread()).decode(errors="replace")
+                raise Failed(reply.status_code, text, reply.headers.get("Retry-After"))
             async for line in reply.aiter_lines():
                 if line.startswith("event: "):
                     event = line[7:]
@@ -289,6 +291,18 @@ async def sample_peaks(pids: dict[str, int], peaks: dict[str, int], every_s: flo
         await asyncio.sleep(every_s)
 
 
+_UNLIMITED = 1_000_000_000
+# Quiet logs, and no per-client limits: the load measures the stack, not the limits.
+LOAD_ENV = {
+    "LODESTAR_LOG_LEVEL": "WARNING",
+    "LODESTAR_GATEWAY_ACCESS_LOG": "false",
+    "LODESTAR_GATEWAY_REQUESTS_PER_MINUTE": json.dumps(
+        dict.fromkeys(("read", "write", "generate", "admin"), _UNLIMITED)
+    ),
+    "LODESTAR_GATEWAY_GENERATED_TOKENS_PER_MINUTE": "0",
+}
+
+
 def _stack_env(data_dir: str) -> tuple[dict[str, str], str]:
     env: dict[str, str] = {}
     for name in SERVICES:
@@ -298,18 +312,7 @@ def _stack_env(data_dir: str) -> tuple[dict[str, str], str]:
             env[f"LODESTAR_{name.upper()}_METRICS_PORT"] = str(free_port())
             address = f"127.0.0.1:{env[f'LODESTAR_{name.upper()}_PORT']}"
             env[f"LODESTAR_GATEWAY_{name.upper()}_ADDRESSES"] = address
-    unlimited = 1_000_000_000
-    limits = {"read": unlimited, "write": unlimited, "generate": unlimited, "admin": unlimited}
-    env.update(
-        {
-            "LODESTAR_VECTOR_DATA_DIR": data_dir,
-            "LODESTAR_LOG_LEVEL": "WARNING",
-            "LODESTAR_GATEWAY_ACCESS_LOG": "false",
-            # The soak measures the stack over time, not the per-client limits.
-            "LODESTAR_GATEWAY_REQUESTS_PER_MINUTE": json.dumps(limits),
-            "LODESTAR_GATEWAY_GENERATED_TOKENS_PER_MINUTE": "0",
-        }
-    )
+    env.update({"LODESTAR_VECTOR_DATA_DIR": data_dir, **LOAD_ENV})
     return env, f"http://127.0.0.1:{env['LODESTAR_GATEWAY_PORT']}"
 
 

@@ -269,6 +269,8 @@ async def test_backend_unavailable_is_503_without_internals(
     error = _assert_error_shape(response, 503, "UNAVAILABLE")
     assert "127.0.0.1" not in response.text
     assert error["details"]["metadata"]["backend"] == "vector"
+    # A write may be sent again: the client is told when.
+    assert response.headers["retry-after"] == "1"
 
 
 async def test_domain_unavailable_passes_through(

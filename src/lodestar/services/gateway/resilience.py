@@ -87,6 +87,10 @@ class AllReplicasUnavailable(Unavailable):
     """Every replica's breaker is open: 503 at once, with Retry-After."""
 
 
+# A backend that could not be reached (restarting, say) is worth trying again this
+# soon: clients, writes above all, are told when in a Retry-After.
+UNREACHABLE_RETRY_AFTER_S = 1.0
+
 _TRANSPORT_MESSAGES = {
     grpc.StatusCode.UNAVAILABLE: "the {backend} service is unavailable; retry shortly",
     grpc.StatusCode.DEADLINE_EXCEEDED: "the {backend} service did not answer within the deadline",
@@ -105,7 +109,8 @@ def backend_error(backend: str, error: grpc.RpcError) -> BackendError:
     Errors a service raised on purpose (they carry google.rpc details) pass
     through with their message, reason and field. Transport failures and bare
     internal errors get a message that names the backend but leaks nothing of
-    its internals (addresses, stack traces).
+    its internals (addresses, stack traces); an unreachable backend's 503 says
+    when to retry (``UNREACHABLE_RETRY_AFTER_S``).
     """
     details = ErrorDetails.from_rpc_error(error)
     code = details.code
@@ -118,6 +123,9 @@ def backend_error(backend: str, error: grpc.RpcError) -> BackendError:
             metadata=details.metadata,
             retry_after_s=details.retry_after_s,
         )
+    retry_after_s = details.retry_after_s
+    if code is grpc.StatusCode.UNAVAILABLE and retry_after_s is None:
+        retry_after_s = UNREACHABLE_RETRY_AFTER_S
     template = _TRANSPORT_MESSAGES.get(code)
     if template is not None:
         message = template.format(backend=backend)
@@ -135,7 +143,7 @@ def backend_error(backend: str, error: grpc.RpcError) -> BackendError:
         reason=reason,
         field_violations=details.field_violations,
         metadata={"backend": backend},
-        retry_after_s=details.retry_after_s,
+        retry_after_s=retry_after_s,
     )
 
 
