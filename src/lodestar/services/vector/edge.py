@@ -18,6 +18,7 @@ from lodestar.services.vector.models import (
     Distance,
     FieldType,
     Filter,
+    HnswOptions,
     PointId,
     PointRecord,
     RecommendQuery,
@@ -32,6 +33,19 @@ from lodestar.services.vector.models import (
 DEFAULT_M: Final = 16
 DEFAULT_EF_CONSTRUCT: Final = 100
 DEFAULT_FULL_SCAN_THRESHOLD_KB: Final = 10_000
+
+
+def index_params(hnsw: HnswOptions) -> tuple[int, int, int]:
+    """``(m, ef_construct, full_scan_threshold)``: the collection's own, else Qdrant's
+    defaults; both backends build their index from these."""
+    return (
+        DEFAULT_M if hnsw.m is None else hnsw.m,
+        DEFAULT_EF_CONSTRUCT if hnsw.ef_construct is None else hnsw.ef_construct,
+        DEFAULT_FULL_SCAN_THRESHOLD_KB
+        if hnsw.full_scan_threshold is None
+        else hnsw.full_scan_threshold,
+    )
+
 
 _DISTANCES: Final = {
     Distance.COSINE: qe.Distance.Cosine,
@@ -56,7 +70,7 @@ def edge_config(
 ) -> qe.EdgeConfig:
     """The engine configuration of a collection; ``search_threads`` sizes its search pool
     (None: the engine's choice, one per CPU)."""
-    hnsw = config.hnsw
+    m, ef_construct, full_scan_threshold = index_params(config.hnsw)
     quantization: qe.QuantizationConfigType | None = None
     if isinstance(config.quantization, ScalarQuantization):
         quantization = qe.ScalarQuantizationConfig(
@@ -69,13 +83,9 @@ def edge_config(
     return qe.EdgeConfig(
         vectors=qe.EdgeVectorParams(size=config.dimension, distance=_DISTANCES[config.distance]),
         hnsw_config=qe.HnswIndexConfig(
-            m=hnsw.m if hnsw.m is not None else DEFAULT_M,
-            ef_construct=hnsw.ef_construct
-            if hnsw.ef_construct is not None
-            else DEFAULT_EF_CONSTRUCT,
-            full_scan_threshold=hnsw.full_scan_threshold
-            if hnsw.full_scan_threshold is not None
-            else DEFAULT_FULL_SCAN_THRESHOLD_KB,
+            m=m,
+            ef_construct=ef_construct,
+            full_scan_threshold=full_scan_threshold,
             max_indexing_threads=indexing_threads,
         ),
         quantization_config=quantization,

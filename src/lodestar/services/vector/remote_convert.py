@@ -27,10 +27,8 @@ from lodestar.runtime.errors import (
     Unavailable,
 )
 from lodestar.services.vector.edge import (
-    DEFAULT_EF_CONSTRUCT,
-    DEFAULT_FULL_SCAN_THRESHOLD_KB,
-    DEFAULT_M,
     average_vector,
+    index_params,
 )
 from lodestar.services.vector.filters import to_qdrant_filter
 from lodestar.services.vector.models import (
@@ -203,14 +201,9 @@ def config_of(info: qm.CollectionInfo) -> tuple[CollectionConfig, datetime | Non
 
 
 def hnsw_diff(options: HnswOptions) -> qm.HnswConfigDiff:
+    m, ef_construct, full_scan_threshold = index_params(options)
     return qm.HnswConfigDiff(
-        m=options.m if options.m is not None else DEFAULT_M,
-        ef_construct=options.ef_construct
-        if options.ef_construct is not None
-        else DEFAULT_EF_CONSTRUCT,
-        full_scan_threshold=options.full_scan_threshold
-        if options.full_scan_threshold is not None
-        else DEFAULT_FULL_SCAN_THRESHOLD_KB,
+        m=m, ef_construct=ef_construct, full_scan_threshold=full_scan_threshold
     )
 
 
