@@ -44,10 +44,11 @@ $(BUF):
 install: $(VENV)/.installed ## Create the virtual environment with every service's dependencies
 
 .PHONY: system-deps
-system-deps: ## Install the Debian packages the tests use (redis-server, prometheus)
+system-deps: ## Install the Debian packages the tests use (redis-server, prometheus, chromium)
 	@missing=(); \
 	command -v redis-server >/dev/null || missing+=(redis-server); \
 	command -v promtool >/dev/null || missing+=(prometheus); \
+	command -v chromium >/dev/null || missing+=(chromium); \
 	if (( $${#missing[@]} )); then \
 	  if [[ $$(id -u) != 0 ]]; then echo "install as root: apt-get install $${missing[*]}" >&2; exit 1; fi; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$${missing[@]}" >/dev/null; \
