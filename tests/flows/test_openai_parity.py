@@ -101,12 +101,15 @@ async def test_required_tool_choice_returns_a_valid_call(oai: AsyncOpenAI, chat_
     assert choice.finish_reason == "tool_calls"
     assert choice.message.content is None
     calls = choice.message.tool_calls
-    assert calls is not None and len(calls) == 1
+    assert calls is not None
+    assert len(calls) == 1
     call = calls[0]
-    assert call.type == "function" and call.id.startswith("call_")
+    assert call.type == "function"
+    assert call.id.startswith("call_")
     arguments = json.loads(call.function.arguments)
     if call.function.name == "get_weather":
-        assert set(arguments) == {"city"} and isinstance(arguments["city"], str)
+        assert set(arguments) == {"city"}
+        assert isinstance(arguments["city"], str)
     else:
         assert call.function.name == "add"
         assert set(arguments) == {"a", "b"}
@@ -124,9 +127,11 @@ async def test_a_named_function_is_the_one_called(oai: AsyncOpenAI, chat_model: 
         max_tokens=60,
     )
     calls = completion.choices[0].message.tool_calls
-    assert calls is not None and calls[0].function.name == "add"
+    assert calls is not None
+    assert calls[0].function.name == "add"
     arguments = json.loads(calls[0].function.arguments)
-    assert isinstance(arguments["a"], int) and isinstance(arguments["b"], int)
+    assert isinstance(arguments["a"], int)
+    assert isinstance(arguments["b"], int)
 
 
 async def test_a_streamed_tool_call_assembles_to_the_unary_one(
@@ -146,7 +151,8 @@ async def test_a_streamed_tool_call_assembles_to_the_unary_one(
     chunks = await _chunks(oai, **options)
     deltas = [d for c in chunks for choice in c.choices for d in choice.delta.tool_calls or ()]
     # The name comes first and alone; the arguments follow in several pieces.
-    assert deltas[0].function is not None and deltas[0].function.name == "get_weather"
+    assert deltas[0].function is not None
+    assert deltas[0].function.name == "get_weather"
     assert deltas[0].id is not None
     assert len(deltas) > 2
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
@@ -156,7 +162,8 @@ async def test_a_streamed_tool_call_assembles_to_the_unary_one(
             pass
         final = await stream.get_final_completion()
     calls = final.choices[0].message.tool_calls
-    assert calls is not None and len(calls) == 1
+    assert calls is not None
+    assert len(calls) == 1
     assert calls[0].function.name == "get_weather"
     assert json.loads(calls[0].function.arguments) == json.loads(expected[0].function.arguments)
     assert final.choices[0].finish_reason == "tool_calls"
@@ -171,7 +178,8 @@ async def test_auto_and_none_tool_choices(oai: AsyncOpenAI, chat_model: str) -> 
         assert auto.choices[0].finish_reason == "tool_calls"
         assert json.loads(message.tool_calls[0].function.arguments)["city"]
     else:
-        assert message.content and not message.content.startswith("{")
+        assert message.content
+        assert not message.content.startswith("{")
     none, _ = await _chat(
         oai,
         model=chat_model,
@@ -211,7 +219,8 @@ async def test_tool_results_in_the_history(oai: AsyncOpenAI, chat_model: str) ->
         max_tokens=24,
     )
     assert completion.choices[0].message.content
-    assert completion.usage is not None and completion.usage.prompt_tokens > 40
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens > 40
 
 
 async def test_chat_logprobs_unary_and_streamed(oai: AsyncOpenAI, chat_model: str) -> None:
@@ -225,7 +234,8 @@ async def test_chat_logprobs_unary_and_streamed(oai: AsyncOpenAI, chat_model: st
     }
     completion, _ = await _chat(oai, **options)
     choice = completion.choices[0]
-    assert choice.logprobs is not None and choice.logprobs.content
+    assert choice.logprobs is not None
+    assert choice.logprobs.content
     entries = choice.logprobs.content
     assert completion.usage is not None
     assert len(entries) == completion.usage.completion_tokens
@@ -254,7 +264,9 @@ async def test_completion_logprobs(oai: AsyncOpenAI, chat_model: str) -> None:
     )
     completion = Completion.model_validate(raw.http_response.json(), strict=True)
     logprobs = completion.choices[0].logprobs
-    assert logprobs is not None and logprobs.tokens and logprobs.token_logprobs
+    assert logprobs is not None
+    assert logprobs.tokens
+    assert logprobs.token_logprobs
     assert "".join(logprobs.tokens) == completion.choices[0].text
     assert logprobs.text_offset == [
         sum(len(t) for t in logprobs.tokens[:i]) for i in range(len(logprobs.tokens))
@@ -275,7 +287,8 @@ async def test_n_choices_unary_and_streamed(oai: AsyncOpenAI, chat_model: str) -
     completion, _ = await _chat(oai, **options)
     assert [c.index for c in completion.choices] == [0, 1, 2]
     texts = [c.message.content for c in completion.choices]
-    assert all(texts) and len(set(texts)) > 1  # seeds seed, seed+1, seed+2
+    assert all(texts)
+    assert len(set(texts)) > 1
     chunks = await _chunks(oai, **options, stream_options={"include_usage": True})
     streamed: dict[int, str] = {}
     finished: dict[int, str] = {}
@@ -288,7 +301,8 @@ async def test_n_choices_unary_and_streamed(oai: AsyncOpenAI, chat_model: str) -
     assert [streamed[i] for i in range(3)] == texts
     assert set(finished) == {0, 1, 2}
     usage = chunks[-1].usage
-    assert usage is not None and completion.usage is not None
+    assert usage is not None
+    assert completion.usage is not None
     assert usage.completion_tokens == completion.usage.completion_tokens
 
 
@@ -296,7 +310,8 @@ async def test_a_model_can_be_retrieved(gateway: RunningGateway, chat_model: str
     async with _client(gateway, "user") as user:
         raw = await user.models.with_raw_response.retrieve(chat_model)
         model = Model.model_validate(raw.http_response.json(), strict=True)
-        assert model.id == chat_model and model.owned_by == "lodestar"
+        assert model.id == chat_model
+        assert model.owned_by == "lodestar"
         with pytest.raises(openai.NotFoundError) as missing:
             await user.models.retrieve("gpt-4o")
         assert missing.value.code == "model_not_found"

@@ -203,11 +203,11 @@ class LlamaModel:
 
     def render_chat(
         self,
-        messages: Sequence[Mapping[str, Any]],
+        messages: Sequence[Mapping[str, Any] | tuple[str, str]],
         tools: list[dict[str, Any]] | None = None,
     ) -> str:
-        """The conversation (OpenAI-style message dicts) in the model's own chat template,
-        ready for its answer."""
+        """The conversation (OpenAI-style message dicts, or (role, content) pairs) in the
+        model's own chat template, ready for its answer."""
         if self.chat_template is None:
             raise ValueError("the model has no chat template")
         with self._chat_lock:
@@ -221,7 +221,10 @@ class LlamaModel:
                     add_generation_prompt=True,
                 )
             formatter = self._chat_formatter
-        result = formatter(messages=[dict(m) for m in messages], tools=tools)
+        turns = [
+            {"role": m[0], "content": m[1]} if isinstance(m, tuple) else dict(m) for m in messages
+        ]
+        result = formatter(messages=turns, tools=tools)
         prompt: str = result.prompt
         return prompt
 
