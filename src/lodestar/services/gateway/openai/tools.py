@@ -163,7 +163,9 @@ class ToolCallDeltas:
         out: list[dict[str, Any]] = []
         if self._name is None:
             head = _CALL_HEAD.match(self._buffer)
-            if head is None:
+            # Wait for the arguments' first character: the whitespace before it
+            # may still be arriving, and belongs to no part of the call.
+            if head is None or head.end() == len(self._buffer):
                 return []
             self._name = head.group(1)
             self._sent = head.end()
