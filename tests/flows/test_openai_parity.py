@@ -80,10 +80,14 @@ async def _chat(oai: AsyncOpenAI, **options: Any) -> tuple[ChatCompletion, dict[
 
 
 async def _chunks(oai: AsyncOpenAI, **options: Any) -> list[ChatCompletionChunk]:
-    stream = await oai.chat.completions.create(**options, stream=True)
-    chunks = [chunk async for chunk in stream]
-    for chunk in chunks:
-        ChatCompletionChunk.model_validate(chunk.model_dump(exclude_unset=True), strict=True)
+    """A streamed chat completion's chunks, each validated strictly from its raw event."""
+    chunks: list[ChatCompletionChunk] = []
+    async with oai.chat.completions.with_streaming_response.create(**options, stream=True) as raw:
+        lines = [line async for line in raw.iter_lines()]
+    for line in lines:
+        if line.startswith("data: ") and line != "data: [DONE]":
+            chunks.append(ChatCompletionChunk.model_validate(json.loads(line[6:]), strict=True))
+    assert lines[-1] == "data: [DONE]" or lines[-2] == "data: [DONE]"
     return chunks
 
 
@@ -273,6 +277,30 @@ async def test_completion_logprobs(oai: AsyncOpenAI, chat_model: str) -> None:
     ]
     assert logprobs.top_logprobs is not None
     assert all(len(top) == 2 for top in logprobs.top_logprobs)
+    # Streamed with two choices: each chunk is a text_completion, the tokens add up.
+    async with oai.completions.with_streaming_response.create(
+        model=chat_model,
+        prompt="The sky is",
+        max_tokens=6,
+        temperature=0,
+        logprobs=2,
+        n=2,
+        stream=True,
+    ) as raw:
+        events = [line[6:] async for line in raw.iter_lines() if line.startswith("data: {")]
+    tokens: dict[int, list[str]] = {0: [], 1: []}
+    for data in events:
+        body = json.loads(data)
+        # OpenAI streams "finish_reason": null until the last chunk, which the client's
+        # Completion model does not allow (its stream builds chunks unvalidated): every
+        # other field is checked strictly.
+        for choice in body["choices"]:
+            choice["finish_reason"] = choice["finish_reason"] or "length"
+        chunk = Completion.model_validate(body, strict=True)
+        for choice in chunk.choices:
+            if choice.logprobs is not None and choice.logprobs.tokens:
+                tokens[choice.index] += choice.logprobs.tokens
+    assert tokens[0] == tokens[1] == logprobs.tokens
 
 
 async def test_n_choices_unary_and_streamed(oai: AsyncOpenAI, chat_model: str) -> None:
