@@ -235,7 +235,7 @@ async def conversation_turns(
 ) -> list[personal.MemoryItem]:
     """The caller's turns of one conversation, in order (none for a new one)."""
     flt = personal.owned_interactions(call, personal.keyword("conversation_id", conversation_id))
-    collection = personal.collection_of(call, runtime)
+    collection = personal.collection_of(runtime)
     turns = [personal.item_of(p) async for p in personal.scan(call, collection, flt)]
     return sorted(turns, key=lambda item: (item.turn or 0, item.created_at))
 
@@ -266,9 +266,7 @@ class RememberStage:
         return ()
 
     async def before(self, generation: Generation) -> None:
-        body = generation.body
-        if body.memory or body.conversation_id is not None:
-            personal.collection_of(generation.call, self._runtime)
+        return None
 
     async def after(self, generation: Generation) -> None:
         body = generation.body

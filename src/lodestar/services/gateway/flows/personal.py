@@ -83,9 +83,12 @@ class MemoryItem:
         return out
 
 
-def collection_of(call: Call, runtime: FlowsRuntime) -> str:
-    """The conversations collection, if the caller's token may use it (else 403)."""
-    return call.collection(runtime.settings.conversations_collection)
+def collection_of(runtime: FlowsRuntime) -> str:
+    """The conversations collection. Not subject to the token's collection
+    allow-list: it is read and written here only through the caller's own
+    subject, so an allow-list without it can keep users out of the raw vector
+    routes on it while their memory still works."""
+    return runtime.settings.conversations_collection
 
 
 # --- filters --------------------------------------------------------------------------
@@ -184,7 +187,7 @@ async def list_memory(
     call: Call, runtime: FlowsRuntime, *, page_size: int = 100, page_token: str = ""
 ) -> tuple[list[MemoryItem], str]:
     """One page of the caller's remembered interactions, and the next page's token."""
-    collection = collection_of(call, runtime)
+    collection = collection_of(runtime)
     request = vpb.ListPointsRequest(
         collection=collection,
         filter=owned_interactions(call),
@@ -214,7 +217,7 @@ async def recall(
     embedding), above ``memory_min_similarity``, best first."""
     settings = runtime.settings
     request = vpb.SearchPointsRequest(
-        collection=collection_of(call, runtime),
+        collection=collection_of(runtime),
         vector=vector,
         limit=limit or settings.memory_items,
         score_threshold=settings.memory_min_similarity,
@@ -255,7 +258,7 @@ async def remember(
     extra: dict[str, Any] | None = None,
 ) -> MemoryItem:
     """Store an exchange as the caller's interaction and fold it into their profile."""
-    collection = collection_of(call, runtime)
+    collection = collection_of(runtime)
     text = f"{prompt}\n{answer}"
     vector = (await call.backends.embedding.embed([text[:_EMBED_MAX_CHARS]], call.options))[0]
     created_at = datetime.now(UTC).isoformat()
@@ -296,7 +299,7 @@ async def tag_stored(
 ) -> None:
     """Add ``payload`` to an interaction stored by ``store_embedding`` in the
     conversations collection and fold its vector into the caller's profile."""
-    collection = collection_of(call, runtime)
+    collection = collection_of(runtime)
     proto_id = convert.point_id_to_proto(
         point_id if isinstance(point_id, int) else uuid.UUID(point_id)
     )
@@ -337,7 +340,7 @@ class Profile:
 async def profile(call: Call, runtime: FlowsRuntime) -> Profile | None:
     """The caller's profile, if anything about them is remembered."""
     request = vpb.GetPointsRequest(
-        collection=collection_of(call, runtime),
+        collection=collection_of(runtime),
         ids=[profile_id(call)],
         with_payload=True,
         with_vector=True,
@@ -375,7 +378,7 @@ async def _save_profile(
     await upsert_creating(
         call,
         vpb.UpsertPointsRequest(
-            collection=collection_of(call, runtime), points=[point], tenant=call.tenant
+            collection=collection_of(runtime), points=[point], tenant=call.tenant
         ),
     )
 
@@ -393,7 +396,7 @@ async def fold_into_profile(call: Call, runtime: FlowsRuntime, vector: Sequence[
 
 async def rebuild_profile(call: Call, runtime: FlowsRuntime) -> None:
     """The profile anew from the interactions left (none: no profile)."""
-    collection = collection_of(call, runtime)
+    collection = collection_of(runtime)
     total: list[float] | None = None
     count = 0
     async for point in scan(call, collection, owned_interactions(call), with_vector=True):
@@ -444,7 +447,7 @@ def memory_not_found(item_id: int | str) -> NotFound:
 async def forget(call: Call, runtime: FlowsRuntime, item_id: vpb.PointId) -> None:
     """Forget one of the caller's interactions (NotFound if it is not theirs):
     the point goes, and the profile is rebuilt without it."""
-    collection = collection_of(call, runtime)
+    collection = collection_of(runtime)
     selector = vpb.PointsSelector(ids=[item_id], filter=owned_interactions(call))
     if await _delete(call, collection, selector) == 0:
         raise memory_not_found(convert.point_id_from_proto(item_id))
@@ -453,7 +456,7 @@ async def forget(call: Call, runtime: FlowsRuntime, item_id: vpb.PointId) -> Non
 
 async def forget_conversation(call: Call, runtime: FlowsRuntime, conversation_id: str) -> int:
     """Forget every turn of one of the caller's conversations; how many went."""
-    collection = collection_of(call, runtime)
+    collection = collection_of(runtime)
     flt = owned_interactions(call, keyword("conversation_id", conversation_id))
     deleted = await _delete(call, collection, vpb.PointsSelector(filter=flt))
     if deleted:
@@ -480,10 +483,12 @@ async def forget_all(call: Call, runtime: FlowsRuntime) -> int:
     """Forget everything remembered about the caller: their interactions in
     every collection their token may use (stored generations included) and
     their profile. How many interactions went."""
-    home = collection_of(call, runtime)
-    deleted = 0
+    home = collection_of(runtime)
+    deleted = await _delete(call, home, vpb.PointsSelector(filter=owned_interactions(call)))
     async for name in _collections(call):
-        deleted += await _delete(call, name, vpb.PointsSelector(filter=owned_interactions(call)))
+        if name != home:
+            selector = vpb.PointsSelector(filter=owned_interactions(call))
+            deleted += await _delete(call, name, selector)
     await _delete(call, home, vpb.PointsSelector(filter=_own_profile(call)))
     return deleted
 

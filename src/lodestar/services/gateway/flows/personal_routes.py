@@ -92,7 +92,7 @@ async def list_conversations(
     """The caller's conversations, most recently active first, each with its
     number of turns, when it started and was last active, and its first prompt."""
     offset = _offset(page_token)
-    collection = personal.collection_of(call, runtime)
+    collection = personal.collection_of(runtime)
     flt = personal.owned_interactions(call)
     flt.must_not.add().is_empty.key = "conversation_id"
     grouped: dict[str, dict[str, Any]] = {}
