@@ -20,7 +20,7 @@ Both only read and write the caller's own interactions (``flows.personal``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
@@ -88,7 +88,7 @@ async def _fit_into_request(
     generation: Generation,
     runtime: FlowsRuntime,
     pieces: Sequence[Exchange],
-    render: Any,
+    render: Callable[[Sequence[Exchange]], str | list[Turn]],
     *,
     share: float,
 ) -> Fitted[Exchange, str | list[Turn]]:
@@ -238,6 +238,47 @@ async def conversation_turns(
     collection = personal.collection_of(runtime)
     turns = [personal.item_of(p) async for p in personal.scan(call, collection, flt)]
     return sorted(turns, key=lambda item: (item.turn or 0, item.created_at))
+
+
+@dataclass(slots=True)
+class ConversationSummary:
+    id: str
+    turns: int
+    started_at: str
+    updated_at: str
+    # The first prompt, shortened.
+    title: str
+
+
+async def list_conversations_of(call: Call, runtime: FlowsRuntime) -> list[ConversationSummary]:
+    """The caller's conversations, most recently active first."""
+    flt = personal.owned_interactions(call)
+    flt.must_not.add().is_empty.key = "conversation_id"
+    grouped: dict[str, tuple[ConversationSummary, int]] = {}
+    collection = personal.collection_of(runtime)
+    async for point in personal.scan(call, collection, flt):
+        item = personal.item_of(point)
+        if item.conversation_id is None:
+            continue
+        turn = item.turn or 0
+        found = grouped.get(item.conversation_id)
+        if found is None:
+            summary = ConversationSummary(
+                item.conversation_id, 0, item.created_at, item.created_at, item.prompt[:120]
+            )
+            found = grouped[item.conversation_id] = (summary, turn)
+        summary, first = found
+        summary.turns += 1
+        summary.started_at = min(summary.started_at, item.created_at)
+        summary.updated_at = max(summary.updated_at, item.created_at)
+        if turn < first:
+            summary.title = item.prompt[:120]
+            grouped[item.conversation_id] = (summary, turn)
+    return sorted(
+        (summary for summary, _ in grouped.values()),
+        key=lambda s: (s.updated_at, s.id),
+        reverse=True,
+    )
 
 
 def _asked(body: GenerateRequest) -> str:

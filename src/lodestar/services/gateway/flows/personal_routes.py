@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated, Any
+from dataclasses import asdict
+from typing import Annotated
 
 from fastapi import Depends, Path, Query
 from starlette.responses import Response
@@ -23,7 +24,10 @@ from lodestar.services.gateway.call import Call
 from lodestar.services.gateway.convert import vector as convert
 from lodestar.services.gateway.deps import flows_of, require
 from lodestar.services.gateway.flows import personal
-from lodestar.services.gateway.flows.conversations import conversation_turns
+from lodestar.services.gateway.flows.conversations import (
+    conversation_turns,
+    list_conversations_of,
+)
 from lodestar.services.gateway.flows.memory import INTERACTION_KIND, is_missing_collection
 from lodestar.services.gateway.flows.runtime import FlowsRuntime
 from lodestar.services.gateway.permissions import Permission
@@ -92,36 +96,9 @@ async def list_conversations(
     """The caller's conversations, most recently active first, each with its
     number of turns, when it started and was last active, and its first prompt."""
     offset = _offset(page_token)
-    collection = personal.collection_of(runtime)
-    flt = personal.owned_interactions(call)
-    flt.must_not.add().is_empty.key = "conversation_id"
-    grouped: dict[str, dict[str, Any]] = {}
-    async for point in personal.scan(call, collection, flt):
-        item = personal.item_of(point)
-        if item.conversation_id is None:
-            continue
-        entry = grouped.setdefault(
-            item.conversation_id,
-            {
-                "id": item.conversation_id,
-                "turns": 0,
-                "started_at": item.created_at,
-                "updated_at": item.created_at,
-                "title": "",
-                "_first": None,
-            },
-        )
-        entry["turns"] += 1
-        entry["started_at"] = min(entry["started_at"], item.created_at)
-        entry["updated_at"] = max(entry["updated_at"], item.created_at)
-        if entry["_first"] is None or (item.turn or 0) < entry["_first"]:
-            entry["_first"] = item.turn or 0
-            entry["title"] = item.prompt[:120]
-    ordered = sorted(grouped.values(), key=lambda e: (e["updated_at"], e["id"]), reverse=True)
-    page = ordered[offset : offset + page_size]
-    for entry in page:
-        entry.pop("_first")
-    more = offset + page_size < len(ordered)
+    summaries = await list_conversations_of(call, runtime)
+    page = [asdict(summary) for summary in summaries[offset : offset + page_size]]
+    more = offset + page_size < len(summaries)
     return respond_json(
         {"conversations": page, "next_page_token": _token(offset + page_size) if more else ""}
     )
@@ -183,8 +160,9 @@ async def list_memory(
 
 @router.delete("/memory/{id}", summary="Forget one thing remembered about you")
 async def forget_item(item_id: ItemId, call: Writer, runtime: Flows) -> Response:
-    await personal.forget(call, runtime, _item_id(item_id))
-    return respond_json({"id": convert.point_id_from_proto(_item_id(item_id)), "deleted": 1})
+    point_id = _item_id(item_id)
+    await personal.forget(call, runtime, point_id)
+    return respond_json({"id": convert.point_id_from_proto(point_id), "deleted": 1})
 
 
 @router.delete("/memory", summary="Forget everything remembered about you")
