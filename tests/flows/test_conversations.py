@@ -577,3 +577,26 @@ async def test_memory_works_for_a_token_kept_out_of_the_raw_collection(
         headers=gateway.auth("user", sub=sub, **claims),
     )
     assert raw.status_code == 403, raw.text
+
+
+async def test_openapi_documents_the_memory_routes_and_their_permissions(
+    client: httpx.AsyncClient,
+) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    expected = {
+        ("/api/v1/conversations", "get"): ["GenerateText"],
+        ("/api/v1/conversations/{conversation_id}", "get"): ["GenerateText"],
+        ("/api/v1/conversations/{conversation_id}", "delete"): ["GenerateText"],
+        ("/api/v1/memory", "get"): ["GenerateText"],
+        ("/api/v1/memory", "delete"): ["GenerateText"],
+        ("/api/v1/memory/{id}", "delete"): ["GenerateText"],
+        ("/api/v1/interactions/{id}/share", "post"): ["ManageCollections"],
+        ("/api/v1/interactions/{id}/share", "delete"): ["ManageCollections"],
+    }
+    for (path, method), permissions in expected.items():
+        operation = schema["paths"][path][method]
+        assert operation["x-required-permissions"] == permissions, path
+    search = schema["components"]["schemas"]["PersonalizedSearchRequest"]
+    assert "personalize" in search["properties"]
+    generate = schema["components"]["schemas"]["GenerateRequest"]["properties"]
+    assert {"conversation_id", "memory"} <= set(generate)
