@@ -28,6 +28,10 @@ of CPU threads:
    prompts, one slot per stream, streaming over HTTP: its single stream and its
    ``--streams`` concurrent streams measured as the service's are (step 3) in the same
    rounds, and the service's ratio against the server's.
+5. constrained decoding: the same single stream and ``--streams`` streams with the output
+   bound to a JSON schema (an essay outline of eight sections, about 200 tokens), on the
+   service and, when measured, on llama.cpp's server (its ``json_schema``), end to end;
+   printed beside the unconstrained figures, with the service / server ratios.
 
 The service's prompt-cache counters are read from its metrics endpoint around every
 call, and the output says how many prompt tokens of each figure came from the cache.
@@ -51,7 +55,7 @@ import string
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +74,7 @@ from lodestar.services.inference.server import create_server
 from lodestar.services.inference.settings import InferenceSettings
 
 DECODE_RATIO_TARGET = 0.95
+CONSTRAINED_RATIO_TARGET = 0.9
 TTFT_OVERHEAD_TARGET_MS = 5.0
 CONCURRENCY_RATIO_TARGET = 2.0
 
@@ -87,6 +92,32 @@ TOPICS = (
 
 def prompt_messages(topic: str) -> list[tuple[str, str]]:
     return [("user", f"Write a long, detailed essay about {topic}.")]
+
+
+def outline_messages(topic: str) -> list[tuple[str, str]]:
+    return [("user", f"Write the outline of an essay about {topic} as JSON.")]
+
+
+# The constrained streams' output: an outline of exactly eight sections.
+OUTLINE_SCHEMA = json.dumps(
+    {
+        "type": "object",
+        "properties": {
+            "title": {"type": "string"},
+            "sections": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"heading": {"type": "string"}, "summary": {"type": "string"}},
+                    "required": ["heading", "summary"],
+                },
+                "minItems": 8,
+                "maxItems": 8,
+            },
+        },
+        "required": ["title", "sections"],
+    }
+)
 
 
 @dataclass
@@ -318,6 +349,14 @@ def chat_request(topic: str, max_tokens: int) -> pb.StreamGenerateTextRequest:
     )
 
 
+def outline_request(topic: str, max_tokens: int) -> pb.StreamGenerateTextRequest:
+    return pb.StreamGenerateTextRequest(
+        messages=[pb.ChatMessage(role=pb.ROLE_USER, content=c) for _, c in outline_messages(topic)],
+        sampling=pb.SamplingOptions(temperature=0.0, repeat_penalty=1.0, max_tokens=max_tokens),
+        constraint=pb.OutputConstraint(json_schema=OUTLINE_SCHEMA),
+    )
+
+
 def prompt_request(text: str, max_tokens: int) -> pb.StreamGenerateTextRequest:
     return pb.StreamGenerateTextRequest(
         prompt=text,
@@ -392,10 +431,10 @@ async def llama_server(
 
 
 async def llama_server_stream(
-    client: httpx.AsyncClient, prompt: str, max_tokens: int
+    client: httpx.AsyncClient, prompt: str, max_tokens: int, *, json_schema: str | None = None
 ) -> StreamFigures:
     """One streamed completion of ``prompt`` (greedy), timed as ``service_stream`` is."""
-    body = {
+    body: dict[str, object] = {
         "prompt": prompt,
         "n_predict": max_tokens,
         "temperature": 0.0,
@@ -403,6 +442,8 @@ async def llama_server_stream(
         "stream": True,
         "cache_prompt": True,
     }
+    if json_schema is not None:
+        body["json_schema"] = json.loads(json_schema)
     started = time.perf_counter()
     first = last = 0.0
     parts: list[str] = []
@@ -485,6 +526,18 @@ class Figures:
     group_cache: CacheTally = field(default_factory=CacheTally)
     server_single: list[StreamFigures] = field(default_factory=list)
     server_group_tps: list[float] = field(default_factory=list)
+    # Constrained decoding (JSON schema), end to end: service and server, single and group.
+    constrained_single: list[StreamFigures] = field(default_factory=list)
+    constrained_group_tps: list[float] = field(default_factory=list)
+    server_constrained_single: list[StreamFigures] = field(default_factory=list)
+    server_constrained_group_tps: list[float] = field(default_factory=list)
+
+
+async def timed_group(streams: list[Awaitable[StreamFigures]]) -> float:
+    """Tokens/s of streams run together: all their tokens over the wall time."""
+    started = time.perf_counter()
+    group = await asyncio.gather(*streams)
+    return sum(s.tokens for s in group) / (time.perf_counter() - started)
 
 
 def load_average() -> str:
@@ -535,6 +588,7 @@ async def measure(args: argparse.Namespace) -> tuple[Figures, LlamaModel, Infere
     topics = [TOPICS[i % len(TOPICS)] for i in range(args.streams)]
     raw_prompt = model.render_chat(prompt_messages(TOPICS[0]))
     group_prompts = [model.render_chat(prompt_messages(topic)) for topic in topics]
+    outline_prompts = [model.render_chat(outline_messages(topic)) for topic in topics]
     ttft_prompts = uncached_prompts(model, args.ttft_pairs + 1, group_prompts)
     figures = Figures(ttft_prompt_tokens=len(model.tokenize(ttft_prompts[0])))
     service = (
@@ -635,10 +689,81 @@ async def measure(args: argparse.Namespace) -> tuple[Figures, LlamaModel, Infere
                     flush=True,
                 )
                 _same_text(r, s)
+                await measure_constrained(figures, stub, reference, topics, outline_prompts, args)
     finally:
         raw.close()
         raw_batched.close()
     return figures, model, settings
+
+
+async def measure_constrained(
+    figures: Figures,
+    stub: pb_grpc.InferenceServiceAsyncStub,
+    reference: httpx.AsyncClient | None,
+    topics: list[str],
+    prompts: list[str],
+    args: argparse.Namespace,
+) -> None:
+    """One round of constrained decoding: a single stream and a group, on the service
+    and (when measured) on llama.cpp's server."""
+    tokens = args.constrained_tokens
+    figures.constrained_single.append(
+        await service_stream(stub, outline_request(topics[0], tokens))
+    )
+    figures.constrained_group_tps.append(
+        await timed_group([service_stream(stub, outline_request(t, tokens)) for t in topics])
+    )
+    line = (
+        f"    constrained (JSON schema): service single "
+        f"{figures.constrained_single[-1].end_to_end_tps:6.1f}, "
+        f"x{args.streams} {figures.constrained_group_tps[-1]:6.1f} tok/s"
+    )
+    if reference is not None:
+        figures.server_constrained_single.append(
+            await llama_server_stream(reference, prompts[0], tokens, json_schema=OUTLINE_SCHEMA)
+        )
+        figures.server_constrained_group_tps.append(
+            await timed_group(
+                [
+                    llama_server_stream(reference, p, tokens, json_schema=OUTLINE_SCHEMA)
+                    for p in prompts
+                ]
+            )
+        )
+        line += (
+            f" | llama.cpp server: single "
+            f"{figures.server_constrained_single[-1].end_to_end_tps:6.1f}, "
+            f"x{args.streams} {figures.server_constrained_group_tps[-1]:6.1f} tok/s"
+        )
+    print(line, flush=True)
+
+
+def report_constrained(figures: Figures, args: argparse.Namespace) -> bool:
+    """The constrained figures beside the unconstrained ones; whether the service makes
+    the target against the server (True when the server was not measured)."""
+    median = statistics.median
+    single = median(s.end_to_end_tps for s in figures.constrained_single)
+    group = median(figures.constrained_group_tps)
+    tokens = median(s.tokens for s in figures.constrained_single)
+    free_single = median(s.end_to_end_tps for s in figures.single)
+    free_group = median(figures.group_tps)
+    print(
+        f"  constrained decoding   JSON schema, {tokens:.0f} tokens, end to end: service single "
+        f"{single:6.1f} tok/s ({single / free_single:.2f}x unconstrained) | x{args.streams} "
+        f"{group:6.1f} tok/s ({group / free_group:.2f}x unconstrained)"
+    )
+    if not figures.server_constrained_single:
+        return True
+    server_single = median(s.end_to_end_tps for s in figures.server_constrained_single)
+    server_group = median(figures.server_constrained_group_tps)
+    single_ratio, group_ratio = single / server_single, group / server_group
+    met = min(single_ratio, group_ratio) >= CONSTRAINED_RATIO_TARGET
+    print(
+        f"    against llama.cpp's server: single {server_single:6.1f} tok/s, ratio "
+        f"{single_ratio:.2f} | x{args.streams} {server_group:6.1f} tok/s, ratio "
+        f"{group_ratio:.2f} (target >= {CONSTRAINED_RATIO_TARGET}) {'ok' if met else 'MISSED'}"
+    )
+    return met
 
 
 def report(
@@ -712,7 +837,8 @@ def report(
             "  for reference: llama.cpp's own server not measured (build it with "
             "`make llama-server`, or give --llama-server PATH)"
         )
-    return decode_ok and ttft_ok and concurrency_ok
+    constrained_ok = report_constrained(figures, args)
+    return decode_ok and ttft_ok and concurrency_ok and constrained_ok
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -724,6 +850,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="raw/service decode rounds")
     parser.add_argument("--max-tokens", type=int, default=128, help="tokens a stream")
     parser.add_argument("--streams", type=int, default=8, help="concurrent streams")
+    parser.add_argument(
+        "--constrained-tokens", type=int, default=256, help="tokens a constrained stream (at most)"
+    )
     parser.add_argument("--ttft-pairs", type=int, default=15, help="raw/service TTFT pairs")
     parser.add_argument("--ttft-tokens", type=int, default=2, help="tokens a TTFT request")
     parser.add_argument("--context-size", type=int, default=1024, help="tokens a sequence")

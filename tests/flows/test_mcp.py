@@ -102,15 +102,21 @@ async def test_a_permission_refusal(gateway: RunningGateway) -> None:
 
 
 async def test_remember_and_recall_are_personal(gateway: RunningGateway) -> None:
-    note = f"My favourite tea is {fresh('oolong')}."
+    note = f"My favourite tea is oolong from the {fresh('hill')} estate."
     async with _session(gateway, gateway.token("user", sub="mcp-alice")) as session:
         stored = await _call(session, "remember", text=note)
         assert stored["id"]
-        recalled = await _call(session, "recall", query="Which tea do I like?", limit=5)
-    assert note in [m["text"] for m in recalled["memories"]]
+        assert stored["prompt"] == note
+        recalled = await _call(session, "recall", query="my favourite tea, oolong", limit=5)
+    assert stored["id"] in [m["id"] for m in recalled["memories"]]
+    # The memory routes see what the tool remembered: one memory, whoever writes it.
+    async with gateway.client() as http:
+        listed = await http.get("/api/v1/memory", headers=gateway.auth("user", sub="mcp-alice"))
+    assert listed.status_code == 200, listed.text
+    assert stored["id"] in [item["id"] for item in listed.json()["items"]]
     async with _session(gateway, gateway.token("user", sub="mcp-bob")) as session:
-        theirs = await _call(session, "recall", query="Which tea do I like?", limit=5)
-    assert note not in [m["text"] for m in theirs["memories"]]
+        theirs = await _call(session, "recall", query="my favourite tea, oolong", limit=5)
+    assert stored["id"] not in [m["id"] for m in theirs["memories"]]
 
 
 async def test_the_endpoint_needs_a_token(gateway: RunningGateway) -> None:

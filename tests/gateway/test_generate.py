@@ -141,6 +141,11 @@ async def test_options_without_a_stage_are_refused(
         ({"prompt": "q", "context": {"collection": "docs"}}, "context"),
         ({"prompt": "q", "store_embedding": True}, "store_embedding"),
         ({"prompt": "q", "use_feedback": True}, "use_feedback"),
+        ({"prompt": "q", "memory": True}, "memory"),
+        (
+            {"messages": [{"role": "user", "content": "q"}], "conversation_id": "c1"},
+            "conversation_id",
+        ),
     ):
         response = await client.post(GENERATE, json=body, headers=gateway.auth("admin"))
         assert response.status_code == 501, response.text

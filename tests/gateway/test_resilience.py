@@ -209,7 +209,9 @@ async def test_the_table_decides_which_calls_are_retried(fakes: FakeBackends) ->
     assert retried["lodestar.inference.v1.InferenceService.StreamGenerateText"]
 
 
-async def test_all_replicas_open_answers_503_at_once(fakes: FakeBackends) -> None:
+async def test_all_replicas_open_refuses_writes_at_once_and_reads_within_their_deadline(
+    fakes: FakeBackends,
+) -> None:
     dead = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
     settings = gateway_settings(
         fakes.address("embedding"),
@@ -219,25 +221,90 @@ async def test_all_replicas_open_answers_503_at_once(fakes: FakeBackends) -> Non
         breaker_open_s=30,
     )
     async with run_gateway(settings) as gw, gw.client() as http:
-        headers = gw.auth("viewer")
+        headers = {**gw.auth("viewer"), "X-Request-Timeout": "0.5"}
         for _ in range(2):
             response = await http.post(SEARCH, json=BODY, headers=headers)
             assert response.status_code == 503
         assert [breaker_state(a) for a in dead] == [2, 2]
         calls = backend_calls("vector")
+        # A read waits for a replica to come back, but no longer than its deadline.
+        started = time.monotonic()
         response = await http.post(SEARCH, json=BODY, headers=headers)
+        waited = time.monotonic() - started
         assert response.status_code == 503
-        # Refused without trying a replica, nor waiting for a probe of one.
-        assert backend_calls("vector") == calls
-        assert [breaker_state(a) for a in dead] == [2, 2]
+        assert 0.4 <= waited < 3, waited
         assert response.json()["error"]["details"]["reason"] == "BACKEND_UNAVAILABLE"
         assert 25 <= int(response.headers["retry-after"]) <= 30
+        # A call that may not be sent twice is refused at once, without a try.
+        started = time.monotonic()
+        response = await http.post(
+            "/api/v1/collections",
+            json={"name": "beta", "dimension": 4},
+            headers=gw.auth("admin"),
+        )
+        assert response.status_code == 503, response.text
+        assert time.monotonic() - started < 0.4
+        assert 25 <= int(response.headers["retry-after"]) <= 30
+        assert backend_calls("vector") == calls
+        assert [breaker_state(a) for a in dead] == [2, 2]
         health = await http.get("/api/v1/health", headers=gw.auth("admin"))
         assert health.status_code == 503
         vector = health.json()["backends"]["vector"]
         assert vector["status"] == "unavailable"
         assert {r["breaker"] for r in vector["replicas"]} == {"open"}
         assert health.json()["backends"]["embedding"]["status"] == "ok"
+
+
+async def test_reads_and_writes_ride_out_a_restart_of_the_only_replica(
+    fakes: FakeBackends,
+) -> None:
+    vector = FakeVector()
+    server = await start_vector_fake(vector)
+    port = server.port
+    address = f"127.0.0.1:{port}"
+    settings = gateway_settings(
+        fakes.address("embedding"),
+        address,
+        fakes.address("inference"),
+        breaker_failure_threshold=1,
+        breaker_open_s=5,
+    )
+    try:
+        async with run_gateway(settings) as gw, gw.client() as http:
+            headers = gw.auth("editor")
+            assert (await http.post(SEARCH, json=BODY, headers=headers)).status_code == 200
+            await server.stop(0)
+            # Calls made while the only replica is down, one before its breaker
+            # opens and some after, all wait for it.
+            started = time.monotonic()
+            calls = [
+                asyncio.create_task(http.post(SEARCH, json=BODY, headers=headers)),
+                asyncio.create_task(
+                    http.get("/api/v1/vectors/1?collection=alpha", headers=headers)
+                ),
+            ]
+            await asyncio.sleep(0.3)
+            calls.append(
+                asyncio.create_task(
+                    http.post(
+                        "/api/v1/vectors/insert",
+                        json={
+                            "collection": "alpha",
+                            "points": [{"id": "7", "vector": [1, 0, 0, 0]}],
+                        },
+                        headers=headers,
+                    )
+                )
+            )
+            await asyncio.sleep(0.5)
+            server = await start_vector_fake(vector, port=port)
+            answers = await asyncio.gather(*calls)
+            assert [r.status_code for r in answers] == [200, 200, 200], [r.text for r in answers]
+            # Back well before the breaker's 5 s open period would have ended.
+            assert time.monotonic() - started < 4
+            assert breaker_state(address) == BreakerState.CLOSED
+    finally:
+        await server.stop(0)
 
 
 async def test_failover_when_a_replica_dies_and_recovery(fakes: FakeBackends) -> None:

@@ -362,3 +362,15 @@ async def test_analytics_passthrough(
     assert vectors.json()["total_points"] == 3
     usage = await client.get("/api/v1/analytics/usage?subject=alice", headers=headers)
     assert usage.json()["usage"][0]["route"] == "POST /api/v1/generate"
+
+
+async def test_personalized_search_needs_the_flows(
+    gateway: RunningGateway, client: httpx.AsyncClient
+) -> None:
+    response = await client.post(
+        "/api/v1/vectors/search",
+        json={"collection": "docs", "vector": [1.0, 0.0], "personalize": True},
+        headers=gateway.auth("admin"),
+    )
+    assert response.status_code == 501, response.text
+    assert response.json()["error"]["details"]["field_violations"][0]["field"] == "personalize"

@@ -188,10 +188,11 @@ async def test_json_schema_output_parses_and_fits_the_schema(stub: Stub) -> None
 async def test_json_object_and_gbnf_grammar_constrain_the_output(stub: Stub) -> None:
     response = await generate(
         stub,
-        messages=chat("Give me some data."),
-        sampling=pb.SamplingOptions(max_tokens=200, seed=3),
+        messages=chat("Give me a JSON object with a person's name and age."),
+        sampling=pb.SamplingOptions(max_tokens=200, temperature=0.0),
         constraint=pb.OutputConstraint(json_object=True),
     )
+    assert response.finish_reason == pb.FINISH_REASON_STOP
     assert isinstance(json.loads(response.text), dict)
 
     answer = await generate(

@@ -3,22 +3,20 @@
 
 Tools: ``list_collections``, ``search`` (text, filter), ``ask`` (an answer,
 grounded in a collection's passages with their sources when one is named),
-``remember`` and ``recall`` (the caller's own memories: notes it stored and the
-interactions ``store_embedding`` stored for it, in the conversations
-collection, always filtered by the caller's subject).
+``remember`` and ``recall`` (the caller's personal memory, through
+``flows.personal`` as the memory routes use it).
 
 Every HTTP request to ``/mcp`` needs the platform's bearer token (401 as on
 any route); every tool call then goes through the same ``Requirement`` as the
 REST route doing the same work (permission, rate-limit class, deadline), the
 same collection allow-list check and the token's tenant, and the same request
-models validate its arguments. A refusal is the tool's error result, whose
+models or functions validate its arguments. A refusal is the tool's error result, whose
 message starts with the reason (``MISSING_PERMISSION: ...``).
 """
 
 from __future__ import annotations
 
 import contextlib
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -30,20 +28,19 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from lodestar.runtime.errors import LodestarError
-from lodestar.runtime.protojson import dict_to_struct
 from lodestar.services.gateway.call import Call
 from lodestar.services.gateway.context import gateway_of
 from lodestar.services.gateway.convert import vector as convert
 from lodestar.services.gateway.deps import authenticate, require
 from lodestar.services.gateway.errors import response_for
-from lodestar.services.gateway.flows.memory import upsert_creating
+from lodestar.services.gateway.flows import personal
+from lodestar.services.gateway.flows.runtime import FlowsRuntime
 from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.schemas.inference import GenerateRequest
 from lodestar.services.gateway.schemas.vector import SearchRequest
 from lodestar.vector.v1 import vector_service_pb2 as vpb
 
-MEMORY_KIND = "memory"
 _INSTRUCTIONS = (
     "Lodestar: vector collections, semantic search, retrieval-augmented answers with sources, "
     "and a personal memory. Every tool acts with the permissions of the bearer token."
@@ -51,7 +48,9 @@ _INSTRUCTIONS = (
 
 _SEARCH = require(Permission.SEARCH_VECTORS, RouteClass.READ)
 _GENERATE = require(Permission.GENERATE_TEXT, RouteClass.GENERATE)
-_REMEMBER = require(Permission.INSERT_VECTORS, RouteClass.WRITE)
+# As the memory routes (``flows.personal_routes``).
+_MEMORY_READ = require(Permission.GENERATE_TEXT, RouteClass.READ)
+_MEMORY_WRITE = require(Permission.GENERATE_TEXT, RouteClass.WRITE)
 
 Limit = Annotated[int, Field(ge=1, le=50, description="Most results.")]
 
@@ -89,10 +88,10 @@ async def _search(call: Call, body: SearchRequest) -> list[dict[str, Any]]:
     return hits
 
 
-def _conversations(call: Call, request: Request) -> str:
+def _flows(request: Request) -> FlowsRuntime:
     flows = gateway_of(request).flows
     assert flows is not None  # the MCP server is mounted on gateways with flows
-    return call.collection(flows.settings.conversations_collection)
+    return flows
 
 
 def build_server() -> MCPServer:
@@ -183,70 +182,30 @@ def build_server() -> MCPServer:
     async def remember(
         ctx: Context,
         text: Annotated[str, Field(min_length=1, max_length=8000)],
-        session_id: str | None = None,
+        answer: str = "",
     ) -> dict[str, Any]:
-        """Store a note in the caller's memory; ``recall`` finds it again by meaning."""
+        """Remember something for the caller (a note, or an exchange: ``text`` and its
+        ``answer``); ``recall`` and ``memory: true`` generations find it again."""
         try:
             request = _request(ctx)
-            call = await _call(ctx, _REMEMBER)
-            name = _conversations(call, request)
-            vector = (await call.backends.embedding.embed([text], call.options))[0]
-            payload: dict[str, Any] = {
-                "kind": MEMORY_KIND,
-                "subject": call.principal.subject,
-                "session_id": session_id or "",
-                "created_at": datetime.now(UTC).isoformat(),
-                "text": text,
-            }
-            if call.settings.store_text_key:
-                payload[call.settings.store_text_key] = text
-            point_id = convert.new_point_id()
-            point = vpb.Point(id=point_id, vector=vector)
-            dict_to_struct(payload, point.payload)
-            await upsert_creating(
-                call, vpb.UpsertPointsRequest(collection=name, points=[point], tenant=call.tenant)
-            )
+            call = await _call(ctx, _MEMORY_WRITE)
+            item = await personal.remember(call, _flows(request), text, answer)
         except LodestarError as error:
             raise _refusal(error) from None
-        return {"collection": name, "id": convert.point_id_from_proto(point_id)}
+        return item.as_dict()
 
     @server.tool()
     async def recall(ctx: Context, query: str, limit: Limit = 5) -> dict[str, Any]:
-        """The caller's memories (notes and stored interactions) nearest to ``query``."""
+        """The caller's own remembered items most similar to ``query``, best first."""
         try:
             request = _request(ctx)
-            call = await _call(ctx, _SEARCH)
-            mine = {"key": "subject", "match": {"keyword": call.principal.subject}}
-            body = SearchRequest.model_validate(
-                {
-                    "collection": _conversations(call, request),
-                    "text": query,
-                    "limit": limit,
-                    "filter": {"must": [mine]},
-                }
-            )
-            hits = await _search(call, body)
+            call = await _call(ctx, _MEMORY_READ)
+            items = await personal.recall_text(call, _flows(request), query, limit=limit)
         except LodestarError as error:
-            if error.reason == "COLLECTION_NOT_FOUND":
-                return {"memories": []}
             raise _refusal(error) from None
-        return {"memories": [_memory(hit) for hit in hits]}
+        return {"memories": [item.as_dict() for item in items]}
 
     return server
-
-
-def _memory(hit: dict[str, Any]) -> dict[str, Any]:
-    payload = hit.get("payload") or {}
-    text = payload.get("text")
-    if not text and payload.get("kind") != MEMORY_KIND:
-        text = f"{payload.get('prompt', '')}\n{payload.get('answer', '')}".strip()
-    return {
-        "id": hit["id"],
-        "score": hit["score"],
-        "kind": payload.get("kind", ""),
-        "text": text or "",
-        "created_at": payload.get("created_at", ""),
-    }
 
 
 class McpEndpoint:

@@ -48,6 +48,8 @@ OPTIONS: dict[str, Callable[[GenerateRequest], bool]] = {
     "context": lambda r: r.context is not None,
     "store_embedding": lambda r: r.store_embedding,
     "use_feedback": lambda r: r.use_feedback,
+    "memory": lambda r: r.memory,
+    "conversation_id": lambda r: r.conversation_id is not None,
 }
 
 

@@ -8,8 +8,11 @@ traffic; ``open_s`` later a gRPC health check probes it (half-open) and, if it
 answers SERVING, the breaker closes again. Probing with a health check rather
 than with a client's request means no client request is sacrificed to find
 out. Idempotent calls that fail with UNAVAILABLE are retried once, on another
-replica when there is one. When every breaker is open the call fails at once
-with 503 and a Retry-After of the time until the next probe.
+replica when there is one. When no replica is healthy, an idempotent call waits
+for one to come back (connectable and passing a health probe), at most one
+breaker period and within its deadline, so that reads ride out a restart; any
+other call, or one whose wait ends with none back, fails at once with 503 and a
+Retry-After of the time until the next probe.
 
 A backend's addresses may be DNS targets (``discovery``): the pool then holds one
 replica per address the name resolves to and follows the records as they change.
@@ -248,6 +251,9 @@ class ReplicaHealth:
 # Deadline of a half-open probe (a gRPC health check): a replica that is up answers
 # one in milliseconds.
 PROBE_TIMEOUT_S: Final = 1.0
+# First pause between health probes of a replica that accepts connections but is not
+# serving yet, while a call waits for it (doubling up to PROBE_TIMEOUT_S).
+RECOVERY_PAUSE_S: Final = 0.05
 # Longest wait between a channel's attempts to reconnect to a replica that is down,
 # so that one that comes back is found within seconds, not minutes.
 RECONNECT_BACKOFF_MAX_S: Final = 2.0
@@ -412,21 +418,28 @@ class ReplicaPool:
             return exclude
         return best
 
-    async def _choose(self, exclude: Replica | None, deadline: Deadline) -> Replica:
+    async def _choose(self, exclude: Replica | None, deadline: Deadline, wait: bool) -> Replica:
+        """A replica for the next attempt, other than ``exclude`` when another is
+        healthy. With ``wait`` (an idempotent call) and none healthy, the call waits
+        for one to come back instead of failing: see ``_recovered``."""
         await self._discover()
         replica = self._pick(exclude)
-        if replica is not None:
+        if replica is not None and not (wait and replica is exclude):
             return replica
-        if self._probes:
+        if wait:
+            back = await self._recovered(deadline)
+            if back is not None:
+                return back
+        elif self._probes:
             # Every breaker is open but some replica is being probed: a quick
             # answer from it beats refusing the request.
-            wait = min(PROBE_TIMEOUT_S, max(0.0, deadline.remaining()))
+            timeout = min(PROBE_TIMEOUT_S, max(0.0, deadline.remaining()))
             await asyncio.wait(
-                list(self._probes.values()), timeout=wait, return_when=asyncio.FIRST_COMPLETED
+                list(self._probes.values()), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
             replica = self._pick(exclude)
-            if replica is not None:
-                return replica
+        if replica is not None:
+            return replica
         retry_after = min((r.breaker.retry_after() for r in self.replicas), default=0.0)
         raise AllReplicasUnavailable(
             f"every replica of the {self.backend} service is failing; retry shortly",
@@ -434,6 +447,48 @@ class ReplicaPool:
             metadata={"backend": self.backend},
             retry_after_s=max(1.0, retry_after),
         )
+
+    async def _recovered(self, deadline: Deadline) -> Replica | None:
+        """The first replica to accept connections and pass a health probe again,
+        waiting at most one breaker period and never past ``deadline``; None if
+        none does. A restarting service (one process per data directory, as the
+        embedded vector service is) is back well within a breaker period, and a read
+        waiting for it beats a 503; the wait is bounded so that calls to a backend
+        that is really down do not pile up."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + min(self._open_s, max(0.0, deadline.remaining()))
+        pause = RECOVERY_PAUSE_S
+        while (left := end - loop.time()) > 0:
+            waiting = [
+                asyncio.ensure_future(replica.channel.channel_ready()) for replica in self.replicas
+            ]
+            if not waiting:
+                return None
+            done, pending = await asyncio.wait(
+                waiting, timeout=left, return_when=asyncio.FIRST_COMPLETED
+            )
+            for future in pending:
+                future.cancel()
+            if not done:
+                return None
+            for replica in self.replicas:
+                state = replica.channel.get_state(try_to_connect=False)
+                if state is grpc.ChannelConnectivity.READY and await self._probe_once(replica):
+                    return replica
+            # Connected but not serving (still draining, or still starting):
+            # look again shortly.
+            await asyncio.sleep(min(pause, max(0.0, end - loop.time())))
+            pause = min(pause * 2, PROBE_TIMEOUT_S)
+        return None
+
+    async def _probe_once(self, replica: Replica) -> bool:
+        """Whether ``replica`` is serving, by the probe in flight for it or a new one
+        (concurrent waiters share one health check)."""
+        self._start_probe(replica)
+        task = self._probes.get(id(replica))
+        if task is None:  # pragma: no cover - it ended within the call above
+            return replica.breaker.closed
+        return await asyncio.shield(task)
 
     def _start_probe(self, replica: Replica) -> None:
         key = id(replica)
@@ -478,7 +533,7 @@ class ReplicaPool:
         attempts = 2 if rpc.idempotent else 1
         exclude: Replica | None = None
         for attempt in range(attempts):
-            replica = await self._choose(exclude, options.deadline)
+            replica = await self._choose(exclude, options.deadline, rpc.idempotent)
             timeout = options.deadline.timeout(self.backend)
             call: Any = getattr(replica.stubs[rpc.service], method)
             replica.in_flight += 1
@@ -518,7 +573,7 @@ class ReplicaPool:
         attempts = 2 if rpc.idempotent else 1
         exclude: Replica | None = None
         for attempt in range(attempts):
-            replica = await self._choose(exclude, options.deadline)
+            replica = await self._choose(exclude, options.deadline, rpc.idempotent)
             open_call: Any = getattr(replica.stubs[rpc.service], method)
             call: grpc.aio.UnaryStreamCall[Req, Resp] = open_call(
                 request, timeout=options.deadline.timeout(self.backend), metadata=options.metadata

@@ -96,23 +96,78 @@ class SamplerConfig:
 
 
 class Sampler:
-    """A llama.cpp sampler chain owned by one sequence; ``free`` releases it.
+    """A llama.cpp sampler chain owned by one sequence, and its grammar sampler if its
+    output is constrained; ``free`` releases them.
 
     ``greedy`` marks a chain that only takes the most likely token: the engine then takes
     the argmax of the logits row itself, which skips the chain's copy of the whole
     vocabulary into a candidate array (about ten times cheaper per token).
+
+    The grammar is kept out of the chain: ``LlamaContext.sample`` lets the chain choose a
+    token first and asks the grammar about that one token, filtering the whole vocabulary
+    through it only when it refuses (as llama.cpp's own server does), because checking
+    every token of the vocabulary against the grammar costs more than the model's step.
     """
 
-    __slots__ = ("greedy", "pointer")
+    __slots__ = ("grammar", "greedy", "pointer")
 
-    def __init__(self, pointer: Any, *, greedy: bool = False) -> None:
+    def __init__(self, pointer: Any, *, greedy: bool = False, grammar: Any = None) -> None:
         self.pointer = pointer
         self.greedy = greedy
+        self.grammar = grammar
 
     def free(self) -> None:
         if self.pointer is not None:
             llama_cpp.llama_sampler_free(self.pointer)
             self.pointer = None
+        if self.grammar is not None:
+            llama_cpp.llama_sampler_free(self.grammar)
+            self.grammar = None
+
+
+# llama_token_data as a numpy record: the candidate arrays are filled from a logits row
+# with one vectorised assignment instead of a Python loop over the vocabulary.
+TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+assert TOKEN_DATA.itemsize == ctypes.sizeof(llama_cpp.llama_token_data)
+
+
+class Candidates:
+    """A reusable llama_token_data_array over ``size`` numpy-owned records."""
+
+    def __init__(self, size: int) -> None:
+        self.records: npt.NDArray[np.void] = np.zeros(size, dtype=TOKEN_DATA)
+        self._ids = np.arange(size, dtype=np.int32)
+        self._data = self.records.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data))
+        self.struct = llama_cpp.llama_token_data_array(self._data, size, -1, False)
+        self.pointer = ctypes.pointer(self.struct)
+
+    def fill(self, logits: npt.NDArray[np.float32]) -> None:
+        """Every token with its logit (all ``size`` of them), unsorted, none selected."""
+        records = self.records
+        records["id"] = self._ids
+        records["logit"] = logits
+        self._reset(records.shape[0])
+
+    def one(self, token: int) -> None:
+        """Only ``token``, with a finite logit."""
+        self.records[0] = (token, 0.0, 0.0)
+        self._reset(1)
+
+    def _reset(self, size: int) -> None:
+        struct = self.struct
+        struct.data = self._data  # type: ignore[assignment]  # a sampler may have moved it
+        struct.size = size
+        struct.selected = -1
+        struct.sorted = False
+
+    def chosen(self) -> int:
+        """The token the samplers selected."""
+        struct = self.struct
+        return int(struct.data[struct.selected].id)
+
+    def first_allowed(self) -> bool:
+        """Whether the first candidate is still possible (a grammar sets refused ones to -inf)."""
+        return bool(np.isfinite(self.struct.data[0].logit))
 
 
 class LlamaModel:
@@ -251,10 +306,6 @@ class LlamaModel:
         grammar = self.compile_grammar(config.grammar) if config.grammar is not None else None
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         add = llama_cpp.llama_sampler_chain_add
-        # The grammar filters the whole vocabulary first, so the later samplers only ever
-        # choose among tokens the grammar allows.
-        if grammar is not None:
-            add(chain, grammar)
         # Top-k before the penalty: penalising works per candidate, and 40 candidates
         # cost far less than the whole vocabulary (llama.cpp's own advice).
         if config.top_k > 0:
@@ -270,14 +321,14 @@ class LlamaModel:
             add(chain, llama_cpp.llama_sampler_init_greedy())
             # Top-k does not change which token is the most likely one.
             stateless = grammar is None and config.repeat_penalty == 1.0
-            return Sampler(chain, greedy=stateless)
+            return Sampler(chain, greedy=stateless, grammar=grammar)
         if config.top_p < 1.0:
             add(chain, llama_cpp.llama_sampler_init_top_p(config.top_p, 1))
         if config.min_p > 0.0:
             add(chain, llama_cpp.llama_sampler_init_min_p(config.min_p, 1))
         add(chain, llama_cpp.llama_sampler_init_temp(config.temperature))
         add(chain, llama_cpp.llama_sampler_init_dist(config.seed))
-        return Sampler(chain)
+        return Sampler(chain, grammar=grammar)
 
 
 class DecodeBatch:
@@ -353,6 +404,9 @@ class LlamaContext:
         self.max_sequences = max_sequences
         self.batch_size = int(llama_cpp.llama_n_batch(context))
         self.batch = DecodeBatch(self.batch_size)
+        # Candidate arrays of constrained sampling (used by the decode thread only).
+        self._candidates = Candidates(model.vocab_size)
+        self._probe = Candidates(1)
 
     def decode(self, n_tokens: int) -> int:
         """Run the model on the first ``n_tokens`` of the batch (releases the GIL)."""
@@ -366,7 +420,30 @@ class LlamaContext:
 
     def sample(self, sampler: Sampler, index: int) -> int:
         """Sample (and accept) the next token from the logits of batch row ``index``."""
-        return int(llama_cpp.llama_sampler_sample(sampler.pointer, self.pointer, index))
+        grammar = sampler.grammar
+        if grammar is None:
+            return int(llama_cpp.llama_sampler_sample(sampler.pointer, self.pointer, index))
+        vocab_size = self.model.vocab_size
+        row = np.ctypeslib.as_array(
+            llama_cpp.llama_get_logits_ith(self.pointer, index), shape=(vocab_size,)
+        )
+        candidates = self._candidates
+        candidates.fill(row)
+        llama_cpp.llama_sampler_apply(sampler.pointer, candidates.pointer)
+        token = candidates.chosen()
+        # Does the grammar allow the chain's choice? One token is cheap to check.
+        probe = self._probe
+        probe.one(token)
+        llama_cpp.llama_sampler_apply(grammar, probe.pointer)
+        if not probe.first_allowed():
+            # Refused: choose again among the tokens the grammar allows.
+            candidates.fill(row)
+            llama_cpp.llama_sampler_apply(grammar, candidates.pointer)
+            llama_cpp.llama_sampler_apply(sampler.pointer, candidates.pointer)
+            token = candidates.chosen()
+        llama_cpp.llama_sampler_accept(grammar, token)
+        llama_cpp.llama_sampler_accept(sampler.pointer, token)
+        return token
 
     def forget(self, seq_id: int) -> None:
         """Free every KV cell of a sequence."""

@@ -5,8 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from lodestar.services.gateway.backends import Backends
-from lodestar.services.gateway.flows import cluster, feedback
+from lodestar.services.gateway.flows import cluster, feedback, personal_routes
 from lodestar.services.gateway.flows.augment import ComposeStage
+from lodestar.services.gateway.flows.conversations import (
+    ConversationStage,
+    MemoryStage,
+    RememberStage,
+)
 from lodestar.services.gateway.flows.feedback import FeedbackStage
 from lodestar.services.gateway.flows.memory import StoreStage
 from lodestar.services.gateway.flows.rag import ContextStage
@@ -15,7 +20,7 @@ from lodestar.services.gateway.flows.settings import FlowsSettings
 from lodestar.services.gateway.flows.usage import UsageRecorder, UsageStage
 from lodestar.services.gateway.pipeline import GenerateStage
 
-ROUTERS: tuple[APIRouter, ...] = (feedback.router, cluster.router)
+ROUTERS: tuple[APIRouter, ...] = (feedback.router, cluster.router, personal_routes.router)
 
 
 def build_flows(settings: FlowsSettings, backends: Backends) -> FlowsRuntime:
@@ -24,12 +29,17 @@ def build_flows(settings: FlowsSettings, backends: Backends) -> FlowsRuntime:
 
 
 def flow_stages(flows: FlowsRuntime) -> list[GenerateStage]:
-    """The generation stages, in order: feedback and retrieval collect, compose
-    builds the prompt from what they found, then the answer is stored and counted."""
+    """The generation stages, in order: feedback and retrieval collect, the
+    conversation's history and the caller's memories go into the prompt, compose
+    builds the prompt from what was found, then the answer is stored, remembered
+    and counted."""
     return [
         FeedbackStage(flows),
         ContextStage(flows),
+        ConversationStage(flows),
+        MemoryStage(flows),
         ComposeStage(flows),
         StoreStage(flows),
+        RememberStage(flows),
         UsageStage(),
     ]

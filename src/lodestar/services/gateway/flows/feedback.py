@@ -3,8 +3,9 @@
 ``POST /api/v1/feedback`` scores an interaction stored by ``store_embedding``
 (1 = bad … 5 = good); the score is kept on the interaction's point. A later
 generation with ``use_feedback: true`` looks for well-scored interactions
-similar to its question (in the same tenant) and shows them to the model as
-earlier exchanges; its response lists the ones used under ``feedback``.
+similar to its question, among the caller's own and those an operator shared
+(``flows.personal``), and shows them to the model as earlier exchanges; its
+response lists the ones used under ``feedback``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from lodestar.services.gateway.flows.memory import (
     conversations,
     is_missing_collection,
 )
+from lodestar.services.gateway.flows.personal import visible_to
 from lodestar.services.gateway.flows.prompting import Example
 from lodestar.services.gateway.flows.runtime import FlowsRuntime
 from lodestar.services.gateway.permissions import Permission
@@ -177,6 +179,8 @@ class FeedbackStage:
                 key="feedback_score", range=vpb.Range(gte=settings.feedback_min_score)
             )
         )
+        # The caller's own interactions, or ones an operator shared.
+        request.filter.must.append(visible_to(call))
         try:
             response = await call.backends.vector.search_points(request, call.options)
         except LodestarError as error:

@@ -36,6 +36,8 @@ INTERACTION_SCHEMA = {
     "session_id": vpb.PAYLOAD_FIELD_TYPE_KEYWORD,
     "created_at": vpb.PAYLOAD_FIELD_TYPE_DATETIME,
     "feedback_score": vpb.PAYLOAD_FIELD_TYPE_FLOAT,
+    "conversation_id": vpb.PAYLOAD_FIELD_TYPE_KEYWORD,
+    "shared": vpb.PAYLOAD_FIELD_TYPE_BOOL,
 }
 # The embedding service refuses longer texts by default; the model reads far less.
 _EMBED_MAX_CHARS = 8000

@@ -16,6 +16,7 @@ from lodestar import limits
 from lodestar.runtime.protojson import struct_to_dict
 from lodestar.services.gateway.convert import vector as convert
 from lodestar.services.gateway.flows.augment import augmentation, question_vector
+from lodestar.services.gateway.flows.personal import private_exclusion
 from lodestar.services.gateway.flows.prompting import Passage, passage_text
 from lodestar.services.gateway.flows.runtime import FlowsRuntime
 from lodestar.services.gateway.permissions import Permission
@@ -51,6 +52,8 @@ class ContextStage:
         )
         if options.filter is not None:
             convert.filter_to_proto(options.filter, request.filter)
+        # Never another subject's private interactions as sources.
+        request.filter.must_not.append(private_exclusion(call))
         if options.score_threshold is not None:
             request.score_threshold = options.score_threshold
         start = time.perf_counter()

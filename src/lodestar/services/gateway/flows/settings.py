@@ -66,6 +66,28 @@ class FlowsSettings(BaseSettings):
         description="Longest prompt or answer of a past interaction used as example; like "
         "passage_max_chars, raise it for a model with a larger context.",
     )
+    memory_items: int = Field(
+        3,
+        ge=1,
+        le=20,
+        description="Most of a subject's own past interactions that memory: true recalls "
+        "into a prompt; more recall more, at the cost of prompt tokens.",
+    )
+    memory_min_similarity: float = Field(
+        0.35,
+        ge=-1,
+        le=1,
+        description="Least similarity between a question and a subject's past interaction "
+        "for memory: true to recall it; like feedback_min_similarity, its scale depends on "
+        "the embedding model.",
+    )
+    personalize_weight: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="How much personalize: true on a search weighs a hit's similarity to the "
+        "caller's profile against its similarity to the query (0: not at all, 1: only).",
+    )
     usage_excluded_routes: Annotated[tuple[str, ...], NoDecode] = Field(
         ("GET /api/v1/health", "GET /metrics"),
         description="Route templates not counted in usage analytics (probes, scrapes), "

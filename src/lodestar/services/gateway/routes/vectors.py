@@ -16,9 +16,12 @@ from starlette.responses import Response
 from lodestar import limits
 from lodestar.runtime.errors import InvalidArgument, NotFound
 from lodestar.services.gateway.call import Call
+from lodestar.services.gateway.context import gateway_of
 from lodestar.services.gateway.convert import vector as convert
 from lodestar.services.gateway.deps import require
+from lodestar.services.gateway.flows.personal import personalized_search
 from lodestar.services.gateway.permissions import Permission
+from lodestar.services.gateway.pipeline import NotEnabled
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.responses import respond, respond_json
 from lodestar.services.gateway.routes.base import api_router
@@ -33,9 +36,9 @@ from lodestar.services.gateway.schemas.vector import (
     DeletePointResponse,
     InsertRequest,
     InsertResponse,
+    PersonalizedSearchRequest,
     Point,
     RecommendRequest,
-    SearchRequest,
     SearchResponse,
     UpdatePointRequest,
     UpdatePointResponse,
@@ -71,19 +74,27 @@ def _point_id(text: str) -> int | UUID:
 
 @router.post("/vectors/search", response_model=SearchResponse, summary="Similarity search")
 async def search_vectors(
-    body: SearchRequest,
+    body: PersonalizedSearchRequest,
     call: Annotated[Call, Depends(require(Permission.SEARCH_VECTORS, RouteClass.READ))],
 ) -> Response:
-    """Nearest neighbours of a vector or a text, with filter and threshold."""
+    """Nearest neighbours of a vector or a text, with filter and threshold;
+    ``personalize`` re-ranks them for the caller (``flows.personal``)."""
     call.collection(body.collection)
     vector = body.vector if body.vector is not None else (await embed(call, [body.text or ""]))[0]
     request = convert.search_to_proto(body, vector, tenant=call.tenant)
-    response = await call.backends.vector.search_points(request, call.options)
-    return respond_json(
-        convert.hits_from_proto(
-            response, with_payload=body.with_payload, with_vector=body.with_vector
-        )
+    if body.personalize:
+        flows = gateway_of(call.request).flows
+        if flows is None:
+            raise NotEnabled("personalize")
+        response, personalized = await personalized_search(call, flows, request)
+    else:
+        response = await call.backends.vector.search_points(request, call.options)
+    hits = convert.hits_from_proto(
+        response, with_payload=body.with_payload, with_vector=body.with_vector
     )
+    if body.personalize:
+        hits["personalized"] = personalized
+    return respond_json(hits)
 
 
 @router.get("/vectors/{id}", response_model=Point, summary="Get a point")

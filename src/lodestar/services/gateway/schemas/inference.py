@@ -107,6 +107,20 @@ class GenerateRequest(GenerateItem):
         max_length=128,
         description="Conversation the interaction belongs to (stored with store_embedding).",
     )
+    conversation_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9._:-]+$",
+        description="Keep this exchange as a turn of the caller's own conversation (a new id "
+        "starts one); the model sees the earlier turns, oldest dropped when they do not fit. "
+        "Send only the new messages.",
+    )
+    memory: bool = Field(
+        False,
+        description="Recall the caller's own relevant past interactions into the context, "
+        "and remember this one.",
+    )
 
     @model_validator(mode="after")
     def _collection_needs_store(self) -> GenerateRequest:
@@ -115,6 +129,8 @@ class GenerateRequest(GenerateItem):
                 "collection is where store_embedding stores and use_feedback looks; "
                 "set store_embedding or use_feedback"
             )
+        if self.conversation_id is not None and self.messages is None:
+            raise ValueError("conversation_id needs messages (the new turn), not prompt")
         return self
 
 

@@ -273,9 +273,22 @@ class SearchRequest(RequestModel):
         return self
 
 
+class PersonalizedSearchRequest(SearchRequest):
+    """``POST /vectors/search``: one search, which may be personalised."""
+
+    personalize: bool = Field(
+        False,
+        description="Re-rank the hits for the caller: each score is blended with the hit's "
+        "similarity to the caller's profile (what they have talked about); needs the flows.",
+    )
+
+
 class SearchResponse(ResponseModel):
     points: list[ScoredPoint]
     time_ms: float
+    personalized: bool | None = Field(
+        None, description="With personalize: whether the caller had a profile to rank by."
+    )
 
 
 class BatchSearchRequest(RequestModel):
