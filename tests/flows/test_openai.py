@@ -227,7 +227,7 @@ async def test_errors_have_openai_shape(
     assert hot.value.type == "invalid_request_error"
 
     with pytest.raises(openai.BadRequestError) as many:
-        await oai.chat.completions.create(model=models["chat"], messages=QUESTION, n=2)
+        await oai.chat.completions.create(model=models["chat"], messages=QUESTION, n=99)
     assert many.value.param == "n"
 
     with pytest.raises(openai.BadRequestError) as empty:
@@ -249,7 +249,7 @@ async def test_error_body_fields(gateway: RunningGateway) -> None:
     async with gateway.client() as http:
         reply = await http.post(
             "/v1/chat/completions",
-            json={"model": "x", "messages": [{"role": "tool", "content": "hi"}]},
+            json={"model": "x", "messages": [{"role": "function", "content": "hi"}]},
             headers=gateway.auth("user"),
         )
     assert reply.status_code == 400
@@ -264,7 +264,7 @@ async def test_the_prompt_may_not_exceed_the_context(
     with pytest.raises(openai.BadRequestError) as raised:
         await oai.completions.create(model=models["chat"], prompt="word " * 3000, max_tokens=4)
     assert raised.value.param == "prompt"
-    assert raised.value.code == "prompt_too_long"
+    assert raised.value.code == "context_length_exceeded"
 
 
 async def test_usage_of_openai_routes_counts_tokens(

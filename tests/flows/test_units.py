@@ -218,6 +218,8 @@ def test_backend_fields_map_to_openai_parameters() -> None:
     assert param_of("texts[3]") == "input[3]"
     assert param_of("messages[0].content") == "messages[0].content"
     assert param_of("constraint.json_schema") == "response_format"
+    assert param_of("constraint.tool_call") == "tool_choice"
+    assert param_of("tools[2].parameters") == "tools[2].function.parameters"
     body = lodestar_error_body(
         InvalidArgument("too long", field="prompt", reason="PROMPT_TOO_LONG")
     )
@@ -226,7 +228,7 @@ def test_backend_fields_map_to_openai_parameters() -> None:
             "message": "too long",
             "type": "invalid_request_error",
             "param": "prompt",
-            "code": "prompt_too_long",
+            "code": "context_length_exceeded",
         }
     }
 

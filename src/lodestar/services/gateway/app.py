@@ -10,6 +10,7 @@ and the OpenAI-compatible API; without, the core REST API alone.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -29,6 +30,7 @@ from lodestar.services.gateway.flows.assembly import ROUTERS as FLOWS_ROUTERS
 from lodestar.services.gateway.flows.assembly import build_flows, flow_stages
 from lodestar.services.gateway.flows.settings import FlowsSettings
 from lodestar.services.gateway.flows.usage import Scope, UsageMiddleware, UsageRecorder
+from lodestar.services.gateway.mcp import McpEndpoint, mcp_route
 from lodestar.services.gateway.middleware import GatewayMiddleware
 from lodestar.services.gateway.openai.routes import router as openai_router
 from lodestar.services.gateway.permissions import Permission
@@ -173,7 +175,8 @@ def create_app(
         try:
             if gateway.flows is not None:
                 gateway.flows.start()
-            yield
+            async with mcp.lifespan() if mcp is not None else contextlib.nullcontext():
+                yield
         finally:
             await gateway.close()
 
@@ -194,6 +197,10 @@ def create_app(
     for router in routers:
         app.include_router(router)
     app.state.routers = routers
+    mcp: McpEndpoint | None = None
+    if flows is not None:
+        route, mcp = mcp_route()
+        app.router.routes.append(route)
     _install_openapi_security(app)
     app.add_middleware(
         GatewayMiddleware,  # type: ignore[arg-type]

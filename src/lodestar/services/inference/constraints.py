@@ -12,7 +12,8 @@ from typing import Literal
 
 from lodestar.runtime.errors import InvalidArgument
 
-ConstraintKind = Literal["json_object", "json_schema", "grammar"]
+# ``tool_call``'s source is the GBNF built from the request's tools (``tools.call_grammar``).
+ConstraintKind = Literal["json_object", "json_schema", "grammar", "tool_call"]
 
 MAX_CONSTRAINT_CHARS = 100_000
 
@@ -36,6 +37,8 @@ def to_gbnf(constraint: OutputConstraint) -> str:
     field = constraint.field
     if constraint.kind == "json_object":
         return llama_grammar.JSON_GBNF
+    if constraint.kind == "tool_call":
+        return constraint.source
     source = constraint.source
     if not source.strip():
         raise InvalidArgument(f"{field} is empty", field=field, reason="EMPTY_CONSTRAINT")

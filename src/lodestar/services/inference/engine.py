@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from opentelemetry import trace
 
@@ -39,6 +40,7 @@ from lodestar.services.inference.model import (
 )
 from lodestar.services.inference.scheduler import Scheduler
 from lodestar.services.inference.settings import InferenceSettings
+from lodestar.services.inference.tools import ToolSpec, with_tools
 
 # llama.cpp treats this seed value as "pick a random seed".
 _RANDOM_SEED = 0xFFFFFFFF
@@ -135,7 +137,13 @@ class InferenceEngine:
     def tokenize(self, text: str) -> list[int]:
         return self.model.tokenize(text)
 
-    def render_chat(self, messages: Sequence[tuple[str, str]], *, field: str = "messages") -> str:
+    def render_chat(
+        self,
+        messages: Sequence[Mapping[str, Any] | tuple[str, str]],
+        *,
+        tools: Sequence[ToolSpec] = (),
+        field: str = "messages",
+    ) -> str:
         """The conversation in the model's chat template; InvalidArgument if it rejects it."""
         if self.model.chat_template is None:
             raise FailedPrecondition(
@@ -144,7 +152,14 @@ class InferenceEngine:
                 reason="NO_CHAT_TEMPLATE",
             )
         try:
-            return self.model.render_chat(messages)
+            dicts = [
+                {"role": m[0], "content": m[1]} if isinstance(m, tuple) else dict(m)
+                for m in messages
+            ]
+            turns, template_tools = with_tools(
+                dicts, tools, template_renders_tools=self.model.template_renders_tools
+            )
+            return self.model.render_chat(turns, template_tools)
         except Exception as error:
             raise InvalidArgument(
                 f"{field} cannot be rendered with the model's chat template: {error}",
@@ -193,6 +208,7 @@ class InferenceEngine:
             stream,
             loop,
             time.perf_counter() if arrival is None else arrival,
+            params.top_logprobs,
         )
         stream.request = request
         if not self._scheduler.submit(request):

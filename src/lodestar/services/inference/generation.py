@@ -18,6 +18,7 @@ from opentelemetry import trace
 
 from lodestar.runtime.errors import Internal, LodestarError
 from lodestar.services.inference.constraints import OutputConstraint
+from lodestar.services.inference.logprobs import TokenLogprob
 from lodestar.services.inference.model import Sampler
 from lodestar.services.inference.text import TextStream
 
@@ -54,6 +55,8 @@ class GenerationParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     constraint: OutputConstraint | None = None
+    # Alternatives per token to report; None reports no log probabilities.
+    top_logprobs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -91,14 +94,19 @@ class Completion:
 class GenerationResult:
     text: str
     completion: Completion
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
 class StreamChunk:
-    """Text since the previous chunk; ``completion`` is set on the last one."""
+    """Text since the previous chunk; ``completion`` is set on the last one.
+
+    ``logprobs`` are the tokens generated since the previous chunk, when asked for.
+    """
 
     text: str
     completion: Completion | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -132,6 +140,7 @@ class Request:
         "fed",
         "first_token_at",
         "last_token",
+        "logprobs",
         "loop",
         "max_tokens",
         "n_past",
@@ -145,6 +154,7 @@ class Request:
         "span",
         "stream",
         "text",
+        "top_logprobs",
     )
 
     def __init__(
@@ -156,8 +166,12 @@ class Request:
         stream: GenerationStream,
         loop: asyncio.AbstractEventLoop,
         arrival: float,
+        top_logprobs: int | None = None,
     ) -> None:
         self.prompt = prompt
+        self.top_logprobs = top_logprobs
+        # Entries of tokens not yet handed to the stream (decode thread only).
+        self.logprobs: list[TokenLogprob] = []
         self.sampler = sampler
         self.max_tokens = max_tokens
         self.text = TextStream(stops)
@@ -180,10 +194,19 @@ class Request:
         self.completion_tokens = 0
         self.span: trace.Span | None = None
 
+    def take_logprobs(self) -> list[TokenLogprob]:
+        """The entries not yet sent, handed over with the event that carries their text."""
+        if not self.logprobs:
+            return []
+        taken = self.logprobs
+        self.logprobs = []
+        return taken
 
-# What the decode thread tells a stream: new text, and on the last event either the
-# completion or the error that ended it.
-Event = tuple[Request, str, Completion | None, LodestarError | None]
+
+# What the decode thread tells a stream: new text (and its tokens' log probabilities,
+# when asked for), and on the last event either the completion or the error that
+# ended it.
+Event = tuple[Request, str, Completion | None, LodestarError | None, list[TokenLogprob]]
 
 
 class GenerationStream:
@@ -197,6 +220,7 @@ class GenerationStream:
     def __init__(self, cancel: Callable[[Request], None]) -> None:
         self._cancel = cancel
         self._pending: list[str] = []
+        self._logprobs: list[TokenLogprob] = []
         self._completion: Completion | None = None
         self._error: LodestarError | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -205,10 +229,16 @@ class GenerationStream:
 
     # Called on the event loop by ``dispatch``.
     def _deliver(
-        self, text: str, completion: Completion | None, error: LodestarError | None
+        self,
+        text: str,
+        completion: Completion | None,
+        error: LodestarError | None,
+        logprobs: list[TokenLogprob],
     ) -> None:
         if text:
             self._pending.append(text)
+        if logprobs:
+            self._logprobs.extend(logprobs)
         if completion is not None:
             self._completion = completion
         if error is not None:
@@ -231,11 +261,11 @@ class GenerationStream:
                 self._done = True
                 text = "".join(self._pending)
                 self._pending.clear()
-                return StreamChunk(text, self._completion)
-            if self._pending:
-                text = "".join(self._pending) if len(self._pending) > 1 else self._pending[0]
+                return StreamChunk(text, self._completion, self._take_logprobs())
+            if self._pending or self._logprobs:
+                text = self._pending[0] if len(self._pending) == 1 else "".join(self._pending)
                 self._pending.clear()
-                return StreamChunk(text)
+                return StreamChunk(text, logprobs=self._take_logprobs())
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
@@ -244,6 +274,13 @@ class GenerationStream:
                 raise
             finally:
                 self._waiter = None
+
+    def _take_logprobs(self) -> tuple[TokenLogprob, ...]:
+        if not self._logprobs:
+            return ()
+        taken = tuple(self._logprobs)
+        self._logprobs.clear()
+        return taken
 
     @property
     def finished(self) -> bool:
@@ -257,11 +294,13 @@ class GenerationStream:
     async def collect(self) -> GenerationResult:
         """Wait for the whole answer."""
         parts: list[str] = []
+        logprobs: list[TokenLogprob] = []
         try:
             async for chunk in self:
                 parts.append(chunk.text)
+                logprobs.extend(chunk.logprobs)
                 if chunk.completion is not None:
-                    return GenerationResult("".join(parts), chunk.completion)
+                    return GenerationResult("".join(parts), chunk.completion, tuple(logprobs))
         finally:
             self.cancel()
         raise Internal("generation ended without a result")
@@ -269,5 +308,5 @@ class GenerationStream:
 
 def dispatch(events: list[Event]) -> None:
     """Deliver events to their streams; runs on the streams' event loop."""
-    for request, text, completion, error in events:
-        request.stream._deliver(text, completion, error)
+    for request, text, completion, error, logprobs in events:
+        request.stream._deliver(text, completion, error, logprobs)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -251,8 +251,18 @@ class LlamaModel:
     def detokenize(self, tokens: Sequence[int]) -> str:
         return b"".join(self.pieces[t] for t in tokens).decode("utf-8", errors="replace")
 
-    def render_chat(self, messages: Sequence[tuple[str, str]]) -> str:
-        """The conversation in the model's own chat template, ready for its answer."""
+    @property
+    def template_renders_tools(self) -> bool:
+        """Whether the chat template renders a ``tools`` list itself."""
+        return self.chat_template is not None and "tools" in self.chat_template
+
+    def render_chat(
+        self,
+        messages: Sequence[Mapping[str, Any] | tuple[str, str]],
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str:
+        """The conversation (OpenAI-style message dicts, or (role, content) pairs) in the
+        model's own chat template, ready for its answer."""
         if self.chat_template is None:
             raise ValueError("the model has no chat template")
         with self._chat_lock:
@@ -266,7 +276,10 @@ class LlamaModel:
                     add_generation_prompt=True,
                 )
             formatter = self._chat_formatter
-        result = formatter(messages=[{"role": r, "content": c} for r, c in messages])
+        turns = [
+            {"role": m[0], "content": m[1]} if isinstance(m, tuple) else dict(m) for m in messages
+        ]
+        result = formatter(messages=turns, tools=tools)
         prompt: str = result.prompt
         return prompt
 

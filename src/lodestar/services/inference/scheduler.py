@@ -33,6 +33,7 @@ from lodestar.services.inference.generation import (
     Usage,
     dispatch,
 )
+from lodestar.services.inference.logprobs import token_logprob
 from lodestar.services.inference.model import LlamaContext, LlamaModel
 from lodestar.services.inference.prompt_cache import Slots
 
@@ -129,7 +130,7 @@ class Scheduler:
                 events.append(self._finish(request, FinishReason.STOP, failure))
             except Exception:
                 _log.exception("could not release a sequence")
-                events.append((request, "", None, failure))
+                events.append((request, "", None, failure, []))
         if events:
             self._send(events)
 
@@ -282,6 +283,14 @@ class Scheduler:
                         if token in end_of_generation:
                             reason = FinishReason.STOP
                         else:
+                            if request.top_logprobs is not None:
+                                if view is None:
+                                    view = context.logits(outputs)
+                                request.logprobs.append(
+                                    token_logprob(
+                                        view[request.output], token, request.top_logprobs, pieces
+                                    )
+                                )
                             request.completion_tokens += 1
                             request.last_token = token
                             text = request.text.push(pieces[token])
@@ -293,7 +302,7 @@ class Scheduler:
                             ):
                                 reason = FinishReason.LENGTH
                         if text:
-                            events.append((request, text, None, None))
+                            events.append((request, text, None, None, request.take_logprobs()))
                         if reason is not None:
                             finished.append((request, reason, None))
 
@@ -359,7 +368,7 @@ class Scheduler:
             request.span.set_attribute("inference.finish_reason", reason.value)
             request.span.end()
             request.span = None
-        return (request, text, None if error else completion, error)
+        return (request, text, None if error else completion, error, request.take_logprobs())
 
     def _send(self, events: list[Event]) -> None:
         """Hand one step's events to their event loops (one wake-up per loop)."""
@@ -378,6 +387,6 @@ class Scheduler:
             loop.call_soon_threadsafe(dispatch, events)
         except RuntimeError:
             # The loop is closed: nobody is listening any more; stop what still runs.
-            for request, _, completion, error in events:
+            for request, _, completion, error, _ in events:
                 if completion is None and error is None:
                     self.cancel(request)

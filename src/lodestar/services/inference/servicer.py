@@ -6,8 +6,9 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -19,6 +20,15 @@ from lodestar.services.inference import metrics
 from lodestar.services.inference.constraints import OutputConstraint
 from lodestar.services.inference.engine import InferenceEngine
 from lodestar.services.inference.generation import Completion, FinishReason, GenerationParams
+from lodestar.services.inference.logprobs import MAX_TOP_LOGPROBS, TokenLogprob
+from lodestar.services.inference.tools import (
+    ToolSpec,
+    arguments_value,
+    call_grammar,
+    call_text,
+    check_tools,
+    parse_tool,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -30,6 +40,7 @@ _ROLES: dict[int, str] = {
     pb.ROLE_SYSTEM: "system",
     pb.ROLE_USER: "user",
     pb.ROLE_ASSISTANT: "assistant",
+    pb.ROLE_TOOL: "tool",
 }
 _FINISH_REASONS: dict[FinishReason, pb.FinishReason.ValueType] = {
     FinishReason.STOP: pb.FINISH_REASON_STOP,
@@ -55,6 +66,21 @@ def _in_range(value: float, low: float, high: float, *, low_open: bool = False) 
     if not math.isfinite(value):
         return False
     return (low < value if low_open else low <= value) and value <= high
+
+
+def _logprobs(entries: Sequence[TokenLogprob]) -> list[pb.TokenLogprob]:
+    return [
+        pb.TokenLogprob(
+            token=entry.token,
+            logprob=entry.logprob,
+            token_bytes=entry.token_bytes,
+            top_logprobs=[
+                pb.TopLogprob(token=top.token, logprob=top.logprob, token_bytes=top.token_bytes)
+                for top in entry.top
+            ],
+        )
+        for entry in entries
+    ]
 
 
 def _out_of_range(field: str, value: float, expected: str) -> InvalidArgument:
@@ -85,7 +111,60 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
 
     # -- validation ------------------------------------------------------------------
 
-    def _prompt_text(self, request: _GenerationMessage) -> tuple[str, str]:
+    @staticmethod
+    def _tools(request: _GenerationMessage) -> list[ToolSpec]:
+        tools = [
+            parse_tool(index, tool.name, tool.description, tool.parameters)
+            for index, tool in enumerate(request.tools)
+        ]
+        check_tools(tools)
+        return tools
+
+    def _turn(self, index: int, message: pb.ChatMessage) -> dict[str, Any]:
+        """One message as the chat template sees it (OpenAI's message shape)."""
+        role = _ROLES.get(message.role)
+        if role is None:
+            raise InvalidArgument(
+                f"messages[{index}].role is unset; use ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT "
+                "or ROLE_TOOL",
+                field=f"messages[{index}].role",
+                reason="INVALID_ROLE",
+            )
+        calls = message.tool_calls
+        if calls and role != "assistant":
+            raise InvalidArgument(
+                f"messages[{index}].tool_calls is set on a {role} message; only assistant "
+                "messages call tools",
+                field=f"messages[{index}].tool_calls",
+                reason="INVALID_TOOL_CALLS",
+            )
+        if not message.content.strip() and not calls:
+            raise InvalidArgument(
+                f"messages[{index}].content is empty",
+                field=f"messages[{index}].content",
+                reason="EMPTY_MESSAGE",
+            )
+        turn: dict[str, Any] = {"role": role, "content": message.content}
+        if role == "tool" and message.tool_call_id:
+            turn["tool_call_id"] = message.tool_call_id
+        if calls and self._engine.model.template_renders_tools:
+            turn["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": arguments_value(call.arguments)},
+                }
+                for call in calls
+            ]
+        elif calls:
+            # The template knows no tool calls: they are written as the model writes them.
+            written = "\n".join(call_text(call.name, call.arguments) for call in calls)
+            turn["content"] = f"{message.content}\n{written}" if message.content else written
+        return turn
+
+    def _prompt_text(
+        self, request: _GenerationMessage, tools: Sequence[ToolSpec] = ()
+    ) -> tuple[str, str]:
         """The text to tokenize and the field it came from."""
         prompt, messages = request.prompt, request.messages
         if prompt and messages:
@@ -95,24 +174,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                 reason="PROMPT_AND_MESSAGES",
             )
         if messages:
-            turns: list[tuple[str, str]] = []
-            for index, message in enumerate(messages):
-                role = _ROLES.get(message.role)
-                if role is None:
-                    raise InvalidArgument(
-                        f"messages[{index}].role is unset; use ROLE_SYSTEM, ROLE_USER or "
-                        "ROLE_ASSISTANT",
-                        field=f"messages[{index}].role",
-                        reason="INVALID_ROLE",
-                    )
-                if not message.content.strip():
-                    raise InvalidArgument(
-                        f"messages[{index}].content is empty",
-                        field=f"messages[{index}].content",
-                        reason="EMPTY_MESSAGE",
-                    )
-                turns.append((role, message.content))
-            return self._engine.render_chat(turns), "messages"
+            turns = [self._turn(index, message) for index, message in enumerate(messages)]
+            return self._engine.render_chat(turns, tools=tools), "messages"
         if not prompt.strip():
             raise InvalidArgument(
                 "prompt is empty and no messages are set; set exactly one of prompt or messages",
@@ -121,9 +184,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             )
         return prompt, "prompt"
 
-    def _params(
-        self, sampling: pb.SamplingOptions, constraint: pb.OutputConstraint
-    ) -> GenerationParams:
+    def _params(self, request: _GenerationMessage, tools: Sequence[ToolSpec]) -> GenerationParams:
+        sampling, constraint = request.sampling, request.constraint
         defaults = self._engine.defaults
         context_size = self._engine.context_size
         max_tokens = min(defaults.max_tokens, context_size)
@@ -195,6 +257,19 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             output = OutputConstraint("json_schema", constraint.json_schema)
         elif kind == "grammar":
             output = OutputConstraint("grammar", constraint.grammar)
+        elif kind == "tool_call":
+            choice = constraint.tool_call
+            field = "constraint.tool_call"
+            names = list(choice.names)
+            grammar = call_grammar(tools, names, allow_text=choice.allow_text, field=field)
+            output = OutputConstraint("tool_call", grammar)
+        top_logprobs: int | None = None
+        if request.HasField("top_logprobs"):
+            top_logprobs = request.top_logprobs
+            if not 0 <= top_logprobs <= MAX_TOP_LOGPROBS:
+                raise _out_of_range(
+                    "top_logprobs", top_logprobs, f"between 0 and {MAX_TOP_LOGPROBS}"
+                )
         return GenerationParams(
             max_tokens=max_tokens,
             temperature=temperature,
@@ -205,6 +280,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             stop=stops,
             seed=sampling.seed if sampling.HasField("seed") else None,
             constraint=output,
+            top_logprobs=top_logprobs,
         )
 
     async def _tokenize(self, text: str) -> list[int]:
@@ -215,8 +291,9 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
 
     async def prepare(self, request: _GenerationMessage) -> PreparedGeneration:
         """Validate a generation request; InvalidArgument names the offending field."""
-        params = self._params(request.sampling, request.constraint)
-        text, field = self._prompt_text(request)
+        tools = self._tools(request)
+        params = self._params(request, tools)
+        text, field = self._prompt_text(request, tools)
         tokens = await self._tokenize(text)
         if not tokens:
             raise InvalidArgument(f"{field} has no tokens", field=field, reason="EMPTY_PROMPT")
@@ -259,6 +336,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             usage=self._usage(completion),
             model=self._model,
             timing=self._timing(completion),
+            logprobs=_logprobs(result.logprobs),
         )
 
     @staticmethod
@@ -309,7 +387,9 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             async for chunk in stream:
                 completion = chunk.completion
                 if completion is None:
-                    yield pb.StreamGenerateTextResponse(delta=chunk.text, model=model)
+                    yield pb.StreamGenerateTextResponse(
+                        delta=chunk.text, model=model, logprobs=_logprobs(chunk.logprobs)
+                    )
                     continue
                 reason = completion.finish_reason.value
                 yield pb.StreamGenerateTextResponse(
@@ -318,6 +398,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                     usage=self._usage(completion),
                     model=model,
                     timing=self._timing(completion),
+                    logprobs=_logprobs(chunk.logprobs),
                 )
         except LodestarError:
             reason = "error"

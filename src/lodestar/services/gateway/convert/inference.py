@@ -58,8 +58,13 @@ def generate_to_proto(item: rest.GenerateItem) -> pb.GenerateTextRequest:
 
 
 def stream_request_from(request: pb.GenerateTextRequest) -> pb.StreamGenerateTextRequest:
-    """The streaming request with the same prompt, sampling and constraint."""
-    stream = pb.StreamGenerateTextRequest(prompt=request.prompt, messages=request.messages)
+    """The streaming request with the same prompt, sampling, constraint, tools and
+    log-probability option."""
+    stream = pb.StreamGenerateTextRequest(
+        prompt=request.prompt, messages=request.messages, tools=request.tools
+    )
+    if request.HasField("top_logprobs"):
+        stream.top_logprobs = request.top_logprobs
     if request.HasField("sampling"):
         stream.sampling.CopyFrom(request.sampling)
     if request.HasField("constraint"):

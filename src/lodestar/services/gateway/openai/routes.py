@@ -1,22 +1,23 @@
-"""The OpenAI-compatible API, at the root: ``/v1/models``,
-``/v1/chat/completions``, ``/v1/completions`` and ``/v1/embeddings``.
+"""The OpenAI-compatible API, at the root: ``/v1/models`` (and
+``/v1/models/{id}``), ``/v1/chat/completions``, ``/v1/completions`` and
+``/v1/embeddings``.
 
 The bearer key is the platform's JWT, with the same permissions as the REST
 API (GenerateText to generate, SearchVectors to embed) and the same rate
 limits. Streams are Server-Sent Events of ``chat.completion.chunk`` (or
 ``text_completion``) objects ending with ``data: [DONE]``, with keep-alive
 comments while the generation waits (``sse.respond``); closing the connection
-cancels the generation.
+cancels the generation. Chat completions call tools (``tools``,
+``tool_choice``), both return token log probabilities when asked, and ``n``
+choices are decoded in parallel (``openai.streaming``).
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Annotated, Any
 
 import numpy as np
@@ -27,11 +28,16 @@ from lodestar.embedding.v1 import embedding_service_pb2 as epb
 from lodestar.inference.v1 import inference_service_pb2 as ipb
 from lodestar.runtime.errors import InvalidArgument, LodestarError, NotFound
 from lodestar.services.gateway.call import Call
-from lodestar.services.gateway.convert import inference as convert
 from lodestar.services.gateway.deps import flows_of, require
 from lodestar.services.gateway.flows.runtime import FlowsRuntime
-from lodestar.services.gateway.metrics import GENERATED_TOKENS
-from lodestar.services.gateway.openai.errors import OpenAIRoute, lodestar_error_body
+from lodestar.services.gateway.openai.choices import (
+    ChatChoice,
+    TextChoice,
+    chat_choice,
+    text_choice,
+)
+from lodestar.services.gateway.openai.errors import OpenAIRoute
+from lodestar.services.gateway.openai.headers import remember_tokens
 from lodestar.services.gateway.openai.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -39,40 +45,22 @@ from lodestar.services.gateway.openai.schemas import (
     ResponseFormatIn,
     SamplingIn,
 )
+from lodestar.services.gateway.openai.streaming import generate_all, per_choice, relay, usage_of
+from lodestar.services.gateway.openai.tools import add_tools, check_chat, history
 from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.responses import respond_json
 from lodestar.services.gateway.sse import event
-from lodestar.services.gateway.sse import respond as respond_events
 from lodestar.services.gateway.state import set_tokens
 
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute)
 
-_ROLES = {
-    "system": ipb.ROLE_SYSTEM,
-    "developer": ipb.ROLE_SYSTEM,
-    "user": ipb.ROLE_USER,
-    "assistant": ipb.ROLE_ASSISTANT,
-}
-_FINISH: dict[int, str] = {ipb.FINISH_REASON_LENGTH: "length"}
-_DONE = b"data: [DONE]\n\n"
-
 Generate = Annotated[Call, Depends(require(Permission.GENERATE_TEXT, RouteClass.GENERATE))]
 # The model descriptions are cached, and the models' creation time kept, by the flows.
 Flows = Annotated[FlowsRuntime, Depends(flows_of)]
-
-
-def _finish(value: int) -> str:
-    return _FINISH.get(value, "stop")
-
-
-def _usage(usage: ipb.Usage) -> dict[str, Any]:
-    return {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_prompt_tokens},
-    }
+ListModels = Annotated[
+    Call, Depends(require((Permission.GENERATE_TEXT, Permission.SEARCH_VECTORS), RouteClass.READ))
+]
 
 
 def _check_model(asked: str, served: str) -> None:
@@ -118,239 +106,136 @@ def _constraint(request: ipb.GenerateTextRequest, response_format: ResponseForma
         request.constraint.json_schema = json.dumps(schema)
 
 
-async def _debit(call: Call, prompt_tokens: int, completion_tokens: int) -> None:
-    set_tokens(call.request.scope, prompt_tokens, completion_tokens)
-    if completion_tokens > 0:
-        GENERATED_TOKENS.inc(completion_tokens)
-        await call.limiter.debit_tokens(call.principal.subject, completion_tokens)
+async def _check_tokens(call: Call) -> None:
+    remember_tokens(call.request.scope, await call.limiter.check_tokens(call.principal.subject))
 
 
-_Chunk = Callable[[str | None, str | None], bytes]
-_UsageChunk = Callable[[dict[str, Any]], bytes]
-
-
-async def _relay(
-    call: Call,
-    request: ipb.GenerateTextRequest,
-    *,
-    chunk: _Chunk,
-    opening: bytes | None,
-    usage_chunk: _UsageChunk,
-    include_usage: bool,
-) -> Response:
-    """The inference stream relayed as OpenAI chunks (``chunk`` makes one from
-    a delta or a finish reason); failures before the first token still get
-    their HTTP status."""
-    messages = call.backends.inference.stream(convert.stream_request_from(request), call.options)
-    events = _events(call, messages, chunk, opening, usage_chunk, include_usage=include_usage)
-    return await respond_events(
-        events, keepalive_s=call.settings.sse_keepalive_s, error_event=_error_event
-    )
-
-
-def _error_event(error: LodestarError) -> bytes:
-    return event(lodestar_error_body(error))
-
-
-async def _events(
-    call: Call,
-    messages: AsyncIterator[ipb.StreamGenerateTextResponse],
-    chunk: _Chunk,
-    opening: bytes | None,
-    usage_chunk: _UsageChunk,
-    *,
-    include_usage: bool,
-) -> AsyncGenerator[bytes, None]:
-    deltas = 0
-    last: ipb.StreamGenerateTextResponse | None = None
-    settled = False
-    try:
-        message = await anext(messages, None)
-        if opening is not None:
-            yield opening
-        while message is not None:
-            last = message
-            if message.delta:
-                deltas += 1
-                yield chunk(message.delta, None)
-            message = await anext(messages, None)
-        usage = last.usage if last is not None else ipb.Usage()
-        settled = True
-        await _debit(call, usage.prompt_tokens, usage.completion_tokens or deltas)
-        yield chunk(None, _finish(last.finish_reason if last is not None else 0))
-        if include_usage:
-            yield usage_chunk(_usage(usage))
-        yield _DONE
-    finally:
-        # A client that went away cancels the inference stream now, not
-        # when the suspended generator is collected.
-        close = getattr(messages, "aclose", None)
-        if close is not None:
-            with contextlib.suppress(Exception):
-                await close()
-        if not settled:
-            # Cancelled or failed midway: the tokens produced still count.
-            await _debit(call, 0, deltas)
+async def _visible_models(call: Call, flows: FlowsRuntime) -> list[dict[str, Any]]:
+    created = int(flows.started_at)
+    names: list[str] = []
+    if call.principal.has(Permission.GENERATE_TEXT):
+        names.append((await flows.inference_info(call)).name)
+    if call.principal.has(Permission.SEARCH_VECTORS):
+        names.append((await call.backends.embedding.model_info(call.options)).name)
+    return [
+        {"id": name, "object": "model", "created": created, "owned_by": "lodestar"}
+        for name in names
+    ]
 
 
 @router.get("/models", summary="Models (OpenAI-compatible)")
-async def list_models(
-    call: Annotated[
-        Call,
-        Depends(require((Permission.GENERATE_TEXT, Permission.SEARCH_VECTORS), RouteClass.READ)),
-    ],
-    flows: Flows,
-) -> Response:
+async def list_models(call: ListModels, flows: Flows) -> Response:
     """The generation model (needs GenerateText) and the embedding model (needs
     SearchVectors) this platform serves."""
-    created = int(flows.started_at)
-    data: list[dict[str, Any]] = []
-    if call.principal.has(Permission.GENERATE_TEXT):
-        info = await flows.inference_info(call)
-        data.append(
-            {"id": info.name, "object": "model", "created": created, "owned_by": "lodestar"}
-        )
-    if call.principal.has(Permission.SEARCH_VECTORS):
-        model = await call.backends.embedding.model_info(call.options)
-        data.append(
-            {"id": model.name, "object": "model", "created": created, "owned_by": "lodestar"}
-        )
-    return respond_json({"object": "list", "data": data})
+    return respond_json({"object": "list", "data": await _visible_models(call, flows)})
+
+
+@router.get("/models/{model:path}", summary="Model (OpenAI-compatible)")
+async def retrieve_model(model: str, call: ListModels, flows: Flows) -> Response:
+    """One of the models ``/v1/models`` lists; 404 ``model_not_found`` otherwise."""
+    for entry in await _visible_models(call, flows):
+        if entry["id"].casefold() == model.casefold():
+            return respond_json(entry)
+    raise NotFound(
+        f"the model {model!r} does not exist or this key may not use it",
+        field="model",
+        reason="MODEL_NOT_FOUND",
+    )
+
+
+def _chunk_header(completion_id: str, created: int, model: str, kind: str) -> dict[str, Any]:
+    header: dict[str, Any] = {"id": completion_id, "object": kind, "created": created}
+    header["model"] = model
+    if kind == "chat.completion.chunk":
+        header["system_fingerprint"] = None
+    return header
 
 
 @router.post("/chat/completions", summary="Chat completion (OpenAI-compatible)")
 async def chat_completions(body: ChatCompletionRequest, call: Generate, flows: Flows) -> Response:
     """Chat completion; ``stream: true`` answers with ``chat.completion.chunk``
     events. Supports temperature, top_p, max_tokens (or max_completion_tokens),
-    stop, seed and response_format (json_object, json_schema)."""
+    stop, seed, response_format (json_object, json_schema), tools with
+    tool_choice (auto, none, required or a named function; the call is
+    constrained to the function's parameters schema), logprobs with
+    top_logprobs, and n parallel choices."""
     model = await _inference_model(call, flows, body.model)
-    request = ipb.GenerateTextRequest(
-        messages=[ipb.ChatMessage(role=_ROLES[m.role], content=m.text) for m in body.messages]
-    )
+    check_chat(body)
+    request = ipb.GenerateTextRequest(messages=history(body.messages))
     _sampling(request, body, body.token_limit)
     _constraint(request, body.response_format)
-    await call.limiter.check_tokens(call.principal.subject)
+    add_tools(request, body)
+    if body.logprobs:
+        request.top_logprobs = body.top_logprobs or 0
+    await _check_tokens(call)
+    requests = per_choice(request, body.choices)
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
+    tools, logprobs = body.calls_tools, bool(body.logprobs)
     if not body.stream:
-        response = await call.backends.inference.generate(request, call.options)
-        await _debit(call, response.usage.prompt_tokens, response.usage.completion_tokens)
+        responses = await generate_all(call, requests)
         return respond_json(
             {
-                "id": completion_id,
-                "object": "chat.completion",
-                "created": created,
-                "model": model,
+                **_chunk_header(completion_id, created, model, "chat.completion"),
                 "system_fingerprint": None,
                 "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": response.text},
-                        "logprobs": None,
-                        "finish_reason": _finish(response.finish_reason),
-                    }
+                    chat_choice(i, r, tools=tools, logprobs=logprobs)
+                    for i, r in enumerate(responses)
                 ],
-                "usage": _usage(response.usage),
+                "usage": usage_of([r.usage for r in responses]),
             }
         )
-    header = {
-        "id": completion_id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "system_fingerprint": None,
-    }
-
-    def chunk(delta: str | None, finish: str | None) -> bytes:
-        content = {} if delta is None else {"content": delta}
-        return event(
-            {
-                **header,
-                "choices": [
-                    {"index": 0, "delta": content, "logprobs": None, "finish_reason": finish}
-                ],
-            }
-        )
-
-    def usage_chunk(usage: dict[str, int]) -> bytes:
-        return event({**header, "choices": [], "usage": usage})
-
-    opening = event(
-        {
-            **header,
-            "choices": [
-                {
-                    "index": 0,
-                    "delta": {"role": "assistant", "content": ""},
-                    "logprobs": None,
-                    "finish_reason": None,
-                }
-            ],
-        }
-    )
-    include_usage = body.stream_options is not None and body.stream_options.include_usage
-    return await _relay(
+    header = _chunk_header(completion_id, created, model, "chat.completion.chunk")
+    return await relay(
         call,
-        request,
-        chunk=chunk,
-        opening=opening,
-        usage_chunk=usage_chunk,
-        include_usage=include_usage,
+        requests,
+        [ChatChoice(i, tools=tools, logprobs=logprobs) for i in range(len(requests))],
+        chunk=lambda choice: event({**header, "choices": [choice]}),
+        usage_chunk=lambda usage: event({**header, "choices": [], "usage": usage}),
+        include_usage=body.stream_options is not None and body.stream_options.include_usage,
     )
 
 
 @router.post("/completions", summary="Text completion (OpenAI-compatible)")
 async def completions(body: CompletionRequest, call: Generate, flows: Flows) -> Response:
     """Raw text completion of one prompt (max_tokens defaults to 16, as in
-    OpenAI's API); ``stream: true`` answers with ``text_completion`` events."""
+    OpenAI's API); ``stream: true`` answers with ``text_completion`` events.
+    ``logprobs`` (0..5) returns the tokens' log probabilities, ``n`` parallel
+    choices (``best_of``, if sent, must equal ``n``)."""
     model = await _inference_model(call, flows, body.model)
     if not body.prompt_text.strip():
         raise InvalidArgument("prompt is empty", field="prompt", reason="EMPTY_PROMPT")
+    if body.best_of is not None and body.best_of != body.choices:
+        raise InvalidArgument(
+            "best_of must equal n (or be left out): candidates are not ranked here",
+            field="best_of",
+            reason="UNSUPPORTED_VALUE",
+        )
     request = ipb.GenerateTextRequest(prompt=body.prompt_text)
     _sampling(request, body, body.max_tokens)
-    await call.limiter.check_tokens(call.principal.subject)
+    logprobs = body.logprobs is not None
+    if body.logprobs is not None:
+        request.top_logprobs = body.logprobs
+    await _check_tokens(call)
+    requests = per_choice(request, body.choices)
     completion_id = f"cmpl-{uuid.uuid4().hex}"
-    created = int(time.time())
-    header = {"id": completion_id, "object": "text_completion", "created": created, "model": model}
+    header = _chunk_header(completion_id, int(time.time()), model, "text_completion")
     if not body.stream:
-        response = await call.backends.inference.generate(request, call.options)
-        await _debit(call, response.usage.prompt_tokens, response.usage.completion_tokens)
+        responses = await generate_all(call, requests)
         return respond_json(
             {
                 **header,
-                "choices": [
-                    {
-                        "text": response.text,
-                        "index": 0,
-                        "logprobs": None,
-                        "finish_reason": _finish(response.finish_reason),
-                    }
-                ],
-                "usage": _usage(response.usage),
+                "choices": [text_choice(i, r, logprobs=logprobs) for i, r in enumerate(responses)],
+                "usage": usage_of([r.usage for r in responses]),
             }
         )
-
-    def chunk(delta: str | None, finish: str | None) -> bytes:
-        return event(
-            {
-                **header,
-                "choices": [
-                    {"text": delta or "", "index": 0, "logprobs": None, "finish_reason": finish}
-                ],
-            }
-        )
-
-    def usage_chunk(usage: dict[str, int]) -> bytes:
-        return event({**header, "choices": [], "usage": usage})
-
-    include_usage = body.stream_options is not None and body.stream_options.include_usage
-    return await _relay(
+    return await relay(
         call,
-        request,
-        chunk=chunk,
-        opening=None,
-        usage_chunk=usage_chunk,
-        include_usage=include_usage,
+        requests,
+        [TextChoice(i, logprobs=logprobs) for i in range(len(requests))],
+        chunk=lambda choice: event({**header, "choices": [choice]}),
+        usage_chunk=lambda usage: event({**header, "choices": [], "usage": usage}),
+        include_usage=body.stream_options is not None and body.stream_options.include_usage,
     )
 
 

@@ -1,8 +1,11 @@
 """Request bodies of the OpenAI-compatible API (the subset Lodestar serves).
 
-Parameters the platform cannot honour are accepted only at their neutral
-values (``n: 1``, ``logprobs: false``, penalties 0, no tools), so that a
-request never silently loses what it asked for.
+Parameters that change nothing here (``user``, ``store: false``, ``metadata``,
+``service_tier``, ``parallel_tool_calls``...) are accepted and ignored;
+parameters the platform cannot honour are accepted only at their neutral values
+(penalties 0, no ``logit_bias``), and anything else is a 400 naming the
+parameter (code ``unsupported_value``), so that a request never silently loses
+what it asked for.
 """
 
 from __future__ import annotations
@@ -10,10 +13,22 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from lodestar import limits
 
 _MAX_STOP = 4
+# Most choices (``n``) one request may ask for; each is a sequence decoded in parallel.
+MAX_CHOICES = 8
+# OpenAI's bounds: chat top_logprobs 0..20, the legacy completions logprobs 0..5.
+MAX_TOP_LOGPROBS = 20
+MAX_COMPLETION_LOGPROBS = 5
+_TOOL_NAME = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+def unsupported(message: str) -> PydanticCustomError:
+    """A value Lodestar cannot honour (answered as code ``unsupported_value``)."""
+    return PydanticCustomError("unsupported_value", message)
 
 
 class OpenAIModel(BaseModel):
@@ -25,10 +40,34 @@ class TextPart(OpenAIModel):
     text: str
 
 
+class FunctionCallIn(OpenAIModel):
+    name: str = Field(pattern=_TOOL_NAME)
+    arguments: str
+
+
+class ToolCallIn(OpenAIModel):
+    id: str = Field(min_length=1, max_length=256)
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessageIn(OpenAIModel):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    refusal: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = Field(None, min_length=1, max_length=256)
+
+    @model_validator(mode="after")
+    def _tool_fields(self) -> ChatMessageIn:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("tool_calls is only allowed on assistant messages")
+        if self.role == "tool" and not self.tool_call_id:
+            raise PydanticCustomError(
+                "missing", "a tool message needs the tool_call_id of the call it answers"
+            )
+        return self
 
     @property
     def text(self) -> str:
@@ -74,32 +113,29 @@ class SamplingIn(OpenAIModel):
     top_p: float | None = Field(None, gt=limits.TOP_P[0], le=limits.TOP_P[1])
     stop: Stop | None = None
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
-    n: int | None = None
+    n: int | None = Field(None, ge=1, le=MAX_CHOICES)
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
     user: str | None = None
 
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, value: int | None) -> int | None:
-        if value not in (None, 1):
-            raise ValueError("only n=1 is supported")
-        return value
-
     @field_validator("presence_penalty", "frequency_penalty")
     @classmethod
     def _no_penalty(cls, value: float | None) -> float | None:
         if value not in (None, 0):
-            raise ValueError("is not supported; send 0 or leave it out")
+            raise unsupported("is not supported; send 0 or leave it out")
         return value
 
     @field_validator("logit_bias")
     @classmethod
     def _no_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
         if value:
-            raise ValueError("is not supported")
+            raise unsupported("is not supported")
         return value
+
+    @property
+    def choices(self) -> int:
+        return self.n or 1
 
     @property
     def stops(self) -> list[str]:
@@ -108,38 +144,60 @@ class SamplingIn(OpenAIModel):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
+class FunctionIn(OpenAIModel):
+    name: str = Field(pattern=_TOOL_NAME)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolIn(OpenAIModel):
+    type: Literal["function"]
+    function: FunctionIn
+
+
+class FunctionName(OpenAIModel):
+    name: str = Field(pattern=_TOOL_NAME)
+
+
+class NamedToolChoice(OpenAIModel):
+    type: Literal["function"]
+    function: FunctionName
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
 class ChatCompletionRequest(SamplingIn):
     messages: Annotated[list[ChatMessageIn], Field(min_length=1)]
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     response_format: ResponseFormatIn | None = None
     logprobs: bool | None = None
-    tools: list[Any] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    tools: Annotated[list[ToolIn], Field(max_length=128)] | None = None
+    tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     store: bool | None = None
     metadata: dict[str, str] | None = None
+    service_tier: Literal["auto", "default", "flex", "priority"] | None = None
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    modalities: list[Literal["text"]] | None = None
 
-    @field_validator("logprobs", "store")
+    @field_validator("store")
     @classmethod
-    def _not_true(cls, value: bool | None) -> bool | None:
+    def _not_stored(cls, value: bool | None) -> bool | None:
         if value:
-            raise ValueError("is not supported; send false or leave it out")
+            raise unsupported("is not supported; send false or leave it out")
         return value
 
-    @field_validator("tools")
-    @classmethod
-    def _no_tools(cls, value: list[Any] | None) -> list[Any] | None:
-        if value:
-            raise ValueError("tool calling is not supported")
-        return value
-
-    @field_validator("tool_choice")
-    @classmethod
-    def _no_tool_choice(cls, value: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
-        if value not in (None, "none"):
-            raise ValueError("tool calling is not supported")
-        return value
+    @property
+    def calls_tools(self) -> bool:
+        """Whether the model may (or must) answer with a tool call."""
+        return bool(self.tools) and self.tool_choice != "none"
 
     @property
     def token_limit(self) -> int | None:
@@ -150,29 +208,22 @@ class CompletionRequest(SamplingIn):
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
     max_tokens: int | None = Field(16, ge=1)
     echo: bool | None = None
-    logprobs: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     suffix: str | None = None
-    best_of: int | None = None
+    best_of: int | None = Field(None, ge=1, le=MAX_CHOICES)
 
     @field_validator("echo")
     @classmethod
     def _no_echo(cls, value: bool | None) -> bool | None:
         if value:
-            raise ValueError("is not supported; send false or leave it out")
+            raise unsupported("is not supported; send false or leave it out")
         return value
 
-    @field_validator("logprobs", "suffix")
+    @field_validator("suffix")
     @classmethod
-    def _unsupported(cls, value: object) -> object:
+    def _no_suffix(cls, value: object) -> object:
         if value is not None:
-            raise ValueError("is not supported")
-        return value
-
-    @field_validator("best_of")
-    @classmethod
-    def _best_of_one(cls, value: int | None) -> int | None:
-        if value not in (None, 1):
-            raise ValueError("only best_of=1 is supported")
+            raise unsupported("is not supported")
         return value
 
     @property
