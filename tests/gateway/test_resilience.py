@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 import lodestar
 from lodestar.runtime.errors import InvalidArgument, Unavailable
 from lodestar.services.gateway import backends as backends_module
+from lodestar.services.gateway.backend_errors import BackendError
 from lodestar.services.gateway.backends import (
     ANALYTICS_SERVICE,
     EMBEDDING_SERVICE,
@@ -25,7 +26,7 @@ from lodestar.services.gateway.backends import (
     Backends,
 )
 from lodestar.services.gateway.deadline import CallOptions, Deadline, parse_timeout_header
-from lodestar.services.gateway.resilience import BackendError, BreakerState, CircuitBreaker, Rpc
+from lodestar.services.gateway.resilience import BreakerState, CircuitBreaker, Rpc
 from lodestar.vector.v1 import vector_service_pb2 as vpb
 from tests.gateway.fakes import (
     FakeAnalytics,
