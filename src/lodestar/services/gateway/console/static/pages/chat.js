@@ -13,17 +13,18 @@ export async function render(ctx, root) {
   const last = sessionStorage.getItem("lodestar.collection");
   if (last && names.includes(last)) grounding.value = last;
   const memory = h("input", { type: "checkbox", name: "memory", id: "memory-toggle", disabled: !withMemory });
-  const memoryLabel = h("label", { for: "memory-toggle" }, withMemory ? "Memory" : "Memory (not available on this gateway)");
+  const memoryLabel = h("label", { for: "memory-toggle" }, withMemory ? "Memory" : "Memory (not available here)");
   const log = h("div", { id: "chat-log", class: "chat-log", role: "log", "aria-live": "polite" });
   const input = h("textarea", { name: "message", rows: 3, cols: 70, required: true });
+  const maxTokens = h("input", { name: "max-tokens", type: "number", min: 1, max: 4096, value: 256 });
   const send = h("button", { type: "submit" }, "Send");
   const history = h("div", { id: "chat-history", class: "card" });
   let messages = [];
   let sessionId = crypto.randomUUID();
 
   const form = h("form", { id: "chat-form", class: "card" },
-    h("div", { class: "row" }, field("Answer from collection", grounding), h("div", { class: "field" }, memory, memoryLabel),
-      h("button", { type: "button", onclick: newChat }, "New chat")),
+    h("div", { class: "row" }, field("Answer from collection", grounding), h("div", { class: "field check" }, memory, memoryLabel),
+      field("Max tokens", maxTokens), h("button", { type: "button", onclick: newChat }, "New chat")),
     field("Message", input),
     send);
   form.addEventListener("submit", async (event) => {
@@ -56,7 +57,7 @@ export async function render(ctx, root) {
     const answer = h("span", { class: "answer-text" });
     const turn = h("div", { class: "turn assistant" }, h("strong", {}, "Lodestar: "), answer);
     log.append(turn);
-    const body = { messages, stream: true, max_tokens: 256, session_id: sessionId };
+    const body = { messages, stream: true, max_tokens: Number(maxTokens.value) || 256, session_id: sessionId };
     if (ctx.can("InsertVectors")) body.store_embedding = true;
     if (grounding.value) body.context = { collection: grounding.value, limit: 3 };
     if (withMemory && memory.checked) body.memory = true;
@@ -90,9 +91,10 @@ export async function render(ctx, root) {
   function citations(sources) {
     if (!sources || !sources.length) return h("p", { class: "notice" }, "No sources.");
     return h("ol", { class: "sources", "aria-label": "Sources" }, sources.map((s) => {
+      // Document sources carry document_id, title, position and page.
       const payload = s.payload || {};
-      const title = payload.title || payload.document_title || payload.source || payload.document_id || `point ${s.id}`;
-      const where = [payload.page ? `page ${payload.page}` : "", payload.position !== undefined ? `chunk ${payload.position}` : ""].filter(Boolean).join(", ");
+      const title = s.title || payload.title || s.document_id || `point ${s.id}`;
+      const where = [s.page ? `page ${s.page}` : "", s.position !== undefined ? `chunk ${s.position}` : ""].filter(Boolean).join(", ");
       return h("li", { class: "source", value: s.citation },
         h("strong", {}, `[${s.citation}] ${title}`),
         h("span", {}, ` score ${Number(s.score).toFixed(3)}${where ? ` · ${where}` : ""}`),

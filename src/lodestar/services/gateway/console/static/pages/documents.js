@@ -4,7 +4,7 @@
 import { api, collectionPicker, confirmAction, fail, field, h, hasRoute, jsonText, notAvailable, say, table, token } from "../lib.js";
 
 const DOCUMENTS = "/api/v1/collections/{name}/documents";
-const FINISHED = new Set(["succeeded", "completed", "complete", "done", "failed", "cancelled", "canceled", "error"]);
+const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
 
 export async function render(ctx, root) {
   if (!(await hasRoute("GET", DOCUMENTS))) {
@@ -71,13 +71,18 @@ export async function render(ctx, root) {
           reject(new Error((body && body.error && body.error.message) || `HTTP ${request.status}`));
           return;
         }
-        const job = body && (body.job_id || (body.job && body.job.id));
-        if (request.status === 202 && job) await follow(job);
-        progress.value = 100;
-        progressLabel.textContent = `${chosen.name} uploaded.`;
-        say(`Uploaded ${chosen.name}.`);
-        await refresh();
-        resolve();
+        try {
+          const job = body && body.job && body.job.id;
+          if (request.status === 202 && job) await follow(job);
+          progress.value = 100;
+          progressLabel.textContent = `${chosen.name} uploaded.`;
+          say(`Uploaded ${chosen.name}.`);
+          await refresh();
+          resolve();
+        } catch (error) {
+          progressLabel.textContent = "Upload failed.";
+          reject(error);
+        }
       });
       request.addEventListener("error", () => reject(new Error("the upload failed")));
       request.send(data);
@@ -87,12 +92,13 @@ export async function render(ctx, root) {
   async function follow(jobId) {
     for (;;) {
       const job = await api("GET", `/api/v1/jobs/${encodeURIComponent(jobId)}`);
-      const done = Number(job.done ?? job.chunks_done ?? (job.progress && job.progress.done) ?? 0);
-      const total = Number(job.total ?? job.chunks_total ?? (job.progress && job.progress.total) ?? 0);
+      const progressed = job.progress || {};
+      const done = Number(progressed.chunks_done || 0);
+      const total = Number(progressed.chunks_total || 0);
       if (total) progress.value = Math.round((100 * done) / total);
       progressLabel.textContent = `Job ${jobId}: ${job.status}${total ? ` (${done} of ${total} chunks)` : ""}`;
       if (FINISHED.has(String(job.status).toLowerCase())) {
-        if (!/succeeded|complete|done/i.test(job.status)) throw new Error(`job ${jobId} ${job.status}`);
+        if (job.status !== "succeeded") throw new Error(`job ${jobId} ${job.status}: ${job.error || ""}`);
         return;
       }
       await new Promise((r) => setTimeout(r, 500));
@@ -102,14 +108,14 @@ export async function render(ctx, root) {
   async function refresh() {
     try {
       const data = await api("GET", `${base()}?page_size=100`);
-      const docs = data.documents || data.items || [];
+      const docs = data.documents;
       list.replaceChildren(
         docs.length
           ? table("Documents", ["Title", "Id", "Chunks", "Status", "Actions"], docs.map((d) => [
               d.title || d.source || String(d.id),
               String(d.id),
-              String(d.chunks ?? d.chunk_count ?? ""),
-              String(d.status ?? ""),
+              String(d.chunks),
+              d.status,
               h("div", { class: "row" },
                 h("button", { type: "button", onclick: () => open(d.id) }, `Open ${d.title || d.id}`),
                 ctx.can("DeleteVectors")
@@ -126,14 +132,14 @@ export async function render(ctx, root) {
 
   async function open(id) {
     try {
-      const doc = await api("GET", `${base()}/${encodeURIComponent(id)}`);
-      const chunks = doc.chunks || [];
-      const meta = { ...doc };
-      delete meta.chunks;
+      const data = await api("GET", `${base()}/${encodeURIComponent(id)}`);
+      const doc = data.document;
+      const chunks = data.chunks || [];
       opened.replaceChildren(
         h("h3", {}, `Document ${doc.title || doc.id}`),
-        jsonText(meta),
-        h("ol", { class: "chunks" }, chunks.map((c) => h("li", {}, h("pre", { class: "chunk" }, typeof c === "string" ? c : c.text ?? JSON.stringify(c, null, 2))))),
+        jsonText(doc),
+        h("ol", { class: "chunks", "aria-label": "Chunks" }, chunks.map((c) =>
+          h("li", {}, h("span", { class: "chunk-where" }, c.page ? `page ${c.page}` : ""), h("pre", { class: "chunk" }, c.text)))),
       );
     } catch (error) {
       fail(error);

@@ -69,7 +69,7 @@ export async function render(ctx, root) {
 
   // The map.
   const clusters = h("input", { name: "clusters", type: "number", min: 2, max: 10, value: 3 });
-  const canvas = h("canvas", { id: "map-canvas", role: "img", "aria-label": "Map of the collection's sample", width: 640, height: 420 });
+  const canvas = h("canvas", { id: "map-canvas", role: "img", "aria-label": "Map of a sample of the points, by cluster", width: 640, height: 420 });
   const mapInfo = h("p", { id: "map-info", "aria-live": "polite" });
   const mapForm = h("form", { class: "card", id: "map-form" },
     h("h3", {}, "Map of the collection"),
