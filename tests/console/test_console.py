@@ -118,7 +118,10 @@ def test_chat_streams_an_answer_with_citations_and_takes_feedback(page: Any, sta
     expect(sources).to_contain_text("Marguerite Vale", timeout=120_000)
     expect(sources.locator("li").first).to_contain_text("[1]")
     expect(page.locator(".answer-text")).not_to_be_empty(timeout=120_000)
-    page.get_by_role("button", name="Helpful", exact=True).click()
+    # Offered once the answer is done and stored.
+    helpful = page.get_by_role("button", name="Helpful", exact=True)
+    expect(helpful).to_be_visible(timeout=180_000)
+    helpful.click()
     expect(page.locator(".feedback")).to_contain_text("Feedback recorded: helpful")
     keep_screenshot(page, "console-chat.png")
     stored = stack.call(

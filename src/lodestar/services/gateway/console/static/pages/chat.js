@@ -123,7 +123,7 @@ export async function render(ctx, root) {
     if (!withConversations) {
       history.replaceChildren(h("h3", {}, "History"),
         h("p", { class: "notice" }, "Server-side conversations are not available on this gateway (its API answered 404); this chat's turns are kept in this page only."),
-        h("p", {}, `${messages.length / 2} turns in this chat.`));
+        h("p", {}, `Turns in this chat: ${messages.length / 2}.`));
       return;
     }
     try {
