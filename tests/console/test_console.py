@@ -155,6 +155,10 @@ def test_analytics_change_after_a_search(page: Any, stack: Stack) -> None:
     expect(page.locator("#analytics table")).to_contain_text("lighthouse")
     charts = page.evaluate("() => Object.keys(window.Chart.instances).length")
     assert charts == 5
+    # The console's own files and the docs are not API usage.
+    routes = {u["route"] for u in stack.call("GET", "/api/v1/analytics/usage")["usage"]}
+    assert "GET /api/v1/me" in routes
+    assert not [r for r in routes if r.startswith(("GET /console", "GET /openapi"))], routes
 
 
 def test_a_viewer_sees_no_write_controls_and_a_forged_request_is_refused(

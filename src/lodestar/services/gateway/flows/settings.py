@@ -67,8 +67,16 @@ class FlowsSettings(BaseSettings):
         "passage_max_chars, raise it for a model with a larger context.",
     )
     usage_excluded_routes: Annotated[tuple[str, ...], NoDecode] = Field(
-        ("GET /api/v1/health", "GET /metrics"),
-        description="Route templates not counted in usage analytics (probes, scrapes), "
+        (
+            "GET /api/v1/health",
+            "GET /metrics",
+            "GET /console",
+            "GET /docs",
+            "GET /redoc",
+            "GET /openapi.json",
+        ),
+        description="Route templates not counted in usage analytics (probes, scrapes, the "
+        "console's files and the API docs), "
         "comma-separated 'METHOD /path'; add the routes your own probes call.",
     )
 
