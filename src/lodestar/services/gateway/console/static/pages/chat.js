@@ -2,7 +2,7 @@
 // shown as numbered citations), the conversation's history, memory on/off
 // and feedback on each answer.
 
-import { api, ApiError, collectionNames, fail, field, h, hasRoute, say, select, token } from "../lib.js";
+import { api, ApiError, collectionNames, confirmAction, fail, field, h, hasRoute, say, select, token } from "../lib.js";
 import { readEvents } from "../sse.js";
 
 export async function render(ctx, root) {
@@ -18,7 +18,8 @@ export async function render(ctx, root) {
   const input = h("textarea", { name: "message", rows: 3, cols: 70, required: true });
   const maxTokens = h("input", { name: "max-tokens", type: "number", min: 1, max: 4096, value: 256 });
   const send = h("button", { type: "submit" }, "Send");
-  const history = h("div", { id: "chat-history", class: "card" });
+  const history = h("div", { id: "chat-history" });
+  const remembered = h("div", { id: "chat-memory" });
   let messages = [];
   let sessionId = crypto.randomUUID();
 
@@ -42,7 +43,7 @@ export async function render(ctx, root) {
       input.focus();
     }
   });
-  root.append(h("div", { class: "chat" }, h("div", {}, log, form), history));
+  root.append(h("div", { class: "chat" }, h("div", {}, log, form), h("div", { class: "card" }, history, remembered)));
 
   function newChat() {
     messages = [];
@@ -57,7 +58,10 @@ export async function render(ctx, root) {
     const answer = h("span", { class: "answer-text" });
     const turn = h("div", { class: "turn assistant" }, h("strong", {}, "Lodestar: "), answer);
     log.append(turn);
-    const body = { messages, stream: true, max_tokens: Number(maxTokens.value) || 256, session_id: sessionId };
+    // With server-side conversations the gateway keeps the earlier turns:
+    // send only the new one.
+    const sent = withConversations ? [messages[messages.length - 1]] : messages;
+    const body = { messages: sent, stream: true, max_tokens: Number(maxTokens.value) || 256, session_id: sessionId };
     if (ctx.can("InsertVectors")) body.store_embedding = true;
     if (grounding.value) body.context = { collection: grounding.value, limit: 3 };
     if (withMemory && memory.checked) body.memory = true;
@@ -78,7 +82,9 @@ export async function render(ctx, root) {
         full += data.delta;
         answer.textContent = full;
       } else if (event === "done") {
-        if (data.stored && ctx.can("GenerateText")) turn.append(feedback(data.stored));
+        const turnId = data.conversation && data.conversation.turn_id;
+        const target = data.stored || (turnId ? { id: turnId } : null);
+        if (target) turn.append(feedback(target));
         if (data.context && data.context.message) turn.append(h("p", { class: "notice" }, data.context.message));
       } else if (event === "error") {
         throw new ApiError(data.error ? 500 : 500, data);
@@ -86,6 +92,36 @@ export async function render(ctx, root) {
     }
     messages.push({ role: "assistant", content: full });
     await refreshHistory();
+    await refreshMemory();
+  }
+
+  async function refreshMemory() {
+    if (!withMemory) return;
+    try {
+      const data = await api("GET", "/api/v1/memory?page_size=50");
+      remembered.replaceChildren(
+        h("h3", {}, "Memory"),
+        data.items.length
+          ? h("ul", { "aria-label": "Remembered" }, data.items.map((item) => h("li", {},
+              h("span", {}, item.prompt), " ",
+              h("button", { type: "button", class: "danger", onclick: async () => {
+                await api("DELETE", `/api/v1/memory/${encodeURIComponent(item.id)}`);
+                say("Forgotten.");
+                await refreshMemory();
+              } }, `Forget ${item.prompt.slice(0, 40)}`))))
+          : h("p", {}, "Nothing remembered."),
+        data.items.length
+          ? h("button", { type: "button", class: "danger", onclick: async () => {
+              if (!(await confirmAction("Forget everything remembered about you?", "Forget everything"))) return;
+              await api("DELETE", "/api/v1/memory");
+              say("Everything forgotten.");
+              await refreshMemory();
+            } }, "Forget everything")
+          : "",
+      );
+    } catch (error) {
+      fail(error);
+    }
   }
 
   function citations(sources) {
@@ -106,7 +142,9 @@ export async function render(ctx, root) {
     const box = h("div", { class: "row feedback" }, h("span", {}, "Was this helpful?"));
     const rate = async (score, label) => {
       try {
-        await api("POST", "/api/v1/feedback", { interaction_id: stored.id, score, collection: stored.collection });
+        const body = { interaction_id: stored.id, score };
+        if (stored.collection) body.collection = stored.collection;
+        await api("POST", "/api/v1/feedback", body);
         box.replaceChildren(h("span", { class: "thanks" }, `Feedback recorded: ${label}.`));
       } catch (error) {
         fail(error);
@@ -167,4 +205,5 @@ export async function render(ctx, root) {
   }
 
   await refreshHistory();
+  await refreshMemory();
 }
