@@ -141,7 +141,7 @@ deploy-check: $(VENV)/.installed system-deps ## Validate deploy/ offline (manife
 
 .PHONY: clean
 clean: ## Remove the virtual environment, tools and local data
-	rm -rf $(VENV) $(TOOLS) .data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) .data .pytest_cache .mypy_cache .ruff_cache $(CONSOLE_VENDOR) test-results
 
 .PHONY: readme
 readme: $(VENV)/.installed ## Regenerate the README's configuration table from the settings classes

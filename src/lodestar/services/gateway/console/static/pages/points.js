@@ -96,7 +96,8 @@ export async function render(ctx, root) {
             cell.append(edit);
             editor.focus();
           },
-        }, `Edit payload of ${point.id}`),
+          "aria-label": `Edit payload of ${point.id}`,
+        }, "Edit payload"),
       );
     }
     if (ctx.can("DeleteVectors")) {
@@ -114,7 +115,8 @@ export async function render(ctx, root) {
               fail(error);
             }
           },
-        }, `Delete point ${point.id}`),
+          "aria-label": `Delete point ${point.id}`,
+        }, "Delete"),
       );
     }
     return cell;
