@@ -226,6 +226,31 @@ def test_a_payload_holding_markup_shows_as_text(page: Any, stack: Stack) -> None
     assert page.evaluate("() => window.__pwned") is None
 
 
+def test_points_filter_edit_and_delete(page: Any, stack: Stack) -> None:
+    stack.call(
+        "POST",
+        "/api/v1/vectors/insert",
+        {"collection": KB, "points": [{"id": 4242, "text": "edit me", "payload": {"title": "e"}}]},
+    )
+    sign_in(page, stack, admin(stack), "points")
+    page.get_by_label("Collection", exact=True).select_option(KB)
+    page.get_by_role("button", name="Add condition").click()
+    page.get_by_label("Payload key").fill("title")
+    page.get_by_label("Test").select_option("keyword")
+    page.get_by_label("Value").fill("e")
+    page.get_by_role("button", name="Show points").click()
+    expect(page.locator("#points-count")).to_have_text("1 matching points; page 1.")
+    page.get_by_role("button", name="Edit payload of 4242").click()
+    page.get_by_label("Payload of point 4242 (JSON)").fill('{"title": "e", "checked": true}')
+    page.get_by_role("button", name="Save payload").click()
+    expect(page.locator("#points-list")).to_contain_text('"checked": true')
+    point = stack.call("GET", f"/api/v1/vectors/4242?collection={KB}")
+    assert point["payload"] == {"title": "e", "checked": True}
+    page.get_by_role("button", name="Delete point 4242").click()
+    page.get_by_role("dialog").get_by_role("button", name="Delete").click()
+    expect(page.locator("#points-count")).to_have_text("0 matching points; page 1.")
+
+
 def test_the_token_stays_out_of_urls_and_storage_outlives_no_tab(page: Any, stack: Stack) -> None:
     token = admin(stack)
     urls: list[str] = []
