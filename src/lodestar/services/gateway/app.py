@@ -23,6 +23,7 @@ from fastapi.routing import APIRoute, APIRouter
 
 from lodestar.services.gateway.auth import TokenVerifier
 from lodestar.services.gateway.backends import Backends
+from lodestar.services.gateway.console import install_console
 from lodestar.services.gateway.context import Gateway
 from lodestar.services.gateway.deps import Requirement
 from lodestar.services.gateway.errors import install_error_handlers
@@ -186,7 +187,7 @@ def create_app(
         description=_DESCRIPTION,
         lifespan=lifespan,
         openapi_url="/openapi.json",
-        docs_url="/docs" if settings.docs_enabled else None,
+        docs_url=None,
         redoc_url=None,
     )
     app.state.settings = settings
@@ -201,6 +202,7 @@ def create_app(
     if flows is not None:
         route, mcp = mcp_route()
         app.router.routes.append(route)
+    install_console(app, docs=settings.docs_enabled)
     _install_openapi_security(app)
     app.add_middleware(
         GatewayMiddleware,  # type: ignore[arg-type]

@@ -89,8 +89,16 @@ class FlowsSettings(BaseSettings):
         "caller's profile against its similarity to the query (0: not at all, 1: only).",
     )
     usage_excluded_routes: Annotated[tuple[str, ...], NoDecode] = Field(
-        ("GET /api/v1/health", "GET /metrics"),
-        description="Route templates not counted in usage analytics (probes, scrapes), "
+        (
+            "GET /api/v1/health",
+            "GET /metrics",
+            "GET /console",
+            "GET /docs",
+            "GET /redoc",
+            "GET /openapi.json",
+        ),
+        description="Route templates not counted in usage analytics (probes, scrapes, the "
+        "console's files and the API docs), "
         "comma-separated 'METHOD /path'; add the routes your own probes call.",
     )
 

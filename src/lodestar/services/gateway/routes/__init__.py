@@ -6,7 +6,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from lodestar.services.gateway.routes import analytics, collections, generate, system, vectors
+from lodestar.services.gateway.routes import (
+    analytics,
+    collections,
+    generate,
+    me,
+    points,
+    system,
+    vectors,
+)
 from lodestar.services.gateway.routes.base import API_PREFIX
 
 __all__ = ["API_PREFIX", "API_ROUTERS", "ROOT_ROUTERS"]
@@ -18,6 +26,8 @@ API_ROUTERS: list[APIRouter] = [
     collections.router,
     system.router,
     analytics.router,
+    points.router,
+    me.router,
 ]
 # Mounted at the root: the conventional scrape path.
 ROOT_ROUTERS: list[APIRouter] = [system.scrape_router]
