@@ -75,7 +75,15 @@ GRPC_SERVICES = {
 }
 # Secrets created out of band (docs/operations.md, "Deploy prod"): their
 # values never live in the repository.
-EXTERNAL_SECRETS = frozenset({"lodestar-jwt", "lodestar-qdrant"})
+# The lodestar-<service>-tls ones are kubernetes.io/tls Secrets as cert-manager
+# issues them (tls.crt, tls.key, ca.crt).
+EXTERNAL_SECRETS = frozenset(
+    {
+        "lodestar-jwt",
+        "lodestar-qdrant",
+        *(f"lodestar-{service}-tls" for service in ("embedding", "vector", "inference", "gateway")),
+    }
+)
 WORKLOAD_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"})
 
 # The metric families the services export (name → type). Dashboards and rules
@@ -505,6 +513,14 @@ def _lodestar_service_problems(
                 or _port_number(main, http.get("port", 0)) != serving_port
             ):
                 problems.append(f"{where}: {probe_name} must GET /api/v1/health on the http port")
+        elif "LODESTAR_GRPC_TLS_DIR" in env:
+            # The kubelet's gRPC probe speaks plaintext only: the health port.
+            grpc = probe.get("grpc")
+            health_port = _port_number(main, "health")
+            if health_port is None or env.get(f"{prefix}HEALTH_PORT") != str(health_port):
+                problems.append(f"{where}: TLS without a health port ({prefix}HEALTH_PORT)")
+            elif not grpc or grpc.get("port") != health_port:
+                problems.append(f"{where}: {probe_name} must be a gRPC probe on the health port")
         else:
             grpc = probe.get("grpc")
             if not grpc or grpc.get("port") != serving_port:
@@ -920,6 +936,82 @@ def envoy_policy_problems(config: Mapping[str, Any]) -> list[str]:
         problems.append("no local rate limit filter")
     if not retries_unavailable:
         problems.append("no retry policy on gRPC UNAVAILABLE")
+    return problems + envoy_security_problems(config)
+
+
+_TLS_SOCKET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+_JWT_AUTHN = "envoy.filters.http.jwt_authn"
+
+
+def _tls_context(holder: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+    typed = holder.get("transport_socket", {}).get("typed_config", {})
+    return typed if typed.get("@type") == _TLS_SOCKET + kind else None
+
+
+def _jwt_problems(http_filters: Sequence[Mapping[str, Any]], where: str) -> list[str]:
+    """Every call but health needs a JWT of the platform's issuer and audience
+    (the token settings' defaults, as the gateway and services verify), forwarded."""
+    tokens = importlib.import_module("lodestar.auth.settings").TokenSettings()
+    names = [f.get("name") for f in http_filters]
+    if _JWT_AUTHN not in names:
+        return [f"{where}: no {_JWT_AUTHN} filter"]
+    problems = []
+    config = http_filters[names.index(_JWT_AUTHN)].get("typed_config", {})
+    providers = config.get("providers", {})
+    for name, provider in providers.items():
+        if provider.get("issuer") != tokens.jwt_issuer:
+            problems.append(f"{where}: JWT provider {name}: issuer is not {tokens.jwt_issuer!r}")
+        if tokens.jwt_audience not in provider.get("audiences", []):
+            problems.append(
+                f"{where}: JWT provider {name}: audience {tokens.jwt_audience!r} missing"
+            )
+        if not provider.get("forward"):
+            problems.append(f"{where}: JWT provider {name}: the token is not forwarded to services")
+        if "remote_jwks" not in provider and "local_jwks" not in provider:
+            problems.append(f"{where}: JWT provider {name}: no JWKS")
+    catch_all = [
+        rule
+        for rule in config.get("rules", [])
+        if rule.get("match", {}).get("prefix") == "/"
+        and rule.get("requires", {}).get("provider_name") in providers
+    ]
+    if not catch_all:
+        problems.append(f"{where}: JWT is not required on every route")
+    open_prefixes = [
+        rule.get("match", {}).get("prefix", "")
+        for rule in config.get("rules", [])
+        if "requires" not in rule
+    ]
+    for prefix in open_prefixes:
+        if prefix != "/grpc.health.v1.Health/":
+            problems.append(f"{where}: {prefix or 'a route'} is open without a JWT")
+    return problems
+
+
+def envoy_security_problems(config: Mapping[str, Any]) -> list[str]:
+    """TLS to clients and (mutual, CA-verified) to every service; JWTs on every call."""
+    problems = []
+    static = config.get("static_resources", {})
+    for listener in static.get("listeners", []):
+        for chain in listener.get("filter_chains", []):
+            where = f"listener {listener.get('name')}"
+            if _tls_context(chain, "DownstreamTlsContext") is None:
+                problems.append(f"{where}: clients are not served TLS")
+            for network_filter in chain.get("filters", []):
+                http_filters = network_filter.get("typed_config", {}).get("http_filters", [])
+                problems.extend(_jwt_problems(http_filters, where))
+    for cluster in static.get("clusters", []):
+        if cluster.get("name") not in GRPC_SERVICES:
+            continue
+        where = f"cluster {cluster['name']}"
+        upstream = _tls_context(cluster, "UpstreamTlsContext")
+        common = (upstream or {}).get("common_tls_context", {})
+        if upstream is None:
+            problems.append(f"{where}: the service is not called over TLS")
+        elif "trusted_ca" not in common.get("validation_context", {}):
+            problems.append(f"{where}: the service's certificate is not verified against a CA")
+        elif not common.get("tls_certificates"):
+            problems.append(f"{where}: no client certificate for mutual TLS")
     return problems
 
 

@@ -18,12 +18,14 @@ from typing import Any
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
-from lodestar.runtime.settings import ServiceSettings
+from lodestar.runtime.settings import ServerSettings, ServiceSettings
 
 # (section, module, class), in README order. The first lists the variables every
 # service reads under one name (those with an alias); each service's own follow.
 SETTINGS = (
     ("every service", "lodestar.runtime.settings", "ServiceSettings"),
+    ("every service", "lodestar.runtime.settings", "ServerSettings"),
+    ("every service", "lodestar.auth.settings", "TokenSettings"),
     ("embedding", "lodestar.services.embedding.settings", "EmbeddingSettings"),
     ("vector", "lodestar.services.vector.settings", "VectorSettings"),
     ("inference", "lodestar.services.inference.settings", "InferenceSettings"),
@@ -74,7 +76,7 @@ def table() -> str:
             continue
         if f"| **{section}** | | |" not in rows:
             rows.append(f"| **{section}** | | |")
-        shared = cls is ServiceSettings
+        shared = cls is ServiceSettings or cls is ServerSettings
         for name, field in cls.model_fields.items():
             if shared and field.validation_alias is None:
                 continue  # each service's own variable, listed under the service

@@ -25,6 +25,8 @@ from typing import NoReturn
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from lodestar.runtime.tls import TlsSettings, channel_credentials
+
 STARTUP_TIMEOUT_S = 300.0
 
 
@@ -81,7 +83,12 @@ def _healthy(service: _Service) -> bool:
                 return bool(reply.status == 200)
         except OSError:
             return False
-    with grpc.insecure_channel(service.address()) as channel:
+    credentials = channel_credentials(TlsSettings())
+    with (
+        grpc.insecure_channel(service.address())
+        if credentials is None
+        else grpc.secure_channel(service.address(), credentials)
+    ) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=2

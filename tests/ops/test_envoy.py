@@ -18,6 +18,19 @@ def _cluster(config: dict[str, Any], name: str = "inference") -> dict[str, Any]:
     return next(c for c in clusters if c["name"] == name)
 
 
+def _listener_chain(config: dict[str, Any]) -> dict[str, Any]:
+    chain: dict[str, Any] = config["static_resources"]["listeners"][0]["filter_chains"][0]
+    return chain
+
+
+def _jwt(config: dict[str, Any]) -> dict[str, Any]:
+    filters = _hcm(config)["http_filters"]
+    found: dict[str, Any] = next(f for f in filters if f["name"] == "envoy.filters.http.jwt_authn")[
+        "typed_config"
+    ]
+    return found
+
+
 def _hcm(config: dict[str, Any]) -> dict[str, Any]:
     listener = config["static_resources"]["listeners"][0]
     typed: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
@@ -34,6 +47,7 @@ def test_config_keeps_the_fronts_promises() -> None:
         "embedding",
         "vector",
         "inference",
+        "identity_provider",
     }
 
 
@@ -45,6 +59,8 @@ def test_clusters_resolve_the_headless_services_of_the_manifests() -> None:
         if o["kind"] == "Service" and o["spec"].get("clusterIP") == "None"
     }
     for cluster in CONFIG["static_resources"]["clusters"]:
+        if cluster["name"] not in dc.GRPC_SERVICES:
+            continue
         endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
         address = endpoint["address"]["socket_address"]
         assert headless[address["address"]] == address["port_value"]
@@ -103,6 +119,29 @@ def test_schema_check_catches(change: Any, expected: str) -> None:
         ),
         (lambda c: _hcm(c)["http_filters"].pop(0), "no local rate limit"),
         (lambda c: _hcm(c)["http_filters"].reverse(), "router must be the last"),
+        (lambda c: _hcm(c)["http_filters"].pop(1), "no envoy.filters.http.jwt_authn filter"),
+        (lambda c: _jwt(c)["providers"]["lodestar"].pop("forward"), "is not forwarded"),
+        (lambda c: _jwt(c)["providers"]["lodestar"].update(issuer="x"), "issuer is not"),
+        (lambda c: _jwt(c)["providers"]["lodestar"].update(audiences=["x"]), "audience"),
+        (lambda c: _jwt(c)["rules"].pop(), "JWT is not required on every route"),
+        (
+            lambda c: _jwt(c)["rules"].insert(0, {"match": {"prefix": "/lodestar.vector.v1."}}),
+            "/lodestar.vector.v1. is open without a JWT",
+        ),
+        (lambda c: _listener_chain(c).pop("transport_socket"), "clients are not served TLS"),
+        (lambda c: _cluster(c).pop("transport_socket"), "the service is not called over TLS"),
+        (
+            lambda c: _cluster(c)["transport_socket"]["typed_config"]["common_tls_context"].pop(
+                "validation_context"
+            ),
+            "not verified against a CA",
+        ),
+        (
+            lambda c: _cluster(c)["transport_socket"]["typed_config"]["common_tls_context"].pop(
+                "tls_certificates"
+            ),
+            "no client certificate",
+        ),
     ],
 )
 def test_policy_check_catches(change: Any, expected: str) -> None:

@@ -139,6 +139,40 @@ def test_prod_gateway_shares_rate_limits_in_redis_and_reads_its_key_from_a_secre
     assert "LODESTAR_GATEWAY_JWT_SIGNING_KEY" not in _config(objects, "gateway")
 
 
+def test_prod_internal_grpc_is_mutual_tls_with_tokens_required() -> None:
+    objects = _objects("prod")
+    for service in ("embedding", "vector", "inference", "gateway"):
+        config = _config(objects, service)
+        assert config["LODESTAR_GRPC_TLS_DIR"] == "/etc/lodestar/tls"
+        workload = _get(objects, "Deployment", service)
+        container = _container(workload, service)
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "grpc-tls")
+        assert mount == {"name": "grpc-tls", "mountPath": "/etc/lodestar/tls", "readOnly": True}
+        volumes = workload["spec"]["template"]["spec"]["volumes"]
+        volume = next(v for v in volumes if v["name"] == "grpc-tls")
+        assert volume["secret"]["secretName"] == f"lodestar-{service}-tls"
+        if service == "gateway":
+            continue
+        assert config["LODESTAR_GRPC_TLS_CLIENT_AUTH"] == "true"
+        assert config["LODESTAR_GRPC_REQUIRE_TOKEN"] == "true"
+        env = {e["name"]: e for e in container.get("env", [])}
+        secret = env["LODESTAR_JWT_SIGNING_KEY"]["valueFrom"]["secretKeyRef"]
+        assert secret == {"name": "lodestar-jwt", "key": "signing-key"}
+        health = next(p["containerPort"] for p in container["ports"] if p["name"] == "health")
+        assert config[f"LODESTAR_{service.upper()}_HEALTH_PORT"] == str(health)
+        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+            assert container[probe]["grpc"]["port"] == health
+
+
+def test_policy_refuses_a_grpc_probe_on_a_tls_port() -> None:
+    objects = _objects("prod")
+    assert dc.k8s_policy_problems(objects) == []
+    vector = _container(_get(objects, "Deployment", "vector"), "vector")
+    vector["readinessProbe"]["grpc"]["port"] = 50052
+    problems = dc.k8s_policy_problems(objects)
+    assert any("readinessProbe must be a gRPC probe on the health port" in p for p in problems)
+
+
 def test_services_name_their_ports_and_probe_over_grpc() -> None:
     objects = _objects("dev")
     for service in ("embedding", "vector", "inference"):

@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     transport.add_argument(
         "--token",
         default=env("LODESTAR_TOKEN"),
-        help="bearer token for the gateway (default: env LODESTAR_TOKEN)",
+        help="bearer token for the gateway, or for services that require one "
+        "(default: env LODESTAR_TOKEN)",
     )
     transport.add_argument(
         "--timeout",
@@ -239,6 +240,7 @@ def make_sink(args: argparse.Namespace) -> Sink:
         args.embedding_address,
         args.vector_address,
         tenant=args.tenant,
+        token=args.token,
         timeout_s=args.timeout,
         connect_timeout_s=args.connect_timeout,
     )

@@ -28,7 +28,7 @@ import grpc
 
 from lodestar.embedding.v1 import embedding_service_pb2 as embedding_pb
 from lodestar.embedding.v1 import embedding_service_pb2_grpc as embedding_grpc
-from lodestar.runtime.channels import insecure_channel
+from lodestar.runtime.channels import open_channel
 from lodestar.runtime.errors import ErrorDetails
 from lodestar.runtime.protojson import dict_to_struct
 from lodestar.vector.v1 import vector_service_pb2 as vector_pb
@@ -187,19 +187,22 @@ class GrpcSink:
         vector_address: str,
         *,
         tenant: str = "",
+        token: str | None = None,
         timeout_s: float = 60.0,
         connect_timeout_s: float = 10.0,
         retry: RetryPolicy | None = None,
     ) -> None:
         self.embedding_address = embedding_address
+        # Services that check tokens take them from each call's metadata.
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.vector_address = vector_address
         self.destination = f"grpc://{vector_address}"
         self._tenant = tenant
         self._timeout = timeout_s
         self._connect_timeout = connect_timeout_s
         self._retry = retry or RetryPolicy()
-        self._embedding_channel = insecure_channel(embedding_address)
-        self._vector_channel = insecure_channel(vector_address)
+        self._embedding_channel = open_channel(embedding_address)
+        self._vector_channel = open_channel(vector_address)
         self._embedding = embedding_grpc.EmbeddingServiceStub(self._embedding_channel)
         self._vector = vector_grpc.VectorServiceStub(self._vector_channel)
 
@@ -226,6 +229,7 @@ class GrpcSink:
             reply = await self._embedding.GetModelInfo(
                 embedding_pb.GetModelInfoRequest(),
                 timeout=self._connect_timeout,
+                metadata=self._metadata,
                 wait_for_ready=True,
             )
         except grpc.aio.AioRpcError as error:
@@ -244,6 +248,7 @@ class GrpcSink:
             reply = await self._vector.GetCollection(
                 vector_pb.GetCollectionRequest(name=name),
                 timeout=self._connect_timeout,
+                metadata=self._metadata,
                 wait_for_ready=True,
             )
             collection, created = reply.collection, False
@@ -285,7 +290,9 @@ class GrpcSink:
             ),
         )
         try:
-            reply = await self._vector.CreateCollection(request, timeout=self._timeout)
+            reply = await self._vector.CreateCollection(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
             return reply.collection
         except grpc.aio.AioRpcError as error:
             if error.code() is grpc.StatusCode.ALREADY_EXISTS:
@@ -293,7 +300,9 @@ class GrpcSink:
                 got = await self._call(
                     "vector",
                     lambda: self._vector.GetCollection(
-                        vector_pb.GetCollectionRequest(name=name), timeout=self._timeout
+                        vector_pb.GetCollectionRequest(name=name),
+                        timeout=self._timeout,
+                        metadata=self._metadata,
                     ),
                 )
                 return got.collection
@@ -310,14 +319,18 @@ class GrpcSink:
             tenant=self._tenant,
         )
         reply = await self._call(
-            "vector", lambda: self._vector.GetPoints(request, timeout=self._timeout)
+            "vector",
+            lambda: self._vector.GetPoints(request, timeout=self._timeout, metadata=self._metadata),
         )
         return {point.id.uuid for point in reply.points}
 
     async def write(self, collection: str, points: Sequence[PointToWrite]) -> WriteResult:
         embed = embedding_pb.EmbedTextsRequest(texts=[p.text for p in points])
         embedded = await self._call(
-            "embedding", lambda: self._embedding.EmbedTexts(embed, timeout=self._timeout)
+            "embedding",
+            lambda: self._embedding.EmbedTexts(
+                embed, timeout=self._timeout, metadata=self._metadata
+            ),
         )
         if len(embedded.embeddings) != len(points):
             raise IngestError(
@@ -336,7 +349,12 @@ class GrpcSink:
             ],
             tenant=self._tenant,
         )
-        await self._call("vector", lambda: self._vector.UpsertPoints(upsert, timeout=self._timeout))
+        await self._call(
+            "vector",
+            lambda: self._vector.UpsertPoints(
+                upsert, timeout=self._timeout, metadata=self._metadata
+            ),
+        )
         truncated = sum(1 for e in embedded.embeddings if e.truncated)
         return WriteResult(len(points), truncated)
 
@@ -355,7 +373,10 @@ class GrpcSink:
             collection=collection, selector=selector, tenant=self._tenant
         )
         reply = await self._call(
-            "vector", lambda: self._vector.DeletePoints(request, timeout=self._timeout)
+            "vector",
+            lambda: self._vector.DeletePoints(
+                request, timeout=self._timeout, metadata=self._metadata
+            ),
         )
         return int(reply.deleted_count)
 

@@ -1,4 +1,5 @@
-"""The server-side layers of every call: request id → tracing → metrics and errors.
+"""The server-side layers of every call: request id → tracing → metrics and errors
+→ the server's own (its tokens and permissions, ``auth.rpc``).
 
 The request-id and metrics/errors layers wrap each method's handler once, when a
 service registers it (``WrappingRegistrar``), rather than as grpc interceptors,
@@ -82,8 +83,9 @@ class _WrappedGenericHandler(grpc.GenericRpcHandler):
     """A generic handler whose method handlers come out wrapped (each made once, and
     made again only if the inner handler resolves that method differently)."""
 
-    def __init__(self, inner: grpc.GenericRpcHandler) -> None:
+    def __init__(self, inner: grpc.GenericRpcHandler, layers: Sequence[Wrapper]) -> None:
         self._inner = inner
+        self._layers = layers
         self._wrapped: dict[
             str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]
         ] = {}
@@ -98,7 +100,7 @@ class _WrappedGenericHandler(grpc.GenericRpcHandler):
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = wrap_method_handler(handler, method)
+        wrapped = wrap_method_handler(handler, method, self._layers)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
@@ -106,20 +108,27 @@ class _WrappedGenericHandler(grpc.GenericRpcHandler):
 class WrappingRegistrar:
     """Stands in for the server where services register their handlers (the generated
     ``add_*_to_server`` functions, health, reflection): each method handler reaches
-    the server already wrapped in the request-id and metrics/errors layers."""
+    the server already wrapped in the request-id and metrics/errors layers, and in
+    ``inner`` layers (outermost first) inside those."""
 
-    def __init__(self, server: grpc.aio.Server) -> None:
+    def __init__(self, server: grpc.aio.Server, inner: Sequence[Wrapper] = ()) -> None:
         self._server = server
+        self._inner = tuple(inner)
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
-        self._server.add_generic_rpc_handlers(tuple(_WrappedGenericHandler(h) for h in handlers))
+        self._server.add_generic_rpc_handlers(
+            tuple(_WrappedGenericHandler(h, self._inner) for h in handlers)
+        )
 
     def add_registered_method_handlers(
         self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
     ) -> None:
         self._server.add_registered_method_handlers(  # type: ignore[attr-defined]
             service,
-            {name: wrap_method_handler(h, f"/{service}/{name}") for name, h in handlers.items()},
+            {
+                name: wrap_method_handler(h, f"/{service}/{name}", self._inner)
+                for name, h in handlers.items()
+            },
         )
 
     def __getattr__(self, name: str) -> Any:
@@ -244,10 +253,11 @@ _LAYERS: tuple[Wrapper, ...] = (_request_id_wrapper, _errors_and_metrics_wrapper
 
 
 def wrap_method_handler(
-    handler: grpc.RpcMethodHandler[Any, Any], method: str
+    handler: grpc.RpcMethodHandler[Any, Any], method: str, inner: Sequence[Wrapper] = ()
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    """``handler`` inside the request-id and metrics/errors layers."""
-    for layer in reversed(_LAYERS):
+    """``handler`` inside the request-id and metrics/errors layers, and ``inner``
+    inside those (so that what they raise is counted and mapped like the rest)."""
+    for layer in reversed((*_LAYERS, *inner)):
         handler = _wrap_handler(handler, method, layer)
     return handler
 

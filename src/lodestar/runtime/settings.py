@@ -5,8 +5,11 @@ services through ``ServerSettings``), with its own prefix (``LODESTAR_EMBEDDING_
 ``LODESTAR_VECTOR_``, ...). What the process bootstrap (``runtime.process``) reads is
 declared here once, each under one variable for the whole platform:
 ``LODESTAR_LOG_LEVEL``, ``LODESTAR_LOG_JSON``, ``LODESTAR_EVENT_LOOP`` and
-``LODESTAR_GC_THRESHOLD``; and the gRPC keepalive interval that clients and servers
-share, ``LODESTAR_GRPC_KEEPALIVE_S`` (``runtime.keepalive``).
+``LODESTAR_GC_THRESHOLD``; the gRPC keepalive interval that clients and servers
+share, ``LODESTAR_GRPC_KEEPALIVE_S`` (``runtime.keepalive``); the certificates of every
+gRPC hop, ``LODESTAR_GRPC_TLS_*`` (``runtime.tls``); and, for the gRPC services, how
+tokens are verified (``auth.settings``, the gateway's variables) and whether a call
+needs one, ``LODESTAR_GRPC_REQUIRE_TOKEN``.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
+from lodestar.auth.settings import TokenSettings
 from lodestar.runtime.eventloop import EventLoop
 from lodestar.runtime.keepalive import KeepaliveSettings
+from lodestar.runtime.tls import TlsSettings
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
@@ -34,10 +39,11 @@ EventLoopSetting = Annotated[
 ]
 
 
-class ServiceSettings(KeepaliveSettings):
+class ServiceSettings(KeepaliveSettings, TlsSettings):
     """What every service process shares: its address, its drain, what the
-    bootstrap sets up (logging, event loop, garbage collector) and the keepalive
-    interval of its gRPC connections; subclasses set ``env_prefix`` and their own port."""
+    bootstrap sets up (logging, event loop, garbage collector), the keepalive
+    interval and the certificates of its gRPC connections; subclasses set
+    ``env_prefix`` and their own port."""
 
     model_config = SettingsConfigDict(env_prefix="LODESTAR_", extra="ignore", frozen=True)
 
@@ -91,9 +97,9 @@ class ServiceSettings(KeepaliveSettings):
         return {"port": self.port} if self.port else {}
 
 
-class ServerSettings(ServiceSettings):
-    """What every gRPC service shares besides: the metrics endpoint and the pause
-    between NOT_SERVING and the drain."""
+class ServerSettings(ServiceSettings, TokenSettings):
+    """What every gRPC service shares besides: the metrics endpoint, the pause
+    between NOT_SERVING and the drain, and the tokens its calls carry."""
 
     port: int = Field(0, ge=0, le=65535, description="gRPC port (0 picks a free one).")
     metrics_port: int | None = Field(
@@ -107,10 +113,29 @@ class ServerSettings(ServiceSettings):
         "probe periods behind a load balancer that follows gRPC health.",
     )
 
+    health_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Plaintext port serving only the gRPC health service, beside a TLS "
+        "port: for Kubernetes' gRPC probes, which cannot speak TLS. Unset: health is "
+        "served on the gRPC port alone.",
+    )
+    require_token: bool = Field(
+        False,
+        validation_alias=AliasChoices("LODESTAR_GRPC_REQUIRE_TOKEN"),
+        description="Refuse (UNAUTHENTICATED) every call without a bearer token, as the "
+        "gateway refuses REST requests; a call that carries one is checked whether or "
+        "not this is set. Turn it on wherever anyone but the platform's own processes "
+        "can reach a service (the gateway forwards its callers' tokens).",
+    )
+
     def listen_ports(self) -> dict[str, int]:
         ports = super().listen_ports()
         if self.metrics_port:
             ports["metrics_port"] = self.metrics_port
+        if self.health_port:
+            ports["health_port"] = self.health_port
         return ports
 
     @property

@@ -8,20 +8,25 @@ failover and, for idempotent RPCs only, the retry.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import Message
 
+from lodestar.auth.rpc import AUTHORIZATION_METADATA
 from lodestar.embedding.v1 import embedding_service_pb2 as epb
 from lodestar.embedding.v1 import embedding_service_pb2_grpc as epb_grpc
 from lodestar.inference.v1 import inference_service_pb2 as ipb
 from lodestar.inference.v1 import inference_service_pb2_grpc as ipb_grpc
 from lodestar.runtime.errors import InvalidArgument
-from lodestar.services.gateway.deadline import CallOptions
+from lodestar.runtime.tls import watch_certificates
+from lodestar.services.gateway.deadline import CallOptions, Metadata
+from lodestar.services.gateway.identity import GatewayIdentity
 from lodestar.services.gateway.resilience import ReplicaPool, Rpc, StubFactory
 from lodestar.services.gateway.settings import GatewaySettings
 from lodestar.vector.v1 import analytics_service_pb2 as apb
@@ -99,15 +104,27 @@ _STUBS: Mapping[str, StubFactory] = {
 }
 
 
+OwnMetadata = Callable[[], Metadata]
+
+
+def _credentials(options: CallOptions, own: OwnMetadata | None) -> CallOptions:
+    """``options``, with the gateway's own credentials where they carry no caller's
+    (a call made for no request, such as a usage record; see ``identity``)."""
+    if own is None or any(key == AUTHORIZATION_METADATA for key, _ in options.metadata):
+        return options
+    return replace(options, metadata=options.metadata + own())
+
+
 @dataclass(frozen=True, slots=True)
 class Unary(Generic[Req, Resp]):
     """A unary RPC bound to its pool: ``await client.rpc(request, options)``."""
 
     pool: ReplicaPool
     rpc: Rpc[Req, Resp]
+    own: OwnMetadata | None = None
 
     def __call__(self, request: Req, options: CallOptions) -> Coroutine[Any, Any, Resp]:
-        return self.pool.unary(self.rpc, request, options)
+        return self.pool.unary(self.rpc, request, _credentials(options, self.own))
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,9 +133,10 @@ class ServerStream(Generic[Req, Resp]):
 
     pool: ReplicaPool
     rpc: Rpc[Req, Resp]
+    own: OwnMetadata | None = None
 
     def __call__(self, request: Req, options: CallOptions) -> AsyncIterator[Resp]:
-        return self.pool.stream(self.rpc, request, options)
+        return self.pool.stream(self.rpc, request, _credentials(options, self.own))
 
 
 class _Service:
@@ -127,9 +145,12 @@ class _Service:
     ``<Method>Response``, the protos' lint rule), which also type the call;
     a pair that is not an RPC of the service fails here, at startup."""
 
-    def __init__(self, pool: ReplicaPool, service: ServiceDescriptor) -> None:
+    def __init__(
+        self, pool: ReplicaPool, service: ServiceDescriptor, own: OwnMetadata | None = None
+    ) -> None:
         self._pool = pool
         self._service = service
+        self._own = own
 
     def _rpc(self, request: type[Req], response: type[Resp], streams: bool) -> Rpc[Req, Resp]:
         name = request.DESCRIPTOR.name.removesuffix("Request")
@@ -149,10 +170,10 @@ class _Service:
         return Rpc(service, name, IDEMPOTENT[service][name])
 
     def unary(self, request: type[Req], response: type[Resp]) -> Unary[Req, Resp]:
-        return Unary(self._pool, self._rpc(request, response, streams=False))
+        return Unary(self._pool, self._rpc(request, response, streams=False), self._own)
 
     def stream(self, request: type[Req], response: type[Resp]) -> ServerStream[Req, Resp]:
-        return ServerStream(self._pool, self._rpc(request, response, streams=True))
+        return ServerStream(self._pool, self._rpc(request, response, streams=True), self._own)
 
 
 class EmbeddingClient:
@@ -192,9 +213,12 @@ class EmbeddingClient:
 
 
 class VectorClient:
-    def __init__(self, pool: ReplicaPool) -> None:
+    """The vector service; ``own`` is the gateway's own credentials, for what it does
+    on its own authority (``CallOptions.as_gateway``)."""
+
+    def __init__(self, pool: ReplicaPool, own: OwnMetadata | None = None) -> None:
         self.pool = pool
-        rpc = _Service(pool, VECTOR_SERVICE).unary
+        rpc = _Service(pool, VECTOR_SERVICE, own).unary
         self.create_collection = rpc(vpb.CreateCollectionRequest, vpb.CreateCollectionResponse)
         self.get_collection = rpc(vpb.GetCollectionRequest, vpb.GetCollectionResponse)
         self.list_collections = rpc(vpb.ListCollectionsRequest, vpb.ListCollectionsResponse)
@@ -218,11 +242,12 @@ class VectorClient:
 
 
 class AnalyticsClient:
-    """The analytics service, served by the vector service's replicas."""
+    """The analytics service, served by the vector service's replicas; ``own`` is
+    the gateway's own credentials, for the usage records it writes for no caller."""
 
-    def __init__(self, pool: ReplicaPool) -> None:
+    def __init__(self, pool: ReplicaPool, own: OwnMetadata | None = None) -> None:
         self.pool = pool
-        rpc = _Service(pool, ANALYTICS_SERVICE).unary
+        rpc = _Service(pool, ANALYTICS_SERVICE, own).unary
         self.search_analytics = rpc(apb.GetSearchAnalyticsRequest, apb.GetSearchAnalyticsResponse)
         self.vector_analytics = rpc(apb.GetVectorAnalyticsRequest, apb.GetVectorAnalyticsResponse)
         self.usage_analytics = rpc(apb.GetUsageAnalyticsRequest, apb.GetUsageAnalyticsResponse)
@@ -247,6 +272,8 @@ class Backends:
     """Every backend the gateway calls: pools and typed clients."""
 
     def __init__(self, settings: GatewaySettings) -> None:
+        identity = GatewayIdentity(settings)
+
         def pool(backend: str, addresses: Sequence[str], *served: ServiceDescriptor) -> ReplicaPool:
             return ReplicaPool(
                 backend,
@@ -255,6 +282,7 @@ class Backends:
                 {s.full_name: _STUBS[s.full_name] for s in served},
                 failure_threshold=settings.breaker_failure_threshold,
                 open_s=settings.breaker_open_s,
+                tls=settings,
             )
 
         self.embedding_pool = pool("embedding", settings.embedding_addresses, EMBEDDING_SERVICE)
@@ -263,14 +291,29 @@ class Backends:
         )
         self.inference_pool = pool("inference", settings.inference_addresses, INFERENCE_SERVICE)
         self.embedding = EmbeddingClient(self.embedding_pool, settings.embed_batch_size)
-        self.vector = VectorClient(self.vector_pool)
-        self.analytics = AnalyticsClient(self.vector_pool)
+        self.vector = VectorClient(self.vector_pool, identity.metadata)
+        self.analytics = AnalyticsClient(self.vector_pool, identity.metadata)
         self.inference = InferenceClient(self.inference_pool)
+        # Renewed client certificates go into new channels (built on the event loop).
+        self._watch: asyncio.Task[None] | None = None
+        if settings.grpc_tls_dir is not None:
+            self._watch = asyncio.get_running_loop().create_task(
+                watch_certificates(settings.grpc_tls_dir, self.reopen), name="tls-watch"
+            )
+
+    def reopen(self) -> None:
+        """New channels to every replica, with the certificates as they are now."""
+        for pool in self.pools:
+            pool.reopen()
 
     @property
     def pools(self) -> list[ReplicaPool]:
         return [self.embedding_pool, self.vector_pool, self.inference_pool]
 
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
         for pool in self.pools:
             await pool.close()

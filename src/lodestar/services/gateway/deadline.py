@@ -11,6 +11,7 @@ import re
 import time
 from dataclasses import dataclass
 
+from lodestar.auth.rpc import AUTHORIZATION_METADATA
 from lodestar.runtime.context import REQUEST_ID_HEADER
 from lodestar.runtime.errors import DeadlineExceeded, InvalidArgument
 
@@ -78,5 +79,16 @@ class CallOptions:
     metadata: Metadata = ()
 
     @classmethod
-    def for_request(cls, deadline: Deadline, request_id: str) -> CallOptions:
-        return cls(deadline, ((REQUEST_ID_HEADER, request_id),) if request_id else ())
+    def for_request(cls, deadline: Deadline, request_id: str, token: str = "") -> CallOptions:
+        """Options of the backend calls made for one request: its id, and the
+        caller's bearer token, which the services verify (``gateway.identity``)."""
+        metadata: Metadata = ((REQUEST_ID_HEADER, request_id),) if request_id else ()
+        if token:
+            metadata += ((AUTHORIZATION_METADATA, f"Bearer {token}"),)
+        return cls(deadline, metadata)
+
+    def as_gateway(self) -> CallOptions:
+        """These options without the caller's token: for what the gateway does on its
+        own authority once it has checked the caller (``identity.GatewayIdentity``)."""
+        kept = tuple(item for item in self.metadata if item[0] != AUTHORIZATION_METADATA)
+        return CallOptions(self.deadline, kept)

@@ -99,7 +99,8 @@ class Requirement:
         )
         return Call(
             principal,
-            CallOptions.for_request(deadline, current_request_id()),
+            # The services check the caller's own token (``gateway.identity``).
+            CallOptions.for_request(deadline, current_request_id(), bearer_token(request) or ""),
             request,
             settings,
             gateway.backends,

@@ -41,7 +41,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lodestar.runtime import channels
 from lodestar.runtime.keepalive import MAX_CONNECTION_AGE_GRACE_S
-from lodestar.runtime.telemetry import tracing_client_interceptors
+from lodestar.runtime.tls import TlsSettings
 from lodestar.services.gateway.backend_errors import AllReplicasUnavailable, backend_error
 from lodestar.services.gateway.deadline import CallOptions, Deadline
 from lodestar.services.gateway.discovery import RESOLVE_INTERVAL_S, Discovery, parse_target
@@ -162,17 +162,6 @@ RECOVERY_PAUSE_S: Final = 0.05
 RECONNECT_BACKOFF_MAX_S: Final = 2.0
 
 
-def channel_options(reconnect_backoff_max_s: float) -> list[tuple[str, int | str]]:
-    backoff_ms = max(100, int(reconnect_backoff_max_s * 1000))
-    return [
-        *channels.channel_options(),
-        # Reconnect to a replica that comes back within seconds, not minutes.
-        ("grpc.initial_reconnect_backoff_ms", min(backoff_ms, 250)),
-        ("grpc.min_reconnect_backoff_ms", min(backoff_ms, 250)),
-        ("grpc.max_reconnect_backoff_ms", backoff_ms),
-    ]
-
-
 # An idempotent call is retried on these. CANCELLED reaches here only when the
 # server cancelled the call (a cancelled client request raises CancelledError
 # instead): a replica shutting down does that to the calls it was serving.
@@ -204,6 +193,7 @@ class ReplicaPool:
 
     ``stubs`` maps each service the backend serves (full name) to its
     generated stub class; ``service_name`` is the one its health is checked by.
+    Channels use ``tls``'s certificates; a DNS replica's, under the resolved name.
     """
 
     def __init__(
@@ -216,6 +206,7 @@ class ReplicaPool:
         failure_threshold: int = 5,
         open_s: float = 5.0,
         resolve_interval_s: float = RESOLVE_INTERVAL_S,
+        tls: TlsSettings | None = None,
     ) -> None:
         if not addresses:
             raise ValueError(f"{backend}: at least one replica address is needed")
@@ -226,11 +217,12 @@ class ReplicaPool:
         self._open_s = open_s
         # A channel retries a replica that is down at least as often as its breaker
         # probes it, so that a probe finds a replica that came back connected.
-        self._options = channel_options(min(RECONNECT_BACKOFF_MAX_S, open_s))
-        self._interceptors = tracing_client_interceptors()
+        self._options = channels.reconnecting_options(min(RECONNECT_BACKOFF_MAX_S, open_s))
+        self._tls = tls
         targets = [(address, parse_target(address)) for address in addresses]
         self._fixed = [address for address, target in targets if target is None]
         dns_targets = [target for _, target in targets if target is not None]
+        self._dns_name = dns_targets[0].name if dns_targets else None
         self.replicas: list[Replica] = [self._replica(a) for a in dict.fromkeys(self._fixed)]
         self._discovery = (
             Discovery(backend, dns_targets, self._follow, resolve_interval_s)
@@ -242,9 +234,8 @@ class ReplicaPool:
         self._probes: dict[int, asyncio.Task[bool]] = {}
 
     def _replica(self, address: str) -> Replica:
-        channel = grpc.aio.insecure_channel(
-            address, options=self._options, interceptors=self._interceptors or None
-        )
+        name = None if address in self._fixed else self._dns_name
+        channel = channels.open_channel(address, self._tls, self._options, name)
         gauge = BREAKER_STATE.labels(self.backend, address)
         gauge.set(BreakerState.CLOSED)
         breaker = CircuitBreaker(
@@ -252,6 +243,15 @@ class ReplicaPool:
         )
         per_service = {service: make(channel) for service, make in self._stubs.items()}
         return Replica(self.backend, address, channel, per_service, breaker)
+
+    def reopen(self) -> None:
+        """New channels to every replica (renewed certificates); calls in flight
+        finish on the old ones, which close after them."""
+        old, self.replicas = self.replicas, [self._replica(r.address) for r in self.replicas]
+        for replica in old:
+            task = asyncio.create_task(replica.channel.close(MAX_CONNECTION_AGE_GRACE_S))
+            self._retiring[task] = replica
+            task.add_done_callback(lambda done: self._retiring.pop(done, None))
 
     def _follow(self, resolved: frozenset[str]) -> None:
         """Make the replicas those of the fixed addresses and of ``resolved``."""

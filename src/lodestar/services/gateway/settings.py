@@ -10,20 +10,18 @@ role table, rate limits) are JSON objects, e.g.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from lodestar import limits
+from lodestar.auth.settings import DEVELOPMENT_SIGNING_KEY as DEVELOPMENT_SIGNING_KEY
+from lodestar.auth.settings import TokenSettings
 from lodestar.runtime.settings import ServiceSettings
 from lodestar.services.gateway.discovery import parse_target
-from lodestar.services.gateway.permissions import DEFAULT_ROLES, Permission
 from lodestar.services.gateway.ratelimit import RouteClass
-
-# Signs and verifies development tokens when no JWKS URL is configured. It is
-# public knowledge, so a gateway using it must never face the internet.
-DEVELOPMENT_SIGNING_KEY = "lodestar-development-signing-key-do-not-use-in-production"
 
 _DEFAULT_REQUESTS_PER_MINUTE: dict[RouteClass, int] = {
     RouteClass.GENERATE: 120,
@@ -48,10 +46,13 @@ def _split_commas(value: Any) -> Any:
 Addresses = Annotated[tuple[str, ...], NoDecode]
 
 
-class GatewaySettings(ServiceSettings):
-    """Everything the gateway reads from its environment."""
+class GatewaySettings(ServiceSettings, TokenSettings):
+    """Everything the gateway reads from its environment; how tokens are verified
+    (``TokenSettings``) it shares with the gRPC services."""
 
-    model_config = SettingsConfigDict(env_prefix="LODESTAR_GATEWAY_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="LODESTAR_GATEWAY_", extra="ignore", frozen=True, populate_by_name=True
+    )
 
     port: int = Field(
         8080,
@@ -94,55 +95,13 @@ class GatewaySettings(ServiceSettings):
         "insert larger batches of points in one request.",
     )
 
-    jwt_signing_key: SecretStr = Field(
-        SecretStr(DEVELOPMENT_SIGNING_KEY),
-        description="HS256 key that signs and verifies tokens when no JWKS URL is set. "
-        "The default is a public development key: set a secret one wherever the gateway "
-        "is reachable by anyone but you.",
-    )
-    jwt_jwks_url: str = Field(
-        "",
-        description="JWKS URL of the identity provider; set it to accept the tokens your "
-        "identity provider issues. When set, tokens must be signed by one of its keys with "
-        "an algorithm of jwt_algorithms, and HS256 tokens are refused.",
-    )
-    jwt_algorithms: Annotated[tuple[str, ...], NoDecode] = Field(
-        ("RS256", "ES256"),
-        description="Algorithms accepted with a JWKS URL (comma-separated; asymmetric "
-        "only); add the one your identity provider signs with if it is not RS256 or ES256.",
-    )
-    jwt_issuer: str = Field(
-        "lodestar",
-        description="Required `iss` claim; set it to your identity provider's issuer.",
-    )
-    jwt_audience: str = Field(
-        "lodestar-api",
-        description="Required `aud` claim; set it to the audience your identity provider "
-        "puts in the tokens it issues for Lodestar.",
-    )
-    jwt_leeway_s: float = Field(
-        30.0,
-        ge=0,
-        le=600,
-        description="Clock skew tolerated on exp and nbf, in seconds; raise it only where "
-        "the clocks of the token issuer and the gateway drift further apart.",
-    )
-    jwt_required_claims: Annotated[tuple[str, ...], NoDecode] = Field(
-        ("exp", "nbf", "iss", "aud", "sub"),
-        description="Claims every token must carry (comma-separated); drop one only if "
-        "your identity provider does not issue it.",
-    )
-    jwks_cache_s: float = Field(
-        300.0,
-        gt=0,
-        description="How long keys fetched from the JWKS URL are trusted, in seconds; lower "
-        "it if your identity provider retires keys sooner after rotating them.",
-    )
-    roles: dict[str, tuple[Permission, ...]] = Field(
-        default_factory=lambda: {role: tuple(perms) for role, perms in DEFAULT_ROLES.items()},
-        description="Role → permissions, JSON; set it to give your identity provider's "
-        "roles their permissions. Defaults: viewer, user, editor, operator, admin (see the "
-        "gateway's permissions module).",
+    service_token_file: Path | None = Field(
+        None,
+        description="File holding the gateway's own bearer token (from your identity "
+        "provider; re-read when it changes) for what it does on its own authority (usage "
+        "records, the collection a generation stores into, feedback scores); it needs "
+        "AdministerSystem, ManageCollections and UpdateVectors. Unset: with the HS256 key "
+        "the gateway signs one itself.",
     )
 
     requests_per_minute: dict[RouteClass, int] = Field(
@@ -234,8 +193,6 @@ class GatewaySettings(ServiceSettings):
         "embedding_addresses",
         "vector_addresses",
         "inference_addresses",
-        "jwt_algorithms",
-        "jwt_required_claims",
         mode="before",
     )
     @classmethod
@@ -253,15 +210,6 @@ class GatewaySettings(ServiceSettings):
             host, sep, port = address.rpartition(":")
             if not sep or not host or not port.isdigit():
                 raise ValueError(f"{address!r} is not host:port")
-        return value
-
-    @field_validator("jwt_algorithms")
-    @classmethod
-    def _asymmetric_only(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        allowed = {"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "EdDSA"}
-        bad = [alg for alg in value if alg not in allowed]
-        if bad or not value:
-            raise ValueError(f"JWKS algorithms must be asymmetric ({sorted(allowed)}), got {bad}")
         return value
 
     @model_validator(mode="after")

@@ -131,9 +131,11 @@ async def feedback(
     }
     update = vpb.PointUpdate(id=point_id)
     dict_to_struct(scored, update.payload)
+    # On the gateway's authority: scoring an interaction (GenerateText) is not
+    # updating points (UpdateVectors); the caller's tenant still binds it.
     await call.backends.vector.update_points(
         vpb.UpdatePointsRequest(collection=collection, updates=[update], tenant=call.tenant),
-        call.options,
+        call.options.as_gateway(),
     )
     return respond_json(
         {

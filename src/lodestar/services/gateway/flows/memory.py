@@ -64,7 +64,9 @@ async def ensure_collection(call: Call, name: str) -> None:
         ),
     )
     try:
-        await call.backends.vector.create_collection(request, call.options)
+        # Made on the gateway's authority: the caller may store (InsertVectors) but
+        # need not manage collections.
+        await call.backends.vector.create_collection(request, call.options.as_gateway())
     except LodestarError as error:
         if error.code is not grpc.StatusCode.ALREADY_EXISTS:
             raise
