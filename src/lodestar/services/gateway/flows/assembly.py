@@ -5,17 +5,19 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from lodestar.services.gateway.backends import Backends
-from lodestar.services.gateway.flows import cluster, feedback
+from lodestar.services.gateway.flows import cluster, experiment_routes, feedback
 from lodestar.services.gateway.flows.augment import ComposeStage
+from lodestar.services.gateway.flows.experiments import ExperimentStage
 from lodestar.services.gateway.flows.feedback import FeedbackStage
 from lodestar.services.gateway.flows.memory import StoreStage
 from lodestar.services.gateway.flows.rag import ContextStage
 from lodestar.services.gateway.flows.runtime import FlowsRuntime
+from lodestar.services.gateway.flows.semantic_cache import CacheStage
 from lodestar.services.gateway.flows.settings import FlowsSettings
 from lodestar.services.gateway.flows.usage import UsageRecorder, UsageStage
 from lodestar.services.gateway.pipeline import GenerateStage
 
-ROUTERS: tuple[APIRouter, ...] = (feedback.router, cluster.router)
+ROUTERS: tuple[APIRouter, ...] = (feedback.router, cluster.router, experiment_routes.router)
 
 
 def build_flows(settings: FlowsSettings, backends: Backends) -> FlowsRuntime:
@@ -24,9 +26,12 @@ def build_flows(settings: FlowsSettings, backends: Backends) -> FlowsRuntime:
 
 
 def flow_stages(flows: FlowsRuntime) -> list[GenerateStage]:
-    """The generation stages, in order: feedback and retrieval collect, compose
-    builds the prompt from what they found, then the answer is stored and counted."""
+    """The generation stages, in order: the experiment marks the answer, the
+    cache may answer at once, feedback and retrieval collect, compose builds
+    the prompt from what they found, then the answer is stored and counted."""
     return [
+        ExperimentStage(flows),
+        CacheStage(flows),
         FeedbackStage(flows),
         ContextStage(flows),
         ComposeStage(flows),

@@ -39,6 +39,7 @@ from lodestar.services.gateway.openai.schemas import (
     ResponseFormatIn,
     SamplingIn,
 )
+from lodestar.services.gateway.openai.served import Served, serve
 from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.responses import respond_json
@@ -132,6 +133,7 @@ _UsageChunk = Callable[[dict[str, Any]], bytes]
 async def _relay(
     call: Call,
     request: ipb.GenerateTextRequest,
+    served: Served,
     *,
     chunk: _Chunk,
     opening: bytes | None,
@@ -141,10 +143,31 @@ async def _relay(
     """The inference stream relayed as OpenAI chunks (``chunk`` makes one from
     a delta or a finish reason); failures before the first token still get
     their HTTP status."""
-    messages = call.backends.inference.stream(convert.stream_request_from(request), call.options)
-    events = _events(call, messages, chunk, opening, usage_chunk, include_usage=include_usage)
-    return await respond_events(
+    if served.answer is not None:
+        messages = _replay(served.answer)
+    else:
+        messages = call.backends.inference.stream(
+            convert.stream_request_from(request), call.options
+        )
+    events = _events(
+        call, messages, served, chunk, opening, usage_chunk, include_usage=include_usage
+    )
+    response = await respond_events(
         events, keepalive_s=call.settings.sse_keepalive_s, error_event=_error_event
+    )
+    response.headers.update(served.headers)
+    return response
+
+
+async def _replay(
+    answer: ipb.GenerateTextResponse,
+) -> AsyncIterator[ipb.StreamGenerateTextResponse]:
+    """A cached answer as a stream of one delta."""
+    yield ipb.StreamGenerateTextResponse(
+        delta=answer.text,
+        finish_reason=answer.finish_reason,
+        usage=answer.usage,
+        model=answer.model,
     )
 
 
@@ -155,6 +178,7 @@ def _error_event(error: LodestarError) -> bytes:
 async def _events(
     call: Call,
     messages: AsyncIterator[ipb.StreamGenerateTextResponse],
+    served: Served,
     chunk: _Chunk,
     opening: bytes | None,
     usage_chunk: _UsageChunk,
@@ -162,6 +186,7 @@ async def _events(
     include_usage: bool,
 ) -> AsyncGenerator[bytes, None]:
     deltas = 0
+    parts: list[str] = []
     last: ipb.StreamGenerateTextResponse | None = None
     settled = False
     try:
@@ -172,11 +197,14 @@ async def _events(
             last = message
             if message.delta:
                 deltas += 1
+                parts.append(message.delta)
                 yield chunk(message.delta, None)
             message = await anext(messages, None)
         usage = last.usage if last is not None else ipb.Usage()
         settled = True
         await _debit(call, usage.prompt_tokens, usage.completion_tokens or deltas)
+        if last is not None:
+            await served.finish("".join(parts), last.finish_reason, usage, last.model)
         yield chunk(None, _finish(last.finish_reason if last is not None else 0))
         if include_usage:
             yield usage_chunk(_usage(usage))
@@ -191,6 +219,24 @@ async def _events(
         if not settled:
             # Cancelled or failed midway: the tokens produced still count.
             await _debit(call, 0, deltas)
+
+
+async def _answer(
+    call: Call, request: ipb.GenerateTextRequest, served: Served
+) -> ipb.GenerateTextResponse:
+    """The cached answer, or a generated one (debited and offered to the cache)."""
+    if served.answer is not None:
+        await served.finish(served.answer.text, served.answer.finish_reason, None, "")
+        return served.answer
+    response = await call.backends.inference.generate(request, call.options)
+    await _debit(call, response.usage.prompt_tokens, response.usage.completion_tokens)
+    await served.finish(response.text, response.finish_reason, response.usage, response.model)
+    return response
+
+
+def _with_headers(served: Served, response: Response) -> Response:
+    response.headers.update(served.headers)
+    return response
 
 
 @router.get("/models", summary="Models (OpenAI-compatible)")
@@ -230,28 +276,31 @@ async def chat_completions(body: ChatCompletionRequest, call: Generate, flows: F
     _sampling(request, body, body.token_limit)
     _constraint(request, body.response_format)
     await call.limiter.check_tokens(call.principal.subject)
+    served = await serve(call, flows, "chat", request, cache=body.cache, model=model)
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     if not body.stream:
-        response = await call.backends.inference.generate(request, call.options)
-        await _debit(call, response.usage.prompt_tokens, response.usage.completion_tokens)
-        return respond_json(
-            {
-                "id": completion_id,
-                "object": "chat.completion",
-                "created": created,
-                "model": model,
-                "system_fingerprint": None,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": response.text},
-                        "logprobs": None,
-                        "finish_reason": _finish(response.finish_reason),
-                    }
-                ],
-                "usage": _usage(response.usage),
-            }
+        response = await _answer(call, request, served)
+        return _with_headers(
+            served,
+            respond_json(
+                {
+                    "id": completion_id,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": model,
+                    "system_fingerprint": None,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": response.text},
+                            "logprobs": None,
+                            "finish_reason": _finish(response.finish_reason),
+                        }
+                    ],
+                    "usage": _usage(response.usage),
+                }
+            ),
         )
     header = {
         "id": completion_id,
@@ -292,6 +341,7 @@ async def chat_completions(body: ChatCompletionRequest, call: Generate, flows: F
     return await _relay(
         call,
         request,
+        served,
         chunk=chunk,
         opening=opening,
         usage_chunk=usage_chunk,
@@ -309,25 +359,28 @@ async def completions(body: CompletionRequest, call: Generate, flows: Flows) -> 
     request = ipb.GenerateTextRequest(prompt=body.prompt_text)
     _sampling(request, body, body.max_tokens)
     await call.limiter.check_tokens(call.principal.subject)
+    served = await serve(call, flows, "completions", request, cache=body.cache, model=model)
     completion_id = f"cmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     header = {"id": completion_id, "object": "text_completion", "created": created, "model": model}
     if not body.stream:
-        response = await call.backends.inference.generate(request, call.options)
-        await _debit(call, response.usage.prompt_tokens, response.usage.completion_tokens)
-        return respond_json(
-            {
-                **header,
-                "choices": [
-                    {
-                        "text": response.text,
-                        "index": 0,
-                        "logprobs": None,
-                        "finish_reason": _finish(response.finish_reason),
-                    }
-                ],
-                "usage": _usage(response.usage),
-            }
+        response = await _answer(call, request, served)
+        return _with_headers(
+            served,
+            respond_json(
+                {
+                    **header,
+                    "choices": [
+                        {
+                            "text": response.text,
+                            "index": 0,
+                            "logprobs": None,
+                            "finish_reason": _finish(response.finish_reason),
+                        }
+                    ],
+                    "usage": _usage(response.usage),
+                }
+            ),
         )
 
     def chunk(delta: str | None, finish: str | None) -> bytes:
@@ -347,6 +400,7 @@ async def completions(body: CompletionRequest, call: Generate, flows: Flows) -> 
     return await _relay(
         call,
         request,
+        served,
         chunk=chunk,
         opening=None,
         usage_chunk=usage_chunk,

@@ -107,6 +107,9 @@ class GenerateRequest(GenerateItem):
         max_length=128,
         description="Conversation the interaction belongs to (stored with store_embedding).",
     )
+    cache: bool = Field(
+        True, description="false: never answer from the semantic cache, nor store in it."
+    )
 
     @model_validator(mode="after")
     def _collection_needs_store(self) -> GenerateRequest:
