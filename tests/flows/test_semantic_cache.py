@@ -137,7 +137,7 @@ async def test_a_streamed_hit_sends_the_cached_text(
     events = sse_events(reply.text)
     tokens = "".join(data["delta"] for name, data in events if name == "token")
     assert tokens == first.json()["text"]
-    done = [data for name, data in events if name == "done"][0]
+    done = next(data for name, data in events if name == "done")
     assert done["usage"]["completion_tokens"] == 0
     assert done["cache"]["hit"] is True
 
