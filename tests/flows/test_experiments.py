@@ -186,9 +186,7 @@ async def test_variants_are_sticky_and_judged_by_feedback(
     assert "experiment" not in after.json()
 
 
-async def test_the_cache_keeps_variants_apart(
-    http: httpx.AsyncClient, lab: RunningGateway
-) -> None:
+async def test_the_cache_keeps_variants_apart(http: httpx.AsyncClient, lab: RunningGateway) -> None:
     admin = lab.auth("admin")
     definition = {
         **DEFINITION,

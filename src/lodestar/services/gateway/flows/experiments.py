@@ -74,7 +74,7 @@ FEEDBACK = Counter(
     ["experiment", "variant"],
 )
 FEEDBACK_SCORE = Counter(
-    "lodestar_gateway_experiment_feedback_score",
+    "lodestar_gateway_experiment_feedback_score_total",
     "Sum of the feedback scores given to answers of an experiment (with "
     "lodestar_gateway_experiment_feedback_total: the mean score).",
     ["experiment", "variant"],
