@@ -179,6 +179,49 @@ async def test_deleting_a_cited_point_drops_the_answer(
     assert (await _ask(http, admin, question, **ask)).headers[HEADER] == "miss"
 
 
+async def test_updating_cited_points_drops_the_answer(
+    http: httpx.AsyncClient, cached: RunningGateway
+) -> None:
+    admin = cached.auth("admin")
+    collection = fresh("updated")
+    await create_collection(http, admin, collection)
+    ids = await insert_texts(
+        http, admin, collection, [{"text": "The office opens at nine.", "payload": {"source": "a"}}]
+    )
+    ask = {"context": {"collection": collection, "limit": 1}}
+    question = "When does the office open?"
+    await _ask(http, admin, question, **ask)
+    assert _hit(await _ask(http, admin, question, **ask))
+    updated = await http.put(
+        f"/api/v1/vectors/{ids[0]}",
+        params={"collection": collection},
+        json={"payload": {"source": "b"}},
+        headers=admin,
+    )
+    assert updated.status_code == 200, updated.text
+    assert (await _ask(http, admin, question, **ask)).headers[HEADER] == "miss"
+    assert _hit(await _ask(http, admin, question, **ask))
+    # A batch selecting points by filter may touch any of them: every answer
+    # citing the collection goes.
+    batch = await http.post(
+        "/api/v1/vectors/batch",
+        json={
+            "collection": collection,
+            "operations": [
+                {
+                    "set_payload": {
+                        "filter": {"must": [{"key": "source", "match": {"keyword": "b"}}]},
+                        "payload": {"checked": True},
+                    }
+                }
+            ],
+        },
+        headers=admin,
+    )
+    assert batch.status_code == 200, batch.text
+    assert (await _ask(http, admin, question, **ask)).headers[HEADER] == "miss"
+
+
 async def test_a_badly_scored_answer_is_never_served_again(
     http: httpx.AsyncClient, cached: RunningGateway
 ) -> None:

@@ -397,7 +397,12 @@ async def _delete_citing(
 
 
 def _runtime_of(call: Call) -> FlowsRuntime | None:
-    return gateway_of(call.request).flows
+    """The flows of a gateway whose cache is on: with it off, writes pay no
+    extra call (entries left from when it was on still expire by their TTL)."""
+    runtime = gateway_of(call.request).flows
+    if runtime is None or not runtime.settings.semantic_cache:
+        return None
+    return runtime
 
 
 async def invalidate_sources(call: Call, collection: str, point_ids: Iterable[object]) -> int:
