@@ -166,6 +166,15 @@ async def test_deleting_a_cited_point_drops_the_answer(
     assert _hit(second)
     assert [s["id"] for s in second.json()["sources"]] == cited
 
+    # A token that may not use the collection is refused, not served from the cache.
+    confined = cached.auth("admin", sub="confined", collections=["elsewhere-*"])
+    refused = await http.post(
+        "/api/v1/generate",
+        json={"messages": [{"role": "user", "content": question}], **ASK, **ask},
+        headers=confined,
+    )
+    assert refused.status_code == 403, refused.text
+
     # Changing an uncited point keeps the entry; deleting the cited one drops it.
     other = await http.delete(
         f"/api/v1/vectors/{ids[1]}", params={"collection": collection}, headers=admin

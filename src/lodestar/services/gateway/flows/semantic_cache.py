@@ -514,6 +514,12 @@ class CacheStage:
         if not body.cache or earlier is None or (server_history and not multi_turn) or not question:
             bypass(call)
             return
+        # A hit skips the later stages' checks: refuse the collections the
+        # request names that the token may not use, as they would.
+        if body.context is not None:
+            call.collection(body.context.collection)
+        if body.store_embedding or body.use_feedback:
+            call.collection(body.collection or settings.conversations_collection)
         if body.context is not None or body.use_feedback:
             vector = await question_vector(call, augmentation(generation), self._runtime)
         else:
