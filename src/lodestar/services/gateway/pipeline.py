@@ -9,6 +9,10 @@ serves one request option (``context`` for retrieval, ``store_embedding``,
 - ``after``: act on the answer (store it) and add fields to the response
   through ``generation.extra``.
 
+A ``before`` may also answer the request itself (``generation.answered``, a
+cache hit): there is no inference call and the later stages' ``before`` are
+skipped, so a stage that checks something there must not rely on running.
+
 Streaming answers are Server-Sent Events: ``sources`` first (when a stage set
 them), then ``token`` events with text deltas, then one ``done`` event with the
 finish reason, usage, timing and the stages' extra fields (or an ``error``
