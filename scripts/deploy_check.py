@@ -121,6 +121,12 @@ SERVICE_METRICS: Mapping[str, str] = {
     "lodestar_gateway_rate_limit_rejections_total": COUNTER,
     "lodestar_gateway_backend_request_duration_seconds": HISTOGRAM,
     "lodestar_gateway_generated_tokens_total": COUNTER,
+    "lodestar_gateway_semantic_cache_requests_total": COUNTER,
+    "lodestar_gateway_semantic_cache_evictions_total": COUNTER,
+    "lodestar_gateway_semantic_cache_hit_similarity": HISTOGRAM,
+    "lodestar_gateway_experiment_answers_total": COUNTER,
+    "lodestar_gateway_experiment_feedback_total": COUNTER,
+    "lodestar_gateway_experiment_feedback_score_total": COUNTER,
     # Every gRPC service (lodestar.runtime.interceptors).
     "grpc_server_started_total": COUNTER,
     "grpc_server_handled_total": COUNTER,

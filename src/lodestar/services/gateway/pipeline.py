@@ -9,6 +9,10 @@ serves one request option (``context`` for retrieval, ``store_embedding``,
 - ``after``: act on the answer (store it) and add fields to the response
   through ``generation.extra``.
 
+A ``before`` may also answer the request itself (``generation.answered``, a
+cache hit): there is no inference call and the later stages' ``before`` are
+skipped, so a stage that checks something there must not rely on running.
+
 Streaming answers are Server-Sent Events: ``sources`` first (when a stage set
 them), then ``token`` events with text deltas, then one ``done`` event with the
 finish reason, usage, timing and the stages' extra fields (or an ``error``
@@ -69,6 +73,11 @@ class Generation:
     finish_reason: str = "unspecified"
     usage: ipb.Usage | None = None
     model: str = ""
+    # Set by a stage's ``before`` to answer without inference (a cache hit):
+    # the later stages' ``before`` are skipped and this is the answer.
+    answered: ipb.GenerateTextResponse | None = None
+    # Fields stages add to the interaction that ``store_embedding`` keeps.
+    record: dict[str, Any] = field(default_factory=dict)
 
 
 class GenerateStage(Protocol):
@@ -103,6 +112,21 @@ def error_event(error: LodestarError) -> bytes:
         error.code, error.message, reason=error.reason, metadata=error.metadata or None
     )
     return event(payload, "error")
+
+
+async def _replay(
+    answer: ipb.GenerateTextResponse,
+) -> AsyncIterator[ipb.StreamGenerateTextResponse]:
+    """A whole answer as a stream of one delta."""
+    message = ipb.StreamGenerateTextResponse(
+        delta=answer.text,
+        finish_reason=answer.finish_reason,
+        usage=answer.usage,
+        model=answer.model,
+    )
+    if answer.HasField("timing"):
+        message.timing.CopyFrom(answer.timing)
+    yield message
 
 
 class GeneratePipeline:
@@ -145,6 +169,8 @@ class GeneratePipeline:
         generation = Generation(body, call, convert.generate_to_proto(body))
         for stage in stages:
             await stage.before(generation)
+            if generation.answered is not None:
+                break
         return generation, stages
 
     def _response(self, generation: Generation, timing: ipb.Timing | None) -> dict[str, Any]:
@@ -165,7 +191,9 @@ class GeneratePipeline:
     async def generate(self, body: GenerateRequest, call: Call) -> dict[str, Any]:
         """A whole answer, as the JSON object the route returns."""
         generation, stages = await self._prepare(body, call)
-        response = await call.backends.inference.generate(generation.request, call.options)
+        response = generation.answered or await call.backends.inference.generate(
+            generation.request, call.options
+        )
         generation.text = response.text
         generation.finish_reason = convert.finish_reason(response.finish_reason)
         generation.usage = response.usage
@@ -180,8 +208,11 @@ class GeneratePipeline:
         coroutine runs; the inference call's own failures before the first
         token fail the first event, before anything is sent."""
         generation, stages = await self._prepare(body, call)
-        request = convert.stream_request_from(generation.request)
-        messages = call.backends.inference.stream(request, call.options)
+        if generation.answered is not None:
+            messages = _replay(generation.answered)
+        else:
+            request = convert.stream_request_from(generation.request)
+            messages = call.backends.inference.stream(request, call.options)
         return self._events(generation, stages, messages)
 
     async def _events(

@@ -24,6 +24,7 @@ from lodestar.runtime.protojson import dict_to_struct, struct_to_dict
 from lodestar.services.gateway.call import Call
 from lodestar.services.gateway.convert import vector as convert
 from lodestar.services.gateway.deps import flows_of, require
+from lodestar.services.gateway.flows import experiments, semantic_cache
 from lodestar.services.gateway.flows.augment import augmentation, question_vector
 from lodestar.services.gateway.flows.memory import (
     INTERACTION_KIND,
@@ -121,7 +122,8 @@ async def feedback(
         if is_missing_collection(error):
             raise _not_found(body.interaction_id, collection) from None
         raise
-    if not found.points or struct_to_dict(found.points[0].payload).get("kind") != INTERACTION_KIND:
+    interaction = struct_to_dict(found.points[0].payload) if found.points else {}
+    if interaction.get("kind") != INTERACTION_KIND:
         raise _not_found(body.interaction_id, collection)
     scored: dict[str, Any] = {
         "feedback_score": body.score,
@@ -137,6 +139,10 @@ async def feedback(
         vpb.UpdatePointsRequest(collection=collection, updates=[update], tenant=call.tenant),
         call.options.as_gateway(),
     )
+    # The score counts for the interaction's experiment variant, and a bad one
+    # drops the cached answer it came from.
+    await experiments.on_feedback(call, runtime, interaction, body.score)
+    await semantic_cache.on_feedback(call, runtime, interaction, body.score)
     return respond_json(
         {
             "interaction_id": convert.point_id_from_proto(point_id),

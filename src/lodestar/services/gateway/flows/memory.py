@@ -122,6 +122,7 @@ class StoreStage:
             payload[text_key] = text
         if generation.sources:
             payload["source_ids"] = [source["id"] for source in generation.sources]
+        payload.update(generation.record)
         point_id = convert.new_point_id()
         point = vpb.Point(id=point_id, vector=vector)
         dict_to_struct(payload, point.payload)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from lodestar.inference.v1 import inference_service_pb2 as ipb
 from lodestar.services.gateway.call import Call
+from lodestar.services.gateway.flows.experiment_models import Experiment
 from lodestar.services.gateway.flows.settings import FlowsSettings
 from lodestar.services.gateway.flows.usage import UsageRecorder
 
@@ -21,6 +22,12 @@ class FlowsRuntime:
     # Unix time the flows started (the "created" of the models listed).
     started_at: float = field(default_factory=time.time)
     _inference_info: tuple[ipb.ModelInfo, float] | None = field(default=None, init=False)
+    # The running experiments and when they were read (``experiments.running``).
+    running_experiments: tuple[tuple[Experiment, ...], float] | None = field(
+        default=None, init=False
+    )
+    # When this gateway last dropped the semantic cache's expired entries.
+    cache_pruned_at: float = field(default=0.0, init=False)
 
     def start(self) -> None:
         self.usage.start()

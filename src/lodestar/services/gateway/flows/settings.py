@@ -88,6 +88,53 @@ class FlowsSettings(BaseSettings):
         description="How much personalize: true on a search weighs a hit's similarity to the "
         "caller's profile against its similarity to the query (0: not at all, 1: only).",
     )
+    semantic_cache: bool = Field(
+        False,
+        description="Answer /api/v1/generate and the OpenAI chat and completion routes from "
+        "the semantic cache when a question meaning the same was answered before with the "
+        "same model, options and experiment variant, in the same tenant; a request opts out "
+        "with cache: false. Off by default, as a cached answer is not sampled anew.",
+    )
+    cache_min_similarity: float = Field(
+        0.95,
+        ge=-1,
+        le=1,
+        description="Least similarity between a question and a cached one for the cached "
+        "answer to be served; lower serves more paraphrases (and more near misses). The "
+        "scale depends on the embedding model.",
+    )
+    cache_ttl_s: float = Field(
+        86400.0,
+        gt=0,
+        description="Seconds a cached answer is served; shorter when the knowledge base "
+        "changes outside the gateway's routes (its own updates drop cited answers at once).",
+    )
+    cache_multi_turn: bool = Field(
+        False,
+        description="Also cache conversations of several turns (keyed by the earlier turns); "
+        "off, only single questions (with an optional system message) are cached.",
+    )
+    cache_drop_score: float = Field(
+        2.0,
+        ge=1,
+        le=5,
+        description="Feedback score (1-5) at or below which a cached answer is dropped and "
+        "never served again.",
+    )
+    cache_collection: str = Field(
+        "semantic_cache",
+        min_length=1,
+        max_length=64,
+        description="Collection holding the semantic cache (created on first use); change it "
+        "if a collection of yours already has this name.",
+    )
+    experiments_collection: str = Field(
+        "experiments",
+        min_length=1,
+        max_length=64,
+        description="Collection holding experiments and their answers (created on first "
+        "use); change it if a collection of yours already has this name.",
+    )
     usage_excluded_routes: Annotated[tuple[str, ...], NoDecode] = Field(
         (
             "GET /api/v1/health",

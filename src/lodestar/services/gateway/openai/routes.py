@@ -9,7 +9,9 @@ limits. Streams are Server-Sent Events of ``chat.completion.chunk`` (or
 comments while the generation waits (``sse.respond``); closing the connection
 cancels the generation. Chat completions call tools (``tools``,
 ``tool_choice``), both return token log probabilities when asked, and ``n``
-choices are decoded in parallel (``openai.streaming``).
+choices are decoded in parallel (``openai.streaming``). The running experiment
+and the semantic cache apply to single-choice answers without tools or log
+probabilities (``openai.served``).
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ from lodestar.services.gateway.openai.schemas import (
     ResponseFormatIn,
     SamplingIn,
 )
-from lodestar.services.gateway.openai.streaming import generate_all, per_choice, relay, usage_of
+from lodestar.services.gateway.openai.served import serve
+from lodestar.services.gateway.openai.streaming import answer_all, per_choice, relay, usage_of
 from lodestar.services.gateway.openai.tools import add_tools, check_chat, history
 from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.ratelimit import RouteClass
@@ -168,27 +171,33 @@ async def chat_completions(body: ChatCompletionRequest, call: Generate, flows: F
     if body.logprobs:
         request.top_logprobs = body.top_logprobs or 0
     await _check_tokens(call)
+    tools, logprobs = body.calls_tools, bool(body.logprobs)
+    # A cached answer is one text: no choices to draw, no calls or probabilities to give.
+    cacheable = body.cache and body.choices == 1 and not tools and not logprobs
+    served = await serve(call, flows, "chat", request, cache=cacheable, model=model)
     requests = per_choice(request, body.choices)
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
-    tools, logprobs = body.calls_tools, bool(body.logprobs)
     if not body.stream:
-        responses = await generate_all(call, requests)
-        return respond_json(
-            {
-                **_chunk_header(completion_id, created, model, "chat.completion"),
-                "system_fingerprint": None,
-                "choices": [
-                    chat_choice(i, r, tools=tools, logprobs=logprobs)
-                    for i, r in enumerate(responses)
-                ],
-                "usage": usage_of([r.usage for r in responses]),
-            }
+        responses = await answer_all(call, requests, served)
+        return served.with_headers(
+            respond_json(
+                {
+                    **_chunk_header(completion_id, created, model, "chat.completion"),
+                    "system_fingerprint": None,
+                    "choices": [
+                        chat_choice(i, r, tools=tools, logprobs=logprobs)
+                        for i, r in enumerate(responses)
+                    ],
+                    "usage": usage_of([r.usage for r in responses]),
+                }
+            )
         )
     header = _chunk_header(completion_id, created, model, "chat.completion.chunk")
     return await relay(
         call,
         requests,
+        served,
         [ChatChoice(i, tools=tools, logprobs=logprobs) for i in range(len(requests))],
         chunk=lambda choice: event({**header, "choices": [choice]}),
         usage_chunk=lambda usage: event({**header, "choices": [], "usage": usage}),
@@ -217,21 +226,28 @@ async def completions(body: CompletionRequest, call: Generate, flows: Flows) -> 
     if body.logprobs is not None:
         request.top_logprobs = body.logprobs
     await _check_tokens(call)
+    cacheable = body.cache and body.choices == 1 and not logprobs
+    served = await serve(call, flows, "completions", request, cache=cacheable, model=model)
     requests = per_choice(request, body.choices)
     completion_id = f"cmpl-{uuid.uuid4().hex}"
     header = _chunk_header(completion_id, int(time.time()), model, "text_completion")
     if not body.stream:
-        responses = await generate_all(call, requests)
-        return respond_json(
-            {
-                **header,
-                "choices": [text_choice(i, r, logprobs=logprobs) for i, r in enumerate(responses)],
-                "usage": usage_of([r.usage for r in responses]),
-            }
+        responses = await answer_all(call, requests, served)
+        return served.with_headers(
+            respond_json(
+                {
+                    **header,
+                    "choices": [
+                        text_choice(i, r, logprobs=logprobs) for i, r in enumerate(responses)
+                    ],
+                    "usage": usage_of([r.usage for r in responses]),
+                }
+            )
         )
     return await relay(
         call,
         requests,
+        served,
         [TextChoice(i, logprobs=logprobs) for i in range(len(requests))],
         chunk=lambda choice: event({**header, "choices": [choice]}),
         usage_chunk=lambda usage: event({**header, "choices": [], "usage": usage}),

@@ -118,6 +118,8 @@ class SamplingIn(OpenAIModel):
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
     user: str | None = None
+    # Lodestar's own: false never answers from the semantic cache, nor stores in it.
+    cache: bool = True
 
     @field_validator("presence_penalty", "frequency_penalty")
     @classmethod

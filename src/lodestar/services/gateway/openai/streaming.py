@@ -23,6 +23,7 @@ from lodestar.services.gateway.call import Call
 from lodestar.services.gateway.convert import inference as convert
 from lodestar.services.gateway.metrics import GENERATED_TOKENS
 from lodestar.services.gateway.openai.errors import lodestar_error_body
+from lodestar.services.gateway.openai.served import Served
 from lodestar.services.gateway.sse import event
 from lodestar.services.gateway.sse import respond as respond_events
 from lodestar.services.gateway.state import set_tokens
@@ -93,6 +94,30 @@ async def generate_all(
     return responses
 
 
+async def answer_all(
+    call: Call, requests: Sequence[ipb.GenerateTextRequest], served: Served
+) -> list[ipb.GenerateTextResponse]:
+    """The cached answer, or every choice's generated one (the first offered to
+    the cache and counted for the experiment)."""
+    if served.answer is not None:
+        await served.finish(served.answer.text, served.answer.finish_reason, None, "")
+        return [served.answer]
+    responses = await generate_all(call, requests)
+    first = responses[0]
+    await served.finish(first.text, first.finish_reason, first.usage, first.model)
+    return responses
+
+
+async def _replay(answer: ipb.GenerateTextResponse) -> AsyncIterator[_Message]:
+    """A cached answer as a stream of one delta."""
+    yield _Message(
+        delta=answer.text,
+        finish_reason=answer.finish_reason,
+        usage=answer.usage,
+        model=answer.model,
+    )
+
+
 async def _merge(
     streams: Sequence[AsyncIterator[_Message]],
 ) -> AsyncGenerator[tuple[int, _Message], None]:
@@ -132,6 +157,7 @@ async def _merge(
 async def relay(
     call: Call,
     requests: Sequence[ipb.GenerateTextRequest],
+    served: Served,
     renderers: Sequence[ChoiceRenderer],
     *,
     chunk: Callable[[dict[str, Any]], bytes],
@@ -140,13 +166,19 @@ async def relay(
 ) -> Response:
     """The choices' inference streams relayed as one stream of OpenAI chunks;
     failures before the first token still get their HTTP status."""
-    streams = [
-        call.backends.inference.stream(convert.stream_request_from(r), call.options)
-        for r in requests
-    ]
-    events = _events(call, streams, renderers, chunk, usage_chunk, include_usage)
-    return await respond_events(
-        events, keepalive_s=call.settings.sse_keepalive_s, error_event=_error_event
+    streams: list[AsyncIterator[_Message]]
+    if served.answer is not None:
+        streams = [_replay(served.answer)]
+    else:
+        streams = [
+            call.backends.inference.stream(convert.stream_request_from(r), call.options)
+            for r in requests
+        ]
+    events = _events(call, streams, served, renderers, chunk, usage_chunk, include_usage)
+    return served.with_headers(
+        await respond_events(
+            events, keepalive_s=call.settings.sse_keepalive_s, error_event=_error_event
+        )
     )
 
 
@@ -157,12 +189,15 @@ def _error_event(error: LodestarError) -> bytes:
 async def _events(
     call: Call,
     streams: Sequence[AsyncIterator[_Message]],
+    served: Served,
     renderers: Sequence[ChoiceRenderer],
     chunk: Callable[[dict[str, Any]], bytes],
     usage_chunk: Callable[[dict[str, Any]], bytes],
     include_usage: bool,
 ) -> AsyncGenerator[bytes, None]:
     deltas = [0] * len(streams)
+    first_text: list[str] = []  # the first choice's, for the cache
+    first_last: _Message | None = None
     usages: dict[int, ipb.Usage] = {}
     settled = False
     merged = _merge(streams)
@@ -175,6 +210,9 @@ async def _events(
         while item is not None:
             index, message = item
             renderer = renderers[index]
+            if index == 0:
+                first_last = message
+                first_text.append(message.delta)
             if message.delta:
                 deltas[index] += 1
             choices = renderer.delta(message)
@@ -194,6 +232,10 @@ async def _events(
         ]
         usage = usage_of(ordered)
         await debit(call, usage["prompt_tokens"], usage["completion_tokens"])
+        if first_last is not None:
+            await served.finish(
+                "".join(first_text), first_last.finish_reason, usages.get(0), first_last.model
+            )
         if include_usage:
             yield usage_chunk(usage)
         yield _DONE

@@ -12,6 +12,7 @@ from lodestar.runtime.errors import InvalidArgument
 from lodestar.services.gateway.call import Call
 from lodestar.services.gateway.convert import vector as convert
 from lodestar.services.gateway.deps import require
+from lodestar.services.gateway.flows import semantic_cache
 from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.responses import no_content, respond
@@ -129,6 +130,7 @@ async def delete_collection(
     await call.backends.vector.delete_collection(
         pb.DeleteCollectionRequest(name=name), call.options
     )
+    await semantic_cache.invalidate_collection(call, name)
     return no_content()
 
 

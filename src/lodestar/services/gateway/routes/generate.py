@@ -12,6 +12,8 @@ from lodestar.services.gateway.call import Call
 from lodestar.services.gateway.context import Gateway, gateway_of
 from lodestar.services.gateway.convert import inference as convert
 from lodestar.services.gateway.deps import require
+from lodestar.services.gateway.flows.experiments import apply_to_generate
+from lodestar.services.gateway.flows.semantic_cache import response_headers
 from lodestar.services.gateway.metrics import GENERATED_TOKENS
 from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.pipeline import error_event
@@ -47,12 +49,16 @@ async def generate(
     keep-alive comment whenever the stream is silent for a while (queued, or
     between slow tokens). Closing the connection cancels the generation."""
     pipeline = gateway.pipeline
+    body = await apply_to_generate(body, call, gateway.flows)
     if not body.stream:
-        return respond_json(await pipeline.generate(body, call))
-    events = await pipeline.stream(body, call)
-    return await respond_events(
-        events, keepalive_s=call.settings.sse_keepalive_s, error_event=error_event
-    )
+        response = respond_json(await pipeline.generate(body, call))
+    else:
+        events = await pipeline.stream(body, call)
+        response = await respond_events(
+            events, keepalive_s=call.settings.sse_keepalive_s, error_event=error_event
+        )
+    response.headers.update(response_headers(call.request))
+    return response
 
 
 @router.post("/generate/batch", response_model=BatchGenerateResponse, summary="Generate many texts")

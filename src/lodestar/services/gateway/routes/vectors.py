@@ -19,6 +19,7 @@ from lodestar.services.gateway.call import Call
 from lodestar.services.gateway.context import gateway_of
 from lodestar.services.gateway.convert import vector as convert
 from lodestar.services.gateway.deps import require
+from lodestar.services.gateway.flows import semantic_cache
 from lodestar.services.gateway.flows.personal import personalized_search
 from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.pipeline import NotEnabled
@@ -140,6 +141,9 @@ async def insert_vectors(
         body, vectors, tenant=call.tenant, text_key=call.settings.store_text_key
     )
     response = await call.backends.vector.upsert_points(request, call.options)
+    await semantic_cache.invalidate_sources(
+        call, body.collection, [p.id for p in body.points if p.id is not None]
+    )
     return respond(
         InsertResponse(
             ids=[convert.point_id_from_proto(i) for i in response.ids], embedded=len(texts)
@@ -175,6 +179,7 @@ async def batch_vectors(
         body, vectors, tenant=call.tenant, text_key=call.settings.store_text_key
     )
     response = await call.backends.vector.batch_update_points(request, call.options)
+    await semantic_cache.invalidate_batch(call, body.collection, body.operations)
     return respond(convert.batch_from_proto(response))
 
 
@@ -254,6 +259,7 @@ async def update_vector(
         vector = (await embed(call, [body.text]))[0]
     request = convert.update_point_to_proto(collection, parsed, body, vector, tenant=call.tenant)
     response = await call.backends.vector.update_points(request, call.options)
+    await semantic_cache.invalidate_sources(call, collection, [str(parsed)])
     return respond(
         UpdatePointResponse(
             id=parsed if isinstance(parsed, int) else str(parsed),
@@ -276,6 +282,7 @@ async def delete_vector(
         tenant=call.tenant,
     )
     response = await call.backends.vector.delete_points(request, call.options)
+    await semantic_cache.invalidate_sources(call, collection, [str(parsed)])
     if response.deleted_count == 0:
         raise NotFound(
             f"no point {point_id} in collection {collection!r}",

@@ -121,6 +121,9 @@ class GenerateRequest(GenerateItem):
         description="Recall the caller's own relevant past interactions into the context, "
         "and remember this one.",
     )
+    cache: bool = Field(
+        True, description="false: never answer from the semantic cache, nor store in it."
+    )
 
     @model_validator(mode="after")
     def _collection_needs_store(self) -> GenerateRequest:
