@@ -22,6 +22,12 @@ class FlowsRuntime:
     started_at: float = field(default_factory=time.time)
     _inference_info: tuple[ipb.ModelInfo, float] | None = field(default=None, init=False)
 
+    @property
+    def reserved_collections(self) -> frozenset[str]:
+        """Collections of subjects' private data, which no raw route may name
+        (``Call.collection``): the flows reach them for the caller alone."""
+        return frozenset({self.settings.conversations_collection})
+
     def start(self) -> None:
         self.usage.start()
 
