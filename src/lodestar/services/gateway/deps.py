@@ -105,6 +105,7 @@ class Requirement:
             settings,
             gateway.backends,
             gateway.limiter,
+            gateway.flows.reserved_collections if gateway.flows is not None else frozenset(),
         )
 
 

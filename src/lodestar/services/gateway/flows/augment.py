@@ -15,11 +15,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from lodestar.inference.v1 import inference_service_pb2 as ipb
 from lodestar.runtime.errors import InvalidArgument
 from lodestar.services.gateway.call import Call
 from lodestar.services.gateway.flows import prompting
-from lodestar.services.gateway.flows.budget import PROMPT_SAFETY_TOKENS, fit
+from lodestar.services.gateway.flows.budget import fit_into_request
 from lodestar.services.gateway.flows.prompting import Example, Passage, Turn
 from lodestar.services.gateway.flows.runtime import FlowsRuntime
 from lodestar.services.gateway.permissions import Permission
@@ -120,13 +119,6 @@ class ComposeStage:
         call = generation.call
         request = generation.request
         info = await self._runtime.inference_info(call)
-        context_size = info.context_size
-        max_tokens = (
-            request.sampling.max_tokens
-            if request.sampling.HasField("max_tokens")
-            else min(info.default_max_tokens or context_size, context_size)
-        )
-        limit = context_size - max_tokens - PROMPT_SAFETY_TOKENS
         settings = self._runtime.settings
         pieces: list[Passage | Example] = [
             p.cut(settings.passage_max_chars) if p.size > settings.passage_max_chars else p
@@ -156,36 +148,13 @@ class ComposeStage:
                 original, passages, examples, context_requested=context_requested
             )
 
-        async def count(rendered: str | list[Turn]) -> int:
-            counted = ipb.CountTokensRequest()
-            if isinstance(rendered, str):
-                counted.text = rendered
-            else:
-                counted.messages.extend(prompting.turns_to_proto(rendered))
-            response = await call.backends.inference.count_tokens(counted, call.options)
-            return response.token_count
-
-        fitted = await fit(
-            pieces,
-            render,
-            count,
-            limit=limit,
-            max_tokens=max_tokens,
-            context_size=context_size,
-        )
-        rendered = fitted.rendered
-        if isinstance(rendered, str):
-            request.prompt = rendered
-        else:
-            request.ClearField("prompt")
-            del request.messages[:]
-            request.messages.extend(prompting.turns_to_proto(rendered))
+        fitted, room = await fit_into_request(call, self._runtime, request, pieces, render)
         augmented.timing_ms["prompt"] = _elapsed_ms(start)
         used_passages, used_examples = split(fitted.pieces)
         budget = {
             "prompt_tokens": fitted.prompt_tokens,
-            "max_tokens": max_tokens,
-            "context_size": context_size,
+            "max_tokens": room.max_tokens,
+            "context_size": room.context_size,
         }
         if augmented.context is not None:
             self._describe_context(generation, augmented, used_passages, budget)

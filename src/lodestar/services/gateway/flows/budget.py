@@ -9,6 +9,9 @@ The pieces (passages best first, then examples) are tried in order: all of
 them (one count, the usual case), else as many as an estimate from that count
 and the prompt's own allows, dropping the last until the count fits; if no
 whole piece fits, the first one is cut down to fit.
+
+``fit_into_request`` applies this to an inference request: every stage that
+adds to a prompt (retrieval and feedback, history, memory) fits through it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, Generic, Protocol, Self, TypeVar
 
+from lodestar.inference.v1 import inference_service_pb2 as ipb
 from lodestar.runtime.errors import InvalidArgument
+from lodestar.services.gateway.call import Call
+from lodestar.services.gateway.flows import prompting
+from lodestar.services.gateway.flows.prompting import Turn
+from lodestar.services.gateway.flows.runtime import FlowsRuntime
 
 R = TypeVar("R")
 
@@ -120,3 +128,65 @@ async def fit(
             return Fitted([cut], rendered, tokens, len(pieces) - 1, counts)
         chars = int(chars * 0.7)
     return Fitted([], base_rendered, base, len(pieces), counts)
+
+
+# A rendered prompt: a text for a model without a chat template, else turns.
+Prompt = str | list[Turn]
+
+
+@dataclass(frozen=True, slots=True)
+class Room:
+    """The model's context and the most prompt tokens a request leaves in it."""
+
+    context_size: int
+    max_tokens: int
+    limit: int
+
+
+async def fit_into_request(
+    call: Call,
+    runtime: FlowsRuntime,
+    request: ipb.GenerateTextRequest,
+    pieces: Sequence[P],
+    render: Callable[[Sequence[P]], Prompt],
+    *,
+    share: float = 1.0,
+) -> tuple[Fitted[P, Prompt], Room]:
+    """Fit the most of ``pieces`` into ``share`` of the room that ``request``
+    (its max_tokens, else the model's default) leaves in the model's context,
+    counted by the inference service, and rewrite the request's prompt or
+    messages with what ``render`` makes of them. A share below 1 leaves the
+    rest for stages that run later."""
+    info = await runtime.inference_info(call)
+    context_size = info.context_size
+    max_tokens = (
+        request.sampling.max_tokens
+        if request.sampling.HasField("max_tokens")
+        else min(info.default_max_tokens or context_size, context_size)
+    )
+    room = Room(context_size, max_tokens, context_size - max_tokens - PROMPT_SAFETY_TOKENS)
+
+    async def count(rendered: Prompt) -> int:
+        counted = ipb.CountTokensRequest()
+        if isinstance(rendered, str):
+            counted.text = rendered
+        else:
+            counted.messages.extend(prompting.turns_to_proto(rendered))
+        response = await call.backends.inference.count_tokens(counted, call.options)
+        return response.token_count
+
+    limit = room.limit
+    if share < 1 and pieces:
+        base = await count(render([]))
+        if base <= limit:
+            limit = base + int((limit - base) * share)
+    fitted = await fit(
+        pieces, render, count, limit=limit, max_tokens=max_tokens, context_size=context_size
+    )
+    if isinstance(fitted.rendered, str):
+        request.prompt = fitted.rendered
+    else:
+        request.ClearField("prompt")
+        del request.messages[:]
+        request.messages.extend(prompting.turns_to_proto(fitted.rendered))
+    return fitted, room

@@ -10,7 +10,7 @@ stages.
   question are added to the system message (the response's ``memory`` lists
   them), and the exchange is remembered.
 
-Both fit what they add with ``budget.fit`` against the model's context, counted
+Both fit what they add with ``budget.fit_into_request`` against the model's context, counted
 by the inference service's tokenizer, so a conversation however long never
 overflows it. When retrieval, feedback or memory also want room, the history
 takes at most half of what is free, and memory half of what then remains.
@@ -20,15 +20,14 @@ Both only read and write the caller's own interactions (``flows.personal``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
-from lodestar.inference.v1 import inference_service_pb2 as ipb
 from lodestar.services.gateway.call import Call
 from lodestar.services.gateway.flows import personal, prompting
 from lodestar.services.gateway.flows.augment import augmentation, question_vector
-from lodestar.services.gateway.flows.budget import PROMPT_SAFETY_TOKENS, Fitted, fit
+from lodestar.services.gateway.flows.budget import fit_into_request
 from lodestar.services.gateway.flows.prompting import Turn
 from lodestar.services.gateway.flows.runtime import FlowsRuntime
 from lodestar.services.gateway.permissions import Permission
@@ -84,53 +83,6 @@ def _split_system(turns: Sequence[Turn]) -> tuple[str, list[Turn]]:
     return system, rest
 
 
-async def _fit_into_request(
-    generation: Generation,
-    runtime: FlowsRuntime,
-    pieces: Sequence[Exchange],
-    render: Callable[[Sequence[Exchange]], str | list[Turn]],
-    *,
-    share: float,
-) -> Fitted[Exchange, str | list[Turn]]:
-    """Fit the most of ``pieces`` into ``share`` of the room the request leaves
-    in the context, and rewrite the request with them."""
-    call = generation.call
-    request = generation.request
-    info = await runtime.inference_info(call)
-    context_size = info.context_size
-    max_tokens = (
-        request.sampling.max_tokens
-        if request.sampling.HasField("max_tokens")
-        else min(info.default_max_tokens or context_size, context_size)
-    )
-    limit = context_size - max_tokens - PROMPT_SAFETY_TOKENS
-
-    async def count(rendered: str | list[Turn]) -> int:
-        counted = ipb.CountTokensRequest()
-        if isinstance(rendered, str):
-            counted.text = rendered
-        else:
-            counted.messages.extend(prompting.turns_to_proto(rendered))
-        response = await call.backends.inference.count_tokens(counted, call.options)
-        return response.token_count
-
-    if share < 1 and pieces:
-        base = await count(render([]))
-        if base <= limit:
-            limit = base + int((limit - base) * share)
-    fitted: Fitted[Exchange, str | list[Turn]] = await fit(
-        pieces, render, count, limit=limit, max_tokens=max_tokens, context_size=context_size
-    )
-    rendered = fitted.rendered
-    if isinstance(rendered, str):
-        request.prompt = rendered
-    else:
-        request.ClearField("prompt")
-        del request.messages[:]
-        request.messages.extend(prompting.turns_to_proto(rendered))
-    return fitted
-
-
 class ConversationStage:
     """``conversation_id``: earlier turns in, this exchange kept as the next turn."""
 
@@ -163,8 +115,13 @@ class ConversationStage:
 
         body = generation.body
         shared = body.context is not None or body.use_feedback or body.memory
-        fitted = await _fit_into_request(
-            generation, self._runtime, pieces, render, share=0.5 if shared else 1.0
+        fitted, _ = await fit_into_request(
+            call,
+            self._runtime,
+            generation.request,
+            pieces,
+            render,
+            share=0.5 if shared else 1.0,
         )
         generation.extra["conversation"] = {
             "id": conversation,
@@ -218,8 +175,13 @@ class MemoryStage:
             return ([("system", text)] if text else []) + rest
 
         shared = body.context is not None or body.use_feedback
-        fitted = await _fit_into_request(
-            generation, self._runtime, pieces, render, share=0.5 if shared else 1.0
+        fitted, _ = await fit_into_request(
+            call,
+            self._runtime,
+            generation.request,
+            pieces,
+            render,
+            share=0.5 if shared else 1.0,
         )
         generation.extra["memory"] = {
             "found": len(recalled),

@@ -110,7 +110,7 @@ async def feedback(
             reason="SCORE_OUT_OF_RANGE",
         )
     point_id = _interaction_id(body.interaction_id)
-    collection = call.collection(body.collection or runtime.settings.conversations_collection)
+    collection = call.flow_collection(body.collection or runtime.settings.conversations_collection)
     try:
         found = await call.backends.vector.get_points(
             vpb.GetPointsRequest(
@@ -167,7 +167,7 @@ class FeedbackStage:
     async def before(self, generation: Generation) -> None:
         call = generation.call
         settings = self._runtime.settings
-        collection = call.collection(conversations(generation.body, self._runtime))
+        collection = call.flow_collection(conversations(generation.body, self._runtime))
         augmented = augmentation(generation)
         augmented.feedback_collection = collection
         vector = await question_vector(call, augmented, self._runtime)

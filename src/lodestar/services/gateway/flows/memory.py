@@ -94,7 +94,7 @@ class StoreStage:
 
     async def before(self, generation: Generation) -> None:
         # Refuse a collection outside the token's allow-list before generating.
-        generation.call.collection(conversations(generation.body, self._runtime))
+        generation.call.flow_collection(conversations(generation.body, self._runtime))
 
     async def after(self, generation: Generation) -> None:
         call = generation.call

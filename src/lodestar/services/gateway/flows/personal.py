@@ -84,10 +84,11 @@ class MemoryItem:
 
 
 def collection_of(runtime: FlowsRuntime) -> str:
-    """The conversations collection. Not subject to the token's collection
-    allow-list: it is read and written here only through the caller's own
-    subject, so an allow-list without it can keep users out of the raw vector
-    routes on it while their memory still works."""
+    """The conversations collection. Reserved (``FlowsRuntime.
+    reserved_collections``): no raw route may name it, short of
+    AdministerSystem, and the token's collection allow-list does not apply to
+    it, since it is read and written here only through the caller's own
+    subject."""
     return runtime.settings.conversations_collection
 
 

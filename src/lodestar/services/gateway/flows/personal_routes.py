@@ -175,7 +175,7 @@ async def _set_shared(
     call: Call, runtime: FlowsRuntime, text: str, collection: str | None, shared: bool
 ) -> Response:
     point_id = _item_id(text)
-    name = call.collection(collection or runtime.settings.conversations_collection)
+    name = call.flow_collection(collection or runtime.settings.conversations_collection)
     try:
         found = await call.backends.vector.get_points(
             vpb.GetPointsRequest(

@@ -29,6 +29,12 @@ class FlowsRuntime:
     # When this gateway last dropped the semantic cache's expired entries.
     cache_pruned_at: float = field(default=0.0, init=False)
 
+    @property
+    def reserved_collections(self) -> frozenset[str]:
+        """Collections of subjects' private data, which no raw route may name
+        (``Call.collection``): the flows reach them for the caller alone."""
+        return frozenset({self.settings.conversations_collection})
+
     def start(self) -> None:
         self.usage.start()
 

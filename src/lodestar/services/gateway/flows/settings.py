@@ -21,9 +21,10 @@ class FlowsSettings(BaseSettings):
         "conversations",
         min_length=1,
         max_length=64,
-        description="Collection where store_embedding keeps interactions (created on first "
-        "use) and where use_feedback looks for scored ones, unless a request names another; "
-        "change it if a collection of yours already has this name.",
+        description="Collection where conversations, memory and store_embedding keep "
+        "interactions (created on first use) and where use_feedback looks for scored ones, "
+        "unless a request names another; it is reserved to those flows (raw routes on it need "
+        "AdministerSystem), so change it if a collection of yours already has this name.",
     )
     source_excerpt_chars: int = Field(
         300,

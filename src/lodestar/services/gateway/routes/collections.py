@@ -84,7 +84,7 @@ async def list_collections(
             collections=[
                 convert.collection_from_proto(c)
                 for c in response.collections
-                if call.principal.may_use_collection(c.name)
+                if call.may_use_collection(c.name)
             ],
             next_page_token=response.next_page_token,
         )
