@@ -31,9 +31,17 @@ class FlowsRuntime:
 
     @property
     def reserved_collections(self) -> frozenset[str]:
-        """Collections of subjects' private data, which no raw route may name
+        """Collections of subjects' private data (conversations and memory, cached
+        answers, experiments' answers), which no raw route may name
         (``Call.collection``): the flows reach them for the caller alone."""
-        return frozenset({self.settings.conversations_collection})
+        settings = self.settings
+        return frozenset(
+            {
+                settings.conversations_collection,
+                settings.cache_collection,
+                settings.experiments_collection,
+            }
+        )
 
     def start(self) -> None:
         self.usage.start()

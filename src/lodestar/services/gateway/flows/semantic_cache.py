@@ -519,7 +519,7 @@ class CacheStage:
         if body.context is not None:
             call.collection(body.context.collection)
         if body.store_embedding or body.use_feedback:
-            call.collection(body.collection or settings.conversations_collection)
+            call.flow_collection(body.collection or settings.conversations_collection)
         if body.context is not None or body.use_feedback:
             vector = await question_vector(call, augmentation(generation), self._runtime)
         else:
