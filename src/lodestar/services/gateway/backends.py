@@ -226,6 +226,7 @@ class AnalyticsClient:
         self.search_analytics = rpc(apb.GetSearchAnalyticsRequest, apb.GetSearchAnalyticsResponse)
         self.vector_analytics = rpc(apb.GetVectorAnalyticsRequest, apb.GetVectorAnalyticsResponse)
         self.usage_analytics = rpc(apb.GetUsageAnalyticsRequest, apb.GetUsageAnalyticsResponse)
+        self.search_queries = rpc(apb.ListSearchQueriesRequest, apb.ListSearchQueriesResponse)
         self.record_usage = rpc(apb.RecordUsageRequest, apb.RecordUsageResponse)
 
 
