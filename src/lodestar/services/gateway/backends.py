@@ -76,6 +76,7 @@ IDEMPOTENT: Mapping[str, Mapping[str, bool]] = {
         "GetSearchAnalytics": True,
         "GetVectorAnalytics": True,
         "GetUsageAnalytics": True,
+        "ListSearchQueries": True,
         # A second attempt would count the same events twice.
         "RecordUsage": False,
     },

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from lodestar.services.gateway.backends import Backends
-from lodestar.services.gateway.flows import cluster, feedback
+from lodestar.services.gateway.flows import cluster, feedback, topics
 from lodestar.services.gateway.flows.augment import ComposeStage
 from lodestar.services.gateway.flows.feedback import FeedbackStage
 from lodestar.services.gateway.flows.memory import StoreStage
@@ -15,7 +15,7 @@ from lodestar.services.gateway.flows.settings import FlowsSettings
 from lodestar.services.gateway.flows.usage import UsageRecorder, UsageStage
 from lodestar.services.gateway.pipeline import GenerateStage
 
-ROUTERS: tuple[APIRouter, ...] = (feedback.router, cluster.router)
+ROUTERS: tuple[APIRouter, ...] = (feedback.router, cluster.router, topics.router)
 
 
 def build_flows(settings: FlowsSettings, backends: Backends) -> FlowsRuntime:
