@@ -15,8 +15,8 @@ standard library's docstrings, so nothing is downloaded), for each backend:
 
 Backends, and raw and service windows, alternate for ``--rounds`` rounds and the
 medians are compared, so that load from other processes affects every side alike.
-The targets: each service within reach of its raw library, the default backend's
-service under 5 ms p50 for one short text, and its throughput no lower than torch's.
+The targets: each service within reach of its raw library, and the onnx backend's
+service under 5 ms p50 for one short text with a throughput no lower than torch's.
 """
 
 from __future__ import annotations
@@ -296,7 +296,7 @@ async def measure(args: argparse.Namespace) -> tuple[list[Side], int]:
 
 
 def report(sides: list[Side], args: argparse.Namespace, n: int) -> bool:
-    default: Backend = EmbeddingSettings.model_fields["backend"].default
+    fast: Backend = "onnx"  # the backend the latency and throughput goals are set for
     print(
         f"embedding: {sides[0].engine.info.name}, threads {args.threads or 'default'}, {n} "
         f"stdlib sentences, service {args.server} (max batch {args.max_batch_size}, max wait "
@@ -326,21 +326,21 @@ def report(sides: list[Side], args: argparse.Namespace, n: int) -> bool:
         f"  targets: service/raw throughput >= {THROUGHPUT_TARGET:.2f}, overhead <= "
         f"{OVERHEAD_TARGET_MS:.1f} ms"
     )
-    if default in medians:
-        _, service_tps, _, service_p50 = medians[default]
+    if fast in medians:
+        _, service_tps, _, service_p50 = medians[fast]
         ok = service_p50 < SINGLE_TEXT_TARGET_MS
         met &= ok
         print(
-            f"  {default} (the default): one short text through the service {service_p50:.2f} "
+            f"  {fast}: one short text through the service {service_p50:.2f} "
             f"ms p50 (target < {SINGLE_TEXT_TARGET_MS:.0f} ms) {'ok' if ok else 'MISSED'}"
         )
-        if "torch" in medians and default != "torch":
+        if "torch" in medians:
             torch_raw, torch_service, _, torch_service_p50 = medians["torch"]
-            raw_tps = medians[default][0]
+            raw_tps = medians[fast][0]
             ok = service_tps >= torch_service
             met &= ok
             print(
-                f"  {default} / torch: service throughput x{service_tps / torch_service:.2f}, "
+                f"  {fast} / torch: service throughput x{service_tps / torch_service:.2f}, "
                 f"raw batch {RAW_BATCH} x{raw_tps / torch_raw:.2f} (target >= 1), service p50 "
                 f"x{torch_service_p50 / service_p50:.2f} faster {'ok' if ok else 'MISSED'}"
             )

@@ -106,7 +106,7 @@ class EmbeddingEngine:
         device: str = "cpu",
         threads: int | None = None,
         name: str | None = None,
-        backend: Backend = "onnx",
+        backend: Backend = "torch",
         cache_dir: Path | None = None,
     ) -> EmbeddingEngine:
         """Load a sentence-transformers model from a local directory (never the hub).

@@ -51,12 +51,13 @@ class EmbeddingSettings(ServerSettings):
         "machine with an accelerator.",
     )
     backend: Backend = Field(
-        "onnx",
-        description="What runs the model: onnx (ONNX Runtime, the default: the same vectors "
-        "as torch, several times faster for a short text on a CPU), torch, or onnx-int8 "
-        "(int8 weights: more texts per second but slightly different vectors, so searches "
-        "may rank differently; re-embed stored vectors when switching to or from it). The "
-        "onnx backends run on the CPU only and export the model to cache_dir on first start.",
+        "torch",
+        description="What runs the model: torch (the default), onnx (ONNX Runtime: the same "
+        "vectors as torch, one short text in less time on a CPU; measure batch throughput on "
+        "your hardware before choosing it), or onnx-int8 (int8 weights: more texts per "
+        "second but different vectors, so searches may rank differently; re-embed stored "
+        "vectors when switching to or from it). The onnx backends run on the CPU only and "
+        "export the model to cache_dir on first start.",
     )
     cache_dir: Path | None = Field(
         None,
