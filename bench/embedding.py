@@ -1,18 +1,22 @@
-"""Embedding benchmark: raw sentence-transformers against the service over gRPC.
+"""Embedding benchmark: the raw libraries against the service over gRPC, per backend.
 
     python -m bench.embedding [--seconds 4] [--rounds 3] [--clients 64]
+                              [--backends torch onnx [onnx-int8]]
 
 In one run, with the same model and the same short texts (sentences from the
-standard library's docstrings, so nothing is downloaded):
+standard library's docstrings, so nothing is downloaded), for each backend:
 
-- raw ``SentenceTransformer.encode`` at batch 32 (texts/s) and one text at a
-  time (latency p50);
-- the service, a real gRPC server on loopback, under ``--clients`` concurrent
-  clients that each send one text per call (texts/s), and one client alone
-  (latency p50).
+- the raw library at batch 32 (texts/s) and one text at a time (latency p50):
+  ``SentenceTransformer.encode`` for torch; for the onnx backends an ONNX Runtime
+  session on the cached export, fed by the model's tokenizer, pooled and normalised;
+- the service, a real gRPC server on loopback running that backend, under
+  ``--clients`` concurrent clients that each send one text per call (texts/s), and
+  one client alone (latency p50).
 
-Raw and service windows alternate for ``--rounds`` rounds and the medians are
-compared, so that load from other processes affects both sides alike.
+Backends, and raw and service windows, alternate for ``--rounds`` rounds and the
+medians are compared, so that load from other processes affects every side alike.
+The targets: each service within reach of its raw library, and the onnx backend's
+service under 5 ms p50 for one short text with a throughput no lower than torch's.
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ import statistics
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import numpy as np
 
 from bench.processes import free_port, service_process
 from lodestar.embedding.v1 import embedding_service_pb2 as pb
@@ -37,12 +42,17 @@ from lodestar.embedding.v1 import embedding_service_pb2_grpc as pb_grpc
 from lodestar.runtime.channels import insecure_channel
 from lodestar.services.embedding.engine import EmbeddingEngine
 from lodestar.services.embedding.server import create_server
-from lodestar.services.embedding.settings import EmbeddingSettings
+from lodestar.services.embedding.settings import Backend, EmbeddingSettings
 
 RAW_BATCH = 32
 LATENCY_BLOCKS = 10
 THROUGHPUT_TARGET = 0.8
 OVERHEAD_TARGET_MS = 1.0
+SINGLE_TEXT_TARGET_MS = 5.0
+BACKENDS: tuple[Backend, ...] = ("torch", "onnx", "onnx-int8")
+
+# The raw library's call for a list of texts: normalised vectors, no service in between.
+RawEncode = Callable[[list[str]], Any]
 
 
 def stdlib_sentences(limit: int = 1024) -> list[str]:
@@ -86,12 +96,39 @@ def _timed_loop(seconds: float, step: Callable[[], int]) -> float:
     return done / elapsed
 
 
-def raw_batch_throughput(model: Any, texts: list[str], seconds: float) -> float:
+def raw_encoder(
+    backend: Backend, engine: EmbeddingEngine, settings: EmbeddingSettings
+) -> RawEncode:
+    """The raw library of ``backend``, on the model the engine loaded."""
+    model = engine.model
+    if backend == "torch":
+        return lambda texts: model.encode(texts, batch_size=RAW_BATCH, normalize_embeddings=True)
+    from lodestar.services.embedding import onnx_backend
+
+    encoder = onnx_backend.load_encoder(
+        model,
+        name=engine.info.name,
+        model_path=settings.model_path,
+        cache_dir=settings.cache_dir or onnx_backend.default_cache_dir(),
+        precision="int8" if backend == "onnx-int8" else "fp32",
+        threads=settings.threads,
+    )
+    tokenizer = model.tokenizer
+
+    def encode(texts: list[str]) -> Any:
+        features = tokenizer(texts, padding=True, truncation=True, return_tensors="np")
+        vectors = encoder(features)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    return encode
+
+
+def raw_batch_throughput(encode: RawEncode, texts: list[str], seconds: float) -> float:
     chunks = [texts[i : i + RAW_BATCH] for i in range(0, len(texts) - RAW_BATCH + 1, RAW_BATCH)]
     source = iter(_cycle_chunks(chunks))
 
     def step() -> int:
-        model.encode(next(source), batch_size=RAW_BATCH, normalize_embeddings=True)
+        encode(next(source))
         return RAW_BATCH
 
     return _timed_loop(seconds, step)
@@ -102,11 +139,11 @@ def _cycle_chunks(chunks: list[list[str]]) -> Iterator[list[str]]:
         yield from chunks
 
 
-def raw_single_latencies(model: Any, texts: list[str]) -> list[float]:
+def raw_single_latencies(encode: RawEncode, texts: list[str]) -> list[float]:
     latencies = []
     for text in texts:
         start = time.perf_counter()
-        model.encode(text, normalize_embeddings=True)
+        encode([text])
         latencies.append(time.perf_counter() - start)
     return latencies
 
@@ -163,6 +200,7 @@ async def subprocess_service(settings: EmbeddingSettings) -> AsyncIterator[str]:
         "LODESTAR_EMBEDDING_METRICS_PORT": "0",
         "LODESTAR_EMBEDDING_MAX_BATCH_SIZE": str(settings.max_batch_size),
         "LODESTAR_EMBEDDING_MAX_WAIT_MS": str(settings.max_wait_ms),
+        "LODESTAR_EMBEDDING_BACKEND": settings.backend,
     }
     if settings.threads is not None:
         env["LODESTAR_EMBEDDING_THREADS"] = str(settings.threads)
@@ -173,100 +211,153 @@ async def subprocess_service(settings: EmbeddingSettings) -> AsyncIterator[str]:
 
 @dataclass
 class Figures:
-    raw_batch_tps: list[float]
-    raw_single_p50_s: list[float]
-    service_tps: list[float]
-    service_single_p50_s: list[float]
+    """Per-round figures of one backend."""
+
+    raw_batch_tps: list[float] = field(default_factory=list)
+    raw_single_p50_s: list[float] = field(default_factory=list)
+    service_tps: list[float] = field(default_factory=list)
+    service_single_p50_s: list[float] = field(default_factory=list)
 
 
-async def measure(args: argparse.Namespace) -> tuple[Figures, EmbeddingEngine, int]:
-    settings = EmbeddingSettings(
+@dataclass
+class Side:
+    """One backend: its engine, its raw library's call, its service's channels."""
+
+    backend: Backend
+    settings: EmbeddingSettings
+    engine: EmbeddingEngine
+    raw: RawEncode
+    figures: Figures = field(default_factory=Figures)
+    channels: list[grpc.aio.Channel] = field(default_factory=list)
+
+
+def _settings(args: argparse.Namespace, backend: Backend) -> EmbeddingSettings:
+    return EmbeddingSettings(
         port=0,
         metrics_port=None,
         max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms,
         threads=args.threads,
+        backend=backend,
     )
-    engine = EmbeddingEngine.load(settings.model_path, threads=settings.threads)
-    model = engine.model
+
+
+async def measure(args: argparse.Namespace) -> tuple[list[Side], int]:
+    sides = []
+    for backend in args.backends:
+        settings = _settings(args, backend)
+        engine = EmbeddingEngine.load(
+            settings.model_path, threads=settings.threads, backend=backend
+        )
+        sides.append(Side(backend, settings, engine, raw_encoder(backend, engine, settings)))
     texts = stdlib_sentences()
-    figures = Figures([], [], [], [])
-    service = (
-        subprocess_service(settings)
-        if args.server == "subprocess"
-        else inprocess_service(engine, settings)
-    )
-    async with service as address:
-        channels = [insecure_channel(address) for _ in range(args.channels)]
-        try:
-            # Warm both sides up (allocator, kernels, connections).
-            raw_batch_throughput(model, texts, 1.0)
-            await service_throughput(channels, texts, args.clients, 1.0)
-            for round_ in range(args.rounds):
-                figures.raw_batch_tps.append(raw_batch_throughput(model, texts, args.seconds))
-                figures.service_tps.append(
-                    await service_throughput(channels, texts, args.clients, args.seconds)
+    async with contextlib.AsyncExitStack() as stack:
+        for side in sides:
+            address = await stack.enter_async_context(
+                subprocess_service(side.settings)
+                if args.server == "subprocess"
+                else inprocess_service(side.engine, side.settings)
+            )
+            side.channels = [insecure_channel(address) for _ in range(args.channels)]
+            for channel in side.channels:
+                stack.push_async_callback(channel.close)
+            # Warm up (allocator, kernels, connections).
+            raw_batch_throughput(side.raw, texts, 1.0)
+            await service_throughput(side.channels, texts, args.clients, 1.0)
+        for round_ in range(args.rounds):
+            for side in sides:
+                side.figures.raw_batch_tps.append(
+                    raw_batch_throughput(side.raw, texts, args.seconds)
                 )
-                # Short alternating blocks, so that both sides see the same load.
-                raw: list[float] = []
-                served: list[float] = []
-                for block in range(LATENCY_BLOCKS):
-                    start = (round_ * LATENCY_BLOCKS + block) * args.calls // LATENCY_BLOCKS
-                    sample = (texts * 2)[start % len(texts) :][: args.calls // LATENCY_BLOCKS]
-                    raw += raw_single_latencies(model, sample)
-                    served += await service_single_latencies(channels[0], sample)
-                figures.raw_single_p50_s.append(statistics.median(raw))
-                figures.service_single_p50_s.append(statistics.median(served))
+                side.figures.service_tps.append(
+                    await service_throughput(side.channels, texts, args.clients, args.seconds)
+                )
+            # Short alternating blocks, so that every side sees the same load.
+            raw: dict[str, list[float]] = {side.backend: [] for side in sides}
+            served: dict[str, list[float]] = {side.backend: [] for side in sides}
+            for block in range(LATENCY_BLOCKS):
+                start = (round_ * LATENCY_BLOCKS + block) * args.calls // LATENCY_BLOCKS
+                sample = (texts * 2)[start % len(texts) :][: args.calls // LATENCY_BLOCKS]
+                for side in sides:
+                    raw[side.backend] += raw_single_latencies(side.raw, sample)
+                    served[side.backend] += await service_single_latencies(side.channels[0], sample)
+            for side in sides:
+                figures = side.figures
+                figures.raw_single_p50_s.append(statistics.median(raw[side.backend]))
+                figures.service_single_p50_s.append(statistics.median(served[side.backend]))
                 print(
-                    f"  round {round_ + 1}: raw {figures.raw_batch_tps[-1]:.0f} texts/s, "
-                    f"service {figures.service_tps[-1]:.0f} texts/s; "
-                    f"p50 raw {figures.raw_single_p50_s[-1] * 1e3:.2f} ms, "
-                    f"service {figures.service_single_p50_s[-1] * 1e3:.2f} ms",
+                    f"  round {round_ + 1} {side.backend:>9}: raw {figures.raw_batch_tps[-1]:.0f} "
+                    f"texts/s, service {figures.service_tps[-1]:.0f} texts/s; p50 raw "
+                    f"{figures.raw_single_p50_s[-1] * 1e3:.2f} ms, service "
+                    f"{figures.service_single_p50_s[-1] * 1e3:.2f} ms",
                     flush=True,
                 )
-        finally:
-            for channel in channels:
-                await channel.close()
-    return figures, engine, len(texts)
+    return sides, len(texts)
 
 
-def report(figures: Figures, engine: EmbeddingEngine, args: argparse.Namespace, n: int) -> bool:
-    import torch
-
-    raw_tps = statistics.median(figures.raw_batch_tps)
-    service_tps = statistics.median(figures.service_tps)
-    raw_p50 = statistics.median(figures.raw_single_p50_s) * 1e3
-    service_p50 = statistics.median(figures.service_single_p50_s) * 1e3
-    ratio = service_tps / raw_tps
-    overhead = service_p50 - raw_p50
-    throughput_ok = ratio >= THROUGHPUT_TARGET
-    latency_ok = overhead <= OVERHEAD_TARGET_MS
+def report(sides: list[Side], args: argparse.Namespace, n: int) -> bool:
+    fast: Backend = "onnx"  # the backend the latency and throughput goals are set for
     print(
-        f"embedding: {engine.info.name}, {torch.get_num_threads()} torch threads, {n} stdlib "
-        f"sentences, service {args.server} (max batch {args.max_batch_size}, "
-        f"max wait {args.max_wait_ms} ms), medians of {args.rounds} rounds"
+        f"embedding: {sides[0].engine.info.name}, threads {args.threads or 'default'}, {n} "
+        f"stdlib sentences, service {args.server} (max batch {args.max_batch_size}, max wait "
+        f"{args.max_wait_ms} ms), medians of {args.rounds} rounds"
     )
     print(
-        f"  throughput  raw encode batch {RAW_BATCH}: {raw_tps:8.1f} texts/s | service, "
-        f"{args.clients} clients x 1 text: {service_tps:8.1f} texts/s | ratio {ratio:.2f} "
-        f"(target >= {THROUGHPUT_TARGET:.2f}) {'ok' if throughput_ok else 'MISSED'}"
+        f"  {'backend':>9} | {'raw b' + str(RAW_BATCH):>10} | {str(args.clients) + ' clients':>10} "
+        f"| ratio | {'raw p50':>8} | {'svc p50':>8} | overhead   (texts/s; ms)"
     )
+    met = True
+    medians: dict[str, tuple[float, float, float, float]] = {}
+    for side in sides:
+        f = side.figures
+        raw_tps, service_tps = statistics.median(f.raw_batch_tps), statistics.median(f.service_tps)
+        raw_p50 = statistics.median(f.raw_single_p50_s) * 1e3
+        service_p50 = statistics.median(f.service_single_p50_s) * 1e3
+        medians[side.backend] = (raw_tps, service_tps, raw_p50, service_p50)
+        ratio, overhead = service_tps / raw_tps, service_p50 - raw_p50
+        ok = ratio >= THROUGHPUT_TARGET and overhead <= OVERHEAD_TARGET_MS
+        met &= ok
+        print(
+            f"  {side.backend:>9} | {raw_tps:10.1f} | {service_tps:10.1f} | {ratio:5.2f} | "
+            f"{raw_p50:8.2f} | {service_p50:8.2f} | {overhead:+6.2f}   "
+            f"{'ok' if ok else 'MISSED'}"
+        )
     print(
-        f"  latency p50 raw encode 1 text:  {raw_p50:8.2f} ms      | service, 1 call:       "
-        f"{service_p50:8.2f} ms      | overhead {overhead:+.2f} ms "
-        f"(target <= {OVERHEAD_TARGET_MS:.1f} ms) {'ok' if latency_ok else 'MISSED'}"
+        f"  targets: service/raw throughput >= {THROUGHPUT_TARGET:.2f}, overhead <= "
+        f"{OVERHEAD_TARGET_MS:.1f} ms"
     )
-    return throughput_ok and latency_ok
+    if fast in medians:
+        _, service_tps, _, service_p50 = medians[fast]
+        ok = service_p50 < SINGLE_TEXT_TARGET_MS
+        met &= ok
+        print(
+            f"  {fast}: one short text through the service {service_p50:.2f} "
+            f"ms p50 (target < {SINGLE_TEXT_TARGET_MS:.0f} ms) {'ok' if ok else 'MISSED'}"
+        )
+        if "torch" in medians:
+            torch_raw, torch_service, _, torch_service_p50 = medians["torch"]
+            raw_tps = medians[fast][0]
+            ok = service_tps >= torch_service
+            met &= ok
+            print(
+                f"  {fast} / torch: service throughput x{service_tps / torch_service:.2f}, "
+                f"raw batch {RAW_BATCH} x{raw_tps / torch_raw:.2f} (target >= 1), service p50 "
+                f"x{torch_service_p50 / service_p50:.2f} faster {'ok' if ok else 'MISSED'}"
+            )
+    return met
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.embedding", description=__doc__)
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each window")
-    parser.add_argument("--rounds", type=int, default=3, help="raw/service rounds")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over every side")
     parser.add_argument("--calls", type=int, default=100, help="single calls per side and round")
     parser.add_argument("--clients", type=int, default=64, help="concurrent gRPC clients")
     parser.add_argument("--channels", type=int, default=64, help="connections they share")
     parser.add_argument("--server", choices=("inprocess", "subprocess"), default="inprocess")
+    parser.add_argument(
+        "--backends", nargs="+", choices=BACKENDS, default=["torch", "onnx"], help="sides"
+    )
     parser.add_argument(
         "--max-batch-size",
         type=int,
@@ -275,11 +366,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-wait-ms", type=float, default=EmbeddingSettings.model_fields["max_wait_ms"].default
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--threads", type=int, default=None, help="torch/ONNX Runtime threads")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
-    figures, engine, n = asyncio.run(measure(args))
-    met = report(figures, engine, args, n)
+    sides, n = asyncio.run(measure(args))
+    met = report(sides, args, n)
     return 1 if args.check and not met else 0
 
 

@@ -61,6 +61,8 @@ MAX_MIN_SAMPLES: Final = 1_000  # density clustering's min_samples
 MAX_QUERY_TEXT_CHARS: Final = 256  # of a search's query text, kept for popular queries
 DEFAULT_TOP_QUERIES: Final = 10
 MAX_TOP_QUERIES: Final = 100
+DEFAULT_QUERY_DAYS: Final = 1_000  # (query text, day) counts in one ListSearchQueries reply
+MAX_QUERY_DAYS: Final = 10_000
 MAX_USAGE_EVENTS: Final = 10_000  # usage events in one RecordUsage call
 
 # --- inference service ------------------------------------------------------------------

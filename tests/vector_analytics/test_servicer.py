@@ -285,3 +285,22 @@ async def test_too_many_usage_events_is_invalid(running: _Running) -> None:
         running.stub.RecordUsage(pb.RecordUsageRequest(events=[event] * 10_001)), "events"
     )
     assert details.reason == "TOO_MANY_EVENTS"
+
+
+async def test_search_queries_are_counted_per_day(running: _Running) -> None:
+    for text in ("how to reset a password", "how to reset a password", "invoice totals"):
+        running.store.record_search("docs", 4.0, 1, text)
+    running.store.record_search("notes", 4.0, 1, "invoice totals")
+    reply = await running.stub.ListSearchQueries(pb.ListSearchQueriesRequest(collection="docs"))
+    assert [(q.query_text, q.count) for q in reply.queries] == [
+        ("how to reset a password", 2),
+        ("invoice totals", 1),
+    ]
+    day = reply.queries[0].day.ToSeconds()
+    assert day % 86_400 == 0
+    assert time.time() - 86_400 < day <= time.time()
+    everywhere = await running.stub.ListSearchQueries(pb.ListSearchQueriesRequest(page_size=1))
+    assert [(q.query_text, q.count) for q in everywhere.queries] == [("how to reset a password", 2)]
+    await _invalid(
+        running.stub.ListSearchQueries(pb.ListSearchQueriesRequest(page_size=10_001)), "page_size"
+    )

@@ -344,3 +344,26 @@ def test_invalid_settings_are_refused(tmp_path: Path) -> None:
         AnalyticsStore(tmp_path / "a.sqlite3", retention_days=0)
     with pytest.raises(ValueError, match="max_rows"):
         AnalyticsStore(tmp_path / "a.sqlite3", max_rows=0)
+
+
+def test_query_days_count_each_text_per_utc_day_largest_first(
+    store: AnalyticsStore, clock: Clock
+) -> None:
+    clock.now = 1_700_006_400.0  # 2023-11-15 00:00 UTC
+    for _ in range(3):
+        store.record_search("docs", 5.0, 1, "Reset  my password")
+    store.record_search("notes", 5.0, 1, "reset my password")
+    store.record_search("docs", 5.0, 1, "")  # no text: not a question
+    clock.advance(86_400 + 60)
+    store.record_search("docs", 5.0, 1, "invoice totals")
+    store.record_search("docs", 5.0, 1, "reset my password")
+    rows = store.query_days(limit=10)
+    day = 1_700_006_400.0
+    assert [(r.query_text, r.day, r.count) for r in rows] == [
+        ("reset my password", day, 4),
+        ("invoice totals", day + 86_400, 1),
+        ("reset my password", day + 86_400, 1),
+    ]
+    assert [r.count for r in store.query_days(collection="docs", limit=10)] == [3, 1, 1]
+    assert len(store.query_days(start_time=day + 86_400, limit=10)) == 2
+    assert len(store.query_days(limit=1)) == 1

@@ -1,7 +1,9 @@
 """The embedding engine: a sentence-transformers model, loaded once, used from any thread.
 
 The engine knows nothing of gRPC or batching; it turns a list of texts into
-vectors, token counts and truncation flags in one forward pass.
+vectors, token counts and truncation flags in one forward pass. The forward pass
+runs on torch or, from the same model exported once, on ONNX Runtime
+(``onnx_backend``); tokenization and normalisation are the same for both.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +19,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from lodestar.services.embedding.settings import Backend, bundled_model_path
+
 _log = logging.getLogger(__name__)
 
 BUNDLED_MODEL_NAME = "all-MiniLM-L6-v2"
+
+# Unnormalised sentence vectors (float32, one row a text) from the tokenizer's features.
+Forward = Callable[[dict[str, Any]], npt.NDArray[np.float32]]
 
 
 @dataclass(frozen=True)
@@ -45,8 +52,6 @@ class Embeddings:
 
 
 def _default_name(model_path: str) -> str:
-    from lodestar.services.embedding.settings import bundled_model_path
-
     path = Path(model_path).resolve()
     if path == Path(bundled_model_path()).resolve():
         return BUNDLED_MODEL_NAME
@@ -61,7 +66,8 @@ class EmbeddingEngine:
     from a single worker thread; tests may call it directly.
     """
 
-    def __init__(self, model: Any, *, name: str) -> None:
+    def __init__(self, model: Any, *, name: str, forward: Forward | None = None) -> None:
+        """Serve ``model``; its forward pass is torch's unless ``forward`` replaces it."""
         import torch
         from sentence_transformers.sentence_transformer.modules import Normalize
 
@@ -75,6 +81,7 @@ class EmbeddingEngine:
         if modules and isinstance(modules[-1], Normalize):
             modules = modules[:-1]
         self._modules = modules
+        self._forward = forward or self._torch_forward
         max_seq = model.max_seq_length
         dimension = model.get_embedding_dimension()
         if max_seq is None or dimension is None:
@@ -99,8 +106,19 @@ class EmbeddingEngine:
         device: str = "cpu",
         threads: int | None = None,
         name: str | None = None,
+        backend: Backend = "torch",
+        cache_dir: Path | None = None,
     ) -> EmbeddingEngine:
-        """Load a sentence-transformers model from a local directory (never the hub)."""
+        """Load a sentence-transformers model from a local directory (never the hub).
+
+        The onnx backends run on the CPU only, from an export cached in ``cache_dir``
+        (``onnx_backend.default_cache_dir()`` when unset).
+        """
+        if backend != "torch" and device != "cpu":
+            raise ValueError(
+                f"the {backend} backend runs on the CPU; set LODESTAR_EMBEDDING_BACKEND=torch "
+                f"to run on {device}"
+            )
         # Read by huggingface_hub at import time: no network lookups, ever.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -113,16 +131,30 @@ class EmbeddingEngine:
         transformers.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         model = SentenceTransformer(str(model_path), device=device, local_files_only=True)
         model.eval()
-        engine = cls(model, name=name or _default_name(model_path))
+        name = name or _default_name(model_path)
+        forward: Forward | None = None
+        if backend != "torch":
+            from lodestar.services.embedding import onnx_backend
+
+            forward = onnx_backend.load_encoder(
+                model,
+                name=name,
+                model_path=str(model_path),
+                cache_dir=cache_dir or onnx_backend.default_cache_dir(),
+                precision="int8" if backend == "onnx-int8" else "fp32",
+                threads=threads,
+            )
+        engine = cls(model, name=name, forward=forward)
         # The first forward pass allocates and warms up kernels; pay for it now.
         engine.embed(["warm up"])
         _log.info(
-            "loaded %s (dimension %d, max %d tokens) on %s with %d threads",
+            "loaded %s (dimension %d, max %d tokens) on %s, %s backend, %s threads",
             engine.info.name,
             engine.info.dimension,
             engine.info.max_sequence_length,
             device,
-            torch.get_num_threads(),
+            backend,
+            threads or "default",
         )
         return engine
 
@@ -132,22 +164,30 @@ class EmbeddingEngine:
             empty = np.zeros((0, self.info.dimension), dtype=np.float32)
             return Embeddings(empty, [], [])
         batch = list(texts)
-        torch = self._torch
-        with self._lock, torch.inference_mode():
+        with self._lock:
             features = self._model.preprocess(batch)
             mask = features.get("attention_mask")
             lengths: list[int] = (
                 mask.sum(dim=1).tolist() if mask is not None else self._count_tokens(batch)
             )
+            vectors = self._forward(features)
+            counts = self._full_counts(batch, lengths)
+        if normalize:
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            # As torch's normalize: a zero vector stays zero.
+            vectors = vectors / np.maximum(norms, 1e-12)
+        limit = self.info.max_sequence_length
+        return Embeddings(vectors, counts, [count > limit for count in counts])
+
+    def _torch_forward(self, features: dict[str, Any]) -> npt.NDArray[np.float32]:
+        torch = self._torch
+        with torch.inference_mode():
             for module in self._modules:
                 features = module(features)
-            vectors = features["sentence_embedding"]
-            if normalize:
-                vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
-            array: npt.NDArray[np.float32] = vectors.to(torch.float32).cpu().numpy()
-            counts = self._full_counts(batch, lengths)
-        limit = self.info.max_sequence_length
-        return Embeddings(array, counts, [count > limit for count in counts])
+            array: npt.NDArray[np.float32] = (
+                features["sentence_embedding"].to(torch.float32).cpu().numpy()
+            )
+        return array
 
     def _full_counts(self, texts: list[str], lengths: list[int]) -> list[int]:
         """Token counts before truncation.

@@ -19,6 +19,8 @@ def load_engine(settings: EmbeddingSettings) -> EmbeddingEngine:
         device=settings.device,
         threads=settings.threads,
         name=settings.model_name,
+        backend=settings.backend,
+        cache_dir=settings.cache_dir,
     )
 
 

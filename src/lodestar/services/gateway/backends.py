@@ -81,6 +81,7 @@ IDEMPOTENT: Mapping[str, Mapping[str, bool]] = {
         "GetSearchAnalytics": True,
         "GetVectorAnalytics": True,
         "GetUsageAnalytics": True,
+        "ListSearchQueries": True,
         # A second attempt would count the same events twice.
         "RecordUsage": False,
     },
@@ -251,6 +252,7 @@ class AnalyticsClient:
         self.search_analytics = rpc(apb.GetSearchAnalyticsRequest, apb.GetSearchAnalyticsResponse)
         self.vector_analytics = rpc(apb.GetVectorAnalyticsRequest, apb.GetVectorAnalyticsResponse)
         self.usage_analytics = rpc(apb.GetUsageAnalyticsRequest, apb.GetUsageAnalyticsResponse)
+        self.search_queries = rpc(apb.ListSearchQueriesRequest, apb.ListSearchQueriesResponse)
         self.record_usage = rpc(apb.RecordUsageRequest, apb.RecordUsageResponse)
 
 

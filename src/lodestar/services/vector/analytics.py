@@ -132,6 +132,34 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
             ],
         )
 
+    async def ListSearchQueries(
+        self,
+        request: pb.ListSearchQueriesRequest,
+        context: _Context[pb.ListSearchQueriesRequest, pb.ListSearchQueriesResponse],
+    ) -> pb.ListSearchQueriesResponse:
+        collection = _name(request.collection, "collection")
+        start = _start_time(request.start_time) if request.HasField("start_time") else None
+        size = request.page_size
+        if size < 0 or size > limits.MAX_QUERY_DAYS:
+            raise InvalidArgument(
+                f"page_size must be between 0 and {limits.MAX_QUERY_DAYS} (0 means "
+                f"{limits.DEFAULT_QUERY_DAYS}); got {size}",
+                field="page_size",
+                reason="OUT_OF_RANGE",
+            )
+        with span(_trace, "analytics.search_queries"):
+            rows = await asyncio.to_thread(
+                self._store.query_days,
+                collection=collection or None,
+                start_time=start,
+                limit=size or limits.DEFAULT_QUERY_DAYS,
+            )
+        response = pb.ListSearchQueriesResponse()
+        for row in rows:
+            entry = response.queries.add(query_text=row.query_text, count=row.count)
+            entry.day.FromSeconds(int(row.day))
+        return response
+
     async def GetVectorAnalytics(
         self,
         request: pb.GetVectorAnalyticsRequest,

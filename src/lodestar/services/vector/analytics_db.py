@@ -21,6 +21,7 @@ from lodestar import limits
 from lodestar.services.vector.analytics_models import (
     CollectionGrowth,
     QueryCount,
+    QueryDayCount,
     SearchAnalytics,
     SearchStats,
     SizeSample,
@@ -258,6 +259,25 @@ def search_analytics(
             )
         ]
     return SearchAnalytics(total, tuple(per_collection), tuple(popular))
+
+
+_DAY_S: Final = 86_400
+
+
+def query_days(
+    conn: sqlite3.Connection, *, collection: str | None, start_time: float | None, limit: int
+) -> list[QueryDayCount]:
+    """Searches counted per (query text, UTC day), the largest counts first."""
+    where, params = _where(start_time=start_time, column="collection", value=collection)
+    return [
+        QueryDayCount(text, float(day) * _DAY_S, int(count))
+        for text, day, count in conn.execute(
+            f"SELECT query_norm, CAST(ts / {_DAY_S} AS INTEGER) AS day, COUNT(*) AS c "
+            f"FROM searches {where}{' AND' if where else ' WHERE'} query_norm != '' "
+            "GROUP BY query_norm, day ORDER BY c DESC, day DESC, query_norm LIMIT ?",
+            (*params, limit),
+        )
+    ]
 
 
 def vector_analytics(

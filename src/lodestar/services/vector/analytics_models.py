@@ -25,6 +25,13 @@ class QueryCount:
 
 
 @dataclass(frozen=True)
+class QueryDayCount:
+    query_text: str
+    day: float  # the day's start, 00:00 UTC, in seconds since the epoch
+    count: int
+
+
+@dataclass(frozen=True)
 class SearchAnalytics:
     total: SearchStats
     collections: tuple[SearchStats, ...]

@@ -29,6 +29,7 @@ from prometheus_client import Counter
 
 from lodestar.services.vector import analytics_db as db
 from lodestar.services.vector.analytics_models import (
+    QueryDayCount,
     SearchAnalytics,
     UsageAnalytics,
     UsageRecord,
@@ -193,6 +194,14 @@ class AnalyticsStore:
             return db.search_analytics(
                 conn, collection=collection, start_time=start_time, top_queries=top_queries
             )
+
+    def query_days(
+        self, *, collection: str | None = None, start_time: float | None = None, limit: int
+    ) -> list[QueryDayCount]:
+        """Searches counted per query text and UTC day, the largest counts first."""
+        self._settle()
+        with db.reading(self.path) as conn:
+            return db.query_days(conn, collection=collection, start_time=start_time, limit=limit)
 
     def vector_analytics(
         self,

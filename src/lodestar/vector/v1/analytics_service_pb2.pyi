@@ -44,6 +44,36 @@ class QueryCount(_message.Message):
 Global___QueryCount: _TypeAlias = QueryCount  # noqa: Y015
 
 @_typing.final
+class QueryDayCount(_message.Message):
+    """QueryDayCount is how often a query text was searched on one day (UTC)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUERY_TEXT_FIELD_NUMBER: _builtins.int
+    DAY_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    query_text: _builtins.str
+    count: _builtins.int
+    @_builtins.property
+    def day(self) -> _timestamp_pb2.Timestamp:
+        """The day's start, 00:00 UTC."""
+
+    def __init__(
+        self,
+        *,
+        query_text: _builtins.str = ...,
+        day: _timestamp_pb2.Timestamp | None = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["day", b"day"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "day", b"day", "query_text", b"query_text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueryDayCount: _TypeAlias = QueryDayCount  # noqa: Y015
+
+@_typing.final
 class SearchStats(_message.Message):
     """SearchStats summarises searches."""
 
@@ -430,3 +460,59 @@ class GetUsageAnalyticsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetUsageAnalyticsResponse: _TypeAlias = GetUsageAnalyticsResponse  # noqa: Y015
+
+@_typing.final
+class ListSearchQueriesRequest(_message.Message):
+    """ListSearchQueriesRequest selects searches whose query texts to count."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COLLECTION_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    collection: _builtins.str
+    """Empty means every collection."""
+    page_size: _builtins.int
+    """Most (query text, day) counts to return, the largest first (default 1000,
+    at most 10000).
+    """
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Only searches at or after this time (default: all kept)."""
+
+    def __init__(
+        self,
+        *,
+        collection: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        page_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "page_size", b"page_size", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSearchQueriesRequest: _TypeAlias = ListSearchQueriesRequest  # noqa: Y015
+
+@_typing.final
+class ListSearchQueriesResponse(_message.Message):
+    """ListSearchQueriesResponse counts query texts per day."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUERIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def queries(self) -> _containers.RepeatedCompositeFieldContainer[Global___QueryDayCount]: ...
+    def __init__(
+        self,
+        *,
+        queries: _abc.Iterable[Global___QueryDayCount] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["queries", b"queries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSearchQueriesResponse: _TypeAlias = ListSearchQueriesResponse  # noqa: Y015

@@ -57,6 +57,11 @@ class AnalyticsServiceStub:
                 request_serializer=lodestar_dot_vector_dot_v1_dot_analytics__service__pb2.GetUsageAnalyticsRequest.SerializeToString,
                 response_deserializer=lodestar_dot_vector_dot_v1_dot_analytics__service__pb2.GetUsageAnalyticsResponse.FromString,
                 _registered_method=True)
+        self.ListSearchQueries = channel.unary_unary(
+                '/lodestar.vector.v1.AnalyticsService/ListSearchQueries',
+                request_serializer=lodestar_dot_vector_dot_v1_dot_analytics__service__pb2.ListSearchQueriesRequest.SerializeToString,
+                response_deserializer=lodestar_dot_vector_dot_v1_dot_analytics__service__pb2.ListSearchQueriesResponse.FromString,
+                _registered_method=True)
 
 
 class AnalyticsServiceServicer:
@@ -93,6 +98,14 @@ class AnalyticsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSearchQueries(self, request, context):
+        """Searched query texts counted per day, the most searched first: what the
+        gateway groups into topics of questions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AnalyticsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -115,6 +128,11 @@ def add_AnalyticsServiceServicer_to_server(servicer, server):
                     servicer.GetUsageAnalytics,
                     request_deserializer=lodestar_dot_vector_dot_v1_dot_analytics__service__pb2.GetUsageAnalyticsRequest.FromString,
                     response_serializer=lodestar_dot_vector_dot_v1_dot_analytics__service__pb2.GetUsageAnalyticsResponse.SerializeToString,
+            ),
+            'ListSearchQueries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSearchQueries,
+                    request_deserializer=lodestar_dot_vector_dot_v1_dot_analytics__service__pb2.ListSearchQueriesRequest.FromString,
+                    response_serializer=lodestar_dot_vector_dot_v1_dot_analytics__service__pb2.ListSearchQueriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -228,6 +246,33 @@ class AnalyticsService:
             '/lodestar.vector.v1.AnalyticsService/GetUsageAnalytics',
             lodestar_dot_vector_dot_v1_dot_analytics__service__pb2.GetUsageAnalyticsRequest.SerializeToString,
             lodestar_dot_vector_dot_v1_dot_analytics__service__pb2.GetUsageAnalyticsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSearchQueries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lodestar.vector.v1.AnalyticsService/ListSearchQueries',
+            lodestar_dot_vector_dot_v1_dot_analytics__service__pb2.ListSearchQueriesRequest.SerializeToString,
+            lodestar_dot_vector_dot_v1_dot_analytics__service__pb2.ListSearchQueriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,10 @@ class AnalyticsServiceStub:
     """Records usage events (requests, errors, tokens) reported by a gateway."""
     GetUsageAnalytics: _grpc.UnaryUnaryMultiCallable[_analytics_service_pb2.GetUsageAnalyticsRequest, _analytics_service_pb2.GetUsageAnalyticsResponse]
     """Usage per subject and route."""
+    ListSearchQueries: _grpc.UnaryUnaryMultiCallable[_analytics_service_pb2.ListSearchQueriesRequest, _analytics_service_pb2.ListSearchQueriesResponse]
+    """Searched query texts counted per day, the most searched first: what the
+    gateway groups into topics of questions.
+    """
 
 @_typing.type_check_only
 class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
@@ -61,6 +65,10 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
     """Records usage events (requests, errors, tokens) reported by a gateway."""
     GetUsageAnalytics: _aio.UnaryUnaryMultiCallable[_analytics_service_pb2.GetUsageAnalyticsRequest, _analytics_service_pb2.GetUsageAnalyticsResponse]  # type: ignore[assignment]
     """Usage per subject and route."""
+    ListSearchQueries: _aio.UnaryUnaryMultiCallable[_analytics_service_pb2.ListSearchQueriesRequest, _analytics_service_pb2.ListSearchQueriesResponse]  # type: ignore[assignment]
+    """Searched query texts counted per day, the most searched first: what the
+    gateway groups into topics of questions.
+    """
 
 class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
     """AnalyticsService reports how the platform's memory is used. It is served by
@@ -99,5 +107,15 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_analytics_service_pb2.GetUsageAnalyticsResponse, _abc.Awaitable[_analytics_service_pb2.GetUsageAnalyticsResponse]]:
         """Usage per subject and route."""
+
+    @_abc_1.abstractmethod
+    def ListSearchQueries(
+        self,
+        request: _analytics_service_pb2.ListSearchQueriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_analytics_service_pb2.ListSearchQueriesResponse, _abc.Awaitable[_analytics_service_pb2.ListSearchQueriesResponse]]:
+        """Searched query texts counted per day, the most searched first: what the
+        gateway groups into topics of questions.
+        """
 
 def add_AnalyticsServiceServicer_to_server(servicer: AnalyticsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

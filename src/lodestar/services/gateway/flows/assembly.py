@@ -5,7 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from lodestar.services.gateway.backends import Backends
-from lodestar.services.gateway.flows import cluster, experiment_routes, feedback, personal_routes
+from lodestar.services.gateway.flows import (
+    cluster,
+    experiment_routes,
+    feedback,
+    personal_routes,
+    topics,
+)
 from lodestar.services.gateway.flows.augment import ComposeStage
 from lodestar.services.gateway.flows.conversations import (
     ConversationStage,
@@ -27,6 +33,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     cluster.router,
     personal_routes.router,
     experiment_routes.router,
+    topics.router,
 )
 
 

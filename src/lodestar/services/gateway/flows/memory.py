@@ -122,6 +122,10 @@ class StoreStage:
             payload[text_key] = text
         if generation.sources:
             payload["source_ids"] = [source["id"] for source in generation.sources]
+            # The documents cited (an ingested chunk's "source"), for the topics' most retrieved.
+            documents = {s.get("payload", {}).get("source") for s in generation.sources}
+            if cited := sorted(d for d in documents if isinstance(d, str)):
+                payload["source_documents"] = cited
         payload.update(generation.record)
         point_id = convert.new_point_id()
         point = vpb.Point(id=point_id, vector=vector)
