@@ -207,6 +207,30 @@ class GatewaySettings(ServiceSettings):
         description="Most texts sent to the embedding service in one call; keep it at most "
         "the embedding service's LODESTAR_EMBEDDING_MAX_TEXTS_PER_REQUEST when that is changed.",
     )
+    document_max_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1,
+        description="Largest document accepted by the documents API (413 above); at most "
+        "max_body_bytes, which bounds every request body.",
+    )
+    document_job_threshold_bytes: int = Field(
+        256 * 1024,
+        ge=0,
+        description="Uploads larger than this are written by a background job (202 with a "
+        "job id) rather than within the request; lower it where clients time out waiting.",
+    )
+    document_jobs_per_process: int = Field(
+        2,
+        ge=0,
+        description="Document jobs this gateway (or a lodestar worker) runs at once. With "
+        "Redis, 0 on the gateways leaves queued jobs to lodestar worker processes.",
+    )
+    document_job_timeout_s: float = Field(
+        1800.0,
+        gt=0,
+        description="Longest a document job may run; with Redis, a job whose worker died is "
+        "run again by another worker this long (plus 10 s) after it started.",
+    )
     store_text_key: str = Field(
         "text",
         description="Payload key that keeps the text of a point inserted by text (empty: "
