@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -61,6 +63,8 @@ class JobRecord:
     chunks_done: int = 0
     chunks_total: int = 0
     attempt: int = 0
+    # host:pid of the process running (or that last ran) it.
+    worker: str = ""
     error: str = ""
     cancel_requested: bool = False
     document: dict[str, Any] | None = None
@@ -75,6 +79,7 @@ class JobRecord:
             "status": self.status,
             "progress": {"chunks_done": self.chunks_done, "chunks_total": self.chunks_total},
             "attempt": self.attempt,
+            "worker": self.worker,
             "created_at": _iso(self.created_at),
             "updated_at": _iso(self.updated_at),
         }
@@ -207,7 +212,14 @@ async def run_job(
     if record.cancel_requested:
         await jobs.update(spec.job_id, status=CANCELLED)
         return
-    await jobs.update(spec.job_id, status=RUNNING, attempt=attempt, chunks_done=0, error="")
+    await jobs.update(
+        spec.job_id,
+        status=RUNNING,
+        attempt=attempt,
+        chunks_done=0,
+        error="",
+        worker=f"{socket.gethostname()}:{os.getpid()}",
+    )
 
     async def progress(done: int, total: int) -> None:
         current = await jobs.get(spec.job_id)

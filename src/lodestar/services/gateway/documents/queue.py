@@ -78,7 +78,8 @@ class ArqJobRunner:
         pool = await self._arq()
         result = await Job(job_id, pool, _queue_name=self._queue).result_info()
         if result is not None and not result.success:
-            error = f"the job's worker stopped and it was not finished: {result.result}"
+            reason = result.result
+            error = f"the job did not finish: {type(reason).__name__} {reason}".rstrip()
             await self.store.update(job_id, status=FAILED, error=error)
             return await self.store.get(job_id)
         return record
