@@ -23,6 +23,7 @@ from lodestar.ingest.chunking import TextFormat, normalize_text
 class DocumentFormat(StrEnum):
     TEXT = "text"
     MARKDOWN = "markdown"
+    RST = "rst"
     HTML = "html"
     PDF = "pdf"
 
@@ -34,6 +35,8 @@ _BY_SUFFIX = {
     ".md": DocumentFormat.MARKDOWN,
     ".markdown": DocumentFormat.MARKDOWN,
     ".mkd": DocumentFormat.MARKDOWN,
+    ".rst": DocumentFormat.RST,
+    ".rest": DocumentFormat.RST,
     ".html": DocumentFormat.HTML,
     ".htm": DocumentFormat.HTML,
     ".pdf": DocumentFormat.PDF,
@@ -99,6 +102,8 @@ class ParsedDocument:
     def chunk_format(self) -> TextFormat:
         if self.format in (DocumentFormat.MARKDOWN, DocumentFormat.HTML):
             return TextFormat.MARKDOWN
+        if self.format is DocumentFormat.RST:
+            return TextFormat.RST
         return TextFormat.PLAIN
 
     def page_at(self, offset: int) -> int | None:

@@ -107,6 +107,11 @@ class DocumentInfo:
             updated_at=str(payload.get(UPDATED_AT, "")),
         )
 
+    @classmethod
+    def from_api(cls, body: dict[str, Any]) -> DocumentInfo:
+        """From the documents API's JSON (``as_dict``)."""
+        return cls(**{k: body[k] for k in cls.__dataclass_fields__ if k in body})
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,

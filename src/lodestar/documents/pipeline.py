@@ -42,6 +42,13 @@ class DocumentInput:
 
 
 @dataclass(frozen=True)
+class PutResult:
+    document: DocumentInfo
+    # Chunks of earlier versions deleted once this one was committed.
+    replaced: int
+
+
+@dataclass(frozen=True)
 class WriteOptions:
     chunking: ChunkingOptions = field(default_factory=ChunkingOptions)
     batch_size: int = 32
@@ -123,7 +130,7 @@ async def put_document(
     document: DocumentInput,
     options: WriteOptions | None = None,
     progress: Progress | None = None,
-) -> DocumentInfo:
+) -> PutResult:
     """Store ``document`` as its new current version; see the module docstring."""
     options = options or WriteOptions()
     chunks = plan_chunks(document, options.chunking)
@@ -157,9 +164,9 @@ async def put_document(
     except BaseException as error:
         with contextlib.suppress(Exception):
             await asyncio.shield(store.delete(document.id, only_version=version))
-        if isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
-            raise error.exceptions[0] from None
-        raise
-    await store.delete(document.id, keep_version=version)
-    info = DocumentInfo.from_payload(points[0].payload)
-    return info
+        # One failure is reported, as a write of one batch at a time would.
+        while isinstance(error, BaseExceptionGroup):
+            error = error.exceptions[0]
+        raise error from None
+    replaced = await store.delete(document.id, keep_version=version)
+    return PutResult(DocumentInfo.from_payload(points[0].payload), replaced)

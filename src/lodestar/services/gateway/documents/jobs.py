@@ -233,7 +233,7 @@ async def run_job(
     try:
         document = await asyncio.to_thread(spec.parse)
         options = WriteOptions(ChunkingOptions(spec.chunk_size, spec.chunk_overlap))
-        info = await put_document(store, document, options, progress)
+        info = (await put_document(store, document, options, progress)).document
     except JobCancelled:
         await jobs.update(spec.job_id, status=CANCELLED)
     except asyncio.CancelledError:

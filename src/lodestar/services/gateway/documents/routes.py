@@ -30,9 +30,14 @@ from lodestar.documents.formats import (
     detect_format,
     parse_document,
 )
-from lodestar.documents.pipeline import DocumentInput, EmptyDocument, put_document
+from lodestar.documents.pipeline import (
+    DocumentInput,
+    EmptyDocument,
+    WriteOptions,
+    put_document,
+)
 from lodestar.documents.store import DocumentStore
-from lodestar.ingest.chunking import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE
+from lodestar.ingest.chunking import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, ChunkingOptions
 from lodestar.runtime.errors import InvalidArgument, NotFound
 from lodestar.services.gateway.call import Call
 from lodestar.services.gateway.context import gateway_of
@@ -62,6 +67,8 @@ class TextUpload(BaseModel):
     source: str | None = Field(None, max_length=2000, description="Where it comes from.")
     format: str = Field("text", description="text, markdown or html.")
     background: bool = Field(False, description="Write it in a job even if it is small.")
+    chunk_size: int | None = Field(None, description="Most characters in a chunk.")
+    chunk_overlap: int | None = Field(None, description="Characters shared by neighbours.")
 
 
 _UPLOAD_BODY = {
@@ -79,6 +86,8 @@ _UPLOAD_BODY = {
                         "source": {"type": "string"},
                         "format": {"type": "string", "enum": [f.value for f in DocumentFormat]},
                         "background": {"type": "boolean"},
+                        "chunk_size": {"type": "integer"},
+                        "chunk_overlap": {"type": "integer"},
                     },
                 }
             },
@@ -159,6 +168,16 @@ async def _read_upload(request: Request, max_bytes: int) -> _Upload:
     )
 
 
+def _chunking(fields: dict[str, Any]) -> ChunkingOptions:
+    try:
+        return ChunkingOptions(
+            int(fields.get("chunk_size") or DEFAULT_CHUNK_SIZE),
+            int(fields.get("chunk_overlap") or DEFAULT_CHUNK_OVERLAP),
+        )
+    except ValueError as error:
+        raise InvalidArgument(str(error), field="chunk_size", reason="BAD_CHUNKING") from None
+
+
 def _parse(upload: _Upload) -> ParsedDocument:
     declared = upload.fields.get("format")
     fmt = detect_format(
@@ -188,6 +207,7 @@ async def upload_document(
     if not upload.data:
         raise InvalidArgument("the document is empty", field="file", reason="EMPTY_DOCUMENT")
     document_id = _document_id(upload.fields.get("id"))
+    chunking = _chunking(upload.fields)
     try:
         parsed = await asyncio.to_thread(_parse, upload)
     except DocumentFormatError as error:
@@ -213,8 +233,8 @@ async def upload_document(
             title=title,
             format=parsed.format.value,
             data=upload.data,
-            chunk_size=DEFAULT_CHUNK_SIZE,
-            chunk_overlap=DEFAULT_CHUNK_OVERLAP,
+            chunk_size=chunking.size,
+            chunk_overlap=chunking.overlap,
             text_key=settings.store_text_key,
         )
         runner = _runner(request)
@@ -228,10 +248,13 @@ async def upload_document(
         return response
     document = DocumentInput(document_id, source, title, parsed, len(upload.data))
     try:
-        info = await put_document(_store(call, collection), document)
+        result = await put_document(_store(call, collection), document, WriteOptions(chunking))
     except EmptyDocument as error:
         raise InvalidArgument(str(error), field="file", reason="EMPTY_DOCUMENT") from None
-    return respond_json({"document": info.as_dict()}, status_code=201)
+    return respond_json(
+        {"document": result.document.as_dict(), "replaced_chunks": result.replaced},
+        status_code=201,
+    )
 
 
 @router.get("/collections/{name}/documents", summary="List documents")
