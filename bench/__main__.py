@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ORDER = ("embedding", "vector", "inference", "gateway", "flows", "ingest")
+ORDER = ("embedding", "vector", "inference", "gateway", "flows", "ingest", "documents")
 
 
 def main(argv: list[str]) -> int:
