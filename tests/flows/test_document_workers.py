@@ -31,7 +31,9 @@ def redis_url() -> Iterator[str]:
         yield url
 
 
-def start_worker(stack: Stack, redis_url: str, prefix: str) -> subprocess.Popen[bytes]:
+def start_worker(
+    stack: Stack, redis_url: str, prefix: str, timeout_s: float = JOB_TIMEOUT_S
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])),
@@ -40,7 +42,7 @@ def start_worker(stack: Stack, redis_url: str, prefix: str) -> subprocess.Popen[
         "LODESTAR_GATEWAY_EMBEDDING_ADDRESSES": stack.embedding,
         "LODESTAR_GATEWAY_VECTOR_ADDRESSES": stack.vector,
         "LODESTAR_GATEWAY_INFERENCE_ADDRESSES": stack.inference,
-        "LODESTAR_GATEWAY_DOCUMENT_JOB_TIMEOUT_S": str(JOB_TIMEOUT_S),
+        "LODESTAR_GATEWAY_DOCUMENT_JOB_TIMEOUT_S": str(timeout_s),
         "LODESTAR_GATEWAY_DOCUMENT_JOBS_PER_PROCESS": "1",
     }
     return subprocess.Popen(
@@ -127,3 +129,37 @@ async def test_a_job_whose_worker_dies_is_run_again_by_another(
                 worker.send_signal(signal.SIGTERM)
         for worker in workers:
             worker.wait(timeout=30)
+
+
+async def test_a_job_the_queue_gives_up_on_is_reported_failed(
+    stack: Stack, redis_url: str, queued_gateway: RunningGateway
+) -> None:
+    """A job that overruns its time is stopped by arq; the job says so."""
+    prefix = queued_gateway.settings.redis_key_prefix
+    worker = start_worker(stack, redis_url, prefix, timeout_s=0.2)
+    try:
+        async with queued_gateway.client() as http:
+            admin = queued_gateway.auth("admin")
+            collection = fresh("kbf")
+            await create_collection(http, admin, collection)
+            reply = await http.post(
+                f"/api/v1/collections/{collection}/documents",
+                json={"text": big_text(400), "id": "slow", "background": True},
+                headers=admin,
+            )
+            job_id = reply.json()["job"]["id"]
+            failed = await wait_for(
+                http,
+                admin,
+                job_id,
+                lambda s: s["status"] != "queued" and s["status"] != "running",
+                timeout_s=90,
+            )
+            assert failed["status"] == "failed", str(failed)
+            assert "TimeoutError" in str(failed["error"])
+            # The unfinished version was never committed: there is no document.
+            got = await http.get(f"/api/v1/collections/{collection}/documents/slow", headers=admin)
+            assert got.status_code == 404
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
