@@ -15,7 +15,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-ORDER = ("embedding", "vector", "inference", "gateway", "flows", "ingest", "semantic_cache")
+ORDER = (
+    "embedding",
+    "vector",
+    "inference",
+    "gateway",
+    "flows",
+    "ingest",
+    "documents",
+    "semantic_cache",
+)
 
 
 def main(argv: list[str]) -> int:

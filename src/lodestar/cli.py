@@ -4,6 +4,7 @@ lodestar run                         start every service and the gateway
 lodestar serve embedding|vector|inference|gateway
 lodestar token --sub alice --role user --ttl 1h
 lodestar ingest PATH... --collection NAME
+lodestar worker                      run document jobs from the Redis queue
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ SERVICES = ("embedding", "vector", "inference", "gateway")
 _DELEGATED: dict[str, tuple[str, str, str]] = {
     "token": ("lodestar.services.gateway.cli", "token_main", "mint a development JWT"),
     "ingest": ("lodestar.ingest", "ingest_main", "chunk, embed and store text files"),
+    "worker": (
+        "lodestar.services.gateway.documents.worker",
+        "worker_main",
+        "run document jobs from the Redis queue",
+    ),
 }
 
 

@@ -188,6 +188,35 @@ async def test_deleting_a_cited_point_drops_the_answer(
     assert (await _ask(http, admin, question, **ask)).headers[HEADER] == "miss"
 
 
+async def test_replacing_or_deleting_a_cited_document_drops_the_answer(
+    http: httpx.AsyncClient, cached: RunningGateway
+) -> None:
+    admin = cached.auth("admin")
+    collection = fresh("cited_docs")
+    await create_collection(http, admin, collection)
+    documents = f"/api/v1/collections/{collection}/documents"
+    text = "The Lodestar gateway listens on port 8080."
+    put = await http.post(documents, json={"text": text, "id": "ports"}, headers=admin)
+    assert put.status_code == 201, put.text
+    ask = {"context": {"collection": collection, "limit": 1}}
+    question = "Which port does the Lodestar gateway listen on?"
+    first = await _ask(http, admin, question, **ask)
+    assert [s["document_id"] for s in first.json()["sources"]] == ["ports"]
+    assert _hit(await _ask(http, admin, question, **ask))
+
+    # A new version of the cited document makes the answer stale.
+    text = "The Lodestar gateway listens on port 9090."
+    put = await http.post(documents, json={"text": text, "id": "ports"}, headers=admin)
+    assert put.status_code == 201, put.text
+    assert (await _ask(http, admin, question, **ask)).headers[HEADER] == "miss"
+    assert _hit(await _ask(http, admin, question, **ask))
+
+    # So does its deletion.
+    deleted = await http.delete(f"{documents}/ports", headers=admin)
+    assert deleted.status_code == 200, deleted.text
+    assert (await _ask(http, admin, question, **ask)).headers[HEADER] == "miss"
+
+
 async def test_updating_cited_points_drops_the_answer(
     http: httpx.AsyncClient, cached: RunningGateway
 ) -> None:

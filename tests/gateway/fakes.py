@@ -104,6 +104,33 @@ def _collection(name: str) -> vpb.Collection:
     )
 
 
+# The one document the fake holds (chunk 0 of its only version).
+FAKE_DOCUMENT_ID = "doc-1"
+
+
+def _names_document(filter: vpb.Filter) -> bool:
+    return any(
+        c.field.key == "document_id" and c.field.match.keyword == FAKE_DOCUMENT_ID
+        for c in filter.must
+    )
+
+
+def _document_head() -> vpb.Point:
+    point = vpb.Point(id=vpb.PointId(uuid="6f1c4d2e-0000-5000-8000-000000000001"))
+    point.payload.update(
+        {
+            "document_id": FAKE_DOCUMENT_ID,
+            "document_version": "v1",
+            "chunk_index": 0,
+            "chunk_count": 1,
+            "title": "Fake",
+            "source": "fake.txt",
+            "text": "hello",
+        }
+    )
+    return point
+
+
 def _scored(request_with_vector: bool) -> vpb.ScoredPoint:
     point = vpb.ScoredPoint(id=vpb.PointId(num=1), score=0.5)
     point.payload.update({"text": "hello", "n": 3})
@@ -183,6 +210,8 @@ class FakeVector(vpb_grpc.VectorServiceServicer):
     async def DeletePoints(self, request: Any, context: Any) -> Any:
         await self._rec("DeletePoints", request, context)
         count = sum(1 for i in request.selector.ids if i.num != 404)
+        if not request.selector.ids and _names_document(request.selector.filter):
+            count = 1
         return vpb.DeletePointsResponse(deleted_count=count)
 
     async def BatchUpdatePoints(self, request: Any, context: Any) -> Any:
@@ -201,6 +230,8 @@ class FakeVector(vpb_grpc.VectorServiceServicer):
 
     async def ListPoints(self, request: Any, context: Any) -> Any:
         await self._rec("ListPoints", request, context)
+        if _names_document(request.filter):
+            return vpb.ListPointsResponse(points=[_document_head()])
         return vpb.ListPointsResponse()
 
     async def CountPoints(self, request: Any, context: Any) -> Any:

@@ -10,10 +10,12 @@ import httpx
 import pytest
 
 from lodestar.services.gateway.app import route_security
+from lodestar.services.gateway.documents.jobs import JobRecord
 from lodestar.services.gateway.permissions import DEFAULT_ROLES, Permission
 from tests.gateway.harness import ROLES, RunningGateway
 
 P = Permission
+SAMPLE_JOB = "job-sample"
 
 # One valid request per route (method, path template) → (url, json body, permission
 # the request exercises). A route without an entry fails test_every_route_has_a_sample.
@@ -106,6 +108,28 @@ SAMPLES: dict[tuple[str, str], tuple[str, dict[str, Any] | None, Permission | No
         None,
         P.CREATE_SNAPSHOTS,
     ),
+    ("POST", "/api/v1/collections/{name}/documents"): (
+        "/api/v1/collections/alpha/documents",
+        {"text": "Lodestar keeps documents.", "id": "doc-2"},
+        P.INSERT_VECTORS,
+    ),
+    ("GET", "/api/v1/collections/{name}/documents"): (
+        "/api/v1/collections/alpha/documents",
+        None,
+        P.SEARCH_VECTORS,
+    ),
+    ("GET", "/api/v1/collections/{name}/documents/{document_id}"): (
+        "/api/v1/collections/alpha/documents/doc-1",
+        None,
+        P.SEARCH_VECTORS,
+    ),
+    ("DELETE", "/api/v1/collections/{name}/documents/{document_id}"): (
+        "/api/v1/collections/alpha/documents/doc-1",
+        None,
+        P.DELETE_VECTORS,
+    ),
+    ("GET", "/api/v1/jobs/{id}"): (f"/api/v1/jobs/{SAMPLE_JOB}", None, P.SEARCH_VECTORS),
+    ("DELETE", "/api/v1/jobs/{id}"): (f"/api/v1/jobs/{SAMPLE_JOB}", None, P.INSERT_VECTORS),
     ("GET", "/api/v1/analytics/vectors"): ("/api/v1/analytics/vectors", None, P.VIEW_ANALYTICS),
     ("GET", "/api/v1/analytics/search"): ("/api/v1/analytics/search", None, P.VIEW_ANALYTICS),
     ("GET", "/api/v1/analytics/usage"): ("/api/v1/analytics/usage", None, P.VIEW_ANALYTICS),
@@ -121,6 +145,15 @@ SAMPLES: dict[tuple[str, str], tuple[str, dict[str, Any] | None, Permission | No
     ),
     ("GET", "/api/v1/me"): ("/api/v1/me", None, None),
 }
+
+
+@pytest.fixture(autouse=True)
+async def _sample_job(gateway: RunningGateway) -> None:
+    """A finished document job of collection alpha, for the jobs routes' samples."""
+    documents = gateway.app.state.gateway.documents
+    await documents.runner.store.create(
+        JobRecord(SAMPLE_JOB, "alpha", "", "alice", "doc-1", status="succeeded")
+    )
 
 
 async def _send(

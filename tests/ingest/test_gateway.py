@@ -16,9 +16,11 @@ import httpx
 import pytest
 from google.protobuf import json_format
 
+from lodestar.documents.formats import DocumentFormat, ParsedDocument
+from lodestar.documents.pipeline import DocumentInput, WriteOptions
 from lodestar.ingest import IngestOptions, Ingestor, ingest_main
 from lodestar.ingest.chunking import ChunkingOptions
-from lodestar.ingest.sinks import GatewaySink, IngestError, PointToWrite, RetryPolicy
+from lodestar.ingest.sinks import GatewaySink, IngestError, RetryPolicy
 from lodestar.ingest.sources import discover
 from lodestar.services.gateway.app import create_app
 from lodestar.services.gateway.auth import mint_token
@@ -125,7 +127,7 @@ async def test_ingest_through_the_gateway_is_idempotent(
     assert unchanged.files_unchanged == 4
     assert unchanged.chunks == 0
 
-    # Without the checkpoint every chunk is sent again, and overwrites itself.
+    # Without the checkpoint every file is sent again, and replaces its document.
     resent = await ingest(
         gateway, token, [corpus], options(collection, tmp_path, checkpoint_path=None)
     )
@@ -158,7 +160,7 @@ async def test_a_changed_file_is_pruned_through_the_gateway(
     assert await count(vector, collection) == first.chunks - again.chunks_pruned + 1
 
 
-async def test_a_token_without_delete_keeps_stale_chunks_with_a_note(
+async def test_a_token_without_delete_replaces_files_but_keeps_emptied_ones_with_a_note(
     gateway: Gateway,
     vector: vector_grpc.VectorServiceAsyncStub,
     corpus: Path,
@@ -171,19 +173,33 @@ async def test_a_token_without_delete_keeps_stale_chunks_with_a_note(
 
     await ingest(gateway, gateway.token("operator"), [corpus], options(collection, tmp_path))
     before = await count(vector, collection)
-    (corpus / "pass.rst").write_text("Nothing happens when a pass statement is executed.")
-    stream = io.StringIO()
-    sink = GatewaySink(gateway.url, user)
-    try:
-        report = await Ingestor(
-            options(collection, tmp_path, create=False), sink, progress_stream=stream
-        ).run(discover([str(corpus)]))
-    finally:
-        await sink.close()
+    target = corpus / "pass.rst"
+
+    async def run() -> tuple[Any, str]:
+        stream = io.StringIO()
+        sink = GatewaySink(gateway.url, user)
+        try:
+            report = await Ingestor(
+                options(collection, tmp_path, create=False), sink, progress_stream=stream
+            ).run(discover([str(corpus)]))
+        finally:
+            await sink.close()
+        return report, stream.getvalue()
+
+    # Uploading a new version replaces the old one: that needs InsertVectors only.
+    target.write_text("Nothing happens when a pass statement is executed.")
+    report, _ = await run()
     assert report.files_ingested == 1
+    assert report.chunks_pruned >= 1
+    replaced = await count(vector, collection)
+    assert replaced == before - report.chunks_pruned + 1
+    # Deleting an emptied file's document needs DeleteVectors: kept, with a note.
+    target.write_text("")
+    report, notes = await run()
+    assert report.files_empty == 1
     assert report.chunks_pruned == 0
-    assert "lacks DeleteVectors" in stream.getvalue()
-    assert await count(vector, collection) == before + 1
+    assert "lacks DeleteVectors" in notes
+    assert await count(vector, collection) == replaced
 
 
 async def test_the_command_via_gateway(
@@ -226,16 +242,39 @@ async def test_the_command_via_gateway(
 # --- retries (a scripted transport: the logic around the HTTP calls) ------------------------
 
 
-async def test_rate_limited_inserts_are_retried_after_the_advised_delay() -> None:
+def _document() -> DocumentInput:
+    return DocumentInput(
+        "d1", "/notes/a.txt", "a.txt", ParsedDocument("hello", DocumentFormat.TEXT), 5
+    )
+
+
+_STORED = {
+    "document": {
+        "id": "d1",
+        "version": "v",
+        "title": "a.txt",
+        "source": "/notes/a.txt",
+        "format": "text",
+        "chunks": 1,
+        "bytes": 5,
+        "created_at": "",
+        "updated_at": "",
+        "status": "ready",
+    },
+    "replaced_chunks": 0,
+}
+
+
+async def test_rate_limited_uploads_are_retried_after_the_advised_delay() -> None:
     answers = [
         httpx.Response(429, headers={"Retry-After": "0.05"}, json={"error": {"code": "X"}}),
         httpx.Response(503, json={"error": {"code": "UNAVAILABLE", "message": "later"}}),
-        httpx.Response(200, json={"ids": ["a"], "embedded": 1}),
+        httpx.Response(201, json=_STORED),
     ]
-    seen: list[dict[str, Any]] = []
+    seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(json.loads(request.content))
+        seen.append(request)
         return answers.pop(0)
 
     sink = GatewaySink(
@@ -244,14 +283,16 @@ async def test_rate_limited_inserts_are_retried_after_the_advised_delay() -> Non
         retry=RetryPolicy(attempts=3, first_delay_s=0.01),
         transport=httpx.MockTransport(handler),
     )
-    point = PointToWrite("8d1c1c52-8f0e-5a8a-9a0e-1b2c3d4e5f60", "hello", {"source": "s"})
     try:
-        result = await sink.write("docs", [point])
+        result = await sink.put("docs", _document(), WriteOptions())
     finally:
         await sink.close()
-    assert result.written == 1
+    assert result.document.chunks == 1
     assert len(seen) == 3
-    assert seen[0]["points"] == [{"id": point.id, "text": "hello", "payload": {"source": "s"}}]
+    assert seen[0].url.path == "/api/v1/collections/docs/documents"
+    body = seen[-1].read()
+    assert b"hello" in body
+    assert b'name="id"' in body
 
 
 async def test_errors_that_retrying_cannot_fix_are_fatal_at_once() -> None:
@@ -265,7 +306,7 @@ async def test_errors_that_retrying_cannot_fix_are_fatal_at_once() -> None:
     sink = GatewaySink("http://gateway.test", "t", transport=httpx.MockTransport(handler))
     try:
         with pytest.raises(IngestError, match="403 PERMISSION_DENIED: no"):
-            await sink.write("docs", [PointToWrite("x", "hello", {})])
+            await sink.put("docs", _document(), WriteOptions())
     finally:
         await sink.close()
     assert calls == 1

@@ -21,8 +21,8 @@ from google.protobuf import json_format
 from lodestar.embedding.v1 import embedding_service_pb2 as embedding_pb
 from lodestar.embedding.v1 import embedding_service_pb2_grpc as embedding_grpc
 from lodestar.ingest import IngestOptions, Ingestor, ingest_main
-from lodestar.ingest.chunking import ChunkingOptions, chunk_ids, format_for_name, split_text
-from lodestar.ingest.sinks import GrpcSink, IngestError, PointToWrite, UsageError, WriteResult
+from lodestar.ingest.chunking import ChunkingOptions, format_for_name, split_text
+from lodestar.ingest.sinks import GrpcSink, IngestError, UsageError
 from lodestar.ingest.sources import discover, read_source
 from lodestar.vector.v1 import vector_service_pb2 as vector_pb
 from lodestar.vector.v1 import vector_service_pb2_grpc as vector_grpc
@@ -65,14 +65,14 @@ async def ingest(
         await sink.close()
 
 
-def expected_ids(paths: Sequence[Path]) -> dict[str, list[str]]:
-    """Chunk ids per source, computed without any service."""
+def expected_chunks(paths: Sequence[Path]) -> dict[str, list[str]]:
+    """Chunk texts per source, in order, computed without any service."""
     out = {}
     for ref in discover([str(p) for p in paths]):
         document = read_source(ref)
         assert not hasattr(document, "reason")
         chunks = split_text(document.text, format_for_name(ref.source), CHUNKING)  # type: ignore[union-attr]
-        out[ref.source] = chunk_ids(ref.source, chunks)
+        out[ref.source] = [c.text for c in chunks]
     return out
 
 
@@ -81,17 +81,26 @@ async def count(vector: vector_grpc.VectorServiceAsyncStub, collection: str) -> 
     return int(reply.count)
 
 
-async def stored_ids(vector: vector_grpc.VectorServiceAsyncStub, collection: str) -> set[str]:
-    ids: set[str] = set()
+async def stored_chunks(
+    vector: vector_grpc.VectorServiceAsyncStub, collection: str
+) -> dict[str, list[str]]:
+    """Stored chunk texts per source, in chunk order."""
+    found: dict[str, list[tuple[int, str]]] = {}
     token = ""
     while True:
         page = await vector.ListPoints(
-            vector_pb.ListPointsRequest(collection=collection, page_size=1000, page_token=token)
+            vector_pb.ListPointsRequest(
+                collection=collection, page_size=1000, page_token=token, with_payload=True
+            )
         )
-        ids.update(p.id.uuid for p in page.points)
+        for point in page.points:
+            payload = json_format.MessageToDict(point.payload)
+            found.setdefault(payload["source"], []).append(
+                (int(payload["chunk_index"]), payload["text"])
+            )
         token = page.next_page_token
         if not token:
-            return ids
+            return {source: [t for _, t in sorted(chunks)] for source, chunks in found.items()}
 
 
 async def test_ingest_stores_every_chunk_with_its_payload(
@@ -106,8 +115,10 @@ async def test_ingest_stores_every_chunk_with_its_payload(
     (corpus / "broken.md").symlink_to(corpus / "no-such-target.md")
     report = await ingest(services, [corpus], options(collection, tmp_path))
 
-    ids = expected_ids([*(corpus / f"{name}.rst" for name in CORPUS_TOPICS), corpus / "guide.md"])
-    total = sum(len(v) for v in ids.values())
+    expected = expected_chunks(
+        [*(corpus / f"{name}.rst" for name in CORPUS_TOPICS), corpus / "guide.md"]
+    )
+    total = sum(len(v) for v in expected.values())
     assert report.collection_created
     assert report.files_total == 12
     assert report.files_ingested == 9
@@ -115,18 +126,34 @@ async def test_ingest_stores_every_chunk_with_its_payload(
     assert sorted(Path(s).name for s, _ in report.skipped) == ["broken.md", "latin1.txt"]
     assert report.chunks == report.chunks_new == total
     assert report.chunks_present == 0
-    assert await stored_ids(vector, collection) == {i for v in ids.values() for i in v}
+    assert await stored_chunks(vector, collection) == expected
 
     guide = (corpus / "guide.md").resolve().as_posix()
-    reply = await vector.GetPoints(
-        vector_pb.GetPointsRequest(
+    reply = await vector.ListPoints(
+        vector_pb.ListPointsRequest(
             collection=collection,
-            ids=[vector_pb.PointId(uuid=i) for i in ids[guide]],
+            filter=vector_pb.Filter(
+                must=[
+                    vector_pb.Condition(
+                        field=vector_pb.FieldCondition(
+                            key="source", match=vector_pb.Match(keyword=guide)
+                        )
+                    )
+                ]
+            ),
+            page_size=1000,
             with_payload=True,
         )
     )
-    payloads = [json_format.MessageToDict(p.payload) for p in reply.points]
-    assert [int(p["chunk_index"]) for p in payloads] == list(range(len(ids[guide])))
+    payloads = sorted(
+        (json_format.MessageToDict(p.payload) for p in reply.points),
+        key=lambda p: int(p["chunk_index"]),
+    )
+    assert [int(p["chunk_index"]) for p in payloads] == list(range(len(expected[guide])))
+    # Every chunk belongs to the file's document (one id, one version).
+    assert len({p["document_id"] for p in payloads}) == 1
+    assert len({p["document_version"] for p in payloads}) == 1
+    assert payloads[0]["title"] == "guide.md"
     first = payloads[0]
     assert first["source"] == guide
     assert first["heading_path"] == ["Loops", "for"]
@@ -187,13 +214,11 @@ async def test_running_again_creates_no_duplicates(
     assert (again.files_unchanged, again.chunks, again.chunks_new) == (first.files_ingested, 0, 0)
     assert await count(vector, collection) == stored
 
-    # Without it: every chunk is looked up, found, and not embedded again.
-    looked_up = await ingest(
-        services, [corpus], options(collection, tmp_path, checkpoint_path=None)
-    )
-    assert looked_up.chunks_present == looked_up.chunks == stored
-    assert looked_up.chunks_new == 0
-    assert looked_up.chunks_pruned == 0
+    # Without it: every file is put again as a new version of its document,
+    # which replaces the previous one: still no duplicates.
+    again = await ingest(services, [corpus], options(collection, tmp_path, checkpoint_path=None))
+    assert again.chunks_new == again.chunks == stored
+    assert again.chunks_pruned == stored
     assert await count(vector, collection) == stored
 
 
@@ -204,11 +229,11 @@ class _CrashingSink(GrpcSink):
         super().__init__(services.embedding_address, services.vector_address)
         self.left = batches
 
-    async def write(self, collection: str, points: Sequence[PointToWrite]) -> WriteResult:
+    async def upsert(self, request: vector_pb.UpsertPointsRequest) -> None:
         if self.left == 0:
             raise IngestError("simulated crash")
         self.left -= 1
-        return await super().write(collection, points)
+        await super().upsert(request)
 
 
 class _CountingSink(GrpcSink):
@@ -216,9 +241,9 @@ class _CountingSink(GrpcSink):
         super().__init__(services.embedding_address, services.vector_address)
         self.embedded = 0
 
-    async def write(self, collection: str, points: Sequence[PointToWrite]) -> WriteResult:
-        self.embedded += len(points)
-        return await super().write(collection, points)
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        self.embedded += len(texts)
+        return await super().embed(texts)
 
 
 async def test_an_interrupted_run_resumes_where_it_stopped(
@@ -228,22 +253,24 @@ async def test_an_interrupted_run_resumes_where_it_stopped(
     collection: str,
     tmp_path: Path,
 ) -> None:
-    total = sum(len(v) for v in expected_ids([corpus]).values())
+    expected = expected_chunks([corpus])
+    total = sum(len(v) for v in expected.values())
     opts = options(collection, tmp_path, batch_size=4, concurrency=1)
     with pytest.raises(IngestError, match="simulated crash"):
-        await ingest(services, [corpus], opts, _CrashingSink(services, batches=3))
-    assert await count(vector, collection) == 12
+        await ingest(services, [corpus], opts, _CrashingSink(services, batches=6))
+    # Only whole documents are stored: the file cut off left nothing behind.
+    stored = await stored_chunks(vector, collection)
+    assert stored
+    assert all(expected[source] == chunks for source, chunks in stored.items())
+    kept = sum(len(v) for v in stored.values())
+    assert kept < total
 
     counting = _CountingSink(services)
     resumed = await ingest(services, [corpus], opts, counting)
-    # Files finished before the crash are skipped by the checkpoint; the stored
-    # chunks of files in flight are found with GetPoints; only the rest is embedded.
-    assert resumed.files_unchanged >= 1
-    assert resumed.chunks_present >= 1
-    skipped_by_checkpoint = total - resumed.chunks
-    assert skipped_by_checkpoint + resumed.chunks_present == 12
-    assert counting.embedded == resumed.chunks_new == total - 12
-    assert await count(vector, collection) == total
+    # Files finished before the crash are skipped by the checkpoint; the rest is put.
+    assert resumed.files_unchanged == len(stored)
+    assert counting.embedded == resumed.chunks_new == total - kept
+    assert await stored_chunks(vector, collection) == expected
 
 
 async def test_a_changed_file_replaces_its_old_chunks(
@@ -255,18 +282,19 @@ async def test_a_changed_file_replaces_its_old_chunks(
 ) -> None:
     target = corpus / "while.rst"
     await ingest(services, [corpus], options(collection, tmp_path))
-    before = await stored_ids(vector, collection)
+    before = await stored_chunks(vector, collection)
 
     text = target.read_text()
     target.write_text(text.replace('The "while" statement', "The while loop statement", 1))
     again = await ingest(services, [corpus], options(collection, tmp_path))
 
-    now = expected_ids([corpus])
+    now = expected_chunks([corpus])
+    source = target.resolve().as_posix()
     assert again.files_unchanged == len(now) - 1
     assert again.files_ingested == 1
-    assert again.chunks_pruned >= 1
-    assert await stored_ids(vector, collection) == {i for v in now.values() for i in v}
-    assert before != await stored_ids(vector, collection)
+    assert again.chunks_pruned == len(before[source])
+    assert await stored_chunks(vector, collection) == now
+    assert before != now
 
     # Emptying the file removes all of its chunks.
     target.write_text("")
@@ -444,5 +472,8 @@ async def test_sigterm_stops_the_command_with_a_summary(
             await process.wait()
     assert process.returncode == 143, err.decode()
     assert out.decode().startswith("ingest interrupted")
-    stored = await count(vector, collection)
-    assert 8 <= stored < sum(len(v) for v in expected_ids([corpus]).values())
+    # What was stored stays, as whole documents: the file cut off left nothing behind.
+    expected = expected_chunks([corpus])
+    stored = await stored_chunks(vector, collection)
+    assert all(expected[source] == chunks for source, chunks in stored.items())
+    assert sum(len(v) for v in stored.values()) < sum(len(v) for v in expected.values())

@@ -37,14 +37,13 @@ EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
 _EPILOG = """\
-Chunk sizes are in characters. Chunk ids are UUIDv5 of the source (the file's
-absolute path) and the chunk's SHA-256, so running again stores nothing twice.
-Completed files are remembered in a local checkpoint (--state) and skipped while
-their bytes are unchanged. Over gRPC, the chunks of a file interrupted half-way
-are looked up with GetPoints and only the missing ones are embedded; through the
-gateway (which has no bulk lookup) they are sent again and overwrite themselves.
-When a file has changed, its chunks that no longer exist are deleted (unless
---no-prune).
+Chunk sizes are in characters. Each file is stored as a document whose id
+derives from its source (the file's absolute path), through the same document
+pipeline as the gateway's documents API: running again replaces a document
+rather than adding to it, and a file cut off half-way leaves its previous
+version whole. Completed files are remembered in a local checkpoint (--state)
+and skipped while their bytes are unchanged. A file emptied since the last run
+has its document deleted (unless --no-prune).
 """
 
 
@@ -178,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--no-prune",
         action="store_true",
-        help="keep chunks of earlier versions of changed files",
+        help="keep the documents of files emptied since the last run",
     )
     run.add_argument(
         "--no-progress",

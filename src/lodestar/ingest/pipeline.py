@@ -1,18 +1,17 @@
-"""The ingest pipeline: read → chunk → (skip stored) → embed → upsert, overlapped.
+"""The ingest pipeline: read → chunk → put each file as a document.
 
-One task reads and chunks files in order and packs their chunks into batches,
-grouping chunks of similar length within a window of a few batches so that
-forward passes waste little on padding. ``concurrency`` workers take batches
-off a small bounded queue and, for each, ask which ids are already stored,
-embed the rest and upsert them. Several batches are thus always in flight,
-which keeps the embedding service's forward passes full while files are being
-read and points written.
+Every file is put through the one document pipeline (``lodestar.documents``):
+chunked by the ingest chunker, embedded and stored as a new version of the
+document whose id derives from the file's source, committed, and the
+previous version's chunks deleted; several files are in flight at once, and
+each file's batches too, which keeps the embedding service's forward passes
+full. A file whose put was cut off leaves its previous version whole, and is
+put again by the next run.
 
-When the last chunk of a file is stored the file is *complete*: chunks left
-over from an earlier version of it (same source, ids no longer produced) are
-deleted, and the file is recorded in the checkpoint with the hash of its
-bytes. Standard input is checkpointed by its content hash like a file but
-never pruned: each input may be a different document under the same name.
+Completed files are recorded in the checkpoint with the hash of their bytes and
+skipped while unchanged. A file emptied since the last run has its document
+deleted. Standard input is checkpointed by its content hash like a file, and
+each distinct input is a document of its own (its id includes its hash).
 """
 
 from __future__ import annotations
@@ -21,21 +20,17 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, BinaryIO
 
+from lodestar.documents.formats import DocumentFormat, ParsedDocument
+from lodestar.documents.model import document_id_for
+from lodestar.documents.pipeline import DocumentInput, EmptyDocument, WriteOptions, plan_chunks
 from lodestar.ingest.checkpoint import Checkpoint, checkpoint_scope
-from lodestar.ingest.chunking import ChunkingOptions, TextFormat, chunk_ids, split_text
+from lodestar.ingest.chunking import ChunkingOptions, TextFormat
 from lodestar.ingest.progress import Progress
-from lodestar.ingest.sinks import IngestError, PointToWrite, PruneNotPermitted, Sink, UsageError
+from lodestar.ingest.sinks import IngestError, PruneNotPermitted, Sink, UsageError
 from lodestar.ingest.sources import DEFAULT_PATTERNS, Document, SourceRef, read_source
-
-# Chunks are batched by length within a window of this many batches: a forward
-# pass costs as much as its longest text times the batch size, and batches of
-# chunks in document order would pad short texts to long ones (about half
-# again the compute, measured on the Python language reference).
-SORT_WINDOW_BATCHES = 8
 
 
 @dataclass(frozen=True)
@@ -134,19 +129,6 @@ class IngestReport:
         return "\n".join(lines)
 
 
-@dataclass(eq=False)
-class _FileState:
-    document: Document
-    ids: list[str]
-    pending: int
-
-
-@dataclass(frozen=True)
-class _Item:
-    file: _FileState
-    point: PointToWrite
-
-
 class Ingestor:
     """One ingest run; ``report`` is filled in as it goes (also when interrupted)."""
 
@@ -166,6 +148,7 @@ class Ingestor:
         self._checkpoint: Checkpoint | None = None
         self._progress: Progress | None = None
         self._prune = options.prune
+        self._write = WriteOptions(options.chunking, options.batch_size, options.concurrency)
 
     async def run(self, sources: Sequence[SourceRef]) -> IngestReport:
         started = time.perf_counter()
@@ -179,6 +162,8 @@ class Ingestor:
             raise
         finally:
             self.report.elapsed_s = time.perf_counter() - started
+            truncated = getattr(self.sink, "truncated", None)
+            self.report.chunks_truncated = truncated if isinstance(truncated, int) else None
             if self._progress is not None:
                 self._progress.close()
             if self._checkpoint is not None:
@@ -196,6 +181,7 @@ class Ingestor:
         batch_size = options.batch_size
         if model.max_texts_per_request is not None:
             batch_size = min(batch_size, model.max_texts_per_request)
+        self._write = WriteOptions(options.chunking, batch_size, options.concurrency)
         state = await sink.collection(options.collection, create=options.create, model=model)
         self.report.collection_created = state.created
         if options.checkpoint_path is not None:
@@ -215,112 +201,85 @@ class Ingestor:
             chunk_chars=options.chunking.size,
             stream=self._progress_stream,
         )
-        queue: asyncio.Queue[list[_Item] | None] = asyncio.Queue(maxsize=options.concurrency * 2)
+        # Files in flight at once: each is one document put (its own batches
+        # run concurrently too), so a few keep the embedding service busy.
+        slots = asyncio.Semaphore(max(1, options.concurrency // 2))
         try:
             async with asyncio.TaskGroup() as group:
-                for _ in range(options.concurrency):
-                    group.create_task(self._work(queue))
-                await self._produce(sources, batch_size, queue)
-                for _ in range(options.concurrency):
-                    await queue.put(None)
+                for ref in sources:
+                    await slots.acquire()
+                    task = group.create_task(self._file(ref))
+                    task.add_done_callback(lambda _: slots.release())
         except* IngestError as errors:
             raise errors.exceptions[0] from None
 
-    async def _produce(
-        self,
-        sources: Sequence[SourceRef],
-        batch_size: int,
-        queue: asyncio.Queue[list[_Item] | None],
-    ) -> None:
-        options = self.options
-        progress = self._require_progress()
-        window: list[_Item] = []
-        window_size = batch_size * SORT_WINDOW_BATCHES
-        for ref in sources:
-            loaded = await asyncio.to_thread(
-                read_source, ref, encoding=options.encoding, stdin=self._stdin
-            )
-            if not isinstance(loaded, Document):
-                self.report.skipped.append((ref.source, loaded.reason))
-                progress.message(f"skipped {ref.source}: {loaded.reason}")
-                progress.file_passed(_size(ref))
-                continue
-            document = loaded
-            if self._checkpoint is not None and self._checkpoint.is_done(
-                ref.source, document.file_hash
-            ):
-                self.report.files_unchanged += 1
-                progress.file_passed(document.size_bytes)
-                continue
-            chunks = await asyncio.to_thread(
-                split_text, document.text, ref.format, options.chunking
-            )
-            ids = chunk_ids(ref.source, chunks)
-            file = _FileState(document, ids, len(chunks))
-            if not chunks:
-                self.report.files_empty += 1
-                progress.file_passed(document.size_bytes)
-                await self._complete(file, counts_as_ingested=False)
-                continue
-            self.report.chunks += len(chunks)
-            progress.file_chunked(document.size_bytes, len(chunks))
-            ingested_at = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-            for chunk, point_id in zip(chunks, ids, strict=True):
-                payload: dict[str, Any] = {
-                    "source": ref.source,
-                    "chunk_index": chunk.index,
-                    "chunk_count": len(chunks),
-                    "text": chunk.text,
-                    "content_hash": chunk.content_hash,
-                    "start": chunk.start,
-                    "end": chunk.end,
-                    "ingested_at": ingested_at,
-                }
-                if chunk.heading_path:
-                    payload["heading"] = chunk.heading
-                    payload["heading_path"] = list(chunk.heading_path)
-                window.append(_Item(file, PointToWrite(point_id, chunk.text, payload)))
-            if len(window) >= window_size:
-                window = await _emit_sorted(window, batch_size, queue, final=False)
-        await _emit_sorted(window, batch_size, queue, final=True)
+    async def _file(self, ref: SourceRef) -> None:
+        options, progress = self.options, self._require_progress()
+        loaded = await asyncio.to_thread(
+            read_source, ref, encoding=options.encoding, stdin=self._stdin
+        )
+        if not isinstance(loaded, Document):
+            self.report.skipped.append((ref.source, loaded.reason))
+            progress.message(f"skipped {ref.source}: {loaded.reason}")
+            progress.file_passed(_size(ref))
+            return
+        document = loaded
+        if self._checkpoint is not None and self._checkpoint.is_done(
+            ref.source, document.file_hash
+        ):
+            self.report.files_unchanged += 1
+            progress.file_passed(document.size_bytes)
+            return
+        # Standard input is a new document each time: its id includes its content.
+        source_id = f"{ref.source}\x00{document.file_hash}" if ref.is_stdin else ref.source
+        put = DocumentInput(
+            id=document_id_for(source_id),
+            source=ref.source,
+            title=PurePath(ref.source).name or ref.source,
+            parsed=ParsedDocument(document.text, _FORMATS[ref.format]),
+            size_bytes=document.size_bytes,
+        )
+        try:
+            chunks = plan_chunks(put, options.chunking)
+        except EmptyDocument:
+            self.report.files_empty += 1
+            progress.file_passed(document.size_bytes)
+            await self._remove(put.id, ref)
+            self._record(ref, document, 0)
+            return
+        self.report.chunks += len(chunks)
+        progress.file_chunked(document.size_bytes, len(chunks))
+        reported = 0
 
-    async def _work(self, queue: asyncio.Queue[list[_Item] | None]) -> None:
-        collection, sink = self.options.collection, self.sink
-        progress = self._require_progress()
-        while (batch := await queue.get()) is not None:
-            ids = [item.point.id for item in batch]
-            present = await sink.existing(collection, ids) if sink.can_lookup else set()
-            todo = [item.point for item in batch if item.point.id not in present]
-            if todo:
-                result = await sink.write(collection, todo)
-                if result.truncated is None:
-                    self.report.chunks_truncated = None
-                elif self.report.chunks_truncated is not None:
-                    self.report.chunks_truncated += result.truncated
-            self.report.chunks_new += len(todo)
-            self.report.chunks_present += len(batch) - len(todo)
-            progress.chunks_done(len(batch))
-            for item in batch:
-                item.file.pending -= 1
-                if item.file.pending == 0:
-                    await self._complete(item.file, counts_as_ingested=True)
+        async def advance(done: int, total: int) -> None:
+            nonlocal reported
+            if done > reported:
+                progress.chunks_done(done - reported)
+                reported = done
 
-    async def _complete(self, file: _FileState, *, counts_as_ingested: bool) -> None:
-        """Every chunk of the file is stored: drop stale ones, record it as done."""
-        ref = file.document.ref
-        if self._prune and not ref.is_stdin:
-            try:
-                self.report.chunks_pruned += await self.sink.prune(
-                    self.options.collection, ref.source, file.ids
-                )
-            except PruneNotPermitted as error:
+        result = await self.sink.put(options.collection, put, self._write, advance)
+        self.report.chunks_new += result.document.chunks
+        self.report.chunks_pruned += result.replaced
+        self._record(ref, document, result.document.chunks)
+        self.report.files_ingested += 1
+        progress.file_done()
+
+    async def _remove(self, document_id: str, ref: SourceRef) -> None:
+        """An emptied file: its stored chunks go."""
+        if not self._prune or ref.is_stdin:
+            return
+        try:
+            self.report.chunks_pruned += await self.sink.delete_document(
+                self.options.collection, document_id
+            )
+        except PruneNotPermitted as error:
+            if self._prune:  # said once, though files run side by side
                 self._prune = False
                 self._require_progress().message(f"note: {error}")
+
+    def _record(self, ref: SourceRef, document: Document, chunks: int) -> None:
         if self._checkpoint is not None:
-            self._checkpoint.record(ref.source, file.document.file_hash, len(file.ids))
-        if counts_as_ingested:
-            self.report.files_ingested += 1
-            self._require_progress().file_done()
+            self._checkpoint.record(ref.source, document.file_hash, chunks)
 
     def _require_progress(self) -> Progress:
         if self._progress is None:
@@ -328,16 +287,11 @@ class Ingestor:
         return self._progress
 
 
-async def _emit_sorted(
-    window: list[_Item], batch_size: int, queue: asyncio.Queue[list[_Item] | None], *, final: bool
-) -> list[_Item]:
-    """Queue the window's chunks in batches of similar length; returns what is left
-    (less than a batch, kept for the next window unless this is the last one)."""
-    window.sort(key=lambda item: len(item.point.text))
-    full = len(window) if final else len(window) - len(window) % batch_size
-    for start in range(0, full, batch_size):
-        await queue.put(window[start : min(start + batch_size, full)])
-    return window[full:]
+_FORMATS = {
+    TextFormat.PLAIN: DocumentFormat.TEXT,
+    TextFormat.MARKDOWN: DocumentFormat.MARKDOWN,
+    TextFormat.RST: DocumentFormat.RST,
+}
 
 
 def _size(ref: SourceRef) -> int:

@@ -1,12 +1,11 @@
-"""Where chunks go: the embedding and vector services over gRPC, or the gateway.
+"""Where documents go: the embedding and vector services over gRPC, or the gateway.
 
-A sink embeds texts and stores them as points with their payloads. The gRPC
-sink calls the embedding service's EmbedTexts, then the vector service's
-UpsertPoints, and can ask GetPoints which chunk ids are already stored. The
-gateway sink sends texts to ``POST /api/v1/vectors/insert`` and lets the
-gateway embed them; the gateway has no call that looks up many point ids at
-once, so in that mode a resumed file's chunks are sent again (upserts by id
-write them over themselves: no duplicates).
+Both sinks put each file through the one document pipeline
+(``lodestar.documents.pipeline.put_document``): the gRPC sink runs it in this
+process, calling the embedding service's EmbedTexts and the vector service's
+UpsertPoints, ListPoints and DeletePoints; the gateway sink uploads the file
+to ``POST /api/v1/collections/{name}/documents``, where the gateway runs it
+(following the job a large upload becomes).
 
 Calls that fail with a transient status (UNAVAILABLE, RESOURCE_EXHAUSTED; HTTP
 429, 502, 503, 504, or a dropped connection) are retried with backoff, honouring
@@ -20,17 +19,21 @@ import asyncio
 import base64
 import json
 import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import grpc
 
+from lodestar.documents.model import PAYLOAD_SCHEMA as DOCUMENT_PAYLOAD_SCHEMA
+from lodestar.documents.model import DocumentInfo
+from lodestar.documents.pipeline import DocumentInput, PutResult, WriteOptions, put_document
+from lodestar.documents.pipeline import Progress as DocumentProgress
+from lodestar.documents.store import DocumentStore
 from lodestar.embedding.v1 import embedding_service_pb2 as embedding_pb
 from lodestar.embedding.v1 import embedding_service_pb2_grpc as embedding_grpc
 from lodestar.runtime.channels import open_channel
 from lodestar.runtime.errors import ErrorDetails
-from lodestar.runtime.protojson import dict_to_struct
 from lodestar.vector.v1 import vector_service_pb2 as vector_pb
 from lodestar.vector.v1 import vector_service_pb2_grpc as vector_grpc
 
@@ -38,9 +41,8 @@ T = TypeVar("T")
 
 # Payload fields indexed when the collection is created by ``--create``.
 PAYLOAD_SCHEMA: dict[str, str] = {
-    "source": "keyword",
+    **DOCUMENT_PAYLOAD_SCHEMA,
     "content_hash": "keyword",
-    "chunk_index": "integer",
     "ingested_at": "datetime",
 }
 
@@ -88,34 +90,26 @@ class CollectionState:
     created: bool
 
 
-@dataclass(frozen=True)
-class PointToWrite:
-    id: str
-    text: str
-    payload: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class WriteResult:
-    written: int
-    truncated: int | None  # texts the model had to cut, when the sink can tell
-
-
 class Sink(Protocol):
-    """What the ingest pipeline needs from a destination."""
+    """What the ingest pipeline needs from a destination: documents go through
+    the one document pipeline (``lodestar.documents``), in this process over
+    gRPC or in the gateway behind its documents API."""
 
     destination: str
-    can_lookup: bool
 
     async def model(self) -> ModelSpec: ...
 
     async def collection(self, name: str, *, create: bool, model: ModelSpec) -> CollectionState: ...
 
-    async def existing(self, collection: str, ids: Sequence[str]) -> set[str]: ...
+    async def put(
+        self,
+        collection: str,
+        document: DocumentInput,
+        options: WriteOptions,
+        progress: DocumentProgress | None = None,
+    ) -> PutResult: ...
 
-    async def write(self, collection: str, points: Sequence[PointToWrite]) -> WriteResult: ...
-
-    async def prune(self, collection: str, source: str, keep: Sequence[str]) -> int: ...
+    async def delete_document(self, collection: str, document_id: str) -> int: ...
 
     async def close(self) -> None: ...
 
@@ -179,8 +173,6 @@ def _point_id(text: str) -> vector_pb.PointId:
 class GrpcSink:
     """Embedding service + vector service, called directly over gRPC."""
 
-    can_lookup = True
-
     def __init__(
         self,
         embedding_address: str,
@@ -204,6 +196,8 @@ class GrpcSink:
         self._embedding_channel = open_channel(embedding_address)
         self._vector_channel = open_channel(vector_address)
         self._embedding = embedding_grpc.EmbeddingServiceStub(self._embedding_channel)
+        # Texts the model had to cut, counted as they are embedded.
+        self.truncated = 0
         self._vector = vector_grpc.VectorServiceStub(self._vector_channel)
 
     async def _call(self, service: str, call: Callable[[], Awaitable[T]]) -> T:
@@ -229,8 +223,8 @@ class GrpcSink:
             reply = await self._embedding.GetModelInfo(
                 embedding_pb.GetModelInfoRequest(),
                 timeout=self._connect_timeout,
-                metadata=self._metadata,
                 wait_for_ready=True,
+                metadata=self._metadata,
             )
         except grpc.aio.AioRpcError as error:
             raise self._startup_error("embedding", error) from None
@@ -248,8 +242,8 @@ class GrpcSink:
             reply = await self._vector.GetCollection(
                 vector_pb.GetCollectionRequest(name=name),
                 timeout=self._connect_timeout,
-                metadata=self._metadata,
                 wait_for_ready=True,
+                metadata=self._metadata,
             )
             collection, created = reply.collection, False
         except grpc.aio.AioRpcError as error:
@@ -310,68 +304,41 @@ class GrpcSink:
                 raise UsageError(_describe("vector", self.vector_address, error)) from None
             raise IngestError(_describe("vector", self.vector_address, error)) from None
 
-    async def existing(self, collection: str, ids: Sequence[str]) -> set[str]:
-        request = vector_pb.GetPointsRequest(
-            collection=collection,
-            ids=[_point_id(i) for i in ids],
-            with_payload=False,
-            with_vector=False,
-            tenant=self._tenant,
-        )
-        reply = await self._call(
-            "vector",
-            lambda: self._vector.GetPoints(request, timeout=self._timeout, metadata=self._metadata),
-        )
-        return {point.id.uuid for point in reply.points}
+    # The document store's calls (``lodestar.documents.store.VectorCalls``), with retries.
 
-    async def write(self, collection: str, points: Sequence[PointToWrite]) -> WriteResult:
-        embed = embedding_pb.EmbedTextsRequest(texts=[p.text for p in points])
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        request = embedding_pb.EmbedTextsRequest(texts=list(texts))
         embedded = await self._call(
             "embedding",
             lambda: self._embedding.EmbedTexts(
-                embed, timeout=self._timeout, metadata=self._metadata
+                request, timeout=self._timeout, metadata=self._metadata
             ),
         )
-        if len(embedded.embeddings) != len(points):
+        if len(embedded.embeddings) != len(texts):
             raise IngestError(
                 f"the embedding service returned {len(embedded.embeddings)} vectors "
-                f"for {len(points)} texts"
+                f"for {len(texts)} texts"
             )
-        upsert = vector_pb.UpsertPointsRequest(
-            collection=collection,
-            points=[
-                vector_pb.Point(
-                    id=_point_id(point.id),
-                    vector=embedding.values,
-                    payload=dict_to_struct(point.payload),
-                )
-                for point, embedding in zip(points, embedded.embeddings, strict=True)
-            ],
-            tenant=self._tenant,
-        )
+        self.truncated += sum(1 for e in embedded.embeddings if e.truncated)
+        return [list(e.values) for e in embedded.embeddings]
+
+    async def upsert(self, request: vector_pb.UpsertPointsRequest) -> None:
         await self._call(
             "vector",
             lambda: self._vector.UpsertPoints(
-                upsert, timeout=self._timeout, metadata=self._metadata
+                request, timeout=self._timeout, metadata=self._metadata
             ),
         )
-        truncated = sum(1 for e in embedded.embeddings if e.truncated)
-        return WriteResult(len(points), truncated)
 
-    async def prune(self, collection: str, source: str, keep: Sequence[str]) -> int:
-        condition = vector_pb.Condition(
-            field=vector_pb.FieldCondition(key="source", match=vector_pb.Match(keyword=source))
+    async def list(self, request: vector_pb.ListPointsRequest) -> vector_pb.ListPointsResponse:
+        return await self._call(
+            "vector",
+            lambda: self._vector.ListPoints(
+                request, timeout=self._timeout, metadata=self._metadata
+            ),
         )
-        selector = vector_pb.PointsSelector(filter=vector_pb.Filter(must=[condition]))
-        if keep:
-            selector.filter.must_not.append(
-                vector_pb.Condition(
-                    has_id=vector_pb.HasIdCondition(ids=[_point_id(i) for i in keep])
-                )
-            )
-        request = vector_pb.DeletePointsRequest(
-            collection=collection, selector=selector, tenant=self._tenant
-        )
+
+    async def delete(self, request: vector_pb.DeletePointsRequest) -> int:
         reply = await self._call(
             "vector",
             lambda: self._vector.DeletePoints(
@@ -379,6 +346,19 @@ class GrpcSink:
             ),
         )
         return int(reply.deleted_count)
+
+    async def put(
+        self,
+        collection: str,
+        document: DocumentInput,
+        options: WriteOptions,
+        progress: DocumentProgress | None = None,
+    ) -> PutResult:
+        store = DocumentStore(self, collection, tenant=self._tenant)
+        return await put_document(store, document, options, progress)
+
+    async def delete_document(self, collection: str, document_id: str) -> int:
+        return await DocumentStore(self, collection, tenant=self._tenant).delete(document_id)
 
     async def close(self) -> None:
         await self._embedding_channel.close()
@@ -389,9 +369,7 @@ class GrpcSink:
 
 
 class GatewaySink:
-    """The gateway's REST API: texts go to ``/vectors/insert`` and are embedded there."""
-
-    can_lookup = False
+    """The gateway's REST API: files go to the documents API and are stored there."""
 
     def __init__(
         self,
@@ -425,12 +403,21 @@ class GatewaySink:
         return None
 
     async def _request(
-        self, method: str, path: str, body: Any = None, *, accept: tuple[int, ...] = ()
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        accept: tuple[int, ...] = (),
+        files: Any = None,
+        data: Any = None,
     ) -> tuple[int, Any]:
         """(status, JSON body) of a call; statuses in ``accept`` are answers, not errors."""
 
         async def attempt() -> tuple[int, Any]:
-            response = await self._client.request(method, f"/api/v1{path}", json=body)
+            response = await self._client.request(
+                method, f"/api/v1{path}", json=body, files=files, data=data
+            )
             if response.status_code >= 400 and response.status_code not in accept:
                 raise _HttpError.from_response(response)
             return response.status_code, (response.json() if response.content else None)
@@ -469,37 +456,56 @@ class GatewaySink:
             created=created,
         )
 
-    async def existing(self, collection: str, ids: Sequence[str]) -> set[str]:
-        return set()
-
-    async def write(self, collection: str, points: Sequence[PointToWrite]) -> WriteResult:
-        body = {
-            "collection": collection,
-            "points": [{"id": p.id, "text": p.text, "payload": dict(p.payload)} for p in points],
+    async def put(
+        self,
+        collection: str,
+        document: DocumentInput,
+        options: WriteOptions,
+        progress: DocumentProgress | None = None,
+    ) -> PutResult:
+        """Upload the document to the documents API (the gateway runs the same
+        pipeline); a large one becomes a job, followed until it ends."""
+        fields = {
+            "id": document.id,
+            "source": document.source,
+            "title": document.title,
+            "format": document.parsed.format.value,
+            "chunk_size": str(options.chunking.size),
+            "chunk_overlap": str(options.chunking.overlap),
         }
-        _, reply = await self._request("POST", "/vectors/insert", body)
-        written = len(reply.get("ids") or []) if isinstance(reply, dict) else len(points)
-        return WriteResult(written, None)
+        name = document.source.rsplit("/", 1)[-1] or "document"
+        files = {"file": (name, document.parsed.text.encode("utf-8"))}
+        path = f"/collections/{collection}/documents"
+        status, reply = await self._request("POST", path, files=files, data=fields)
+        if status == 202:
+            reply = await self._follow(reply["job"]["id"], progress)
+        info = DocumentInfo.from_api(reply["document"])
+        if progress is not None and status != 202:
+            await progress(info.chunks, info.chunks)
+        return PutResult(info, int(reply.get("replaced_chunks") or 0))
 
-    async def prune(self, collection: str, source: str, keep: Sequence[str]) -> int:
-        selector: dict[str, Any] = {
-            "filter": {"must": [{"key": "source", "match": {"keyword": source}}]}
-        }
-        if keep:
-            selector["filter"]["must_not"] = [{"has_id": list(keep)}]
+    async def _follow(self, job_id: str, progress: DocumentProgress | None) -> dict[str, Any]:
+        while True:
+            _, job = await self._request("GET", f"/jobs/{job_id}")
+            done, total = job["progress"]["chunks_done"], job["progress"]["chunks_total"]
+            if progress is not None and total:
+                await progress(done, total)
+            if job["status"] == "succeeded":
+                return {"document": job["document"]}
+            if job["status"] in ("failed", "cancelled"):
+                raise IngestError(f"job {job_id} {job['status']}: {job.get('error', '')}")
+            await asyncio.sleep(0.2)
+
+    async def delete_document(self, collection: str, document_id: str) -> int:
         status, reply = await self._request(
-            "POST",
-            "/vectors/batch",
-            {"collection": collection, "operations": [{"delete": selector}]},
-            accept=(403,),
+            "DELETE", f"/collections/{collection}/documents/{document_id}", accept=(403, 404)
         )
         if status == 403:
             raise PruneNotPermitted(
-                "the token lacks DeleteVectors, so chunks of earlier versions of changed "
-                "files are kept (use --no-prune to silence this)"
+                "the token lacks DeleteVectors, so the chunks of files emptied since the last "
+                "run are kept (use --no-prune to silence this)"
             )
-        results = reply.get("results") if isinstance(reply, dict) else None
-        return int(results[0].get("affected_count", 0)) if results else 0
+        return int(reply.get("chunks_deleted", 0)) if status == 200 else 0
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -26,6 +26,7 @@ from lodestar.services.gateway.backends import Backends
 from lodestar.services.gateway.console import install_console
 from lodestar.services.gateway.context import Gateway
 from lodestar.services.gateway.deps import Requirement
+from lodestar.services.gateway.documents.service import Documents
 from lodestar.services.gateway.errors import install_error_handlers
 from lodestar.services.gateway.flows.assembly import ROUTERS as FLOWS_ROUTERS
 from lodestar.services.gateway.flows.assembly import build_flows, flow_stages
@@ -61,6 +62,7 @@ def build_gateway(settings: GatewaySettings, flows: FlowsSettings | None = None)
         ),
         pipeline=GeneratePipeline(flow_stages(runtime) if runtime is not None else ()),
         flows=runtime,
+        documents=Documents(settings, backends),
     )
 
 
@@ -176,6 +178,8 @@ def create_app(
         try:
             if gateway.flows is not None:
                 gateway.flows.start()
+            if gateway.documents is not None:
+                gateway.documents.start()
             async with mcp.lifespan() if mcp is not None else contextlib.nullcontext():
                 yield
         finally:

@@ -82,6 +82,12 @@ class Call:
         pass ``collection``."""
         return name if name in self.reserved else self.collection(name)
 
+    def flow_options(self, name: str) -> CallOptions:
+        """The options of a flow's call on collection ``name``: a reserved one is
+        the flows' private store, reached on the gateway's own authority once the
+        flow has confined the call to what the caller may see (``identity``)."""
+        return self.options.as_gateway() if name in self.reserved else self.options
+
     def whole_collection(self, action: str) -> None:
         """Refuse collection-wide actions to tenant-scoped tokens: they would
         touch or expose other tenants' points."""

@@ -14,6 +14,7 @@ from starlette.requests import Request
 
 from lodestar.services.gateway.auth import TokenVerifier
 from lodestar.services.gateway.backends import Backends
+from lodestar.services.gateway.documents.service import Documents
 from lodestar.services.gateway.flows.runtime import FlowsRuntime
 from lodestar.services.gateway.pipeline import GeneratePipeline
 from lodestar.services.gateway.ratelimit import RateLimiter
@@ -30,8 +31,12 @@ class Gateway:
     # The combined AI flows and the OpenAI-compatible API's state; None when
     # the app serves the core REST API alone.
     flows: FlowsRuntime | None = None
+    # Document jobs: their runner, and the worker taking them with Redis.
+    documents: Documents | None = None
 
     async def close(self) -> None:
+        if self.documents is not None:
+            await self.documents.close()
         if self.flows is not None:
             await self.flows.stop()
         await self.backends.close()

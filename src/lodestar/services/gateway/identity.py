@@ -22,11 +22,16 @@ than the RPC's permission, carry its own token instead (``GatewayIdentity``,
 usage records, written in the background for no caller; the collection a
 generation stores its interaction in, created on first use for a caller who may
 store (InsertVectors) but not manage collections; the score ``POST /feedback``
-(GenerateText) writes on an interaction. The token is read from
+(GenerateText) writes on an interaction; and the flows' private stores (the
+conversations and memory, the semantic cache, experiments' answers), which the
+gateway reads and writes for a caller only after confining every call to what
+that caller may see (their subject and tenant), and which no raw route may
+name. The token is read from
 ``service_token_file`` (issued by your identity provider, re-read when it
 changes) or, with the development HS256 key and no JWKS URL, signed by the
 gateway itself. It needs AdministerSystem (RecordUsage), ManageCollections
-(CreateCollection) and UpdateVectors (UpdatePoints), and no more.
+(CreateCollection), and for the private stores SearchVectors, InsertVectors,
+UpdateVectors and DeleteVectors.
 """
 
 from __future__ import annotations
@@ -48,7 +53,10 @@ SUBJECT = "lodestar-gateway"
 OWN_PERMISSIONS = (
     Permission.ADMINISTER_SYSTEM,
     Permission.MANAGE_COLLECTIONS,
+    Permission.SEARCH_VECTORS,
+    Permission.INSERT_VECTORS,
     Permission.UPDATE_VECTORS,
+    Permission.DELETE_VECTORS,
 )
 # A signed token lives this long and is signed again when less than a tenth is left.
 _OWN_TOKEN_TTL_S = 3600.0

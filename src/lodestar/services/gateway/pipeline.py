@@ -78,6 +78,17 @@ class Generation:
     answered: ipb.GenerateTextResponse | None = None
     # Fields stages add to the interaction that ``store_embedding`` keeps.
     record: dict[str, Any] = field(default_factory=dict)
+    # Set by a stage that rewrites the streamed text.
+    text_filter: TextFilter | None = None
+
+
+class TextFilter(Protocol):
+    """Rewrites a streamed answer's text as it flows (e.g. drops bad citation
+    markers); ``flush`` gives what it held back at the end."""
+
+    def feed(self, delta: str) -> str: ...
+
+    def flush(self) -> str: ...
 
 
 class GenerateStage(Protocol):
@@ -236,9 +247,16 @@ class GeneratePipeline:
                     generation.model = message.model
                 if message.delta:
                     deltas += 1
-                    parts.append(message.delta)
-                    yield event({"delta": message.delta}, "token")
+                    delta = message.delta
+                    if generation.text_filter is not None:
+                        delta = generation.text_filter.feed(delta)
+                    parts.append(delta)
+                    if delta:
+                        yield event({"delta": delta}, "token")
                 message = await anext(messages, None)
+            if generation.text_filter is not None and (tail := generation.text_filter.flush()):
+                parts.append(tail)
+                yield event({"delta": tail}, "token")
             generation.text = "".join(parts)
             if last is not None:
                 generation.finish_reason = convert.finish_reason(last.finish_reason)

@@ -99,8 +99,9 @@ class GatewaySettings(ServiceSettings, TokenSettings):
         None,
         description="File holding the gateway's own bearer token (from your identity "
         "provider; re-read when it changes) for what it does on its own authority (usage "
-        "records, the collection a generation stores into, feedback scores); it needs "
-        "AdministerSystem, ManageCollections and UpdateVectors. Unset: with the HS256 key "
+        "records, the collection a generation stores into, feedback scores, the flows' private "
+        "stores); it needs AdministerSystem, ManageCollections, SearchVectors, InsertVectors, "
+        "UpdateVectors and DeleteVectors. Unset: with the HS256 key "
         "the gateway signs one itself.",
     )
 
@@ -165,6 +166,30 @@ class GatewaySettings(ServiceSettings, TokenSettings):
         ge=1,
         description="Most texts sent to the embedding service in one call; keep it at most "
         "the embedding service's LODESTAR_EMBEDDING_MAX_TEXTS_PER_REQUEST when that is changed.",
+    )
+    document_max_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1,
+        description="Largest document accepted by the documents API (413 above); at most "
+        "max_body_bytes, which bounds every request body.",
+    )
+    document_job_threshold_bytes: int = Field(
+        256 * 1024,
+        ge=0,
+        description="Uploads larger than this are written by a background job (202 with a "
+        "job id) rather than within the request; lower it where clients time out waiting.",
+    )
+    document_jobs_per_process: int = Field(
+        2,
+        ge=0,
+        description="Document jobs this gateway (or a lodestar worker) runs at once. With "
+        "Redis, 0 on the gateways leaves queued jobs to lodestar worker processes.",
+    )
+    document_job_timeout_s: float = Field(
+        1800.0,
+        gt=0,
+        description="Longest a document job may run; with Redis, a job whose worker died is "
+        "run again by another worker this long (plus 10 s) after it started.",
     )
     store_text_key: str = Field(
         "text",

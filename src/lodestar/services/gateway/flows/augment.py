@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from lodestar.runtime.errors import InvalidArgument
 from lodestar.services.gateway.call import Call
-from lodestar.services.gateway.flows import prompting
+from lodestar.services.gateway.flows import citations, prompting
 from lodestar.services.gateway.flows.budget import fit_into_request
 from lodestar.services.gateway.flows.prompting import Example, Passage, Turn
 from lodestar.services.gateway.flows.runtime import FlowsRuntime
@@ -93,6 +93,7 @@ def _source(
         "citation": citation,
         "excerpt": prompting.excerpt(passage.text, chars),
         "payload": prompting.payload_excerpt(passage.payload, skip=text_key, chars=chars),
+        **citations.document_fields(passage.payload),
     }
     if passage.truncated:
         out["truncated"] = True
@@ -181,6 +182,7 @@ class ComposeStage:
             _source(passage, number, self._runtime, text_key)
             for number, passage in enumerate(used, start=1)
         ]
+        generation.text_filter = citations.MarkerFilter(len(used))
         context: dict[str, Any] = {
             "collection": augmented.context.collection,
             "found": bool(augmented.passages),
@@ -205,4 +207,5 @@ class ComposeStage:
         generation.extra["context"] = context
 
     async def after(self, generation: Generation) -> None:
-        return None
+        if generation.sources is not None:
+            generation.text = citations.clean_markers(generation.text, len(generation.sources))

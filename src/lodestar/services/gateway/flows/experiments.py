@@ -148,7 +148,7 @@ async def _upsert(call: Call, runtime: FlowsRuntime, point: vpb.Point) -> None:
     name = runtime.settings.experiments_collection
     request = vpb.UpsertPointsRequest(collection=name, points=[point])
     try:
-        await call.backends.vector.upsert_points(request, call.options)
+        await call.backends.vector.upsert_points(request, call.options.as_gateway())
         return
     except LodestarError as error:
         if not _missing_collection(error):
@@ -156,12 +156,12 @@ async def _upsert(call: Call, runtime: FlowsRuntime, point: vpb.Point) -> None:
     config = vpb.CollectionConfig(dimension=1, distance=vpb.DISTANCE_DOT, payload_schema=_SCHEMA)
     try:
         await call.backends.vector.create_collection(
-            vpb.CreateCollectionRequest(name=name, config=config), call.options
+            vpb.CreateCollectionRequest(name=name, config=config), call.options.as_gateway()
         )
     except LodestarError as error:
         if error.code is not grpc.StatusCode.ALREADY_EXISTS:
             raise
-    await call.backends.vector.upsert_points(request, call.options)
+    await call.backends.vector.upsert_points(request, call.options.as_gateway())
 
 
 def _point(point_id: vpb.PointId, payload: dict[str, Any]) -> vpb.Point:
@@ -186,7 +186,7 @@ async def _list(call: Call, runtime: FlowsRuntime, must: dict[str, str]) -> list
                 vpb.FieldCondition(key=key, match=vpb.Match(keyword=value))
             )
         try:
-            response = await call.backends.vector.list_points(request, call.options)
+            response = await call.backends.vector.list_points(request, call.options.as_gateway())
         except LodestarError as error:
             if _missing_collection(error):
                 return out
@@ -232,7 +232,7 @@ async def load(call: Call, runtime: FlowsRuntime, experiment_id: str) -> Experim
         with_payload=True,
     )
     try:
-        response = await call.backends.vector.get_points(request, call.options)
+        response = await call.backends.vector.get_points(request, call.options.as_gateway())
     except LodestarError as error:
         if _missing_collection(error):
             raise _not_found(experiment_id) from None
@@ -261,7 +261,7 @@ async def delete(call: Call, runtime: FlowsRuntime, experiment_id: str) -> None:
         vpb.DeletePointsRequest(
             collection=runtime.settings.experiments_collection, selector=selector
         ),
-        call.options,
+        call.options.as_gateway(),
     )
     forget_running(runtime)
 
@@ -446,7 +446,7 @@ async def on_feedback(
             vpb.UpdatePointsRequest(
                 collection=runtime.settings.experiments_collection, updates=[update]
             ),
-            call.options,
+            call.options.as_gateway(),
         )
     except LodestarError as error:
         if not _missing_collection(error):

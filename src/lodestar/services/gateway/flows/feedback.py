@@ -116,7 +116,7 @@ async def feedback(
             vpb.GetPointsRequest(
                 collection=collection, ids=[point_id], with_payload=True, tenant=call.tenant
             ),
-            call.options,
+            call.flow_options(collection),
         )
     except LodestarError as error:
         if is_missing_collection(error):
@@ -190,7 +190,9 @@ class FeedbackStage:
         # The caller's own interactions, or ones an operator shared.
         request.filter.must.append(visible_to(call))
         try:
-            response = await call.backends.vector.search_points(request, call.options)
+            response = await call.backends.vector.search_points(
+                request, call.flow_options(request.collection)
+            )
         except LodestarError as error:
             if is_missing_collection(error):
                 return  # nothing stored yet, so nothing scored

@@ -74,13 +74,14 @@ async def ensure_collection(call: Call, name: str) -> None:
 
 async def upsert_creating(call: Call, request: vpb.UpsertPointsRequest) -> None:
     """Upsert, creating the collection first if it does not exist yet."""
+    options = call.flow_options(request.collection)
     try:
-        await call.backends.vector.upsert_points(request, call.options)
+        await call.backends.vector.upsert_points(request, options)
     except LodestarError as error:
         if not is_missing_collection(error):
             raise
         await ensure_collection(call, request.collection)
-        await call.backends.vector.upsert_points(request, call.options)
+        await call.backends.vector.upsert_points(request, options)
 
 
 class StoreStage:

@@ -171,7 +171,7 @@ async def scan(
             tenant=call.tenant,
         )
         try:
-            response = await call.backends.vector.list_points(request, call.options)
+            response = await call.backends.vector.list_points(request, call.options.as_gateway())
         except LodestarError as error:
             if is_missing_collection(error):
                 return
@@ -198,7 +198,7 @@ async def list_memory(
         tenant=call.tenant,
     )
     try:
-        response = await call.backends.vector.list_points(request, call.options)
+        response = await call.backends.vector.list_points(request, call.options.as_gateway())
     except LodestarError as error:
         if is_missing_collection(error):
             return [], ""
@@ -229,7 +229,7 @@ async def recall(
     if exclude_conversation is not None:
         request.filter.must_not.append(keyword("conversation_id", exclude_conversation))
     try:
-        response = await call.backends.vector.search_points(request, call.options)
+        response = await call.backends.vector.search_points(request, call.options.as_gateway())
     except LodestarError as error:
         if is_missing_collection(error):
             return []
@@ -308,14 +308,14 @@ async def tag_stored(
         vpb.GetPointsRequest(
             collection=collection, ids=[proto_id], with_vector=True, tenant=call.tenant
         ),
-        call.options,
+        call.options.as_gateway(),
     )
     if payload:
         update = vpb.PointUpdate(id=proto_id)
         dict_to_struct({**payload, "shared": False}, update.payload)
         await call.backends.vector.update_points(
             vpb.UpdatePointsRequest(collection=collection, updates=[update], tenant=call.tenant),
-            call.options,
+            call.options.as_gateway(),
         )
     if found.points:
         await fold_into_profile(call, runtime, list(found.points[0].vector))
@@ -348,7 +348,7 @@ async def profile(call: Call, runtime: FlowsRuntime) -> Profile | None:
         tenant=call.tenant,
     )
     try:
-        found = await call.backends.vector.get_points(request, call.options)
+        found = await call.backends.vector.get_points(request, call.options.as_gateway())
     except LodestarError as error:
         if is_missing_collection(error):
             return None
@@ -428,7 +428,7 @@ async def _delete(call: Call, collection: str, selector: vpb.PointsSelector) -> 
     try:
         response = await call.backends.vector.delete_points(
             vpb.DeletePointsRequest(collection=collection, selector=selector, tenant=call.tenant),
-            call.options,
+            call.options.as_gateway(),
         )
     except LodestarError as error:
         if is_missing_collection(error):
@@ -470,7 +470,7 @@ async def _collections(call: Call) -> AsyncIterator[str]:
     while True:
         response = await call.backends.vector.list_collections(
             vpb.ListCollectionsRequest(page_size=limits.MAX_PAGE_SIZE, page_token=token),
-            call.options,
+            call.options.as_gateway(),
         )
         for collection in response.collections:
             if call.principal.may_use_collection(collection.name):

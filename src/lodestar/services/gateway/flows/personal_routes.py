@@ -181,7 +181,7 @@ async def _set_shared(
             vpb.GetPointsRequest(
                 collection=name, ids=[point_id], with_payload=True, tenant=call.tenant
             ),
-            call.options,
+            call.flow_options(name),
         )
     except LodestarError as error:
         if not is_missing_collection(error):
@@ -198,7 +198,8 @@ async def _set_shared(
         {"shared": shared, "shared_by": call.principal.subject if shared else ""}, update.payload
     )
     await call.backends.vector.update_points(
-        vpb.UpdatePointsRequest(collection=name, updates=[update], tenant=call.tenant), call.options
+        vpb.UpdatePointsRequest(collection=name, updates=[update], tenant=call.tenant),
+        call.flow_options(name),
     )
     return respond_json(
         {"id": convert.point_id_from_proto(point_id), "collection": name, "shared": shared}

@@ -51,10 +51,12 @@ class Passage:
     @property
     def label(self) -> str:
         """A short name of where the passage comes from, if its payload has one."""
+        page = self.payload.get("page")
+        where = f", page {page}" if isinstance(page, int) else ""
         for key in ("title", "source", "name", "url", "path"):
             value = self.payload.get(key)
             if isinstance(value, str) and value:
-                return value[:120]
+                return value[:120] + where
         return ""
 
     def cut(self, chars: int) -> Passage:

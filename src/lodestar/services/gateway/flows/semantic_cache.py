@@ -214,7 +214,7 @@ async def _search(
         vpb.FieldCondition(key="banned", match=vpb.Match(boolean=True))
     )
     try:
-        response = await call.backends.vector.search_points(request, call.options)
+        response = await call.backends.vector.search_points(request, call.options.as_gateway())
     except LodestarError as error:
         if _missing_collection(error):
             return None
@@ -270,7 +270,7 @@ async def _ensure_collection(call: Call, runtime: FlowsRuntime) -> None:
     try:
         await call.backends.vector.create_collection(
             vpb.CreateCollectionRequest(name=runtime.settings.cache_collection, config=config),
-            call.options,
+            call.options.as_gateway(),
         )
     except LodestarError as error:
         if error.code is not grpc.StatusCode.ALREADY_EXISTS:
@@ -292,7 +292,7 @@ async def _banned(call: Call, runtime: FlowsRuntime, key: str, answer_hash: str)
     request.filter.must.add().field.CopyFrom(
         vpb.FieldCondition(key="banned", match=vpb.Match(boolean=True))
     )
-    response = await call.backends.vector.count_points(request, call.options)
+    response = await call.backends.vector.count_points(request, call.options.as_gateway())
     return response.count > 0
 
 
@@ -341,12 +341,12 @@ async def store(
     try:
         if await _banned(call, runtime, state.key, answer_hash):
             return None
-        await call.backends.vector.upsert_points(request, call.options)
+        await call.backends.vector.upsert_points(request, call.options.as_gateway())
     except LodestarError as error:
         if not _missing_collection(error):
             raise
         await _ensure_collection(call, runtime)
-        await call.backends.vector.upsert_points(request, call.options)
+        await call.backends.vector.upsert_points(request, call.options.as_gateway())
     state.stored_id = point_id
     await _prune(call, runtime)
     return point_id
@@ -368,7 +368,7 @@ async def _prune(call: Call, runtime: FlowsRuntime) -> None:
     )
     response = await call.backends.vector.delete_points(
         vpb.DeletePointsRequest(collection=runtime.settings.cache_collection, selector=selector),
-        call.options,
+        call.options.as_gateway(),
     )
     if response.deleted_count:
         _EVICTIONS_BY("expired").inc(response.deleted_count)
@@ -386,7 +386,7 @@ async def _delete_citing(
         collection=runtime.settings.cache_collection, selector=selector
     )
     try:
-        response = await call.backends.vector.delete_points(request, call.options)
+        response = await call.backends.vector.delete_points(request, call.options.as_gateway())
     except LodestarError as error:
         if _missing_collection(error):
             return 0
@@ -468,7 +468,7 @@ async def on_feedback(
             vpb.UpdatePointsRequest(
                 collection=runtime.settings.cache_collection, updates=[update], tenant=call.tenant
             ),
-            call.options,
+            call.options.as_gateway(),
         )
     except LodestarError as error:
         if _missing_collection(error) or error.code is grpc.StatusCode.NOT_FOUND:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from lodestar.services.gateway.documents import routes as documents
 from lodestar.services.gateway.routes import (
     analytics,
     collections,
@@ -28,6 +29,7 @@ API_ROUTERS: list[APIRouter] = [
     analytics.router,
     points.router,
     me.router,
+    documents.router,
 ]
 # Mounted at the root: the conventional scrape path.
 ROOT_ROUTERS: list[APIRouter] = [system.scrape_router]
