@@ -73,7 +73,7 @@ class Stack:
         return json.loads(text) if text else None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if not os.access(CHROMIUM, os.X_OK):
         pytest.skip(f"the browser tests need {CHROMIUM} (make system-deps)")
@@ -129,7 +129,7 @@ def _seed(stack: Stack) -> None:
     stack.call("POST", "/api/v1/vectors/insert", {"collection": KB, "points": points})
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(stack: Stack) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 

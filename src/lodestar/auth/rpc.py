@@ -242,6 +242,9 @@ RPC_RULES: Mapping[str, RpcRule] = {
         P.VIEW_ANALYTICS, _named_if_set("collection"), _screen_analytics
     ),
     _method(_ANALYTICS, "GetUsageAnalytics"): RpcRule(P.VIEW_ANALYTICS),
+    _method(_ANALYTICS, "ListSearchQueries"): RpcRule(
+        P.VIEW_ANALYTICS, _named_if_set("collection")
+    ),
     # Usage records are the gateway's to write: the analytics they feed must not be
     # forged by a caller.
     _method(_ANALYTICS, "RecordUsage"): RpcRule(P.ADMINISTER_SYSTEM),
