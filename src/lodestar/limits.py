@@ -17,6 +17,13 @@ MAX_COLLECTION_NAME_CHARS: Final = 64
 MAX_SNAPSHOT_NAME_CHARS: Final = 200
 MAX_KEY_CHARS: Final = 256  # a payload key, or a collection's embedding model name
 MAX_TENANT_CHARS: Final = 256
+# Names are letters, digits, '_', '-' and '.', starting with a letter or digit.
+COLLECTION_NAME_PATTERN: Final = (
+    rf"^[A-Za-z0-9][A-Za-z0-9_.\-]{{0,{MAX_COLLECTION_NAME_CHARS - 1}}}$"
+)
+# A payload key: dotted JSON paths such as "a", "a.b", "a[].b", "a[0]".
+PAYLOAD_KEY_PATTERN: Final = r"^[A-Za-z0-9_\-]+(\[\d*\])?(\.[A-Za-z0-9_\-]+(\[\d*\])?)*$"
+SNAPSHOT_NAME_PATTERN: Final = rf"^[A-Za-z0-9][A-Za-z0-9_.\-]{{0,{MAX_SNAPSHOT_NAME_CHARS - 1}}}$"
 
 # --- vector service: collections --------------------------------------------------------
 

@@ -30,11 +30,13 @@ from lodestar.services.gateway.flows.assembly import build_flows, flow_stages
 from lodestar.services.gateway.flows.settings import FlowsSettings
 from lodestar.services.gateway.flows.usage import Scope, UsageMiddleware, UsageRecorder
 from lodestar.services.gateway.middleware import GatewayMiddleware
+from lodestar.services.gateway.openai.errors import OpenAIRoute
 from lodestar.services.gateway.openai.routes import router as openai_router
 from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.pipeline import GeneratePipeline
 from lodestar.services.gateway.ratelimit import RouteClass, create_rate_limiter
 from lodestar.services.gateway.routes import API_ROUTERS, ROOT_ROUTERS, system
+from lodestar.services.gateway.schemas.errors import ErrorBody, OpenAIErrorBody, error_responses
 from lodestar.services.gateway.settings import DEVELOPMENT_SIGNING_KEY, GatewaySettings
 
 _log = logging.getLogger(__name__)
@@ -92,7 +94,9 @@ def route_security(app: FastAPI) -> list[RouteSecurity]:
             if declared:
                 need = declared[-1]
                 out.append(
-                    RouteSecurity(method, route.path, need.permission, need.route_class, True)
+                    RouteSecurity(
+                        method, route.path_format, need.permission, need.route_class, True
+                    )
                 )
             elif route.endpoint in _HANDLER_PERMISSIONS:
                 required = route.endpoint is not system.health and not (
@@ -100,7 +104,11 @@ def route_security(app: FastAPI) -> list[RouteSecurity]:
                 )
                 out.append(
                     RouteSecurity(
-                        method, route.path, _HANDLER_PERMISSIONS[route.endpoint], None, required
+                        method,
+                        route.path_format,
+                        _HANDLER_PERMISSIONS[route.endpoint],
+                        None,
+                        required,
                     )
                 )
     return out
@@ -147,9 +155,10 @@ The REST front of Lodestar: text generation (JSON or Server-Sent Events),
 vectors and collections (by vector or by text), snapshots, analytics and health.
 
 Every route but the liveness probe takes a bearer JWT; each names the
-permission it needs. Errors share one body: `{"error": {"code", "message",
-"details", "request_id"}}`. `X-Request-Timeout` (e.g. `2.5s`) shortens a
-request's deadline.
+permission it needs. Errors share one body, `ErrorBody`: `{"error": {"code",
+"message", "details": {"reason", "field_violations", ...}, "request_id"}}`
+(the OpenAI-compatible routes answer in OpenAI's shape). `X-Request-Timeout`
+(e.g. `2.5s`) shortens a request's deadline.
 """
 
 
@@ -192,7 +201,9 @@ def create_app(
     if flows is not None:
         routers += [*FLOWS_ROUTERS, openai_router]
     for router in routers:
-        app.include_router(router)
+        # Every route documents the errors it can answer, in its API's shape.
+        body = OpenAIErrorBody if issubclass(router.route_class, OpenAIRoute) else ErrorBody
+        app.include_router(router, responses=error_responses(body))
     app.state.routers = routers
     _install_openapi_security(app)
     app.add_middleware(

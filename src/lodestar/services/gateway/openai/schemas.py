@@ -16,6 +16,11 @@ from lodestar import limits
 _MAX_STOP = 4
 
 
+def _only(value: object) -> dict[str, Any]:
+    """JSON Schema of a parameter accepted only at its neutral value (or null)."""
+    return {"anyOf": [{"const": value}, {"type": "null"}]}
+
+
 class OpenAIModel(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -73,11 +78,12 @@ class SamplingIn(OpenAIModel):
     temperature: float | None = Field(None, ge=limits.TEMPERATURE[0], le=limits.TEMPERATURE[1])
     top_p: float | None = Field(None, gt=limits.TOP_P[0], le=limits.TOP_P[1])
     stop: Stop | None = None
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
-    n: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
+    seed: int | None = Field(None, ge=0, lt=2**63)
+    # The schema states the one value each of these accepts (the validators below).
+    n: int | None = Field(None, json_schema_extra=_only(1))
+    presence_penalty: float | None = Field(None, json_schema_extra=_only(0))
+    frequency_penalty: float | None = Field(None, json_schema_extra=_only(0))
+    logit_bias: dict[str, float] | None = Field(None, json_schema_extra={"maxProperties": 0})
     user: str | None = None
 
     @field_validator("n")
@@ -110,14 +116,14 @@ class SamplingIn(OpenAIModel):
 
 class ChatCompletionRequest(SamplingIn):
     messages: Annotated[list[ChatMessageIn], Field(min_length=1)]
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=limits.MAX_CONTEXT_TOKENS)
+    max_completion_tokens: int | None = Field(None, ge=1, le=limits.MAX_CONTEXT_TOKENS)
     response_format: ResponseFormatIn | None = None
-    logprobs: bool | None = None
-    tools: list[Any] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    logprobs: bool | None = Field(None, json_schema_extra=_only(False))
+    tools: list[Any] | None = Field(None, json_schema_extra={"maxItems": 0})
+    tool_choice: str | dict[str, Any] | None = Field(None, json_schema_extra=_only("none"))
     parallel_tool_calls: bool | None = None
-    store: bool | None = None
+    store: bool | None = Field(None, json_schema_extra=_only(False))
     metadata: dict[str, str] | None = None
 
     @field_validator("logprobs", "store")
@@ -148,11 +154,11 @@ class ChatCompletionRequest(SamplingIn):
 
 class CompletionRequest(SamplingIn):
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
-    max_tokens: int | None = Field(16, ge=1)
-    echo: bool | None = None
-    logprobs: int | None = None
-    suffix: str | None = None
-    best_of: int | None = None
+    max_tokens: int | None = Field(16, ge=1, le=limits.MAX_CONTEXT_TOKENS)
+    echo: bool | None = Field(None, json_schema_extra=_only(False))
+    logprobs: int | None = Field(None, json_schema_extra={"type": "null"})
+    suffix: str | None = Field(None, json_schema_extra={"type": "null"})
+    best_of: int | None = Field(None, json_schema_extra=_only(1))
 
     @field_validator("echo")
     @classmethod
@@ -184,7 +190,7 @@ class EmbeddingRequest(OpenAIModel):
     model: str = Field(min_length=1)
     input: str | Annotated[list[str], Field(min_length=1, max_length=2048)]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: int | None = Field(None, ge=1, le=limits.MAX_DIMENSION)
     user: str | None = None
 
     @property

@@ -29,7 +29,22 @@ from lodestar.vector.v1 import vector_service_pb2 as pb
 
 router = api_router("collections")
 
-Name = Annotated[str, Path(min_length=1, max_length=limits.MAX_COLLECTION_NAME_CHARS)]
+Name = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=limits.MAX_COLLECTION_NAME_CHARS,
+        pattern=limits.COLLECTION_NAME_PATTERN,
+    ),
+]
+SnapshotName = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=limits.MAX_SNAPSHOT_NAME_CHARS,
+        pattern=limits.SNAPSHOT_NAME_PATTERN,
+    ),
+]
 PageSize = Annotated[int, Query(ge=1, le=limits.MAX_PAGE_SIZE)]
 PageToken = Annotated[str, Query(max_length=4096)]
 
@@ -187,7 +202,7 @@ async def list_snapshots(
 )
 async def restore_snapshot(
     name: Name,
-    snapshot: Annotated[str, Path(min_length=1, max_length=limits.MAX_SNAPSHOT_NAME_CHARS)],
+    snapshot: SnapshotName,
     call: Annotated[Call, Depends(require(Permission.CREATE_SNAPSHOTS, RouteClass.ADMIN))],
     body: Annotated[RestoreSnapshotRequest | None, Body()] = None,
 ) -> Response:
@@ -214,7 +229,7 @@ async def restore_snapshot(
 )
 async def delete_snapshot(
     name: Name,
-    snapshot: Annotated[str, Path(min_length=1, max_length=limits.MAX_SNAPSHOT_NAME_CHARS)],
+    snapshot: SnapshotName,
     call: Annotated[Call, Depends(require(Permission.CREATE_SNAPSHOTS, RouteClass.ADMIN))],
 ) -> Response:
     call.collection(name)

@@ -11,21 +11,31 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import Field, StrictBool, StrictInt, StrictStr, model_validator
+from pydantic import ConfigDict, Field, Strict, StrictBool, StrictStr, model_validator
 
 from lodestar import limits
 from lodestar.services.gateway.schemas.common import (
     CollectionName,
     FiniteFloat,
+    Float32,
     NonEmptyText,
     Page,
     Payload,
+    PayloadKey,
     PointIdIn,
     PointIdOut,
     RequestModel,
     ResponseModel,
+    UInt64,
     VectorIn,
+    at_least_one_of,
+    exactly_one_of,
+    given,
+    none_of,
 )
+
+# Payload integers are the protos' int64, and match only integers (not 1.0 or "1").
+StrictInt64 = Annotated[int, Strict(), Field(ge=-(2**63), lt=2**63)]
 
 # --- filters -----------------------------------------------------------------------------
 
@@ -40,14 +50,18 @@ def _exactly_one(model: RequestModel, names: tuple[str, ...], what: str) -> None
 class Match(RequestModel):
     """Equality, membership or full-text test of a payload value."""
 
+    model_config = ConfigDict(
+        json_schema_extra=exactly_one_of("keyword", "integer", "boolean", "text", "any", "except")
+    )
+
     keyword: StrictStr | None = None
-    integer: StrictInt | None = None
+    integer: StrictInt64 | None = None
     boolean: StrictBool | None = None
     text: StrictStr | None = Field(None, description="Full-text match.")
-    any: list[StrictStr] | list[StrictInt] | None = Field(
+    any: list[StrictStr] | list[StrictInt64] | None = Field(
         None, description="Any of these keywords or integers."
     )
-    except_: list[StrictStr] | list[StrictInt] | None = Field(
+    except_: list[StrictStr] | list[StrictInt64] | None = Field(
         None, alias="except", description="None of these keywords or integers."
     )
 
@@ -58,6 +72,7 @@ class Match(RequestModel):
 
 
 class Range(RequestModel):
+    model_config = ConfigDict(json_schema_extra=at_least_one_of("gt", "gte", "lt", "lte"))
     gt: FiniteFloat | None = None
     gte: FiniteFloat | None = None
     lt: FiniteFloat | None = None
@@ -71,6 +86,7 @@ class Range(RequestModel):
 
 
 class DatetimeRange(RequestModel):
+    model_config = ConfigDict(json_schema_extra=at_least_one_of("gt", "gte", "lt", "lte"))
     gt: datetime | None = None
     gte: datetime | None = None
     lt: datetime | None = None
@@ -84,7 +100,18 @@ class DatetimeRange(RequestModel):
 
 
 class IsEmpty(RequestModel):
-    key: NonEmptyText
+    key: PayloadKey
+
+
+_KEY_TESTS = ("match", "range", "datetime_range")
+_OTHER_TESTS = ("is_empty", "has_id", "filter")
+# A key and one of its tests, or one test without a key: nothing else.
+_CONDITION: dict[str, Any] = {
+    "oneOf": [
+        *({"allOf": [given("key", test), none_of(*_OTHER_TESTS)]} for test in _KEY_TESTS),
+        *({"allOf": [given(test), none_of("key", *_KEY_TESTS)]} for test in _OTHER_TESTS),
+    ]
+}
 
 
 class Condition(RequestModel):
@@ -95,7 +122,9 @@ class Condition(RequestModel):
     ``{"key": "created", "datetime_range": {"gte": "2025-01-01T00:00:00Z"}}``.
     """
 
-    key: NonEmptyText | None = Field(None, description="Payload key (dotted paths nest).")
+    model_config = ConfigDict(json_schema_extra=_CONDITION)
+
+    key: PayloadKey | None = Field(None, description="Payload key (dotted paths nest).")
     match: Match | None = None
     range: Range | None = None
     datetime_range: DatetimeRange | None = None
@@ -131,6 +160,8 @@ Condition.model_rebuild()
 
 class PointIn(RequestModel):
     """A point to write: a vector, or a text to embed."""
+
+    model_config = ConfigDict(json_schema_extra=exactly_one_of("vector", "text"))
 
     id: PointIdIn | None = Field(None, description="Generated (UUID) when absent.")
     vector: VectorIn | None = None
@@ -169,6 +200,15 @@ class ScoredPoint(ResponseModel):
 class UpdatePointRequest(RequestModel):
     """New vector (or text) and/or payload of an existing point."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                at_least_one_of("vector", "text", "payload"),
+                {"not": given("vector", "text")},
+            ]
+        }
+    )
+
     vector: VectorIn | None = None
     text: NonEmptyText | None = None
     payload: Payload | None = None
@@ -196,6 +236,10 @@ class DeletePointResponse(ResponseModel):
 class Selector(RequestModel):
     """Points by ids, by filter, or both (their intersection)."""
 
+    model_config = ConfigDict(
+        json_schema_extra={"anyOf": [given(ids={"minItems": 1}), given("filter")]}
+    )
+
     ids: list[PointIdIn] | None = None
     filter: Filter | None = None
 
@@ -216,11 +260,15 @@ class SetPayloadOp(Selector):
 
 
 class DeletePayloadKeysOp(Selector):
-    keys: Annotated[list[NonEmptyText], Field(min_length=1)]
+    keys: Annotated[list[PayloadKey], Field(min_length=1)]
 
 
 class Operation(RequestModel):
     """One step of a batch: exactly one of upsert, delete, set_payload, delete_payload_keys."""
+
+    model_config = ConfigDict(
+        json_schema_extra=exactly_one_of("upsert", "delete", "set_payload", "delete_payload_keys")
+    )
 
     upsert: UpsertOp | None = None
     delete: Selector | None = None
@@ -255,13 +303,15 @@ class BatchResponse(ResponseModel):
 class SearchRequest(RequestModel):
     """Nearest neighbours of a vector, or of a text's embedding."""
 
+    model_config = ConfigDict(json_schema_extra=exactly_one_of("vector", "text"))
+
     collection: CollectionName
     vector: VectorIn | None = None
     text: NonEmptyText | None = None
     filter: Filter | None = None
     limit: int = Field(limits.DEFAULT_LIMIT, ge=1, le=limits.MAX_LIMIT)
     offset: int = Field(0, ge=0, le=limits.MAX_OFFSET)
-    score_threshold: FiniteFloat | None = None
+    score_threshold: Float32 | None = None
     with_payload: bool = True
     with_vector: bool = False
     hnsw_ef: int | None = Field(None, ge=1, le=limits.MAX_HNSW_EF)
@@ -296,6 +346,8 @@ class RecommendStrategy(StrEnum):
 class Example(RequestModel):
     """A recommendation example: a stored point's id, a vector or a text."""
 
+    model_config = ConfigDict(json_schema_extra=exactly_one_of("id", "vector", "text"))
+
     id: PointIdIn | None = None
     vector: VectorIn | None = None
     text: NonEmptyText | None = None
@@ -319,7 +371,7 @@ class RecommendRequest(RequestModel):
     filter: Filter | None = None
     limit: int = Field(limits.DEFAULT_LIMIT, ge=1, le=limits.MAX_LIMIT)
     offset: int = Field(0, ge=0, le=limits.MAX_OFFSET)
-    score_threshold: FiniteFloat | None = None
+    score_threshold: Float32 | None = None
     with_payload: bool = True
     with_vector: bool = False
 
@@ -342,7 +394,7 @@ class ClusterRequest(RequestModel):
     )
     with_member_ids: bool = False
     with_payload: bool = True
-    seed: int | None = Field(None, ge=0, le=2**64 - 1)
+    seed: UInt64 | None = None
 
 
 class Cluster(ResponseModel):
@@ -407,6 +459,7 @@ class BinaryQuantization(RequestModel):
 
 
 class Quantization(RequestModel):
+    model_config = ConfigDict(json_schema_extra=exactly_one_of("scalar", "binary"))
     scalar: ScalarQuantization | None = None
     binary: BinaryQuantization | None = None
 
@@ -425,7 +478,9 @@ class CreateCollectionRequest(RequestModel):
         None, description="Model whose vectors the collection holds (must be the one served)."
     )
     distance: Distance = Distance.COSINE
-    payload_schema: dict[str, PayloadFieldType] = Field(default_factory=dict)
+    payload_schema: dict[PayloadKey, PayloadFieldType] = Field(
+        default_factory=dict, json_schema_extra={"additionalProperties": False}
+    )
     hnsw: HnswConfig | None = None
     quantization: Quantization | None = None
 
@@ -433,8 +488,10 @@ class CreateCollectionRequest(RequestModel):
 class UpdateCollectionRequest(RequestModel):
     hnsw: HnswConfig | None = None
     quantization: Quantization | None = None
-    add_payload_fields: dict[str, PayloadFieldType] = Field(default_factory=dict)
-    remove_payload_fields: list[str] = Field(default_factory=list)
+    add_payload_fields: dict[PayloadKey, PayloadFieldType] = Field(
+        default_factory=dict, json_schema_extra={"additionalProperties": False}
+    )
+    remove_payload_fields: list[PayloadKey] = Field(default_factory=list)
 
 
 class CollectionConfig(ResponseModel):
