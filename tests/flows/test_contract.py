@@ -26,6 +26,8 @@ ROOT = HERE.parent.parent
 
 async def test_schemathesis_finds_nothing(gateway: RunningGateway, tmp_path: Path) -> None:
     report = tmp_path / "report.json"
+    log = tmp_path / "schemathesis.log"
+    output = log.open("wb")  # noqa: ASYNC230 - opened once, written by the child process
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
@@ -60,11 +62,12 @@ async def test_schemathesis_finds_nothing(gateway: RunningGateway, tmp_path: Pat
         f"Authorization: Bearer {gateway.token('admin', ttl_s=3600)}",
         cwd=tmp_path,
         env=env,
-        stdout=asyncio.subprocess.PIPE,
+        stdout=output,
         stderr=asyncio.subprocess.STDOUT,
     )
-    out, _ = await process.communicate()
-    text = out.decode(errors="replace")
+    await process.wait()
+    output.close()
+    text = await asyncio.to_thread(log.read_text, errors="replace")
     assert process.returncode == 0, text[-20000:]
     summary = json.loads(await asyncio.to_thread(report.read_text))
     assert summary, text[-5000:]
