@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, StrictBool, model_validator
 from starlette.responses import Response
 
 from lodestar import limits
@@ -63,8 +63,8 @@ class ClusterSubsetRequest(RequestModel):
     representatives: int = Field(
         limits.DEFAULT_REPRESENTATIVES, ge=0, le=limits.MAX_REPRESENTATIVES
     )
-    with_member_ids: bool = True
-    with_payload: bool = True
+    with_member_ids: StrictBool = True
+    with_payload: StrictBool = True
     seed: UInt64 | None = None
 
     @model_validator(mode="after")

@@ -61,7 +61,7 @@ class FeedbackRequest(RequestModel):
         description="The id returned in the generation's `stored.id`.",
         json_schema_extra={
             "anyOf": [
-                {"type": "integer", "minimum": 0, "maximum": MAX_POINT_NUM},
+                {"type": "integer", "minimum": 0, "exclusiveMaximum": MAX_POINT_NUM + 1},
                 {"type": "string", "pattern": POINT_ID_PATTERN},
             ]
         },

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from lodestar import limits
 
@@ -48,7 +48,7 @@ class JsonSchemaFormat(OpenAIModel):
     name: str = Field(min_length=1, max_length=64)
     description: str | None = None
     schema_: dict[str, Any] | None = Field(None, alias="schema")
-    strict: bool | None = None
+    strict: StrictBool | None = None
 
 
 class ResponseFormatIn(OpenAIModel):
@@ -63,7 +63,7 @@ class ResponseFormatIn(OpenAIModel):
 
 
 class StreamOptions(OpenAIModel):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 Stop = str | Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=_MAX_STOP)]
@@ -73,7 +73,7 @@ class SamplingIn(OpenAIModel):
     """Options shared by chat and text completions."""
 
     model: str = Field(min_length=1)
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=limits.TEMPERATURE[0], le=limits.TEMPERATURE[1])
     top_p: float | None = Field(None, gt=limits.TOP_P[0], le=limits.TOP_P[1])
@@ -119,11 +119,11 @@ class ChatCompletionRequest(SamplingIn):
     max_tokens: int | None = Field(None, ge=1, le=limits.MAX_CONTEXT_TOKENS)
     max_completion_tokens: int | None = Field(None, ge=1, le=limits.MAX_CONTEXT_TOKENS)
     response_format: ResponseFormatIn | None = None
-    logprobs: bool | None = Field(None, json_schema_extra=_only(False))
+    logprobs: StrictBool | None = Field(None, json_schema_extra=_only(False))
     tools: list[Any] | None = Field(None, json_schema_extra={"maxItems": 0})
     tool_choice: str | dict[str, Any] | None = Field(None, json_schema_extra=_only("none"))
-    parallel_tool_calls: bool | None = None
-    store: bool | None = Field(None, json_schema_extra=_only(False))
+    parallel_tool_calls: StrictBool | None = None
+    store: StrictBool | None = Field(None, json_schema_extra=_only(False))
     metadata: dict[str, str] | None = None
 
     @field_validator("logprobs", "store")
@@ -155,7 +155,7 @@ class ChatCompletionRequest(SamplingIn):
 class CompletionRequest(SamplingIn):
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
     max_tokens: int | None = Field(16, ge=1, le=limits.MAX_CONTEXT_TOKENS)
-    echo: bool | None = Field(None, json_schema_extra=_only(False))
+    echo: StrictBool | None = Field(None, json_schema_extra=_only(False))
     logprobs: int | None = Field(None, json_schema_extra={"type": "null"})
     suffix: str | None = Field(None, json_schema_extra={"type": "null"})
     best_of: int | None = Field(None, json_schema_extra=_only(1))

@@ -8,7 +8,7 @@ from fastapi import Body, Depends, Path, Query
 from starlette.responses import Response
 
 from lodestar import limits
-from lodestar.runtime.errors import InvalidArgument
+from lodestar.runtime.errors import InvalidArgument, NotFound
 from lodestar.services.gateway.call import Call
 from lodestar.services.gateway.convert import vector as convert
 from lodestar.services.gateway.deps import require
@@ -62,7 +62,9 @@ async def create_collection(
     if dimension is None or body.embedding_model:
         info = await call.backends.embedding.model_info(call.options)
         if body.embedding_model and body.embedding_model != info.name:
-            raise InvalidArgument(
+            # No such model here (as OpenAI answers an unknown model): a name the
+            # request's schema cannot rule out, known only to the embedding service.
+            raise NotFound(
                 f"embedding_model {body.embedding_model!r} is not served; "
                 f"the embedding service serves {info.name!r}",
                 field="embedding_model",

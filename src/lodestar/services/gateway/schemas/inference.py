@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, StrictBool, model_validator
 
 from lodestar import limits
 from lodestar.services.gateway.schemas.common import (
@@ -138,8 +138,8 @@ class GenerateRequest(GenerateItem):
         }
     )
 
-    stream: bool = False
-    store_embedding: bool = Field(
+    stream: StrictBool = False
+    store_embedding: StrictBool = Field(
         False, description="Store prompt and answer as a vector; the response has its id."
     )
     collection: CollectionName | None = Field(
@@ -149,7 +149,9 @@ class GenerateRequest(GenerateItem):
     context: ContextOptions | None = Field(
         None, description="Retrieve passages and answer from them, with sources."
     )
-    use_feedback: bool = Field(False, description="Use well-scored past interactions as examples.")
+    use_feedback: StrictBool = Field(
+        False, description="Use well-scored past interactions as examples."
+    )
     session_id: str | None = Field(
         None,
         min_length=1,

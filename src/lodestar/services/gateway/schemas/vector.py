@@ -212,7 +212,9 @@ class UpdatePointRequest(RequestModel):
     vector: VectorIn | None = None
     text: NonEmptyText | None = None
     payload: Payload | None = None
-    replace_payload: bool = Field(False, description="Replace the payload instead of merging.")
+    replace_payload: StrictBool = Field(
+        False, description="Replace the payload instead of merging."
+    )
 
     @model_validator(mode="after")
     def _something(self) -> UpdatePointRequest:
@@ -256,7 +258,7 @@ class UpsertOp(RequestModel):
 
 class SetPayloadOp(Selector):
     payload: Payload
-    overwrite: bool = False
+    overwrite: StrictBool = False
 
 
 class DeletePayloadKeysOp(Selector):
@@ -312,10 +314,10 @@ class SearchRequest(RequestModel):
     limit: int = Field(limits.DEFAULT_LIMIT, ge=1, le=limits.MAX_LIMIT)
     offset: int = Field(0, ge=0, le=limits.MAX_OFFSET)
     score_threshold: Float32 | None = None
-    with_payload: bool = True
-    with_vector: bool = False
+    with_payload: StrictBool = True
+    with_vector: StrictBool = False
     hnsw_ef: int | None = Field(None, ge=1, le=limits.MAX_HNSW_EF)
-    exact: bool = False
+    exact: StrictBool = False
 
     @model_validator(mode="after")
     def _query(self) -> SearchRequest:
@@ -372,8 +374,8 @@ class RecommendRequest(RequestModel):
     limit: int = Field(limits.DEFAULT_LIMIT, ge=1, le=limits.MAX_LIMIT)
     offset: int = Field(0, ge=0, le=limits.MAX_OFFSET)
     score_threshold: Float32 | None = None
-    with_payload: bool = True
-    with_vector: bool = False
+    with_payload: StrictBool = True
+    with_vector: StrictBool = False
 
 
 class ClusterAlgorithm(StrEnum):
@@ -392,8 +394,8 @@ class ClusterRequest(RequestModel):
     representatives: int = Field(
         limits.DEFAULT_REPRESENTATIVES, ge=0, le=limits.MAX_REPRESENTATIVES
     )
-    with_member_ids: bool = False
-    with_payload: bool = True
+    with_member_ids: StrictBool = False
+    with_payload: StrictBool = True
     seed: UInt64 | None = None
 
 
@@ -451,11 +453,11 @@ class HnswConfig(RequestModel):
 
 class ScalarQuantization(RequestModel):
     quantile: float | None = Field(None, gt=0.5, le=1.0)
-    always_ram: bool = False
+    always_ram: StrictBool = False
 
 
 class BinaryQuantization(RequestModel):
-    always_ram: bool = False
+    always_ram: StrictBool = False
 
 
 class Quantization(RequestModel):
