@@ -114,6 +114,24 @@ def route_security(app: FastAPI) -> list[RouteSecurity]:
     return out
 
 
+_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def _exact_integer_bounds(node: Any) -> None:
+    """FastAPI's document model keeps bounds as floats, which rounds 64-bit ones;
+    integer bounds are powers of two (exact as floats), so they are written back
+    as the integers they are."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in _BOUNDS and isinstance(value, float) and value.is_integer():
+                node[key] = int(value)
+            else:
+                _exact_integer_bounds(value)
+    elif isinstance(node, list):
+        for item in node:
+            _exact_integer_bounds(item)
+
+
 def _install_openapi_security(app: FastAPI) -> None:
     """Bearer auth in the OpenAPI document, and each operation's permission."""
 
@@ -144,6 +162,7 @@ def _install_openapi_security(app: FastAPI) -> None:
                 operation["description"] = (
                     operation.get("description", "") + f"\n\nRequires the **{needs}** permission."
                 ).strip()
+        _exact_integer_bounds(schema)
         app.openapi_schema = schema
         return schema
 

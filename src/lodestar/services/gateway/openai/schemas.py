@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from lodestar import limits
+from lodestar.services.gateway.schemas.common import refuse_bool_numbers
 
 _MAX_STOP = 4
 
@@ -23,6 +24,8 @@ def _only(value: object) -> dict[str, Any]:
 
 class OpenAIModel(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    _no_bool_numbers = field_validator("*", mode="before")(classmethod(refuse_bool_numbers))
 
 
 class TextPart(OpenAIModel):

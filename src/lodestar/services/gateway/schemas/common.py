@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import re
+import typing
 from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 
 from lodestar import limits
 
@@ -25,10 +35,30 @@ Int64 = Annotated[int, Field(ge=-(2**63), lt=2**63)]
 UInt64 = Annotated[int, Field(ge=0, lt=2**64)]
 
 
+def _takes_bool(annotation: Any) -> bool:
+    if annotation is bool or annotation is Any or annotation is object:
+        return True
+    return any(_takes_bool(arg) for arg in typing.get_args(annotation))
+
+
+def refuse_bool_numbers(cls: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """JSON's true and false are not numbers (pydantic would read them as 1 and 0):
+    a field, or a list field's item, that takes no booleans refuses them."""
+    if isinstance(value, bool) or (
+        isinstance(value, list) and any(isinstance(item, bool) for item in value)
+    ):
+        name = info.field_name
+        if name is not None and not _takes_bool(cls.model_fields[name].annotation):
+            raise ValueError("a boolean is not a valid value here")
+    return value
+
+
 class RequestModel(BaseModel):
     """A request body: unknown fields are refused (422 naming them)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    _no_bool_numbers = field_validator("*", mode="before")(classmethod(refuse_bool_numbers))
 
 
 class ResponseModel(BaseModel):

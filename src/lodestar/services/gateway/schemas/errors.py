@@ -38,7 +38,7 @@ class ErrorDetails(ResponseModel):
 class Error(ResponseModel):
     code: str = Field(
         description="The canonical gRPC status name.",
-        json_schema_extra={"enum": [c.name for c in grpc.StatusCode if c.value[0] != 0]},
+        json_schema_extra={"enum": [c.name for c in grpc.StatusCode if c.name != "OK"]},
     )
     message: str
     details: ErrorDetails
