@@ -18,6 +18,7 @@ from lodestar.services.gateway.schemas.common import (
     CollectionName,
     FiniteFloat,
     Float32,
+    Moment,
     NonEmptyText,
     Page,
     Payload,
@@ -36,6 +37,9 @@ from lodestar.services.gateway.schemas.common import (
 
 # Payload integers are the protos' int64, and match only integers (not 1.0 or "1").
 StrictInt64 = Annotated[int, Strict(), Field(ge=-(2**63), lt=2**63)]
+
+_Some = Field(min_length=1, max_length=limits.MAX_MATCH_VALUES)
+_MatchValues = Annotated[list[StrictStr], _Some] | Annotated[list[StrictInt64], _Some]
 
 # --- filters -----------------------------------------------------------------------------
 
@@ -57,11 +61,9 @@ class Match(RequestModel):
     keyword: StrictStr | None = None
     integer: StrictInt64 | None = None
     boolean: StrictBool | None = None
-    text: StrictStr | None = Field(None, description="Full-text match.")
-    any: list[StrictStr] | list[StrictInt64] | None = Field(
-        None, description="Any of these keywords or integers."
-    )
-    except_: list[StrictStr] | list[StrictInt64] | None = Field(
+    text: StrictStr | None = Field(None, description="Full-text match.", pattern=r"\S")
+    any: _MatchValues | None = Field(None, description="Any of these keywords or integers.")
+    except_: _MatchValues | None = Field(
         None, alias="except", description="None of these keywords or integers."
     )
 
@@ -87,10 +89,11 @@ class Range(RequestModel):
 
 class DatetimeRange(RequestModel):
     model_config = ConfigDict(json_schema_extra=at_least_one_of("gt", "gte", "lt", "lte"))
-    gt: datetime | None = None
-    gte: datetime | None = None
-    lt: datetime | None = None
-    lte: datetime | None = None
+
+    gt: Moment | None = None
+    gte: Moment | None = None
+    lt: Moment | None = None
+    lte: Moment | None = None
 
     @model_validator(mode="after")
     def _bounded(self) -> DatetimeRange:
@@ -129,7 +132,7 @@ class Condition(RequestModel):
     range: Range | None = None
     datetime_range: DatetimeRange | None = None
     is_empty: IsEmpty | None = None
-    has_id: list[PointIdIn] | None = None
+    has_id: Annotated[list[PointIdIn], Field(min_length=1, max_length=limits.MAX_IDS)] | None = None
     filter: Filter | None = None
 
     @model_validator(mode="after")
@@ -151,6 +154,16 @@ class Filter(RequestModel):
     must: list[Condition] = Field(default_factory=list)
     should: list[Condition] = Field(default_factory=list)
     must_not: list[Condition] = Field(default_factory=list)
+
+    @property
+    def conditions(self) -> int:
+        return len(self.must) + len(self.should) + len(self.must_not)
+
+
+# A filter that selects something: at least one condition.
+_SOME_CONDITION = {
+    "anyOf": [given(**{part: {"minItems": 1}}) for part in ("must", "should", "must_not")]
+}
 
 
 Condition.model_rebuild()
@@ -239,7 +252,7 @@ class Selector(RequestModel):
     """Points by ids, by filter, or both (their intersection)."""
 
     model_config = ConfigDict(
-        json_schema_extra={"anyOf": [given(ids={"minItems": 1}), given("filter")]}
+        json_schema_extra={"anyOf": [given(ids={"minItems": 1}), given(filter=_SOME_CONDITION)]}
     )
 
     ids: list[PointIdIn] | None = None
@@ -247,7 +260,7 @@ class Selector(RequestModel):
 
     @model_validator(mode="after")
     def _something(self) -> Selector:
-        if not self.ids and self.filter is None:
+        if not self.ids and (self.filter is None or not self.filter.conditions):
             raise ValueError("select points with ids, a filter, or both")
         return self
 
