@@ -70,9 +70,10 @@ class ResponseModel(BaseModel):
 def given(*names: str, **schemas: dict[str, Any]) -> dict[str, Any]:
     """JSON Schema: each of ``names`` is present and not null (and matches its
     schema in ``schemas``, if any)."""
-    properties: dict[str, Any] = {n: {"not": {"type": "null"}} for n in names}
+    not_null = {"not": {"type": "null"}}
+    properties: dict[str, Any] = {n: not_null for n in names}
     for name, schema in schemas.items():
-        properties[name] = {"allOf": [properties.get(name, {}), schema]}
+        properties[name] = {"allOf": [not_null, schema]}
     return {"required": sorted({*names, *schemas}), "properties": properties}
 
 
