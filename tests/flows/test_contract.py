@@ -53,7 +53,10 @@ async def test_schemathesis_finds_nothing(gateway: RunningGateway, tmp_path: Pat
         "1",
         "--no-color",
         "--request-timeout",
-        "60",
+        "180",
+        # The largest valid batches (thousands of texts to embed) take a while here.
+        "--max-response-time",
+        "120",
         "--report",
         "json,ndjson",
         "--report-json-path",

@@ -126,10 +126,10 @@ _RFC3339 = re.compile(
 
 def _rfc3339_text(value: object) -> object:
     # pydantic would also take a date, a naive time or a number of seconds: the
-    # document says date-time (RFC 3339), so that is all a string may be.
-    if isinstance(value, str) and not _RFC3339.fullmatch(value):
-        raise ValueError("must be an RFC 3339 date-time with an offset, e.g. 2025-01-01T00:00:00Z")
-    return value
+    # document says date-time (RFC 3339), so that is all it may be.
+    if isinstance(value, datetime) or (isinstance(value, str) and _RFC3339.fullmatch(value)):
+        return value
+    raise ValueError("must be an RFC 3339 date-time with an offset, e.g. 2025-01-01T00:00:00Z")
 
 
 def _in_utc(value: datetime) -> datetime:
