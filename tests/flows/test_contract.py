@@ -16,6 +16,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.flows.harness import RunningGateway
 
 SEED = 26
@@ -24,6 +26,7 @@ HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
 
 
+@pytest.mark.slow
 async def test_schemathesis_finds_nothing(gateway: RunningGateway, tmp_path: Path) -> None:
     report = tmp_path / "report.json"
     log = tmp_path / "schemathesis.log"
