@@ -59,6 +59,7 @@ DEFAULT_CLUSTERS: Final = 8
 MIN_CLUSTERS: Final = 2
 MAX_CLUSTERS: Final = 256
 DEFAULT_CLUSTER_SAMPLE: Final = 10_000
+DEFAULT_MAX_CLUSTER_SAMPLE: Final = 50_000  # most points one call may cluster (a setting's default)
 DEFAULT_REPRESENTATIVES: Final = 3
 MAX_REPRESENTATIVES: Final = 100
 MAX_MIN_SAMPLES: Final = 1_000  # density clustering's min_samples

@@ -11,6 +11,7 @@ and the OpenAI-compatible API; without, the core REST API alone.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -119,11 +120,16 @@ _BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 
 def _exact_integer_bounds(node: Any) -> None:
     """FastAPI's document model keeps bounds as floats, which rounds 64-bit ones;
-    integer bounds are powers of two (exact as floats), so they are written back
-    as the integers they are."""
+    the wide integer bounds are powers of two (exact as floats), so those are
+    written back as the integers they are."""
     if isinstance(node, dict):
         for key, value in node.items():
-            if key in _BOUNDS and isinstance(value, float) and value.is_integer():
+            if (
+                key in _BOUNDS
+                and isinstance(value, float)
+                and value.is_integer()
+                and math.frexp(value)[0] == 0.5
+            ):
                 node[key] = int(value)
             else:
                 _exact_integer_bounds(value)

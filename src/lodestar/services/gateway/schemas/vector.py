@@ -403,7 +403,9 @@ class ClusterRequest(RequestModel):
     num_clusters: int = Field(
         limits.DEFAULT_CLUSTERS, ge=limits.MIN_CLUSTERS, le=limits.MAX_CLUSTERS
     )
-    sample_size: int = Field(limits.DEFAULT_CLUSTER_SAMPLE, ge=1, le=1_000_000)
+    sample_size: int = Field(
+        limits.DEFAULT_CLUSTER_SAMPLE, ge=1, le=limits.DEFAULT_MAX_CLUSTER_SAMPLE
+    )
     representatives: int = Field(
         limits.DEFAULT_REPRESENTATIVES, ge=0, le=limits.MAX_REPRESENTATIVES
     )
