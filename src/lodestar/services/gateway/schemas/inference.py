@@ -29,7 +29,7 @@ class ChatRole(StrEnum):
 
 class ChatMessage(RequestModel):
     role: ChatRole
-    content: str
+    content: str = Field(min_length=1)
 
 
 class ResponseFormat(RequestModel):
