@@ -17,6 +17,13 @@ MAX_COLLECTION_NAME_CHARS: Final = 64
 MAX_SNAPSHOT_NAME_CHARS: Final = 200
 MAX_KEY_CHARS: Final = 256  # a payload key, or a collection's embedding model name
 MAX_TENANT_CHARS: Final = 256
+# Names are letters, digits, '_', '-' and '.', starting with a letter or digit.
+COLLECTION_NAME_PATTERN: Final = (
+    rf"^[A-Za-z0-9][A-Za-z0-9_.\-]{{0,{MAX_COLLECTION_NAME_CHARS - 1}}}$"
+)
+# A payload key: dotted JSON paths such as "a", "a.b", "a[].b", "a[0]".
+PAYLOAD_KEY_PATTERN: Final = r"^[A-Za-z0-9_\-]+(\[\d*\])?(\.[A-Za-z0-9_\-]+(\[\d*\])?)*$"
+SNAPSHOT_NAME_PATTERN: Final = rf"^[A-Za-z0-9][A-Za-z0-9_.\-]{{0,{MAX_SNAPSHOT_NAME_CHARS - 1}}}$"
 
 # --- vector service: collections --------------------------------------------------------
 
@@ -52,6 +59,7 @@ DEFAULT_CLUSTERS: Final = 8
 MIN_CLUSTERS: Final = 2
 MAX_CLUSTERS: Final = 256
 DEFAULT_CLUSTER_SAMPLE: Final = 10_000
+DEFAULT_MAX_CLUSTER_SAMPLE: Final = 50_000  # most points one call may cluster (a setting's default)
 DEFAULT_REPRESENTATIVES: Final = 3
 MAX_REPRESENTATIVES: Final = 100
 MAX_MIN_SAMPLES: Final = 1_000  # density clustering's min_samples

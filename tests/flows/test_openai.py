@@ -404,7 +404,7 @@ async def test_a_client_that_leaves_while_queued_cancels_the_generation(
         async for line in running_lines:
             if line.startswith("data: {"):
                 break  # generating
-        first_tokens = _sample("lodestar_inference_time_to_first_token_seconds_count")
+        first_tokens = _sample("gen_ai_server_time_to_first_token_seconds_count")
         before = _sample(REQUESTS, cancelled)
         async with http.stream(
             "POST", "/v1/completions", json=queued, headers=gateway.auth("user")
@@ -417,7 +417,7 @@ async def test_a_client_that_leaves_while_queued_cancels_the_generation(
         assert _sample(REQUESTS, cancelled) == before + 1
         # Cancelled in the queue: no first token was produced for it; the
         # long generation goes on to its end.
-        assert _sample("lodestar_inference_time_to_first_token_seconds_count") == first_tokens
+        assert _sample("gen_ai_server_time_to_first_token_seconds_count") == first_tokens
         following = [line async for line in running_lines if line]
         assert following[-1] == "data: [DONE]"
         assert '"finish_reason":"length"' in following[-2]

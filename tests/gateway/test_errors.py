@@ -18,6 +18,7 @@ from lodestar.runtime.errors import (
     Unavailable,
 )
 from lodestar.services.gateway.app import create_app
+from lodestar.services.gateway.schemas.errors import ErrorBody
 from tests.gateway.fakes import FakeBackends
 from tests.gateway.harness import RunningGateway, gateway_settings, run_gateway
 
@@ -35,6 +36,9 @@ def _assert_error_shape(response: httpx.Response, status: int, code: str) -> dic
     assert error["message"]
     assert error["request_id"] == response.headers["x-request-id"]
     assert "Traceback" not in response.text
+    # The shape the OpenAPI document states: details is an object, never a list.
+    assert isinstance(error["details"], dict)
+    ErrorBody.model_validate(body)
     return dict(error)
 
 
@@ -116,8 +120,13 @@ async def test_bad_query_and_path_values(
     error = _assert_error_shape(missing, 422, "INVALID_ARGUMENT")
     assert error["details"]["field_violations"][0]["field"] == "collection"
     bad_id = await client.get("/api/v1/vectors/not-an-id?collection=alpha", headers=headers)
-    error = _assert_error_shape(bad_id, 400, "INVALID_ARGUMENT")
-    assert error["details"]["field_violations"][0]["field"] == "id"
+    error = _assert_error_shape(bad_id, 404, "NOT_FOUND")
+    assert error["details"]["reason"] == "ROUTE_NOT_FOUND"
+    late = await client.get(
+        "/api/v1/analytics/search?since=2025-01-01", headers=gateway.auth("operator")
+    )
+    error = _assert_error_shape(late, 422, "INVALID_ARGUMENT")
+    assert error["details"]["field_violations"][0]["field"] == "since"
 
 
 async def test_oversized_body_is_413(gateway: RunningGateway, client: httpx.AsyncClient) -> None:

@@ -42,10 +42,16 @@ SEARCH = "/api/v1/vectors/search"
 BODY = {"collection": "alpha", "vector": [1, 0, 0, 0]}
 
 
-def breaker_state(replica: str, backend: str = "vector") -> float | None:
-    return REGISTRY.get_sample_value(
-        "lodestar_gateway_circuit_breaker_state", {"backend": backend, "replica": replica}
-    )
+def breaker_state(replica: str, backend: str = "vector") -> BreakerState | None:
+    """The state whose series is 1 (each state is a label of its own series)."""
+    for state in BreakerState:
+        value = REGISTRY.get_sample_value(
+            "lodestar_gateway_circuit_breaker_state",
+            {"backend": backend, "replica": replica, "state": state.name.lower()},
+        )
+        if value == 1:
+            return state
+    return None
 
 
 def backend_calls(backend: str) -> float:

@@ -113,9 +113,10 @@ CASES: list[
         ("POST", "/api/v1/vectors/search", json.dumps(SEARCH).encode(), JSON, "collections:other"),
         (403, "COLLECTION_NOT_ALLOWED", []),
     ),
+    # search is no point id: GET there is a method the path does not serve.
     (
         ("GET", "/api/v1/vectors/search", None, {}, "viewer"),
-        (422, "INVALID_REQUEST", ["collection"]),
+        (405, "METHOD_NOT_ALLOWED", []),
     ),
     (("GET", "/api/v1/vectors/7?collection=docs", None, {}, "viewer"), (200, OK, [])),
     (
@@ -142,9 +143,36 @@ CASES: list[
         ("GET", "/api/v1/vectors/404?collection=docs", None, {}, "viewer"),
         (404, "POINT_NOT_FOUND", []),
     ),
+    # A path segment that is no point id (the document states the pattern) names no point.
     (
         ("GET", "/api/v1/vectors/not-an-id?collection=docs", None, {}, "viewer"),
-        (400, "BAD_POINT_ID", ["id"]),
+        (404, "ROUTE_NOT_FOUND", []),
+    ),
+    # An unsupported method on a fixed path is not taken for a point id.
+    (
+        ("PUT", "/api/v1/vectors/batch", b"{}", JSON, "viewer"),
+        (405, "METHOD_NOT_ALLOWED", []),
+    ),
+    # A number beyond what its proto field holds is refused naming the field.
+    (
+        (
+            "PUT",
+            "/api/v1/collections/docs",
+            json.dumps({"hnsw": {"full_scan_threshold": 155465012825384}}).encode(),
+            JSON,
+            "admin",
+        ),
+        (422, "INVALID_REQUEST", ["hnsw.full_scan_threshold"]),
+    ),
+    (
+        (
+            "POST",
+            "/api/v1/vectors/search",
+            json.dumps({**SEARCH, "vector": [1e300, 0, 0, 0]}).encode(),
+            JSON,
+            "viewer",
+        ),
+        (422, "INVALID_REQUEST", ["vector[0]"]),
     ),
     (("GET", "/api/v1/vectors/7/?collection=docs", None, {}, "viewer"), (307, OK, [])),
     (("HEAD", "/api/v1/vectors/7?collection=docs", None, {}, "viewer"), (405, OK, [])),

@@ -92,7 +92,8 @@ async def test_length_limit_of_the_context_ends_with_length(model: LlamaModel) -
 async def test_generations_record_metrics(engine: InferenceEngine) -> None:
     tokens_before = _sample("lodestar_inference_completion_tokens_total")
     prompt_before = _sample("lodestar_inference_prompt_tokens_total")
-    ttft_before = _sample("lodestar_inference_time_to_first_token_seconds_count")
+    ttft_before = _sample("gen_ai_server_time_to_first_token_seconds_count")
+    tpot_before = _sample("gen_ai_server_time_per_output_token_seconds_count")
     shared_steps_before = _sample("lodestar_inference_decode_batch_size_count") - _sample(
         "lodestar_inference_decode_batch_size_bucket", {"le": "1.0"}
     )
@@ -103,7 +104,10 @@ async def test_generations_record_metrics(engine: InferenceEngine) -> None:
     assert _sample("lodestar_inference_prompt_tokens_total") - prompt_before == sum(
         map(len, prompts)
     )
-    assert _sample("lodestar_inference_time_to_first_token_seconds_count") - ttft_before == 3
+    assert _sample("gen_ai_server_time_to_first_token_seconds_count") - ttft_before == 3
+    decoded = sum(1 for r in results if r.completion.usage.completion_tokens > 1)
+    tpot = _sample("gen_ai_server_time_per_output_token_seconds_count") - tpot_before
+    assert tpot == decoded
     shared_steps = _sample("lodestar_inference_decode_batch_size_count") - _sample(
         "lodestar_inference_decode_batch_size_bucket", {"le": "1.0"}
     )

@@ -28,7 +28,7 @@ def test_the_four_dashboards_exist_and_are_well_formed() -> None:
         (
             "inference.json",
             [
-                "lodestar_inference_time_to_first_token_seconds_bucket",
+                "gen_ai_server_time_to_first_token_seconds_bucket",
                 "lodestar_inference_tokens_per_second_bucket",
                 "lodestar_inference_queue_depth",
                 "lodestar_inference_active_sequences",

@@ -31,7 +31,7 @@ async def _tokens(request: Any, context: Any) -> AsyncIterator[str]:
 
 
 async def _run(authorizer: RpcAuthorizer, token: str | None) -> list[str]:
-    behaviour = authorizer.wrap(_tokens, STREAM, True)
+    behaviour = authorizer.wrap(_tokens, STREAM, True, "server_stream")
     return [item async for item in behaviour(ipb.StreamGenerateTextRequest(), _Context(token))]
 
 
@@ -55,4 +55,6 @@ async def test_without_tokens_required_an_anonymous_call_passes() -> None:
 
 async def test_open_services_are_not_wrapped() -> None:
     authorizer = RpcAuthorizer(TokenVerifier(SETTINGS), required=True)
-    assert authorizer.wrap(_tokens, "/grpc.health.v1.Health/Watch", True) is _tokens
+    assert (
+        authorizer.wrap(_tokens, "/grpc.health.v1.Health/Watch", True, "server_stream") is _tokens
+    )

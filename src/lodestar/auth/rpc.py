@@ -319,7 +319,7 @@ class RpcAuthorizer:
         rule.bind(request, principal)
         return principal
 
-    def wrap(self, behaviour: Behaviour, method: str, streaming: bool) -> Behaviour:
+    def wrap(self, behaviour: Behaviour, method: str, streaming: bool, rpc_type: str) -> Behaviour:
         """``behaviour`` behind the checks (a ``runtime.interceptors.Wrapper``)."""
         if method.lstrip("/").partition("/")[0] in OPEN_SERVICES:
             return behaviour

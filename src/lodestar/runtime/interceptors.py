@@ -28,25 +28,28 @@ _log = logging.getLogger("lodestar.grpc")
 GRPC_STARTED = Counter(
     "grpc_server_started_total",
     "RPCs started on the server.",
-    ["grpc_service", "grpc_method"],
+    ["grpc_type", "grpc_service", "grpc_method"],
 )
 GRPC_HANDLED = Counter(
     "grpc_server_handled_total",
     "RPCs completed on the server, by status code.",
-    ["grpc_service", "grpc_method", "grpc_code"],
+    ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
 )
 GRPC_HANDLING_SECONDS = Histogram(
     "grpc_server_handling_seconds",
     "Time to handle an RPC (for streams: until the last message).",
-    ["grpc_service", "grpc_method"],
+    ["grpc_type", "grpc_service", "grpc_method"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 
 Behaviour = Callable[..., Any]
-# A wrapper gets the behaviour, the full method name and whether the response is a
-# stream; it returns the new behaviour. It runs once per method, not per call: what
-# depends on the call (its metadata) is read from the servicer context at call time.
-Wrapper = Callable[[Behaviour, str, bool], Behaviour]
+# A wrapper gets the behaviour, the full method name, whether the response is a
+# stream and the RPC's type; it returns the new behaviour. It runs once per method,
+# not per call: what depends on the call (its metadata) is read from the servicer
+# context at call time.
+Wrapper = Callable[[Behaviour, str, bool, str], Behaviour]
+# The RPC types are the grpc_type label of the usual gRPC server metrics
+# (go-grpc-prometheus's values): unary, server_stream, client_stream, bidi_stream.
 
 
 def _wrap_handler(
@@ -54,25 +57,25 @@ def _wrap_handler(
 ) -> grpc.RpcMethodHandler[Any, Any]:
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(
-            wrapper(handler.unary_unary, method, False),
+            wrapper(handler.unary_unary, method, False, "unary"),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
     if handler.unary_stream:
         return grpc.unary_stream_rpc_method_handler(
-            wrapper(handler.unary_stream, method, True),
+            wrapper(handler.unary_stream, method, True, "server_stream"),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
     if handler.stream_unary:
         return grpc.stream_unary_rpc_method_handler(
-            wrapper(handler.stream_unary, method, False),
+            wrapper(handler.stream_unary, method, False, "client_stream"),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
     if handler.stream_stream:
         return grpc.stream_stream_rpc_method_handler(
-            wrapper(handler.stream_stream, method, True),
+            wrapper(handler.stream_stream, method, True, "bidi_stream"),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -143,7 +146,9 @@ def _incoming_request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     return ""
 
 
-def _request_id_wrapper(behaviour: Behaviour, method: str, streaming: bool) -> Behaviour:
+def _request_id_wrapper(
+    behaviour: Behaviour, method: str, streaming: bool, rpc_type: str
+) -> Behaviour:
     if streaming:
 
         async def stream_behaviour(request: Any, context: Any) -> AsyncIterator[Any]:
@@ -191,15 +196,20 @@ def _code_name(context: grpc.aio.ServicerContext[Any, Any], default: str) -> str
     return default
 
 
-def _errors_and_metrics_wrapper(behaviour: Behaviour, method: str, streaming: bool) -> Behaviour:
+def _errors_and_metrics_wrapper(
+    behaviour: Behaviour, method: str, streaming: bool, rpc_type: str
+) -> Behaviour:
     service, name = _split_method(method)
-    started = GRPC_STARTED.labels(service, name)
-    seconds = GRPC_HANDLING_SECONDS.labels(service, name)
-    handled_ok = GRPC_HANDLED.labels(service, name, "OK")
+    started = GRPC_STARTED.labels(rpc_type, service, name)
+    seconds = GRPC_HANDLING_SECONDS.labels(rpc_type, service, name)
+    handled_ok = GRPC_HANDLED.labels(rpc_type, service, name, "OK")
 
     def done(start: float, code: str) -> None:
         seconds.observe(time.perf_counter() - start)
-        (handled_ok if code == "OK" else GRPC_HANDLED.labels(service, name, code)).inc()
+        if code == "OK":
+            handled_ok.inc()
+        else:
+            GRPC_HANDLED.labels(rpc_type, service, name, code).inc()
 
     if streaming:
 

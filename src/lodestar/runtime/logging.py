@@ -1,6 +1,7 @@
 """Structured logging: plain text for people, one JSON object a line for machines.
 
-Every record carries the current request id (and trace id when tracing is on).
+Every record carries the current request id (and the trace and span ids when
+tracing is on, as OpenTelemetry's log data model names them).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = current_request_id()
         span_context = trace.get_current_span().get_span_context()
-        record.trace_id = format(span_context.trace_id, "032x") if span_context.is_valid else ""
+        valid = span_context.is_valid
+        record.trace_id = format(span_context.trace_id, "032x") if valid else ""
+        record.span_id = format(span_context.span_id, "016x") if valid else ""
         return True
 
 

@@ -7,9 +7,11 @@ from typing import NamedTuple
 
 import grpc
 import numpy as np
+from opentelemetry import trace
 
 from lodestar.embedding.v1 import embedding_service_pb2 as pb
 from lodestar.embedding.v1 import embedding_service_pb2_grpc as pb_grpc
+from lodestar.runtime import genai
 from lodestar.runtime.errors import InvalidArgument
 from lodestar.services.embedding.batcher import DynamicBatcher
 from lodestar.services.embedding.engine import EmbeddingEngine
@@ -65,8 +67,10 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         max_queued_texts: int | None = None,
         max_texts_per_request: int,
         max_text_chars: int,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self._engine = engine
+        self._tracer = tracer or trace.get_tracer(__name__)
         self._max_texts = max_texts_per_request
         self._max_chars = max_text_chars
         self.batcher: DynamicBatcher[TextItem, pb.Embedding] = DynamicBatcher(
@@ -107,12 +111,18 @@ class EmbeddingServicer(pb_grpc.EmbeddingServiceServicer):
         texts = request.texts
         validate_texts(texts, max_texts=self._max_texts, max_chars=self._max_chars)
         normalize = request.normalize if request.HasField("normalize") else True
-        embeddings = await self.batcher.submit([TextItem(text, normalize) for text in texts])
+        model = self._model_info.name
+        with genai.operation_span(
+            self._tracer, genai.EMBEDDINGS, model, genai.SENTENCE_TRANSFORMERS
+        ) as span:
+            embeddings = await self.batcher.submit([TextItem(text, normalize) for text in texts])
+            total_tokens = sum(e.token_count for e in embeddings)
+            genai.record_response(span, model=model, input_tokens=total_tokens)
         return pb.EmbedTextsResponse(
             embeddings=embeddings,
-            model=self._model_info.name,
+            model=model,
             dimension=self._model_info.dimension,
-            total_tokens=sum(e.token_count for e in embeddings),
+            total_tokens=total_tokens,
         )
 
     async def GetModelInfo(

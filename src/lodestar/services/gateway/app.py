@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -34,11 +35,13 @@ from lodestar.services.gateway.flows.settings import FlowsSettings
 from lodestar.services.gateway.flows.usage import Scope, UsageMiddleware, UsageRecorder
 from lodestar.services.gateway.mcp import McpEndpoint, mcp_route
 from lodestar.services.gateway.middleware import GatewayMiddleware
+from lodestar.services.gateway.openai.errors import OpenAIRoute
 from lodestar.services.gateway.openai.routes import router as openai_router
 from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.pipeline import GeneratePipeline
 from lodestar.services.gateway.ratelimit import RouteClass, create_rate_limiter
 from lodestar.services.gateway.routes import API_ROUTERS, ROOT_ROUTERS, system
+from lodestar.services.gateway.schemas.errors import ErrorBody, OpenAIErrorBody, error_responses
 from lodestar.services.gateway.settings import DEVELOPMENT_SIGNING_KEY, GatewaySettings
 
 _log = logging.getLogger(__name__)
@@ -97,7 +100,9 @@ def route_security(app: FastAPI) -> list[RouteSecurity]:
             if declared:
                 need = declared[-1]
                 out.append(
-                    RouteSecurity(method, route.path, need.permission, need.route_class, True)
+                    RouteSecurity(
+                        method, route.path_format, need.permission, need.route_class, True
+                    )
                 )
             elif route.endpoint in _HANDLER_PERMISSIONS:
                 required = route.endpoint is not system.health and not (
@@ -105,10 +110,37 @@ def route_security(app: FastAPI) -> list[RouteSecurity]:
                 )
                 out.append(
                     RouteSecurity(
-                        method, route.path, _HANDLER_PERMISSIONS[route.endpoint], None, required
+                        method,
+                        route.path_format,
+                        _HANDLER_PERMISSIONS[route.endpoint],
+                        None,
+                        required,
                     )
                 )
     return out
+
+
+_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def _exact_integer_bounds(node: Any) -> None:
+    """FastAPI's document model keeps bounds as floats, which rounds 64-bit ones;
+    the wide integer bounds are powers of two (exact as floats), so those are
+    written back as the integers they are."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if (
+                key in _BOUNDS
+                and isinstance(value, float)
+                and value.is_integer()
+                and math.frexp(value)[0] == 0.5
+            ):
+                node[key] = int(value)
+            else:
+                _exact_integer_bounds(value)
+    elif isinstance(node, list):
+        for item in node:
+            _exact_integer_bounds(item)
 
 
 def _install_openapi_security(app: FastAPI) -> None:
@@ -141,6 +173,7 @@ def _install_openapi_security(app: FastAPI) -> None:
                 operation["description"] = (
                     operation.get("description", "") + f"\n\nRequires the **{needs}** permission."
                 ).strip()
+        _exact_integer_bounds(schema)
         app.openapi_schema = schema
         return schema
 
@@ -152,9 +185,10 @@ The REST front of Lodestar: text generation (JSON or Server-Sent Events),
 vectors and collections (by vector or by text), snapshots, analytics and health.
 
 Every route but the liveness probe takes a bearer JWT; each names the
-permission it needs. Errors share one body: `{"error": {"code", "message",
-"details", "request_id"}}`. `X-Request-Timeout` (e.g. `2.5s`) shortens a
-request's deadline.
+permission it needs. Errors share one body, `ErrorBody`: `{"error": {"code",
+"message", "details": {"reason", "field_violations", ...}, "request_id"}}`
+(the OpenAI-compatible routes answer in OpenAI's shape). `X-Request-Timeout`
+(e.g. `2.5s`) shortens a request's deadline.
 """
 
 
@@ -200,7 +234,9 @@ def create_app(
     if flows is not None:
         routers += [*FLOWS_ROUTERS, openai_router]
     for router in routers:
-        app.include_router(router)
+        # Every route documents the errors it can answer, in its API's shape.
+        body = OpenAIErrorBody if issubclass(router.route_class, OpenAIRoute) else ErrorBody
+        app.include_router(router, responses=error_responses(body))
     app.state.routers = routers
     mcp: McpEndpoint | None = None
     if flows is not None:

@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from lodestar.runtime.context import current_request_id
 from lodestar.runtime.errors import LodestarError, http_status_for
@@ -189,6 +190,17 @@ def _validation_response(error: RequestValidationError, content_type: str) -> Re
     )
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path: Starlette's own 405 names
+    only the first route whose path matched."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match is not Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_lodestar_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, LodestarError)
@@ -209,6 +221,7 @@ def install_error_handlers(app: FastAPI) -> None:
         elif status == 405:
             message = f"{request.method} is not allowed on {request.url.path}"
             reason = "METHOD_NOT_ALLOWED"
+            headers["Allow"] = ", ".join(_allowed_methods(request))
         elif status == 413:
             message = str(error.detail)
             reason = "BODY_TOO_LARGE"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Generic, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -40,9 +41,25 @@ HTTP_DURATION = Histogram(
 )
 BREAKER_STATE = Gauge(
     "lodestar_gateway_circuit_breaker_state",
-    "Circuit breaker of each backend replica: 0 closed, 1 half-open, 2 open.",
-    ["backend", "replica"],
+    "Circuit breaker of each backend replica: 1 for the state it is in (closed, "
+    "half_open or open), 0 for the others.",
+    ["backend", "replica", "state"],
 )
+BREAKER_STATES = ("closed", "half_open", "open")
+
+
+def set_breaker_state(backend: str, replica: str, state: str) -> None:
+    """A state set: one series per state, so that queries select a state by name."""
+    for name in BREAKER_STATES:
+        BREAKER_STATE.labels(backend, replica, name).set(1 if name == state else 0)
+
+
+def remove_breaker_state(backend: str, replica: str) -> None:
+    for name in BREAKER_STATES:
+        with contextlib.suppress(KeyError):
+            BREAKER_STATE.remove(backend, replica, name)
+
+
 RATE_LIMIT_REJECTIONS = Counter(
     "lodestar_gateway_rate_limit_rejections_total",
     "Requests refused with 429, by the limit reached (requests or tokens).",

@@ -48,12 +48,34 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"the request body is larger than {limit} bytes")
 
 
+def _end_server_span(
+    span: trace.Span, method: str, route: str | None, status: int, error_type: str
+) -> None:
+    """OpenTelemetry's HTTP server conventions: ``{method} {route}`` as the name,
+    the route template, the status, and ``error.type`` (the exception, else the
+    status code) with an error status for a 5xx."""
+    if route:
+        span.update_name(f"{method} {route}")
+        span.set_attribute("http.route", route)
+    span.set_attribute("http.response.status_code", status)
+    if status >= 500 or error_type:
+        span.set_attribute("error.type", error_type or str(status))
+        span.set_status(trace.StatusCode.ERROR)
+
+
 class GatewayMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, access_log: bool = True) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        access_log: bool = True,
+        tracer: trace.Tracer | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.access_log = access_log
-        self._tracer = trace.get_tracer("lodestar.gateway")
+        self._tracer = tracer or trace.get_tracer("lodestar.gateway")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -109,12 +131,19 @@ class GatewayMiddleware:
         # already have opened the server span from the traceparent: one is enough.
         if tracing_enabled() and not trace.get_current_span().get_span_context().is_valid:
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            # Named for the method until routing finds the template (semconv).
             span_cm = self._tracer.start_as_current_span(
-                f"{scope['method']} {scope['path']}",
+                scope["method"],
                 context=propagate.extract(headers),
                 kind=trace.SpanKind.SERVER,
+                attributes={
+                    "http.request.method": scope["method"],
+                    "url.path": scope["path"],
+                    "url.scheme": scope.get("scheme", "http"),
+                },
             )
             span_cm.__enter__()
+        error_type = ""
         try:
             if content_length is not None and content_length > limit:
                 await self._too_large(send_wrapper, limit)
@@ -123,7 +152,8 @@ class GatewayMiddleware:
         except BodyTooLarge:
             if not started:
                 await self._too_large(send_wrapper, limit)
-        except Exception:
+        except Exception as error:
+            error_type = type(error).__qualname__
             _log.exception("unhandled error in %s %s", scope["method"], scope["path"])
             if not started:
                 await send_wrapper(
@@ -139,8 +169,8 @@ class GatewayMiddleware:
         finally:
             elapsed = time.perf_counter() - start
             route = scope.get("route")
-            template = getattr(route, "path_format", None) or getattr(route, "path", None)
-            template = template or "unmatched"
+            matched = getattr(route, "path_format", None) or getattr(route, "path", None)
+            template = matched or "unmatched"
             method = scope["method"]
             HTTP_REQUESTS_BY(template, method, str(status)).inc()
             HTTP_DURATION_BY(template, method).observe(elapsed)
@@ -154,7 +184,7 @@ class GatewayMiddleware:
                     state.get(STATE_SUBJECT, "-"),
                 )
             if span_cm is not None:
-                trace.get_current_span().set_attribute("http.response.status_code", status)
+                _end_server_span(trace.get_current_span(), method, matched, status, error_type)
                 span_cm.__exit__(None, None, None)
             request_id_var.reset(token)
 

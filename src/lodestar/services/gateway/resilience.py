@@ -45,7 +45,11 @@ from lodestar.runtime.tls import TlsSettings
 from lodestar.services.gateway.backend_errors import AllReplicasUnavailable, backend_error
 from lodestar.services.gateway.deadline import CallOptions, Deadline
 from lodestar.services.gateway.discovery import RESOLVE_INTERVAL_S, Discovery, parse_target
-from lodestar.services.gateway.metrics import BACKEND_DURATION_BY, BREAKER_STATE
+from lodestar.services.gateway.metrics import (
+    BACKEND_DURATION_BY,
+    remove_breaker_state,
+    set_breaker_state,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -236,10 +240,9 @@ class ReplicaPool:
     def _replica(self, address: str) -> Replica:
         name = None if address in self._fixed else self._dns_name
         channel = channels.open_channel(address, self._tls, self._options, name)
-        gauge = BREAKER_STATE.labels(self.backend, address)
-        gauge.set(BreakerState.CLOSED)
+        set_breaker_state(self.backend, address, BreakerState.CLOSED.name.lower())
         breaker = CircuitBreaker(
-            self._failure_threshold, self._open_s, on_change=self._state_logger(address, gauge)
+            self._failure_threshold, self._open_s, on_change=self._state_logger(address)
         )
         per_service = {service: make(channel) for service, make in self._stubs.items()}
         return Replica(self.backend, address, channel, per_service, breaker)
@@ -267,8 +270,7 @@ class ReplicaPool:
         """No new calls for ``replica``; its channel closes when its calls finish
         (cut only after the longest time a server lets a call outlive its connection)."""
         _log.info("%s replica %s: left the records, draining", self.backend, replica.address)
-        with contextlib.suppress(KeyError):
-            BREAKER_STATE.remove(self.backend, replica.address)
+        remove_breaker_state(self.backend, replica.address)
         task = asyncio.create_task(
             replica.channel.close(MAX_CONNECTION_AGE_GRACE_S), name=f"retire {replica.address}"
         )
@@ -279,9 +281,9 @@ class ReplicaPool:
         if self._discovery is not None and not self._discovery.resolved:
             await self._discovery.start()
 
-    def _state_logger(self, address: str, gauge: Any) -> Callable[[BreakerState], None]:
+    def _state_logger(self, address: str) -> Callable[[BreakerState], None]:
         def changed(state: BreakerState) -> None:
-            gauge.set(int(state))
+            set_breaker_state(self.backend, address, state.name.lower())
             log = _log.warning if state is BreakerState.OPEN else _log.info
             log("%s replica %s: circuit breaker %s", self.backend, address, state.name.lower())
 

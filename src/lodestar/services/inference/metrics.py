@@ -18,10 +18,18 @@ CACHED_PROMPT_TOKENS_TOTAL = Counter(
     "Prompt tokens taken from the prompt cache instead of being processed.",
 )
 COMPLETION_TOKENS_TOTAL = Counter("lodestar_inference_completion_tokens_total", "Tokens generated.")
+# The two latencies OpenTelemetry's GenAI conventions define for model servers,
+# under their names (gen_ai.server.time_to_first_token and
+# gen_ai.server.time_per_output_token) as Prometheus spells them.
 TIME_TO_FIRST_TOKEN_SECONDS = Histogram(
-    "lodestar_inference_time_to_first_token_seconds",
+    "gen_ai_server_time_to_first_token_seconds",
     "From a request's arrival to its first generated token (queueing included).",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+TIME_PER_OUTPUT_TOKEN_SECONDS = Histogram(
+    "gen_ai_server_time_per_output_token_seconds",
+    "Decode time per generated token after the first, one observation per request.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5),
 )
 TOKENS_PER_SECOND = Histogram(
     "lodestar_inference_tokens_per_second",

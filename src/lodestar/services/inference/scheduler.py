@@ -360,8 +360,10 @@ class Scheduler:
             if request.cached_tokens:
                 metrics.CACHED_PROMPT_TOKENS_TOTAL.inc(request.cached_tokens)
         if request.completion_tokens > 1 and first:
-            metrics.TOKENS_PER_SECOND.observe(
-                (request.completion_tokens - 1) / max(now - first, 1e-9)
+            decode_s = max(now - first, 1e-9)
+            metrics.TOKENS_PER_SECOND.observe((request.completion_tokens - 1) / decode_s)
+            metrics.TIME_PER_OUTPUT_TOKEN_SECONDS.observe(
+                decode_s / (request.completion_tokens - 1)
             )
         if request.span is not None:
             request.span.set_attribute("inference.completion_tokens", request.completion_tokens)

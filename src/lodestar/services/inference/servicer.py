@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
 from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from opentelemetry import trace
 
 from lodestar import limits
 from lodestar.inference.v1 import inference_service_pb2 as pb
 from lodestar.inference.v1 import inference_service_pb2_grpc as pb_grpc
+from lodestar.runtime import genai
 from lodestar.runtime.errors import InvalidArgument, LodestarError
 from lodestar.services.inference import metrics
 from lodestar.services.inference.constraints import OutputConstraint
@@ -92,8 +96,9 @@ def _out_of_range(field: str, value: float, expected: str) -> InvalidArgument:
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
     """Every RPC of InferenceService over one continuously batched engine."""
 
-    def __init__(self, engine: InferenceEngine) -> None:
+    def __init__(self, engine: InferenceEngine, tracer: trace.Tracer | None = None) -> None:
         self._engine = engine
+        self._tracer = tracer or trace.get_tracer(__name__)
         info = engine.info
         self._model = info.name
         self._model_info = pb.ModelInfo(
@@ -321,15 +326,46 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             queue_ms=timing.queue_ms,
         )
 
+    def _span(
+        self, request: _GenerationMessage, prepared: PreparedGeneration
+    ) -> AbstractContextManager[trace.Span]:
+        params = prepared.params
+        return genai.operation_span(
+            self._tracer,
+            genai.CHAT if request.messages else genai.TEXT_COMPLETION,
+            self._model,
+            genai.LLAMA_CPP,
+            {
+                "gen_ai.request.max_tokens": params.max_tokens,
+                "gen_ai.request.temperature": params.temperature,
+                "gen_ai.request.top_p": params.top_p,
+                "gen_ai.request.top_k": params.top_k,
+            },
+        )
+
+    def _record(self, span: trace.Span, completion: Completion) -> None:
+        genai.record_response(
+            span,
+            model=self._model,
+            input_tokens=completion.usage.prompt_tokens,
+            output_tokens=completion.usage.completion_tokens,
+            finish_reasons=(completion.finish_reason.value,),
+        )
+
     async def _generate(
         self, request: _GenerationMessage, arrival: float
     ) -> pb.GenerateTextResponse:
         prepared = await self.prepare(request)
-        stream = self._engine.stream(
-            prepared.tokens, prepared.params, arrival=arrival, prompt_field=prepared.prompt_field
-        )
-        result = await stream.collect()
-        completion = result.completion
+        with self._span(request, prepared) as span:
+            stream = self._engine.stream(
+                prepared.tokens,
+                prepared.params,
+                arrival=arrival,
+                prompt_field=prepared.prompt_field,
+            )
+            result = await stream.collect()
+            completion = result.completion
+            self._record(span, completion)
         return pb.GenerateTextResponse(
             text=result.text,
             finish_reason=_FINISH_REASONS[completion.finish_reason],
@@ -370,15 +406,18 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     ) -> AsyncIterator[pb.StreamGenerateTextResponse]:
         arrival = time.perf_counter()
         method = "StreamGenerateText"
+        spans = contextlib.ExitStack()
         try:
             prepared = await self.prepare(request)
+            span = spans.enter_context(self._span(request, prepared))
             stream = self._engine.stream(
                 prepared.tokens,
                 prepared.params,
                 arrival=arrival,
                 prompt_field=prepared.prompt_field,
             )
-        except Exception:
+        except BaseException as error:
+            spans.__exit__(type(error), error, error.__traceback__)
             metrics.REQUESTS_TOTAL.labels(method, "error").inc()
             raise
         model = self._model
@@ -392,6 +431,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                     )
                     continue
                 reason = completion.finish_reason.value
+                self._record(span, completion)
                 yield pb.StreamGenerateTextResponse(
                     delta=chunk.text,
                     finish_reason=_FINISH_REASONS[completion.finish_reason],
@@ -407,6 +447,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             # Covers the client cancelling, a deadline and a failed send alike.
             stream.cancel()
             metrics.REQUESTS_TOTAL.labels(method, reason).inc()
+            spans.close()
 
     async def BatchGenerateText(
         self, request: pb.BatchGenerateTextRequest, context: Context

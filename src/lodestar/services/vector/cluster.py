@@ -80,7 +80,8 @@ def cluster_points(
     else:
         from sklearn.cluster import KMeans  # imported on first use: it takes seconds
 
-        k = max(1, min(num_clusters, len(ids)))
+        # No more clusters than distinct points (duplicates would leave some empty).
+        k = max(1, min(num_clusters, len(np.unique(data, axis=0))))
         model = KMeans(n_clusters=k, n_init="auto", random_state=seed)
         labels = model.fit_predict(data)
     groups: list[ClusterGroup] = []

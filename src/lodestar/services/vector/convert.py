@@ -28,14 +28,9 @@ from lodestar.runtime.errors import InvalidArgument
 from lodestar.services.vector import models as m
 from lodestar.vector.v1 import vector_service_pb2 as pb
 
-_COLLECTION_NAME = re.compile(
-    rf"[A-Za-z0-9][A-Za-z0-9_.\-]{{0,{limits.MAX_COLLECTION_NAME_CHARS - 1}}}"
-)
-_SNAPSHOT_NAME = re.compile(
-    rf"[A-Za-z0-9][A-Za-z0-9_.\-]{{0,{limits.MAX_SNAPSHOT_NAME_CHARS - 1}}}"
-)
-# Dotted JSON paths: "a", "a.b", "a[].b", "a[0]".
-_PAYLOAD_KEY = re.compile(r"[A-Za-z0-9_\-]+(\[\d*\])?(\.[A-Za-z0-9_\-]+(\[\d*\])?)*")
+_COLLECTION_NAME = re.compile(limits.COLLECTION_NAME_PATTERN)
+_SNAPSHOT_NAME = re.compile(limits.SNAPSHOT_NAME_PATTERN)
+_PAYLOAD_KEY = re.compile(limits.PAYLOAD_KEY_PATTERN)
 
 _DISTANCE_FROM_PB: Final = {
     pb.DISTANCE_UNSPECIFIED: m.Distance.COSINE,

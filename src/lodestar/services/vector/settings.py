@@ -93,7 +93,7 @@ class VectorSettings(ServerSettings):
         "clients that send larger batches.",
     )
     max_cluster_sample: int = Field(
-        50_000,
+        limits.DEFAULT_MAX_CLUSTER_SAMPLE,
         ge=10,
         description="Most points a ClusterPoints call may cluster; lower it if clustering "
         "calls take too long or too much memory.",

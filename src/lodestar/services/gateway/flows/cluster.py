@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, StrictBool, model_validator
 from starlette.responses import Response
 
 from lodestar import limits
@@ -25,10 +25,12 @@ from lodestar.services.gateway.responses import respond_json
 from lodestar.services.gateway.routes.base import api_router
 from lodestar.services.gateway.schemas.common import (
     CollectionName,
-    FiniteFloat,
+    Float32,
     NonEmptyText,
     PointIdIn,
     RequestModel,
+    UInt64,
+    exactly_one_of,
 )
 from lodestar.services.gateway.schemas.vector import ClusterAlgorithm, ClusterRequest, Filter
 from lodestar.vector.v1 import vector_service_pb2 as vpb
@@ -39,6 +41,8 @@ router = api_router("vectors")
 class ClusterSubsetRequest(RequestModel):
     """Cluster the points with these ids, or the points nearest these texts."""
 
+    model_config = ConfigDict(json_schema_extra=exactly_one_of("ids", "texts"))
+
     collection: CollectionName
     ids: Annotated[list[PointIdIn], Field(min_length=2, max_length=limits.MAX_IDS)] | None = None
     texts: (
@@ -48,7 +52,7 @@ class ClusterSubsetRequest(RequestModel):
     neighbours: int = Field(
         50, ge=1, le=limits.MAX_LIMIT, description="With texts: points taken nearest each text."
     )
-    score_threshold: FiniteFloat | None = Field(
+    score_threshold: Float32 | None = Field(
         None, description="With texts: only neighbours scoring better than this."
     )
     filter: Filter | None = None
@@ -59,9 +63,9 @@ class ClusterSubsetRequest(RequestModel):
     representatives: int = Field(
         limits.DEFAULT_REPRESENTATIVES, ge=0, le=limits.MAX_REPRESENTATIVES
     )
-    with_member_ids: bool = True
-    with_payload: bool = True
-    seed: int | None = Field(None, ge=0, le=2**64 - 1)
+    with_member_ids: StrictBool = True
+    with_payload: StrictBool = True
+    seed: UInt64 | None = None
 
     @model_validator(mode="after")
     def _ids_or_texts(self) -> ClusterSubsetRequest:

@@ -39,7 +39,13 @@ from lodestar.services.gateway.pipeline import Generation
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.responses import respond_json
 from lodestar.services.gateway.routes.base import api_router
-from lodestar.services.gateway.schemas.common import CollectionName, RequestModel
+from lodestar.services.gateway.schemas.common import (
+    MAX_POINT_NUM,
+    POINT_ID_PATTERN,
+    CollectionName,
+    RequestModel,
+    UInt64,
+)
 from lodestar.services.gateway.schemas.inference import GenerateRequest
 from lodestar.vector.v1 import vector_service_pb2 as vpb
 
@@ -52,8 +58,16 @@ router = api_router("feedback")
 class FeedbackRequest(RequestModel):
     """A score for an interaction stored with ``store_embedding``."""
 
-    interaction_id: int | str = Field(
-        description="The id returned in the generation's `stored.id`."
+    # A string is checked by the route (400 naming the field); the schema states
+    # what it takes.
+    interaction_id: UInt64 | str = Field(
+        description="The id returned in the generation's `stored.id`.",
+        json_schema_extra={
+            "anyOf": [
+                {"type": "integer", "minimum": 0, "exclusiveMaximum": MAX_POINT_NUM + 1},
+                {"type": "string", "pattern": POINT_ID_PATTERN},
+            ]
+        },
     )
     # The range is checked by the route (400 naming the field), not by the model.
     score: float = Field(

@@ -53,6 +53,7 @@ from lodestar.services.gateway.openai.tools import add_tools, check_chat, histor
 from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.responses import respond_json
+from lodestar.services.gateway.schemas.errors import EVENT_STREAM
 from lodestar.services.gateway.sse import event
 from lodestar.services.gateway.state import set_tokens
 
@@ -154,7 +155,9 @@ def _chunk_header(completion_id: str, created: int, model: str, kind: str) -> di
     return header
 
 
-@router.post("/chat/completions", summary="Chat completion (OpenAI-compatible)")
+@router.post(
+    "/chat/completions", summary="Chat completion (OpenAI-compatible)", responses=EVENT_STREAM
+)
 async def chat_completions(body: ChatCompletionRequest, call: Generate, flows: Flows) -> Response:
     """Chat completion; ``stream: true`` answers with ``chat.completion.chunk``
     events. Supports temperature, top_p, max_tokens (or max_completion_tokens),
@@ -205,7 +208,7 @@ async def chat_completions(body: ChatCompletionRequest, call: Generate, flows: F
     )
 
 
-@router.post("/completions", summary="Text completion (OpenAI-compatible)")
+@router.post("/completions", summary="Text completion (OpenAI-compatible)", responses=EVENT_STREAM)
 async def completions(body: CompletionRequest, call: Generate, flows: Flows) -> Response:
     """Raw text completion of one prompt (max_tokens defaults to 16, as in
     OpenAI's API); ``stream: true`` answers with ``text_completion`` events.

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from lodestar import limits
+from lodestar.services.gateway.schemas.common import refuse_bool_numbers
 
 _MAX_STOP = 4
 # Most choices (``n``) one request may ask for; each is a sequence decoded in parallel.
@@ -31,8 +32,15 @@ def unsupported(message: str) -> PydanticCustomError:
     return PydanticCustomError("unsupported_value", message)
 
 
+def _only(value: object) -> dict[str, Any]:
+    """JSON Schema of a parameter accepted only at its neutral value (or null)."""
+    return {"anyOf": [{"const": value}, {"type": "null"}]}
+
+
 class OpenAIModel(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    _no_bool_numbers = field_validator("*", mode="before")(classmethod(refuse_bool_numbers))
 
 
 class TextPart(OpenAIModel):
@@ -82,7 +90,7 @@ class JsonSchemaFormat(OpenAIModel):
     name: str = Field(min_length=1, max_length=64)
     description: str | None = None
     schema_: dict[str, Any] | None = Field(None, alias="schema")
-    strict: bool | None = None
+    strict: StrictBool | None = None
 
 
 class ResponseFormatIn(OpenAIModel):
@@ -97,7 +105,7 @@ class ResponseFormatIn(OpenAIModel):
 
 
 class StreamOptions(OpenAIModel):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 Stop = str | Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=_MAX_STOP)]
@@ -107,12 +115,12 @@ class SamplingIn(OpenAIModel):
     """Options shared by chat and text completions."""
 
     model: str = Field(min_length=1)
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=limits.TEMPERATURE[0], le=limits.TEMPERATURE[1])
     top_p: float | None = Field(None, gt=limits.TOP_P[0], le=limits.TOP_P[1])
     stop: Stop | None = None
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    seed: int | None = Field(None, ge=0, lt=2**63)
     n: int | None = Field(None, ge=1, le=MAX_CHOICES)
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
@@ -172,15 +180,15 @@ ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 class ChatCompletionRequest(SamplingIn):
     messages: Annotated[list[ChatMessageIn], Field(min_length=1)]
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=limits.MAX_CONTEXT_TOKENS)
+    max_completion_tokens: int | None = Field(None, ge=1, le=limits.MAX_CONTEXT_TOKENS)
     response_format: ResponseFormatIn | None = None
-    logprobs: bool | None = None
+    logprobs: StrictBool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     tools: Annotated[list[ToolIn], Field(max_length=128)] | None = None
     tool_choice: ToolChoice | None = None
-    parallel_tool_calls: bool | None = None
-    store: bool | None = None
+    parallel_tool_calls: StrictBool | None = None
+    store: StrictBool | None = None
     metadata: dict[str, str] | None = None
     service_tier: Literal["auto", "default", "flex", "priority"] | None = None
     reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
@@ -208,8 +216,8 @@ class ChatCompletionRequest(SamplingIn):
 
 class CompletionRequest(SamplingIn):
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
-    max_tokens: int | None = Field(16, ge=1)
-    echo: bool | None = None
+    max_tokens: int | None = Field(16, ge=1, le=limits.MAX_CONTEXT_TOKENS)
+    echo: StrictBool | None = None
     logprobs: int | None = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     suffix: str | None = None
     best_of: int | None = Field(None, ge=1, le=MAX_CHOICES)
@@ -237,7 +245,7 @@ class EmbeddingRequest(OpenAIModel):
     model: str = Field(min_length=1)
     input: str | Annotated[list[str], Field(min_length=1, max_length=2048)]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: int | None = Field(None, ge=1, le=limits.MAX_DIMENSION)
     user: str | None = None
 
     @property

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Query
@@ -17,17 +16,23 @@ from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.responses import respond_json
 from lodestar.services.gateway.routes.base import api_router
+from lodestar.services.gateway.schemas.common import Moment, OptionalCollectionName
 from lodestar.vector.v1 import analytics_service_pb2 as pb
 
 router = api_router("analytics")
 
-Since = Annotated[datetime | None, Query(description="Only records at or after this time.")]
+Since = Annotated[
+    Moment | None, Query(description="Only records at or after this time (RFC 3339).")
+]
+Collection = Annotated[
+    OptionalCollectionName, Query(description="One collection's records; empty for all.")
+]
 
 
 @router.get("/analytics/vectors", summary="Collection sizes and growth")
 async def vector_analytics(
     call: Annotated[Call, Depends(require(Permission.VIEW_ANALYTICS, RouteClass.READ))],
-    collection: Annotated[str, Query(max_length=limits.MAX_COLLECTION_NAME_CHARS)] = "",
+    collection: Collection = "",
     since: Since = None,
 ) -> Response:
     request = pb.GetVectorAnalyticsRequest(collection=collection)
@@ -40,7 +45,7 @@ async def vector_analytics(
 @router.get("/analytics/search", summary="Search volume, latency and popular queries")
 async def search_analytics(
     call: Annotated[Call, Depends(require(Permission.VIEW_ANALYTICS, RouteClass.READ))],
-    collection: Annotated[str, Query(max_length=limits.MAX_COLLECTION_NAME_CHARS)] = "",
+    collection: Collection = "",
     since: Since = None,
     top_queries: Annotated[
         int, Query(ge=1, le=limits.MAX_TOP_QUERIES)

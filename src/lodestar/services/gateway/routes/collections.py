@@ -8,7 +8,7 @@ from fastapi import Body, Depends, Path, Query
 from starlette.responses import Response
 
 from lodestar import limits
-from lodestar.runtime.errors import InvalidArgument
+from lodestar.runtime.errors import InvalidArgument, NotFound
 from lodestar.services.gateway.call import Call
 from lodestar.services.gateway.convert import vector as convert
 from lodestar.services.gateway.deps import require
@@ -30,7 +30,22 @@ from lodestar.vector.v1 import vector_service_pb2 as pb
 
 router = api_router("collections")
 
-Name = Annotated[str, Path(min_length=1, max_length=limits.MAX_COLLECTION_NAME_CHARS)]
+Name = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=limits.MAX_COLLECTION_NAME_CHARS,
+        pattern=limits.COLLECTION_NAME_PATTERN,
+    ),
+]
+SnapshotName = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=limits.MAX_SNAPSHOT_NAME_CHARS,
+        pattern=limits.SNAPSHOT_NAME_PATTERN,
+    ),
+]
 PageSize = Annotated[int, Query(ge=1, le=limits.MAX_PAGE_SIZE)]
 PageToken = Annotated[str, Query(max_length=4096)]
 
@@ -48,7 +63,9 @@ async def create_collection(
     if dimension is None or body.embedding_model:
         info = await call.backends.embedding.model_info(call.options)
         if body.embedding_model and body.embedding_model != info.name:
-            raise InvalidArgument(
+            # No such model here (as OpenAI answers an unknown model): a name the
+            # request's schema cannot rule out, known only to the embedding service.
+            raise NotFound(
                 f"embedding_model {body.embedding_model!r} is not served; "
                 f"the embedding service serves {info.name!r}",
                 field="embedding_model",
@@ -189,7 +206,7 @@ async def list_snapshots(
 )
 async def restore_snapshot(
     name: Name,
-    snapshot: Annotated[str, Path(min_length=1, max_length=limits.MAX_SNAPSHOT_NAME_CHARS)],
+    snapshot: SnapshotName,
     call: Annotated[Call, Depends(require(Permission.CREATE_SNAPSHOTS, RouteClass.ADMIN))],
     body: Annotated[RestoreSnapshotRequest | None, Body()] = None,
 ) -> Response:
@@ -216,7 +233,7 @@ async def restore_snapshot(
 )
 async def delete_snapshot(
     name: Name,
-    snapshot: Annotated[str, Path(min_length=1, max_length=limits.MAX_SNAPSHOT_NAME_CHARS)],
+    snapshot: SnapshotName,
     call: Annotated[Call, Depends(require(Permission.CREATE_SNAPSHOTS, RouteClass.ADMIN))],
 ) -> Response:
     call.collection(name)

@@ -24,6 +24,7 @@ from starlette.responses import Response
 from lodestar.services.gateway.call import Call
 from lodestar.services.gateway.context import gateway_of
 from lodestar.services.gateway.deps import authenticate, require
+from lodestar.services.gateway.errors import JSON
 from lodestar.services.gateway.metrics import (
     GENERATED_TOKENS,
     HTTP_REQUESTS,
@@ -37,7 +38,20 @@ router = api_router("system")
 scrape_router = APIRouter(tags=["system"])
 
 
-@router.get("/health", summary="Liveness, or backend health with HealthCheck")
+_HEALTH = {"type": "object", "properties": {"status": {"type": "string"}}, "required": ["status"]}
+
+
+@router.get(
+    "/health",
+    summary="Liveness, or backend health with HealthCheck",
+    responses={
+        200: {"content": {JSON: {"schema": _HEALTH}}},
+        503: {
+            "description": "A backend has no healthy replica (with a token only).",
+            "content": {JSON: {"schema": _HEALTH}},
+        },
+    },
+)
 async def health(request: Request) -> Response:
     """Without a token: ``{"status": "ok"}`` while the gateway runs. With a
     token (it needs HealthCheck): each backend's replicas, their gRPC health and
@@ -85,7 +99,17 @@ def _prometheus_text() -> Response:
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
-@scrape_router.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
+@scrape_router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,  # no media type of its own: the text is declared below
+    responses={
+        200: {
+            "description": "The Prometheus text exposition format (0.0.4).",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
+)
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition (needs ViewMetrics unless metrics are public)."""
     gateway = gateway_of(request)

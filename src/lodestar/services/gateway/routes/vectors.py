@@ -11,6 +11,7 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import Depends, Path, Query
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.responses import Response
 
 from lodestar import limits
@@ -26,7 +27,7 @@ from lodestar.services.gateway.pipeline import NotEnabled
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.responses import respond, respond_json
 from lodestar.services.gateway.routes.base import api_router
-from lodestar.services.gateway.schemas.common import parse_point_id
+from lodestar.services.gateway.schemas.common import POINT_ID_PATTERN, parse_point_id
 from lodestar.services.gateway.schemas.vector import (
     BatchRequest,
     BatchResponse,
@@ -49,10 +50,39 @@ from lodestar.vector.v1 import vector_service_pb2 as pb
 # The busiest routes first: routes are matched in order.
 router = api_router("vectors")
 
+
+class _PointIdConvertor(Convertor[str]):
+    """Matches only point ids, so that ``/vectors/batch`` is never taken for a
+    point: an unsupported method there is a 405, not a refused id."""
+
+    regex = POINT_ID_PATTERN[1:-1]
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("point_id", _PointIdConvertor())
+
 PointIdPath = Annotated[
-    str, Path(alias="id", description="Unsigned integer or UUID.", max_length=64)
+    str,
+    Path(
+        alias="id",
+        description="An unsigned 64-bit integer or a UUID.",
+        max_length=64,
+        pattern=POINT_ID_PATTERN,
+    ),
 ]
-CollectionQuery = Annotated[str, Query(min_length=1, max_length=limits.MAX_COLLECTION_NAME_CHARS)]
+CollectionQuery = Annotated[
+    str,
+    Query(
+        min_length=1,
+        max_length=limits.MAX_COLLECTION_NAME_CHARS,
+        pattern=limits.COLLECTION_NAME_PATTERN,
+    ),
+]
 
 
 async def embed(call: Call, texts: Sequence[str]) -> list[list[float]]:
@@ -98,7 +128,7 @@ async def search_vectors(
     return respond_json(hits)
 
 
-@router.get("/vectors/{id}", response_model=Point, summary="Get a point")
+@router.get("/vectors/{id:point_id}", response_model=Point, summary="Get a point")
 async def get_vector(
     point_id: PointIdPath,
     collection: CollectionQuery,
@@ -244,7 +274,7 @@ async def cluster_vectors(
     return respond(convert.cluster_from_proto(response, with_payload=body.with_payload))
 
 
-@router.put("/vectors/{id}", response_model=UpdatePointResponse, summary="Update a point")
+@router.put("/vectors/{id:point_id}", response_model=UpdatePointResponse, summary="Update a point")
 async def update_vector(
     point_id: PointIdPath,
     collection: CollectionQuery,
@@ -268,7 +298,9 @@ async def update_vector(
     )
 
 
-@router.delete("/vectors/{id}", response_model=DeletePointResponse, summary="Delete a point")
+@router.delete(
+    "/vectors/{id:point_id}", response_model=DeletePointResponse, summary="Delete a point"
+)
 async def delete_vector(
     point_id: PointIdPath,
     collection: CollectionQuery,

@@ -5,13 +5,18 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, StrictBool, model_validator
 
 from lodestar import limits
 from lodestar.services.gateway.schemas.common import (
     CollectionName,
+    Float32,
     RequestModel,
     ResponseModel,
+    UInt64,
+    exactly_one_of,
+    given,
+    none_of,
 )
 from lodestar.services.gateway.schemas.vector import Filter
 
@@ -24,11 +29,38 @@ class ChatRole(StrEnum):
 
 class ChatMessage(RequestModel):
     role: ChatRole
-    content: str
+    content: str = Field(min_length=1)
 
 
 class ResponseFormat(RequestModel):
     """Constrain the output: any JSON object, a JSON Schema, or a GBNF grammar."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {
+                    "allOf": [
+                        {"properties": {"type": {"enum": ["text", "json_object"]}}},
+                        none_of("json_schema", "grammar"),
+                    ]
+                },
+                {
+                    "allOf": [
+                        {"properties": {"type": {"const": "json_schema"}}},
+                        given("json_schema"),
+                        none_of("grammar"),
+                    ]
+                },
+                {
+                    "allOf": [
+                        {"properties": {"type": {"const": "grammar"}}},
+                        given(grammar={"type": "string", "minLength": 1}),
+                        none_of("json_schema"),
+                    ]
+                },
+            ]
+        }
+    )
 
     type: Literal["text", "json_object", "json_schema", "grammar"]
     json_schema: dict[str, Any] | None = Field(None, description="For type json_schema.")
@@ -50,6 +82,8 @@ class ResponseFormat(RequestModel):
 class GenerateItem(RequestModel):
     """One generation: a raw ``prompt`` or chat ``messages``, and sampling options."""
 
+    model_config = ConfigDict(json_schema_extra=exactly_one_of("prompt", "messages"))
+
     prompt: str | None = Field(None, min_length=1)
     messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
     max_tokens: int | None = Field(None, ge=1, le=limits.MAX_CONTEXT_TOKENS)
@@ -67,7 +101,7 @@ class GenerateItem(RequestModel):
         ]
         | None
     ) = None
-    seed: int | None = Field(None, ge=0, le=2**64 - 1)
+    seed: UInt64 | None = None
     response_format: ResponseFormat | None = None
 
     @model_validator(mode="after")
@@ -82,15 +116,30 @@ class ContextOptions(RequestModel):
 
     collection: CollectionName
     limit: int = Field(5, ge=1, le=50)
-    score_threshold: float | None = None
+    score_threshold: Float32 | None = None
     filter: Filter | None = None
 
 
 class GenerateRequest(GenerateItem):
     """``POST /api/v1/generate``; ``stream: true`` answers with Server-Sent Events."""
 
-    stream: bool = False
-    store_embedding: bool = Field(
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                exactly_one_of("prompt", "messages"),
+                {
+                    "anyOf": [
+                        none_of("collection"),
+                        given(store_embedding={"const": True}),
+                        given(use_feedback={"const": True}),
+                    ]
+                },
+            ]
+        }
+    )
+
+    stream: StrictBool = False
+    store_embedding: StrictBool = Field(
         False, description="Store prompt and answer as a vector; the response has its id."
     )
     collection: CollectionName | None = Field(
@@ -100,7 +149,9 @@ class GenerateRequest(GenerateItem):
     context: ContextOptions | None = Field(
         None, description="Retrieve passages and answer from them, with sources."
     )
-    use_feedback: bool = Field(False, description="Use well-scored past interactions as examples.")
+    use_feedback: StrictBool = Field(
+        False, description="Use well-scored past interactions as examples."
+    )
     session_id: str | None = Field(
         None,
         min_length=1,

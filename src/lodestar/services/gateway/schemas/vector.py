@@ -11,21 +11,35 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import Field, StrictBool, StrictInt, StrictStr, model_validator
+from pydantic import ConfigDict, Field, Strict, StrictBool, StrictStr, model_validator
 
 from lodestar import limits
 from lodestar.services.gateway.schemas.common import (
     CollectionName,
     FiniteFloat,
+    Float32,
+    Moment,
     NonEmptyText,
     Page,
     Payload,
+    PayloadKey,
     PointIdIn,
     PointIdOut,
     RequestModel,
     ResponseModel,
+    UInt64,
     VectorIn,
+    at_least_one_of,
+    exactly_one_of,
+    given,
+    none_of,
 )
+
+# Payload integers are the protos' int64, and match only integers (not 1.0 or "1").
+StrictInt64 = Annotated[int, Strict(), Field(ge=-(2**63), lt=2**63)]
+
+_Some = Field(min_length=1, max_length=limits.MAX_MATCH_VALUES)
+_MatchValues = Annotated[list[StrictStr], _Some] | Annotated[list[StrictInt64], _Some]
 
 # --- filters -----------------------------------------------------------------------------
 
@@ -40,14 +54,16 @@ def _exactly_one(model: RequestModel, names: tuple[str, ...], what: str) -> None
 class Match(RequestModel):
     """Equality, membership or full-text test of a payload value."""
 
-    keyword: StrictStr | None = None
-    integer: StrictInt | None = None
-    boolean: StrictBool | None = None
-    text: StrictStr | None = Field(None, description="Full-text match.")
-    any: list[StrictStr] | list[StrictInt] | None = Field(
-        None, description="Any of these keywords or integers."
+    model_config = ConfigDict(
+        json_schema_extra=exactly_one_of("keyword", "integer", "boolean", "text", "any", "except")
     )
-    except_: list[StrictStr] | list[StrictInt] | None = Field(
+
+    keyword: StrictStr | None = None
+    integer: StrictInt64 | None = None
+    boolean: StrictBool | None = None
+    text: StrictStr | None = Field(None, description="Full-text match.", pattern=r"\S")
+    any: _MatchValues | None = Field(None, description="Any of these keywords or integers.")
+    except_: _MatchValues | None = Field(
         None, alias="except", description="None of these keywords or integers."
     )
 
@@ -58,6 +74,7 @@ class Match(RequestModel):
 
 
 class Range(RequestModel):
+    model_config = ConfigDict(json_schema_extra=at_least_one_of("gt", "gte", "lt", "lte"))
     gt: FiniteFloat | None = None
     gte: FiniteFloat | None = None
     lt: FiniteFloat | None = None
@@ -71,10 +88,12 @@ class Range(RequestModel):
 
 
 class DatetimeRange(RequestModel):
-    gt: datetime | None = None
-    gte: datetime | None = None
-    lt: datetime | None = None
-    lte: datetime | None = None
+    model_config = ConfigDict(json_schema_extra=at_least_one_of("gt", "gte", "lt", "lte"))
+
+    gt: Moment | None = None
+    gte: Moment | None = None
+    lt: Moment | None = None
+    lte: Moment | None = None
 
     @model_validator(mode="after")
     def _bounded(self) -> DatetimeRange:
@@ -84,7 +103,18 @@ class DatetimeRange(RequestModel):
 
 
 class IsEmpty(RequestModel):
-    key: NonEmptyText
+    key: PayloadKey
+
+
+_KEY_TESTS = ("match", "range", "datetime_range")
+_OTHER_TESTS = ("is_empty", "has_id", "filter")
+# A key and one of its tests, or one test without a key: nothing else.
+_CONDITION: dict[str, Any] = {
+    "oneOf": [
+        *({"allOf": [given("key", test), none_of(*_OTHER_TESTS)]} for test in _KEY_TESTS),
+        *({"allOf": [given(test), none_of("key", *_KEY_TESTS)]} for test in _OTHER_TESTS),
+    ]
+}
 
 
 class Condition(RequestModel):
@@ -95,12 +125,14 @@ class Condition(RequestModel):
     ``{"key": "created", "datetime_range": {"gte": "2025-01-01T00:00:00Z"}}``.
     """
 
-    key: NonEmptyText | None = Field(None, description="Payload key (dotted paths nest).")
+    model_config = ConfigDict(json_schema_extra=_CONDITION)
+
+    key: PayloadKey | None = Field(None, description="Payload key (dotted paths nest).")
     match: Match | None = None
     range: Range | None = None
     datetime_range: DatetimeRange | None = None
     is_empty: IsEmpty | None = None
-    has_id: list[PointIdIn] | None = None
+    has_id: Annotated[list[PointIdIn], Field(min_length=1, max_length=limits.MAX_IDS)] | None = None
     filter: Filter | None = None
 
     @model_validator(mode="after")
@@ -123,6 +155,16 @@ class Filter(RequestModel):
     should: list[Condition] = Field(default_factory=list)
     must_not: list[Condition] = Field(default_factory=list)
 
+    @property
+    def conditions(self) -> int:
+        return len(self.must) + len(self.should) + len(self.must_not)
+
+
+# A filter that selects something: at least one condition.
+_SOME_CONDITION = {
+    "anyOf": [given(**{part: {"minItems": 1}}) for part in ("must", "should", "must_not")]
+}
+
 
 Condition.model_rebuild()
 
@@ -131,6 +173,8 @@ Condition.model_rebuild()
 
 class PointIn(RequestModel):
     """A point to write: a vector, or a text to embed."""
+
+    model_config = ConfigDict(json_schema_extra=exactly_one_of("vector", "text"))
 
     id: PointIdIn | None = Field(None, description="Generated (UUID) when absent.")
     vector: VectorIn | None = None
@@ -169,10 +213,21 @@ class ScoredPoint(ResponseModel):
 class UpdatePointRequest(RequestModel):
     """New vector (or text) and/or payload of an existing point."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                at_least_one_of("vector", "text", "payload"),
+                {"not": given("vector", "text")},
+            ]
+        }
+    )
+
     vector: VectorIn | None = None
     text: NonEmptyText | None = None
     payload: Payload | None = None
-    replace_payload: bool = Field(False, description="Replace the payload instead of merging.")
+    replace_payload: StrictBool = Field(
+        False, description="Replace the payload instead of merging."
+    )
 
     @model_validator(mode="after")
     def _something(self) -> UpdatePointRequest:
@@ -196,12 +251,16 @@ class DeletePointResponse(ResponseModel):
 class Selector(RequestModel):
     """Points by ids, by filter, or both (their intersection)."""
 
+    model_config = ConfigDict(
+        json_schema_extra={"anyOf": [given(ids={"minItems": 1}), given(filter=_SOME_CONDITION)]}
+    )
+
     ids: list[PointIdIn] | None = None
     filter: Filter | None = None
 
     @model_validator(mode="after")
     def _something(self) -> Selector:
-        if not self.ids and self.filter is None:
+        if not self.ids and (self.filter is None or not self.filter.conditions):
             raise ValueError("select points with ids, a filter, or both")
         return self
 
@@ -212,15 +271,19 @@ class UpsertOp(RequestModel):
 
 class SetPayloadOp(Selector):
     payload: Payload
-    overwrite: bool = False
+    overwrite: StrictBool = False
 
 
 class DeletePayloadKeysOp(Selector):
-    keys: Annotated[list[NonEmptyText], Field(min_length=1)]
+    keys: Annotated[list[PayloadKey], Field(min_length=1)]
 
 
 class Operation(RequestModel):
     """One step of a batch: exactly one of upsert, delete, set_payload, delete_payload_keys."""
+
+    model_config = ConfigDict(
+        json_schema_extra=exactly_one_of("upsert", "delete", "set_payload", "delete_payload_keys")
+    )
 
     upsert: UpsertOp | None = None
     delete: Selector | None = None
@@ -255,17 +318,19 @@ class BatchResponse(ResponseModel):
 class SearchRequest(RequestModel):
     """Nearest neighbours of a vector, or of a text's embedding."""
 
+    model_config = ConfigDict(json_schema_extra=exactly_one_of("vector", "text"))
+
     collection: CollectionName
     vector: VectorIn | None = None
     text: NonEmptyText | None = None
     filter: Filter | None = None
     limit: int = Field(limits.DEFAULT_LIMIT, ge=1, le=limits.MAX_LIMIT)
     offset: int = Field(0, ge=0, le=limits.MAX_OFFSET)
-    score_threshold: FiniteFloat | None = None
-    with_payload: bool = True
-    with_vector: bool = False
+    score_threshold: Float32 | None = None
+    with_payload: StrictBool = True
+    with_vector: StrictBool = False
     hnsw_ef: int | None = Field(None, ge=1, le=limits.MAX_HNSW_EF)
-    exact: bool = False
+    exact: StrictBool = False
 
     @model_validator(mode="after")
     def _query(self) -> SearchRequest:
@@ -309,6 +374,8 @@ class RecommendStrategy(StrEnum):
 class Example(RequestModel):
     """A recommendation example: a stored point's id, a vector or a text."""
 
+    model_config = ConfigDict(json_schema_extra=exactly_one_of("id", "vector", "text"))
+
     id: PointIdIn | None = None
     vector: VectorIn | None = None
     text: NonEmptyText | None = None
@@ -332,9 +399,9 @@ class RecommendRequest(RequestModel):
     filter: Filter | None = None
     limit: int = Field(limits.DEFAULT_LIMIT, ge=1, le=limits.MAX_LIMIT)
     offset: int = Field(0, ge=0, le=limits.MAX_OFFSET)
-    score_threshold: FiniteFloat | None = None
-    with_payload: bool = True
-    with_vector: bool = False
+    score_threshold: Float32 | None = None
+    with_payload: StrictBool = True
+    with_vector: StrictBool = False
 
 
 class ClusterAlgorithm(StrEnum):
@@ -349,13 +416,15 @@ class ClusterRequest(RequestModel):
     num_clusters: int = Field(
         limits.DEFAULT_CLUSTERS, ge=limits.MIN_CLUSTERS, le=limits.MAX_CLUSTERS
     )
-    sample_size: int = Field(limits.DEFAULT_CLUSTER_SAMPLE, ge=1, le=1_000_000)
+    sample_size: int = Field(
+        limits.DEFAULT_CLUSTER_SAMPLE, ge=1, le=limits.DEFAULT_MAX_CLUSTER_SAMPLE
+    )
     representatives: int = Field(
         limits.DEFAULT_REPRESENTATIVES, ge=0, le=limits.MAX_REPRESENTATIVES
     )
-    with_member_ids: bool = False
-    with_payload: bool = True
-    seed: int | None = Field(None, ge=0, le=2**64 - 1)
+    with_member_ids: StrictBool = False
+    with_payload: StrictBool = True
+    seed: UInt64 | None = None
 
 
 class Cluster(ResponseModel):
@@ -412,14 +481,15 @@ class HnswConfig(RequestModel):
 
 class ScalarQuantization(RequestModel):
     quantile: float | None = Field(None, gt=0.5, le=1.0)
-    always_ram: bool = False
+    always_ram: StrictBool = False
 
 
 class BinaryQuantization(RequestModel):
-    always_ram: bool = False
+    always_ram: StrictBool = False
 
 
 class Quantization(RequestModel):
+    model_config = ConfigDict(json_schema_extra=exactly_one_of("scalar", "binary"))
     scalar: ScalarQuantization | None = None
     binary: BinaryQuantization | None = None
 
@@ -438,7 +508,9 @@ class CreateCollectionRequest(RequestModel):
         None, description="Model whose vectors the collection holds (must be the one served)."
     )
     distance: Distance = Distance.COSINE
-    payload_schema: dict[str, PayloadFieldType] = Field(default_factory=dict)
+    payload_schema: dict[PayloadKey, PayloadFieldType] = Field(
+        default_factory=dict, json_schema_extra={"additionalProperties": False}
+    )
     hnsw: HnswConfig | None = None
     quantization: Quantization | None = None
 
@@ -446,8 +518,10 @@ class CreateCollectionRequest(RequestModel):
 class UpdateCollectionRequest(RequestModel):
     hnsw: HnswConfig | None = None
     quantization: Quantization | None = None
-    add_payload_fields: dict[str, PayloadFieldType] = Field(default_factory=dict)
-    remove_payload_fields: list[str] = Field(default_factory=list)
+    add_payload_fields: dict[PayloadKey, PayloadFieldType] = Field(
+        default_factory=dict, json_schema_extra={"additionalProperties": False}
+    )
+    remove_payload_fields: list[PayloadKey] = Field(default_factory=list)
 
 
 class CollectionConfig(ResponseModel):

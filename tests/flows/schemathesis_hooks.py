@@ -1,0 +1,61 @@
+"""Schemathesis hooks of the contract test (loaded through SCHEMATHESIS_HOOKS).
+
+Generation is the one expensive operation: a schema-valid request may ask for a
+whole context of tokens from a long prompt, a minute a request on a test
+machine. Before a generation request is sent, a valid ``max_tokens`` is lowered
+to a few tokens (an absent one set), prompt texts are cut to a few characters
+and a batch to a few items: each change keeps a valid request valid and leaves
+an invalid value as generated, so every generation route still answers for real
+and the schema's ranges are still checked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import schemathesis
+
+from lodestar import limits
+
+MAX_TOKENS = 4
+MAX_TEXT = 24
+MAX_ITEMS = 2
+_GENERATION_PATHS = ("/api/v1/generate", "/v1/chat/completions", "/v1/completions")
+_TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
+_MAX_BATCH = 64  # BatchGenerateRequest.requests: longer is invalid, and sent as it is
+
+
+def _short(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > MAX_TEXT:
+        return value[:MAX_TEXT]
+    if isinstance(value, list):
+        return [_short(item) for item in value]
+    if isinstance(value, dict):
+        return {k: _short(v) if k in ("content", "text") else v for k, v in value.items()}
+    return value
+
+
+def _cap(body: dict[str, Any]) -> None:
+    for field in _TOKEN_FIELDS:
+        value = body.get(field)
+        if type(value) is int and MAX_TOKENS < value <= limits.MAX_CONTEXT_TOKENS:
+            body[field] = MAX_TOKENS
+    if "max_completion_tokens" not in body and "max_tokens" not in body:
+        body["max_tokens"] = MAX_TOKENS
+    for field in ("prompt", "messages"):
+        if field in body:
+            body[field] = _short(body[field])
+
+
+@schemathesis.hook
+def before_call(ctx: Any, case: Any, **kwargs: Any) -> None:
+    if not case.path.startswith(_GENERATION_PATHS) or not isinstance(case.body, dict):
+        return
+    _cap(case.body)
+    items = case.body.get("requests")
+    if isinstance(items, list):
+        if len(items) <= _MAX_BATCH:
+            del items[MAX_ITEMS:]
+        for item in items:
+            if isinstance(item, dict):
+                _cap(item)

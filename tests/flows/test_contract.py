@@ -1,0 +1,88 @@
+"""The OpenAPI document is the contract: schemathesis, with every check, against
+the real stack finds nothing.
+
+Every operation the app's document lists is exercised (routes added later join
+by being in the document), with a fixed seed and a bounded number of examples
+per operation, so that a run is reproducible and takes minutes. What the run
+changes is stated in ``schemathesis.toml`` (exceptions, each with its reason)
+and ``schemathesis_hooks.py`` (generation lengths), next to this file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.flows.harness import RunningGateway
+
+SEED = 26
+MAX_EXAMPLES = 8
+HERE = Path(__file__).parent
+ROOT = HERE.parent.parent
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    reason="open findings: the OpenAI routes' message content and prompt may be empty by "
+    "their schema; the vector service answers 500 for a payload key with an array index "
+    "beyond 64 bits; use_after_free is not yet off for the snapshot list in the stateful "
+    "phase",
+    strict=False,
+)
+async def test_schemathesis_finds_nothing(gateway: RunningGateway, tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    log = tmp_path / "schemathesis.log"
+    output = log.open("wb")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
+        "SCHEMATHESIS_HOOKS": "tests.flows.schemathesis_hooks",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "--config-file",
+        str(HERE / "schemathesis.toml"),
+        "run",
+        f"{gateway.url}/openapi.json",
+        "--checks",
+        "all",
+        "--max-examples",
+        str(MAX_EXAMPLES),
+        "--seed",
+        str(SEED),
+        "--generation-database",
+        "none",
+        "--workers",
+        "1",
+        "--no-color",
+        "--request-timeout",
+        "180",
+        # The largest valid batches (thousands of texts to embed) take a while here.
+        "--max-response-time",
+        "120",
+        "--report",
+        "json,ndjson",
+        "--report-json-path",
+        str(report),
+        "--report-ndjson-path",
+        str(tmp_path / "events.ndjson"),
+        "-H",
+        f"Authorization: Bearer {gateway.token('admin', ttl_s=3600)}",
+        cwd=tmp_path,
+        env=env,
+        stdout=output,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    await process.wait()
+    output.close()
+    text = await asyncio.to_thread(log.read_text, errors="replace")
+    assert process.returncode == 0, text[-20000:]
+    summary = json.loads(await asyncio.to_thread(report.read_text))
+    assert summary, text[-5000:]
