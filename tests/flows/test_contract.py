@@ -26,14 +26,11 @@ HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(
-    reason="open findings: the OpenAI routes' message content and prompt may be empty by "
-    "their schema; the vector service answers 500 for a payload key with an array index "
-    "beyond 64 bits; use_after_free is not yet off for the snapshot list in the stateful "
-    "phase",
-    strict=False,
-)
+# Run by `make contract`, not by `make test`: it takes minutes, and it still has open
+# findings (the OpenAI routes' message content and prompt may be empty by their schema;
+# the vector service answers 500 for a payload key with an array index beyond 64 bits;
+# use_after_free is not yet off for the snapshot list in the stateful phase).
+@pytest.mark.contract
 async def test_schemathesis_finds_nothing(gateway: RunningGateway, tmp_path: Path) -> None:
     report = tmp_path / "report.json"
     log = tmp_path / "schemathesis.log"

@@ -98,7 +98,8 @@ async def test_a_permission_refusal(gateway: RunningGateway) -> None:
         refused = await _refusal(session, "remember", text="I like tea.")
         assert refused.startswith("MISSING_PERMISSION:")
         invalid = await _refusal(session, "search", collection="Not A Name!", text="x")
-        assert invalid.startswith("INVALID_NAME: collection")
+        # Refused by the request model's name pattern, naming the field.
+        assert invalid.startswith("INVALID_ARGUMENT: collection:"), invalid
 
 
 async def test_remember_and_recall_are_personal(gateway: RunningGateway) -> None:

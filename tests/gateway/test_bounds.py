@@ -28,10 +28,12 @@ from pydantic.fields import FieldInfo
 import lodestar.services.gateway as gateway_package
 from lodestar.inference.v1 import inference_service_pb2 as ipb
 from lodestar.services.gateway.flows.cluster import ClusterSubsetRequest
+from lodestar.services.gateway.flows.experiment_models import Variant
 from lodestar.services.gateway.openai import schemas as oai
 from lodestar.services.gateway.schemas import inference as inf
 from lodestar.services.gateway.schemas import vector as vec
 from lodestar.services.gateway.schemas.common import RequestModel
+from lodestar.services.gateway.schemas.points import ScrollRequest
 from lodestar.vector.v1 import vector_service_pb2 as vpb
 
 for _module in pkgutil.walk_packages(gateway_package.__path__, f"{gateway_package.__name__}."):
@@ -66,10 +68,13 @@ PROTO_OF: dict[type[BaseModel], Descriptor] = {
     oai.SamplingIn: ipb.SamplingOptions.DESCRIPTOR,
     oai.ChatCompletionRequest: ipb.SamplingOptions.DESCRIPTOR,
     oai.CompletionRequest: ipb.SamplingOptions.DESCRIPTOR,
+    ScrollRequest: vpb.ListPointsRequest.DESCRIPTOR,
+    Variant: ipb.SamplingOptions.DESCRIPTOR,
 }
 _POINT_ID = vpb.PointId.DESCRIPTOR.fields_by_name["num"]
 _VECTOR = vpb.Vector.DESCRIPTOR.fields_by_name["values"]
 _SEARCH = vpb.SearchPointsRequest.DESCRIPTOR.fields_by_name
+_GENERATE = ipb.GenerateTextRequest.DESCRIPTOR.fields_by_name
 # Fields whose proto field has another name or lives in another message.
 RENAMED: dict[str, FieldDescriptor] = {
     "SearchRequest.hnsw_ef": vpb.SearchParams.DESCRIPTOR.fields_by_name["hnsw_ef"],
@@ -94,17 +99,21 @@ RENAMED: dict[str, FieldDescriptor] = {
         "max_tokens"
     ],
     "FeedbackRequest.interaction_id": _POINT_ID,
+    "ChatCompletionRequest.top_logprobs": _GENERATE["top_logprobs"],
+    "CompletionRequest.logprobs": _GENERATE["top_logprobs"],
+    "Variant.limit": _SEARCH["limit"],
+    "Variant.score_threshold": _SEARCH["score_threshold"],
 }
 # Numbers that are not copied into any proto field, and why.
 NOT_SENT: dict[str, str] = {
     "FeedbackRequest.score": "checked by the route against 1..5, stored as a payload value",
     "EmbeddingRequest.dimensions": "must equal the served model's dimension; refused otherwise",
-    "SamplingIn.n": "only 1 is accepted",
+    "SamplingIn.n": "the number of parallel requests made (at most MAX_CHOICES)",
     "SamplingIn.presence_penalty": "only 0 is accepted",
     "SamplingIn.frequency_penalty": "only 0 is accepted",
     "SamplingIn.logit_bias": "only empty is accepted",
-    "CompletionRequest.logprobs": "only null is accepted",
-    "CompletionRequest.best_of": "only 1 is accepted",
+    "CompletionRequest.best_of": "must equal n; refused otherwise",
+    "Variant.weight": "the variant's share of traffic, kept by the gateway",
 }
 
 

@@ -292,6 +292,9 @@ def test_every_service_exports_its_metric_families(live: LiveStack) -> None:
             owners = [name.split("_")[1]]
         elif name.startswith("grpc_server_"):
             owners = list(GRPC_SERVICES)
+        elif name.startswith("gen_ai_server_"):
+            # The GenAI server latencies: time to first token and per output token.
+            owners = ["inference"]
         else:
             owners = [*GRPC_SERVICES, "gateway"]
         for service in owners:

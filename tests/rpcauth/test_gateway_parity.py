@@ -143,7 +143,10 @@ async def test_the_gateways_own_token_carries_only_what_it_needs(tmp_path: Path)
     assert {p.value for p in principal.permissions} == {
         "AdministerSystem",
         "ManageCollections",
+        "SearchVectors",
+        "InsertVectors",
         "UpdateVectors",
+        "DeleteVectors",
     }
 
     token_file = tmp_path / "token"

@@ -33,5 +33,8 @@ class BackendCalls:
         return await self._backends.vector.list_points(request, self._options())
 
     async def delete(self, request: vpb.DeletePointsRequest) -> int:
-        response = await self._backends.vector.delete_points(request, self._options())
+        # On the gateway's authority: the route has checked the caller (replacing a
+        # document removes its old chunks for a caller who may only insert; deleting
+        # one needs DeleteVectors at the route), and the request keeps their tenant.
+        response = await self._backends.vector.delete_points(request, self._options().as_gateway())
         return int(response.deleted_count)

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from lodestar import limits
-from lodestar.services.gateway.schemas.common import RequestModel, ResponseModel
+from lodestar.services.gateway.schemas.common import Float32, RequestModel, ResponseModel
 
 ExperimentStatus = Literal["draft", "running", "stopped"]
 # The generation routes an experiment can apply to: /api/v1/generate and the
@@ -49,7 +49,7 @@ class Variant(RequestModel):
     limit: int | None = Field(
         None, ge=1, le=50, description="Passages retrieved, for requests with context."
     )
-    score_threshold: float | None = Field(
+    score_threshold: Float32 | None = Field(
         None, description="Least passage score, for requests with context."
     )
     use_feedback: bool | None = Field(None, description="Well-scored interactions as examples.")
