@@ -34,12 +34,12 @@ from pathlib import Path
 import httpx
 
 from bench.ingest import RAW_BATCH, TARGET_RATIO, inprocess_services, raw_throughput
+from lodestar.auth.tokens import mint_token
 from lodestar.documents.formats import DocumentFormat, parse_document
 from lodestar.documents.pipeline import DocumentInput, plan_chunks
 from lodestar.ingest.chunking import ChunkingOptions
 from lodestar.services.embedding.engine import EmbeddingEngine
 from lodestar.services.embedding.settings import EmbeddingSettings
-from lodestar.services.gateway.auth import mint_token
 from lodestar.services.gateway.server import bound_port, create_server
 from lodestar.services.gateway.settings import GatewaySettings
 

@@ -42,7 +42,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,14 +50,14 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.processes import free_port, service_process
+from bench.processes import stack_processes
+from lodestar.auth.tokens import mint_token
 from lodestar.embedding.v1 import embedding_service_pb2 as epb
 from lodestar.embedding.v1 import embedding_service_pb2_grpc as epb_grpc
 from lodestar.inference.v1 import inference_service_pb2 as ipb
 from lodestar.inference.v1 import inference_service_pb2_grpc as ipb_grpc
 from lodestar.runtime.channels import insecure_channel
 from lodestar.runtime.protojson import struct_to_dict
-from lodestar.services.gateway.auth import mint_token
 from lodestar.services.gateway.flows import prompting
 from lodestar.services.gateway.flows.budget import PROMPT_SAFETY_TOKENS, fit
 from lodestar.services.gateway.flows.prompting import Passage, Turn
@@ -281,45 +280,15 @@ async def _insert_corpus(http: httpx.AsyncClient) -> None:
 async def measure(
     args: argparse.Namespace,
 ) -> tuple[list[Run], list[Run], dict[str, float]]:
-    ports = {name: free_port() for name in ("embedding", "vector", "inference", "gateway")}
-    addresses = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
-    data_dir = tempfile.mkdtemp(prefix="lodestar-bench-flows-")
-    limits = '{"read": 1000000000, "write": 1000000000, "generate": 1000000000}'
-    envs = {
-        "embedding": {"LODESTAR_EMBEDDING_PORT": str(ports["embedding"])},
-        "vector": {
-            "LODESTAR_VECTOR_PORT": str(ports["vector"]),
-            "LODESTAR_VECTOR_DATA_DIR": data_dir,
-        },
-        "inference": {"LODESTAR_INFERENCE_PORT": str(ports["inference"])},
-    }
-    for name, env in envs.items():
-        env[f"LODESTAR_{name.upper()}_METRICS_PORT"] = "0"
-    gateway_env = {
-        "LODESTAR_GATEWAY_PORT": str(ports["gateway"]),
-        "LODESTAR_GATEWAY_EMBEDDING_ADDRESSES": addresses["embedding"],
-        "LODESTAR_GATEWAY_VECTOR_ADDRESSES": addresses["vector"],
-        "LODESTAR_GATEWAY_INFERENCE_ADDRESSES": addresses["inference"],
-        "LODESTAR_GATEWAY_ACCESS_LOG": "false",
-        "LODESTAR_GATEWAY_REQUESTS_PER_MINUTE": limits,
-        "LODESTAR_GATEWAY_GENERATED_TOKENS_PER_MINUTE": "0",
-    }
-    url = f"http://127.0.0.1:{ports['gateway']}"
     token = mint_token(GatewaySettings(), "bench", ["admin"], 3600)
     direct_runs: list[Run] = []
     gateway_runs: list[Run] = []
     async with contextlib.AsyncExitStack() as stack:
-        for name, env in envs.items():
-            await stack.enter_async_context(
-                service_process(f"lodestar.services.{name}", env, grpc_address=addresses[name])
-            )
-        await stack.enter_async_context(
-            service_process("lodestar.services.gateway", gateway_env, http_url=url)
-        )
+        url, addresses = await stack.enter_async_context(stack_processes("lodestar-bench-flows-"))
         print("stack ready", flush=True)
         channels = {
             name: await stack.enter_async_context(insecure_channel(addresses[name]))
-            for name in envs
+            for name in ("embedding", "vector", "inference")
         }
         http = await stack.enter_async_context(
             httpx.AsyncClient(

@@ -50,8 +50,8 @@ import httpx
 
 from bench.http import KeepAliveHttp
 from bench.processes import cpu_seconds, free_port, metric_samples, service_process
+from lodestar.auth.tokens import mint_token
 from lodestar.runtime.channels import insecure_channel
-from lodestar.services.gateway.auth import mint_token
 from lodestar.services.gateway.settings import GatewaySettings
 from lodestar.vector.v1 import vector_service_pb2 as pb
 from lodestar.vector.v1 import vector_service_pb2_grpc as pb_grpc

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
@@ -138,3 +139,49 @@ def service_process(
         ready=ready,
         timeout_s=timeout_s,
     )
+
+
+# Request budgets no benchmark reaches: the gateway's limits stay out of its figures.
+UNLIMITED_REQUESTS = '{"read": 1000000000, "write": 1000000000, "generate": 1000000000}'
+
+
+@contextlib.asynccontextmanager
+async def stack_processes(
+    prefix: str, gateway_env: dict[str, str] | None = None
+) -> AsyncIterator[tuple[str, dict[str, str]]]:
+    """The four services as their own processes on free loopback ports (the vector
+    service in a temporary data directory, the gateway without rate limits, access
+    log or metrics ports, plus ``gateway_env``); yields the gateway's URL and each
+    backend's gRPC address."""
+    ports = {name: free_port() for name in ("embedding", "vector", "inference", "gateway")}
+    addresses = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
+    envs = {
+        "embedding": {"LODESTAR_EMBEDDING_PORT": str(ports["embedding"])},
+        "vector": {
+            "LODESTAR_VECTOR_PORT": str(ports["vector"]),
+            "LODESTAR_VECTOR_DATA_DIR": tempfile.mkdtemp(prefix=prefix),
+        },
+        "inference": {"LODESTAR_INFERENCE_PORT": str(ports["inference"])},
+    }
+    for name, env in envs.items():
+        env[f"LODESTAR_{name.upper()}_METRICS_PORT"] = "0"
+    gateway = {
+        "LODESTAR_GATEWAY_PORT": str(ports["gateway"]),
+        "LODESTAR_GATEWAY_EMBEDDING_ADDRESSES": addresses["embedding"],
+        "LODESTAR_GATEWAY_VECTOR_ADDRESSES": addresses["vector"],
+        "LODESTAR_GATEWAY_INFERENCE_ADDRESSES": addresses["inference"],
+        "LODESTAR_GATEWAY_ACCESS_LOG": "false",
+        "LODESTAR_GATEWAY_REQUESTS_PER_MINUTE": UNLIMITED_REQUESTS,
+        "LODESTAR_GATEWAY_GENERATED_TOKENS_PER_MINUTE": "0",
+        **(gateway_env or {}),
+    }
+    url = f"http://127.0.0.1:{ports['gateway']}"
+    async with contextlib.AsyncExitStack() as stack:
+        for name, env in envs.items():
+            await stack.enter_async_context(
+                service_process(f"lodestar.services.{name}", env, grpc_address=addresses[name])
+            )
+        await stack.enter_async_context(
+            service_process("lodestar.services.gateway", gateway, http_url=url)
+        )
+        yield url, addresses

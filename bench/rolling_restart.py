@@ -41,7 +41,7 @@ import httpx
 
 from bench.processes import command_process, free_port, service_process
 from bench.soak import COLLECTION, LABELS, LOAD_ENV, MIX, Failed, Load
-from lodestar.services.gateway.auth import mint_token
+from lodestar.auth.tokens import mint_token
 from lodestar.services.gateway.settings import GatewaySettings
 
 HOSTS = ("127.0.0.2", "127.0.0.3")

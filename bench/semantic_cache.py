@@ -28,15 +28,14 @@ import asyncio
 import contextlib
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import httpx
 
-from bench.processes import free_port, service_process
-from lodestar.services.gateway.auth import mint_token
+from bench.processes import stack_processes
+from lodestar.auth.tokens import mint_token
 from lodestar.services.gateway.settings import GatewaySettings
 
 HIT_GOAL_MS = 10.0
@@ -74,41 +73,15 @@ async def _ask(
 
 
 async def measure(args: argparse.Namespace) -> dict[str, list[float]]:
-    ports = {name: free_port() for name in ("embedding", "vector", "inference", "gateway")}
-    addresses = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
-    data_dir = tempfile.mkdtemp(prefix="lodestar-bench-cache-")
-    limits = '{"read": 1000000000, "write": 1000000000, "generate": 1000000000}'
-    envs = {
-        "embedding": {"LODESTAR_EMBEDDING_PORT": str(ports["embedding"])},
-        "vector": {
-            "LODESTAR_VECTOR_PORT": str(ports["vector"]),
-            "LODESTAR_VECTOR_DATA_DIR": data_dir,
-        },
-        "inference": {"LODESTAR_INFERENCE_PORT": str(ports["inference"])},
-    }
-    for name, env in envs.items():
-        env[f"LODESTAR_{name.upper()}_METRICS_PORT"] = "0"
-    gateway_env = {
-        "LODESTAR_GATEWAY_PORT": str(ports["gateway"]),
-        "LODESTAR_GATEWAY_EMBEDDING_ADDRESSES": addresses["embedding"],
-        "LODESTAR_GATEWAY_VECTOR_ADDRESSES": addresses["vector"],
-        "LODESTAR_GATEWAY_INFERENCE_ADDRESSES": addresses["inference"],
-        "LODESTAR_GATEWAY_ACCESS_LOG": "false",
-        "LODESTAR_GATEWAY_REQUESTS_PER_MINUTE": limits,
-        "LODESTAR_GATEWAY_GENERATED_TOKENS_PER_MINUTE": "0",
+    token = mint_token(GatewaySettings(), "bench", ["admin"], 3600)
+    times: dict[str, list[float]] = {"generation": [], "repeated": [], "paraphrased": []}
+    cache_env = {
         "LODESTAR_GATEWAY_SEMANTIC_CACHE": "true",
         "LODESTAR_GATEWAY_CACHE_MIN_SIMILARITY": str(THRESHOLD),
     }
-    url = f"http://127.0.0.1:{ports['gateway']}"
-    token = mint_token(GatewaySettings(), "bench", ["admin"], 3600)
-    times: dict[str, list[float]] = {"generation": [], "repeated": [], "paraphrased": []}
     async with contextlib.AsyncExitStack() as stack:
-        for name, env in envs.items():
-            await stack.enter_async_context(
-                service_process(f"lodestar.services.{name}", env, grpc_address=addresses[name])
-            )
-        await stack.enter_async_context(
-            service_process("lodestar.services.gateway", gateway_env, http_url=url)
+        url, _ = await stack.enter_async_context(
+            stack_processes("lodestar-bench-cache-", cache_env)
         )
         print("stack ready", flush=True)
         http = await stack.enter_async_context(

@@ -45,7 +45,7 @@ import httpx
 
 from bench.flows import MODULES, QUESTIONS
 from bench.processes import child_pids, command_process, free_port, http_ready
-from lodestar.services.gateway.auth import mint_token
+from lodestar.auth.tokens import mint_token
 from lodestar.services.gateway.settings import GatewaySettings
 
 COLLECTION = "soak"

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from lodestar.services.gateway.auth import mint_token
+from lodestar.auth.tokens import mint_token
 from lodestar.services.gateway.settings import GatewaySettings
 
 CHROMIUM = "/usr/bin/chromium"

@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
+from lodestar.auth.tokens import mint_token
 from lodestar.services.gateway.app import create_app
-from lodestar.services.gateway.auth import mint_token
 from lodestar.services.gateway.server import bound_port, create_server
 from lodestar.services.gateway.settings import GatewaySettings
 

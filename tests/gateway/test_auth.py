@@ -17,9 +17,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from lodestar.auth.permissions import Permission
+from lodestar.auth.tokens import TokenVerifier, mint_token
 from lodestar.runtime.errors import Unauthenticated, Unavailable
-from lodestar.services.gateway.auth import TokenVerifier, mint_token, parse_duration
-from lodestar.services.gateway.permissions import Permission
+from lodestar.services.gateway.auth import parse_duration
 from lodestar.services.gateway.settings import GatewaySettings
 from tests.gateway.harness import RunningGateway, free_port
 

@@ -10,8 +10,8 @@ from collections.abc import Iterable
 import httpx
 import pytest
 
+from lodestar.auth.permissions import Permission
 from lodestar.inference.v1 import inference_service_pb2 as ipb
-from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.pipeline import Generation
 from lodestar.services.gateway.schemas.inference import GenerateRequest
 from tests.gateway.fakes import FakeBackends

@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
+from lodestar.auth.permissions import DEFAULT_ROLES, Permission
 from lodestar.services.gateway.app import route_security
 from lodestar.services.gateway.documents.jobs import JobRecord
-from lodestar.services.gateway.permissions import DEFAULT_ROLES, Permission
 from tests.gateway.harness import ROLES, RunningGateway
 
 P = Permission

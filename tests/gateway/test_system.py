@@ -11,7 +11,7 @@ import sys
 import httpx
 import pytest
 
-from lodestar.services.gateway.auth import TokenVerifier, mint_token
+from lodestar.auth.tokens import TokenVerifier, mint_token
 from lodestar.services.gateway.cli import token_main
 from lodestar.services.gateway.server import create_server
 from lodestar.services.gateway.settings import GatewaySettings

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from google.protobuf import json_format
 
+from lodestar.auth.tokens import mint_token
 from lodestar.documents.formats import DocumentFormat, ParsedDocument
 from lodestar.documents.pipeline import DocumentInput, WriteOptions
 from lodestar.ingest import IngestOptions, Ingestor, ingest_main
@@ -23,7 +24,6 @@ from lodestar.ingest.chunking import ChunkingOptions
 from lodestar.ingest.sinks import GatewaySink, IngestError, RetryPolicy
 from lodestar.ingest.sources import discover
 from lodestar.services.gateway.app import create_app
-from lodestar.services.gateway.auth import mint_token
 from lodestar.services.gateway.server import bound_port, create_server
 from lodestar.services.gateway.settings import GatewaySettings
 from lodestar.vector.v1 import vector_service_pb2 as vector_pb

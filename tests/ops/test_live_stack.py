@@ -185,7 +185,7 @@ def _prometheus_config(stack: LiveStack) -> Path:
 
 def _drive_traffic(stack: LiveStack) -> None:
     """A little of everything, so that labelled series exist."""
-    from lodestar.services.gateway.auth import mint_token
+    from lodestar.auth.tokens import mint_token
     from lodestar.services.gateway.settings import GatewaySettings
 
     token = mint_token(GatewaySettings(), "ops-test", ["admin"], 600)

@@ -160,7 +160,7 @@ def _traced_env(stack: LiveStack, receiver_port: int) -> Callable[[str], dict[st
 
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TracedStack]:
-    from lodestar.services.gateway.auth import mint_token
+    from lodestar.auth.tokens import mint_token
     from lodestar.services.gateway.settings import GatewaySettings
 
     receiver = TraceReceiver()

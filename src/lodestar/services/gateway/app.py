@@ -22,7 +22,8 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute, APIRouter
 
-from lodestar.services.gateway.auth import TokenVerifier
+from lodestar.auth.permissions import Permission
+from lodestar.auth.tokens import TokenVerifier
 from lodestar.services.gateway.backends import Backends
 from lodestar.services.gateway.console import install_console
 from lodestar.services.gateway.context import Gateway
@@ -37,7 +38,6 @@ from lodestar.services.gateway.mcp import McpEndpoint, mcp_route
 from lodestar.services.gateway.middleware import GatewayMiddleware
 from lodestar.services.gateway.openai.errors import OpenAIRoute
 from lodestar.services.gateway.openai.routes import router as openai_router
-from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.pipeline import GeneratePipeline
 from lodestar.services.gateway.ratelimit import RouteClass, create_rate_limiter
 from lodestar.services.gateway.routes import API_ROUTERS, ROOT_ROUTERS, system

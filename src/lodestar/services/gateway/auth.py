@@ -1,15 +1,9 @@
-"""The gateway's side of bearer tokens: what it takes from the shared verifier
-(``lodestar.auth.tokens``, which the gRPC services use too) and the durations the
-``lodestar token`` command reads.
-"""
+"""The durations the ``lodestar token`` command reads; tokens themselves are
+made and verified by ``lodestar.auth.tokens``, shared with the gRPC services."""
 
 from __future__ import annotations
 
 import re
-
-from lodestar.auth.tokens import TokenVerifier, mint_token
-
-__all__ = ["TokenVerifier", "mint_token", "parse_duration"]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _SECONDS_PER_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}

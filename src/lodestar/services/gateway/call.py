@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
+from lodestar.auth.permissions import Permission, Principal, missing_permission
 from lodestar.runtime.errors import PermissionDenied
 from lodestar.services.gateway.backends import Backends
 from lodestar.services.gateway.deadline import CallOptions
-from lodestar.services.gateway.permissions import Permission, Principal, missing_permission
 from lodestar.services.gateway.ratelimit import RateLimiter
 from lodestar.services.gateway.settings import GatewaySettings
 

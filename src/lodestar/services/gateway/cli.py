@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lodestar.services.gateway.auth import mint_token, parse_duration
-from lodestar.services.gateway.permissions import Permission
+from lodestar.auth.permissions import Permission
+from lodestar.auth.tokens import mint_token
+from lodestar.services.gateway.auth import parse_duration
 from lodestar.services.gateway.settings import GatewaySettings
 
 

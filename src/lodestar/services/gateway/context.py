@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from lodestar.services.gateway.auth import TokenVerifier
+from lodestar.auth.tokens import TokenVerifier
 from lodestar.services.gateway.backends import Backends
 from lodestar.services.gateway.documents.service import Documents
 from lodestar.services.gateway.flows.runtime import FlowsRuntime

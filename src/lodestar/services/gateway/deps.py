@@ -21,13 +21,13 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from lodestar.auth.permissions import Permission, Principal, missing_permission
 from lodestar.runtime.context import current_request_id
 from lodestar.runtime.errors import PermissionDenied, Unauthenticated
 from lodestar.services.gateway.call import Call
 from lodestar.services.gateway.context import Gateway, gateway_of
 from lodestar.services.gateway.deadline import CallOptions, Deadline, parse_timeout_header
 from lodestar.services.gateway.flows.runtime import FlowsRuntime
-from lodestar.services.gateway.permissions import Permission, Principal, missing_permission
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.state import STATE_RATE_LIMIT, STATE_SUBJECT, request_state
 

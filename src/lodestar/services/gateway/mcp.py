@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from lodestar.auth.permissions import Permission
 from lodestar.runtime.errors import LodestarError
 from lodestar.services.gateway.call import Call
 from lodestar.services.gateway.context import gateway_of
@@ -35,7 +36,6 @@ from lodestar.services.gateway.deps import authenticate, require
 from lodestar.services.gateway.errors import response_for
 from lodestar.services.gateway.flows import personal
 from lodestar.services.gateway.flows.runtime import FlowsRuntime
-from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.schemas.inference import GenerateRequest
 from lodestar.services.gateway.schemas.vector import SearchRequest

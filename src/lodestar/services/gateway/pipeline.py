@@ -34,13 +34,13 @@ from typing import Any, Protocol
 
 import grpc
 
+from lodestar.auth.permissions import Permission, missing_permission
 from lodestar.inference.v1 import inference_service_pb2 as ipb
 from lodestar.runtime.errors import LodestarError
 from lodestar.services.gateway.call import Call
 from lodestar.services.gateway.convert import inference as convert
 from lodestar.services.gateway.errors import error_payload
 from lodestar.services.gateway.metrics import GENERATED_TOKENS
-from lodestar.services.gateway.permissions import Permission, missing_permission
 from lodestar.services.gateway.schemas.inference import GenerateRequest
 from lodestar.services.gateway.sse import event
 from lodestar.services.gateway.state import set_tokens

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from lodestar import limits
+from lodestar.auth.permissions import Permission
 from lodestar.documents import model
 from lodestar.documents.formats import (
     DocumentFormat,
@@ -45,7 +46,6 @@ from lodestar.services.gateway.deps import require
 from lodestar.services.gateway.documents.calls import BackendCalls
 from lodestar.services.gateway.documents.jobs import JobRecord, JobRunner, JobSpec, new_job_id
 from lodestar.services.gateway.flows import semantic_cache
-from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.responses import respond_json
 from lodestar.services.gateway.routes.base import api_router

@@ -15,13 +15,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from lodestar.auth.permissions import Permission
 from lodestar.runtime.errors import InvalidArgument
 from lodestar.services.gateway.call import Call
 from lodestar.services.gateway.flows import citations, prompting
 from lodestar.services.gateway.flows.budget import fit_into_request
 from lodestar.services.gateway.flows.prompting import Example, Passage, Turn
 from lodestar.services.gateway.flows.runtime import FlowsRuntime
-from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.pipeline import Generation
 from lodestar.services.gateway.schemas.inference import ContextOptions, GenerateRequest
 

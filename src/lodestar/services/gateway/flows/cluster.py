@@ -16,10 +16,10 @@ from pydantic import ConfigDict, Field, StrictBool, model_validator
 from starlette.responses import Response
 
 from lodestar import limits
+from lodestar.auth.permissions import Permission
 from lodestar.services.gateway.call import Call
 from lodestar.services.gateway.convert import vector as convert
 from lodestar.services.gateway.deps import require
-from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.responses import respond_json
 from lodestar.services.gateway.routes.base import api_router

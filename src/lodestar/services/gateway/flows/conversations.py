@@ -24,13 +24,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
+from lodestar.auth.permissions import Permission
 from lodestar.services.gateway.call import Call
 from lodestar.services.gateway.flows import personal, prompting
 from lodestar.services.gateway.flows.augment import augmentation, question_vector
 from lodestar.services.gateway.flows.budget import fit_into_request
 from lodestar.services.gateway.flows.prompting import Turn
 from lodestar.services.gateway.flows.runtime import FlowsRuntime
-from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.pipeline import Generation
 from lodestar.services.gateway.schemas.inference import GenerateRequest
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import Depends
 from starlette.responses import Response
 
+from lodestar.auth.permissions import Permission
 from lodestar.services.gateway.call import Call
 from lodestar.services.gateway.deps import flows_of, require
 from lodestar.services.gateway.flows import experiment_stats as stats
@@ -24,7 +25,6 @@ from lodestar.services.gateway.flows.experiment_models import (
     VariantResult,
 )
 from lodestar.services.gateway.flows.runtime import FlowsRuntime
-from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.responses import no_content, respond, respond_json
 from lodestar.services.gateway.routes.base import api_router

@@ -19,6 +19,7 @@ from fastapi import Depends
 from pydantic import Field
 from starlette.responses import Response
 
+from lodestar.auth.permissions import Permission
 from lodestar.runtime.errors import InvalidArgument, LodestarError, NotFound
 from lodestar.runtime.protojson import dict_to_struct, struct_to_dict
 from lodestar.services.gateway.call import Call
@@ -34,7 +35,6 @@ from lodestar.services.gateway.flows.memory import (
 from lodestar.services.gateway.flows.personal import visible_to
 from lodestar.services.gateway.flows.prompting import Example
 from lodestar.services.gateway.flows.runtime import FlowsRuntime
-from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.pipeline import Generation
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.responses import respond_json

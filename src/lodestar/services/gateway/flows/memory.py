@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 
+from lodestar.auth.permissions import Permission
 from lodestar.runtime.errors import LodestarError
 from lodestar.runtime.protojson import dict_to_struct
 from lodestar.services.gateway.call import Call
@@ -23,7 +24,6 @@ from lodestar.services.gateway.convert import vector as convert
 from lodestar.services.gateway.flows.augment import augmentation_of
 from lodestar.services.gateway.flows.prompting import question_of
 from lodestar.services.gateway.flows.runtime import FlowsRuntime
-from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.pipeline import Generation
 from lodestar.services.gateway.schemas.inference import GenerateRequest
 from lodestar.vector.v1 import vector_service_pb2 as vpb

@@ -18,6 +18,7 @@ from fastapi import Depends, Path, Query
 from starlette.responses import Response
 
 from lodestar import limits
+from lodestar.auth.permissions import Permission
 from lodestar.runtime.errors import InvalidArgument, LodestarError, NotFound
 from lodestar.runtime.protojson import dict_to_struct, struct_to_dict
 from lodestar.services.gateway.call import Call
@@ -30,7 +31,6 @@ from lodestar.services.gateway.flows.conversations import (
 )
 from lodestar.services.gateway.flows.memory import INTERACTION_KIND, is_missing_collection
 from lodestar.services.gateway.flows.runtime import FlowsRuntime
-from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.responses import respond_json
 from lodestar.services.gateway.routes.base import api_router

@@ -13,13 +13,13 @@ import time
 from collections.abc import Iterable
 
 from lodestar import limits
+from lodestar.auth.permissions import Permission
 from lodestar.runtime.protojson import struct_to_dict
 from lodestar.services.gateway.convert import vector as convert
 from lodestar.services.gateway.flows.augment import augmentation, question_vector
 from lodestar.services.gateway.flows.personal import private_exclusion
 from lodestar.services.gateway.flows.prompting import Passage, passage_text
 from lodestar.services.gateway.flows.runtime import FlowsRuntime
-from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.pipeline import Generation
 from lodestar.services.gateway.schemas.inference import GenerateRequest
 from lodestar.vector.v1 import vector_service_pb2 as vpb

@@ -31,6 +31,7 @@ import grpc
 from prometheus_client import Counter, Histogram
 from starlette.requests import Request
 
+from lodestar.auth.permissions import Permission
 from lodestar.inference.v1 import inference_service_pb2 as ipb
 from lodestar.runtime.errors import LodestarError
 from lodestar.runtime.protojson import dict_to_struct, struct_to_dict
@@ -46,7 +47,6 @@ from lodestar.services.gateway.flows.augment import (
 from lodestar.services.gateway.flows.experiments import Assignment
 from lodestar.services.gateway.flows.runtime import FlowsRuntime
 from lodestar.services.gateway.metrics import Children
-from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.pipeline import Generation
 from lodestar.services.gateway.schemas.inference import GenerateRequest
 from lodestar.vector.v1 import vector_service_pb2 as vpb

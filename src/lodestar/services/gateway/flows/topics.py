@@ -22,6 +22,7 @@ from fastapi import Depends, Query
 from starlette.responses import Response
 
 from lodestar import limits
+from lodestar.auth.permissions import Permission
 from lodestar.runtime.errors import LodestarError
 from lodestar.runtime.protojson import datetime_to_timestamp, struct_to_dict
 from lodestar.services.gateway.call import Call
@@ -29,7 +30,6 @@ from lodestar.services.gateway.deps import flows_of, require
 from lodestar.services.gateway.flows import topic_model
 from lodestar.services.gateway.flows.memory import INTERACTION_KIND, is_missing_collection
 from lodestar.services.gateway.flows.runtime import FlowsRuntime
-from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.responses import respond_json
 from lodestar.services.gateway.routes.base import api_router

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any, Final
 import grpc
 from prometheus_client import Counter
 
+from lodestar.auth.permissions import Permission
 from lodestar.runtime.errors import LodestarError
 from lodestar.services.gateway.deadline import CallOptions, Deadline
-from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.state import STATE_SUBJECT, STATE_TOKENS, set_tokens
 from lodestar.vector.v1 import analytics_service_pb2 as apb
 

@@ -26,6 +26,7 @@ import numpy as np
 from fastapi import APIRouter, Depends
 from starlette.responses import Response
 
+from lodestar.auth.permissions import Permission
 from lodestar.embedding.v1 import embedding_service_pb2 as epb
 from lodestar.inference.v1 import inference_service_pb2 as ipb
 from lodestar.runtime.errors import InvalidArgument, LodestarError, NotFound
@@ -50,7 +51,6 @@ from lodestar.services.gateway.openai.schemas import (
 from lodestar.services.gateway.openai.served import serve
 from lodestar.services.gateway.openai.streaming import answer_all, per_choice, relay, usage_of
 from lodestar.services.gateway.openai.tools import add_tools, check_chat, history
-from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.responses import respond_json
 from lodestar.services.gateway.schemas.errors import EVENT_STREAM

@@ -8,11 +8,11 @@ from fastapi import Depends, Query
 from starlette.responses import Response
 
 from lodestar import limits
+from lodestar.auth.permissions import Permission
 from lodestar.runtime.protojson import datetime_to_timestamp
 from lodestar.services.gateway.call import Call
 from lodestar.services.gateway.convert import analytics as convert
 from lodestar.services.gateway.deps import require
-from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.responses import respond_json
 from lodestar.services.gateway.routes.base import api_router

@@ -8,12 +8,12 @@ from fastapi import Body, Depends, Path, Query
 from starlette.responses import Response
 
 from lodestar import limits
+from lodestar.auth.permissions import Permission
 from lodestar.runtime.errors import InvalidArgument, NotFound
 from lodestar.services.gateway.call import Call
 from lodestar.services.gateway.convert import vector as convert
 from lodestar.services.gateway.deps import require
 from lodestar.services.gateway.flows import semantic_cache
-from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.responses import no_content, respond
 from lodestar.services.gateway.routes.base import api_router

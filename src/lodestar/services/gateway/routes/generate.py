@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends
 from starlette.responses import Response
 
+from lodestar.auth.permissions import Permission
 from lodestar.inference.v1 import inference_service_pb2 as ipb
 from lodestar.services.gateway.call import Call
 from lodestar.services.gateway.context import Gateway, gateway_of
@@ -15,7 +16,6 @@ from lodestar.services.gateway.deps import require
 from lodestar.services.gateway.flows.experiments import apply_to_generate
 from lodestar.services.gateway.flows.semantic_cache import response_headers
 from lodestar.services.gateway.metrics import GENERATED_TOKENS
-from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.pipeline import error_event
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.responses import respond, respond_json

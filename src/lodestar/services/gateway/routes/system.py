@@ -21,6 +21,7 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
+from lodestar.auth.permissions import Permission, missing_permission
 from lodestar.services.gateway.call import Call
 from lodestar.services.gateway.context import gateway_of
 from lodestar.services.gateway.deps import authenticate, require
@@ -30,7 +31,6 @@ from lodestar.services.gateway.metrics import (
     HTTP_REQUESTS,
     RATE_LIMIT_REJECTIONS,
 )
-from lodestar.services.gateway.permissions import Permission, missing_permission
 from lodestar.services.gateway.responses import respond_json
 from lodestar.services.gateway.routes.base import api_router
 

@@ -15,6 +15,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.responses import Response
 
 from lodestar import limits
+from lodestar.auth.permissions import Permission
 from lodestar.runtime.errors import InvalidArgument, NotFound
 from lodestar.services.gateway.call import Call
 from lodestar.services.gateway.context import gateway_of
@@ -22,7 +23,6 @@ from lodestar.services.gateway.convert import vector as convert
 from lodestar.services.gateway.deps import require
 from lodestar.services.gateway.flows import semantic_cache
 from lodestar.services.gateway.flows.personal import personalized_search
-from lodestar.services.gateway.permissions import Permission
 from lodestar.services.gateway.pipeline import NotEnabled
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.responses import respond, respond_json
