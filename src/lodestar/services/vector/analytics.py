@@ -108,20 +108,15 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
     ) -> pb.GetSearchAnalyticsResponse:
         collection = _name(request.collection, "collection")
         start = _start_time(request.start_time) if request.HasField("start_time") else None
-        top = request.top_queries
-        if top < 0 or top > limits.MAX_TOP_QUERIES:
-            raise InvalidArgument(
-                f"top_queries must be between 0 and {limits.MAX_TOP_QUERIES} (0 means "
-                f"{limits.DEFAULT_TOP_QUERIES}); got {top}",
-                field="top_queries",
-                reason="OUT_OF_RANGE",
-            )
+        top = _count(
+            request.top_queries, "top_queries", limits.MAX_TOP_QUERIES, limits.DEFAULT_TOP_QUERIES
+        )
         with span(_trace, "analytics.search"):
             result = await asyncio.to_thread(
                 self._store.search_analytics,
                 collection=collection or None,
                 start_time=start,
-                top_queries=top or limits.DEFAULT_TOP_QUERIES,
+                top_queries=top,
             )
         return pb.GetSearchAnalyticsResponse(
             total=_search_stats(result.total),
@@ -139,20 +134,15 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
     ) -> pb.ListSearchQueriesResponse:
         collection = _name(request.collection, "collection")
         start = _start_time(request.start_time) if request.HasField("start_time") else None
-        size = request.page_size
-        if size < 0 or size > limits.MAX_QUERY_DAYS:
-            raise InvalidArgument(
-                f"page_size must be between 0 and {limits.MAX_QUERY_DAYS} (0 means "
-                f"{limits.DEFAULT_QUERY_DAYS}); got {size}",
-                field="page_size",
-                reason="OUT_OF_RANGE",
-            )
+        size = _count(
+            request.page_size, "page_size", limits.MAX_QUERY_DAYS, limits.DEFAULT_QUERY_DAYS
+        )
         with span(_trace, "analytics.search_queries"):
             rows = await asyncio.to_thread(
                 self._store.query_days,
                 collection=collection or None,
                 start_time=start,
-                limit=size or limits.DEFAULT_QUERY_DAYS,
+                limit=size,
             )
         response = pb.ListSearchQueriesResponse()
         for row in rows:
@@ -239,6 +229,17 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
 
 
 # --- validation ----------------------------------------------------------------
+
+
+def _count(value: int, field: str, most: int, default: int) -> int:
+    """``value`` of a count field where 0 means ``default``; OUT_OF_RANGE beyond ``most``."""
+    if value < 0 or value > most:
+        raise InvalidArgument(
+            f"{field} must be between 0 and {most} (0 means {default}); got {value}",
+            field=field,
+            reason="OUT_OF_RANGE",
+        )
+    return value or default
 
 
 def _name(value: str, field: str) -> str:
