@@ -257,11 +257,11 @@ def _admin_token() -> str | None:
     key, issuer, audience) are the ones read here.
     """
     try:
-        auth = importlib.import_module("lodestar.services.gateway.auth")
+        tokens = importlib.import_module("lodestar.auth.tokens")
         settings = importlib.import_module("lodestar.services.gateway.settings")
     except ImportError:
         return None
-    token: str = auth.mint_token(settings.GatewaySettings(), "admin", ["admin"], 24 * 3600)
+    token: str = tokens.mint_token(settings.GatewaySettings(), "admin", ["admin"], 24 * 3600)
     return token
 
 
