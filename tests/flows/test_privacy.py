@@ -190,3 +190,46 @@ async def test_administer_system_may_read_the_reserved_collection(
     assert SECRET in point.json()["payload"]["prompt"]
     listed = await client.get("/api/v1/collections", headers=admin)
     assert RESERVED in [c["name"] for c in listed.json()["collections"]]
+
+
+async def test_only_the_author_or_an_operator_scores_an_interaction(
+    client: httpx.AsyncClient, gateway: RunningGateway
+) -> None:
+    author = fresh("author")
+    said = await _remember_secret(client, gateway, author)
+    interaction = said["memory"]["remembered"]
+    admin = gateway.auth("admin", sub=fresh("admin"))
+
+    async def score_of() -> Any:
+        point = await client.get(
+            f"/api/v1/vectors/{interaction}", params={"collection": RESERVED}, headers=admin
+        )
+        assert point.status_code == 200, point.text
+        return point.json()["payload"].get("feedback_score")
+
+    # Another subject, even knowing the id, is told no such interaction exists.
+    stranger = await client.post(
+        "/api/v1/feedback",
+        json={"interaction_id": interaction, "score": 1},
+        headers=gateway.auth("user", sub=fresh("other")),
+    )
+    assert stranger.status_code == 404, stranger.text
+    assert stranger.json()["error"]["details"]["reason"] == "INTERACTION_NOT_FOUND"
+    assert await score_of() is None
+
+    own = await client.post(
+        "/api/v1/feedback",
+        json={"interaction_id": interaction, "score": 4},
+        headers=gateway.auth("user", sub=author),
+    )
+    assert own.status_code == 200, own.text
+    assert await score_of() == 4
+
+    # ManageCollections may score anyone's (e.g. to curate shared examples).
+    curated = await client.post(
+        "/api/v1/feedback",
+        json={"interaction_id": interaction, "score": 5},
+        headers=gateway.auth("operator", sub=fresh("operator")),
+    )
+    assert curated.status_code == 200, curated.text
+    assert await score_of() == 5

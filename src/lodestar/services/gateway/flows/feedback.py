@@ -108,6 +108,18 @@ def _not_found(value: int | str, collection: str) -> NotFound:
     )
 
 
+def _may_score(call: Call, interaction: dict[str, Any]) -> bool:
+    """A subject scores their own interactions (one recorded without a subject
+    has no owner to protect); ManageCollections scores anyone's. Someone else's
+    is answered as unknown, so an id reveals nothing."""
+    owner = interaction.get("subject")
+    return (
+        owner is None
+        or owner == call.principal.subject
+        or call.principal.has(Permission.MANAGE_COLLECTIONS)
+    )
+
+
 @router.post("/feedback", summary="Score an earlier interaction")
 async def feedback(
     body: FeedbackRequest,
@@ -116,7 +128,7 @@ async def feedback(
 ) -> Response:
     """Keeps the score (and comment) on the interaction; a later score replaces
     it. Well-scored interactions steer generations that set ``use_feedback``.
-    Unknown interaction: 404; score outside 1-5: 400."""
+    Unknown interaction, or another subject's: 404; score outside 1-5: 400."""
     if not MIN_SCORE <= body.score <= MAX_SCORE:
         raise InvalidArgument(
             f"score must be between {MIN_SCORE:g} and {MAX_SCORE:g}; got {body.score:g}",
@@ -137,7 +149,7 @@ async def feedback(
             raise _not_found(body.interaction_id, collection) from None
         raise
     interaction = struct_to_dict(found.points[0].payload) if found.points else {}
-    if interaction.get("kind") != INTERACTION_KIND:
+    if interaction.get("kind") != INTERACTION_KIND or not _may_score(call, interaction):
         raise _not_found(body.interaction_id, collection)
     scored: dict[str, Any] = {
         "feedback_score": body.score,
