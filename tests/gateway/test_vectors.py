@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from lodestar.vector.v1 import vector_service_pb2 as vpb
-from tests.gateway.fakes import DIMENSION, FakeBackends, fake_vector
+from tests.gateway.fakes import DIMENSION, SNAPSHOT_FILE, FakeBackends, fake_vector
 from tests.gateway.harness import RunningGateway
 
 
@@ -346,6 +346,35 @@ async def test_collection_not_found_and_snapshots(
     deleted = await client.delete("/api/v1/collections/alpha", headers=headers)
     assert deleted.status_code == 204
     assert deleted.content == b""
+
+
+async def test_a_snapshot_downloads_as_an_attachment(
+    gateway: RunningGateway, client: httpx.AsyncClient, fakes: FakeBackends
+) -> None:
+    headers = gateway.auth("operator")
+    response = await client.get("/api/v1/collections/alpha/snapshots/snap-1", headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.content == SNAPSHOT_FILE
+    assert response.headers["content-type"] == "application/octet-stream"
+    assert response.headers["content-disposition"] == 'attachment; filename="snap-1"'
+    assert response.headers["content-length"] == str(len(SNAPSHOT_FILE))
+    request = fakes.vector.recorder.last("DownloadSnapshot")
+    assert (request.collection, request.snapshot) == ("alpha", "snap-1")
+
+    missing = await client.get("/api/v1/collections/alpha/snapshots/snap-2", headers=headers)
+    assert missing.status_code == 404
+    assert missing.headers["content-type"].startswith("application/json")
+    assert missing.json()["error"]["details"]["reason"] == "SNAPSHOT_NOT_FOUND"
+    bad = await client.get("/api/v1/collections/alpha/snapshots/.hidden", headers=headers)
+    assert bad.status_code == 422
+
+    operation = (await client.get("/openapi.json")).json()["paths"][
+        "/api/v1/collections/{name}/snapshots/{snapshot}"
+    ]["get"]
+    assert set(operation["responses"]["200"]["content"]) == {"application/octet-stream"}
+    assert operation["x-required-permissions"] == ["CreateSnapshots"]
+    for status in ("401", "403", "404", "503"):
+        assert "ErrorBody" in str(operation["responses"][status]["content"])
 
 
 async def test_analytics_passthrough(
