@@ -324,10 +324,16 @@ class FakeAnalytics(apb_grpc.AnalyticsServiceServicer):
 
     async def GetSearchAnalytics(self, request: Any, context: Any) -> Any:
         await self.recorder.record("GetSearchAnalytics", request, context)
-        return apb.GetSearchAnalyticsResponse(
+        reply = apb.GetSearchAnalyticsResponse(
             total=apb.SearchStats(search_count=2, latency_p50_ms=1.5),
             popular_queries=[apb.QueryCount(query_text="hello", count=2)],
         )
+        for i in range(2 if request.bucket_width_seconds else 0):
+            bucket = reply.timeline.add(
+                search_count=i + 1, latency_p50_ms=1.5, latency_p99_ms=2.0 * (i + 1)
+            )
+            bucket.start_time.seconds = 1_735_689_600 + i * request.bucket_width_seconds
+        return reply
 
     async def GetVectorAnalytics(self, request: Any, context: Any) -> Any:
         await self.recorder.record("GetVectorAnalytics", request, context)

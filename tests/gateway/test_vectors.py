@@ -385,9 +385,35 @@ async def test_analytics_passthrough(
         "/api/v1/analytics/search?collection=alpha&since=2025-01-01T00:00:00Z", headers=headers
     )
     assert search.json()["popular_queries"] == [{"query_text": "hello", "count": 2}]
+    assert search.json()["timeline"] == []
     request = fakes.vector.recorder.last("GetSearchAnalytics")
     assert request.collection == "alpha"
     assert request.start_time.seconds == 1735689600
+    assert request.bucket_width_seconds == 0
+    timeline = await client.get("/api/v1/analytics/search?interval=300", headers=headers)
+    assert fakes.vector.recorder.last("GetSearchAnalytics").bucket_width_seconds == 300
+    assert timeline.json()["timeline"] == [
+        {
+            "start_time": "2025-01-01T00:00:00+00:00",
+            "search_count": 1,
+            "latency_p50_ms": 1.5,
+            "latency_p95_ms": 0.0,
+            "latency_p99_ms": 2.0,
+            "zero_result_rate": 0.0,
+        },
+        {
+            "start_time": "2025-01-01T00:05:00+00:00",
+            "search_count": 2,
+            "latency_p50_ms": 1.5,
+            "latency_p95_ms": 0.0,
+            "latency_p99_ms": 4.0,
+            "zero_result_rate": 0.0,
+        },
+    ]
+    for bad in ("0", "-5", str(366 * 86_400 + 1), "soon"):
+        refused = await client.get(f"/api/v1/analytics/search?interval={bad}", headers=headers)
+        assert refused.status_code == 422, bad
+        assert refused.json()["error"]["details"]["field_violations"][0]["field"] == "interval"
     vectors = await client.get("/api/v1/analytics/vectors", headers=headers)
     assert vectors.json()["total_points"] == 3
     usage = await client.get("/api/v1/analytics/usage?subject=alice", headers=headers)
