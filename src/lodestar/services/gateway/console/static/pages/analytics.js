@@ -20,7 +20,9 @@ const TIME_AXIS = { type: "linear", ticks: { callback: (v) => new Date(v).toLoca
 function timelineAxis(timeline, seconds) {
   const daily = seconds >= 86400;
   const format = daily ? { dateStyle: "medium" } : { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" };
-  const axis = { type: "linear", ticks: { callback: (v) => new Date(v).toLocaleString([], format) } };
+  // A tick at each bucket's start (Chart.js skips labels that do not fit).
+  const ticks = { stepSize: seconds * 1000, callback: (v) => new Date(v).toLocaleString([], format) };
+  const axis = { type: "linear", ticks };
   if (timeline.length) {
     axis.min = new Date(timeline[0].start_time).getTime();
     axis.max = new Date(timeline[timeline.length - 1].start_time).getTime() + seconds * 1000;
@@ -89,7 +91,7 @@ export async function render(ctx, root) {
                 { label: "zero-result rate (%)", data: overTime(timeline, (b) => 100 * b.zero_result_rate), yAxisID: "y1" },
               ],
             },
-            options: { scales: { x: timelineAxis(timeline, seconds), y: { position: "left", min: 0 }, y1: { position: "right", min: 0, max: 100 } } },
+            options: { scales: { x: timelineAxis(timeline, seconds), y: { position: "left", min: 0, ticks: { precision: 0 } }, y1: { position: "right", min: 0, max: 100 } } },
           }),
           chart("chart-latency", "Search latency by collection (ms)", {
             type: "bar",
