@@ -63,6 +63,7 @@ DEFAULT_MAX_CLUSTER_SAMPLE: Final = 50_000  # most points one call may cluster (
 DEFAULT_REPRESENTATIVES: Final = 3
 MAX_REPRESENTATIVES: Final = 100
 MAX_MIN_SAMPLES: Final = 1_000  # density clustering's min_samples
+SNAPSHOT_CHUNK_BYTES: Final = 1 << 20  # of a snapshot's file in one DownloadSnapshot message
 
 # --- analytics service ------------------------------------------------------------------
 
@@ -72,6 +73,8 @@ MAX_TOP_QUERIES: Final = 100
 DEFAULT_QUERY_DAYS: Final = 1_000  # (query text, day) counts in one ListSearchQueries reply
 MAX_QUERY_DAYS: Final = 10_000
 MAX_USAGE_EVENTS: Final = 10_000  # usage events in one RecordUsage call
+MAX_TIMELINE_BUCKETS: Final = 500  # buckets of one search-analytics timeline
+MAX_BUCKET_WIDTH_S: Final = 366 * 86_400  # a timeline bucket's width, in seconds
 
 # --- inference service ------------------------------------------------------------------
 

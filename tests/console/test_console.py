@@ -5,11 +5,13 @@ accessibility and the offline API docs."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -50,6 +52,28 @@ def test_sign_in_create_and_delete_a_collection(page: Any, stack: Stack) -> None
     expect(page.locator("#collection-list")).not_to_contain_text("made-in-ui")
     with pytest.raises(urllib.error.HTTPError):
         stack.call("GET", "/api/v1/collections/made-in-ui")
+
+
+def test_a_snapshot_downloads_from_the_collections_page(page: Any, stack: Stack) -> None:
+    token = admin(stack)
+    urls: list[str] = []
+    page.on("request", lambda request: urls.append(request.url))
+    sign_in(page, stack, token)
+    page.get_by_role("button", name=f"Details of {KB}").click()
+    page.get_by_role("button", name="Create snapshot").click()
+    downloads = page.locator("#snapshots").get_by_role("button", name=re.compile("^Download "))
+    expect(downloads.first).to_be_visible()
+    listed = stack.call("GET", f"/api/v1/collections/{KB}/snapshots")["snapshots"]
+    with page.expect_download() as caught:
+        page.get_by_role("button", name=f"Download {listed[0]['name']}").click()
+    download = caught.value
+    assert download.suggested_filename == listed[0]["name"]
+    data = Path(download.path()).read_bytes()
+    assert len(data) == listed[0]["size_bytes"]
+    assert hashlib.sha256(data).hexdigest() == listed[0]["checksum"]
+    assert data.startswith(b"LODESTAR-SNAPSHOT")
+    expect(page.locator("#status")).to_contain_text(f"Downloaded {listed[0]['name']}")
+    assert not [u for u in urls if token in u]
 
 
 def test_a_bad_token_is_refused(page: Any, stack: Stack) -> None:
@@ -166,10 +190,34 @@ def _searches(page: Any) -> int:
     return int(match.group(1))
 
 
+def _timeline(page: Any) -> dict[str, Any]:
+    """What the two charts over time draw: searches in all, the latency series, and
+    how many buckets each has."""
+    return dict(
+        page.evaluate(
+            """() => {
+              const chart = (id) => window.Chart.getChart(document.getElementById(id));
+              const volume = chart('chart-volume-time').data.datasets[0].data;
+              const latency = chart('chart-latency-time').data.datasets;
+              return {
+                volume: volume.reduce((sum, p) => sum + p.y, 0),
+                buckets: volume.length,
+                percentiles: latency.map((d) => d.label),
+                points: latency[2].data.length,
+                starts: volume.map((p) => p.x),
+              };
+            }"""
+        )
+    )
+
+
 def test_analytics_change_after_a_search(page: Any, stack: Stack) -> None:
     sign_in(page, stack, admin(stack), "analytics")
     expect(page.locator("#chart-latency")).to_be_visible()
+    expect(page.locator("#chart-latency-time")).to_be_visible()
+    expect(page.locator("#chart-volume-time")).to_be_visible()
     before = _searches(page)
+    before_timeline = _timeline(page)
     stack.call("POST", "/api/v1/vectors/search", {"collection": KB, "text": "lighthouse"})
     deadline = time.monotonic() + 30
     while _searches(page) <= before:
@@ -179,7 +227,23 @@ def test_analytics_change_after_a_search(page: Any, stack: Stack) -> None:
         page.wait_for_load_state("networkidle")
     expect(page.locator("#analytics table")).to_contain_text("lighthouse")
     charts = page.evaluate("() => Object.keys(window.Chart.instances).length")
-    assert charts == 5
+    assert charts == 7
+    # Over time: every search so far lies in the timeline (a minute a bucket), the
+    # search just made included, with the three percentiles drawn beside it.
+    after = _timeline(page)
+    assert after["volume"] == _searches(page) > before_timeline["volume"]
+    assert after["percentiles"] == ["p50", "p95", "p99"]
+    assert after["points"] == after["buckets"] >= 1
+    # Hourly buckets: the charts are redrawn with buckets starting on the hour.
+    page.get_by_label("Timeline").select_option("3600")
+    page.wait_for_function(
+        """() => {
+          const chart = window.Chart.getChart(document.getElementById('chart-volume-time'));
+          const starts = chart ? chart.data.datasets[0].data.map((p) => p.x) : [];
+          return starts.length > 0 && starts.every((x) => x % 3600000 === 0);
+        }"""
+    )
+    assert _timeline(page)["volume"] == after["volume"]
     # The console's own files and the docs are not API usage.
     routes = {u["route"] for u in stack.call("GET", "/api/v1/analytics/usage")["usage"]}
     assert "GET /api/v1/me" in routes

@@ -27,6 +27,10 @@ from lodestar.vector.v1 import vector_service_pb2_grpc as vpb_grpc
 DIMENSION = 4
 
 
+# The file of the fake vector service's snapshot snap-1.
+SNAPSHOT_FILE = bytes(range(256)) * 12
+
+
 def fake_vector(text: str) -> list[float]:
     digest = hashlib.sha256(text.encode()).digest()
     return [b / 255 for b in digest[:DIMENSION]]
@@ -293,6 +297,26 @@ class FakeVector(vpb_grpc.VectorServiceServicer):
         await self._rec("DeleteSnapshot", request, context)
         return vpb.DeleteSnapshotResponse()
 
+    async def DownloadSnapshot(
+        self, request: Any, context: Any
+    ) -> AsyncIterator[vpb.DownloadSnapshotResponse]:
+        """Snapshot snap-1 is SNAPSHOT_FILE, in three pieces; no other snapshot exists."""
+        await self._rec("DownloadSnapshot", request, context)
+        if request.snapshot != "snap-1":
+            raise NotFound(
+                f"collection {request.collection!r} has no snapshot {request.snapshot!r}",
+                reason="SNAPSHOT_NOT_FOUND",
+            )
+        info = vpb.Snapshot(
+            name="snap-1", collection=request.collection, size_bytes=len(SNAPSHOT_FILE)
+        )
+        third = len(SNAPSHOT_FILE) // 3
+        for start in range(0, len(SNAPSHOT_FILE), third):
+            piece = vpb.DownloadSnapshotResponse(data=SNAPSHOT_FILE[start : start + third])
+            if start == 0:
+                piece.snapshot.CopyFrom(info)
+            yield piece
+
 
 class FakeAnalytics(apb_grpc.AnalyticsServiceServicer):
     def __init__(self, recorder: Recorder) -> None:
@@ -300,10 +324,16 @@ class FakeAnalytics(apb_grpc.AnalyticsServiceServicer):
 
     async def GetSearchAnalytics(self, request: Any, context: Any) -> Any:
         await self.recorder.record("GetSearchAnalytics", request, context)
-        return apb.GetSearchAnalyticsResponse(
+        reply = apb.GetSearchAnalyticsResponse(
             total=apb.SearchStats(search_count=2, latency_p50_ms=1.5),
             popular_queries=[apb.QueryCount(query_text="hello", count=2)],
         )
+        for i in range(2 if request.bucket_width_seconds else 0):
+            bucket = reply.timeline.add(
+                search_count=i + 1, latency_p50_ms=1.5, latency_p99_ms=2.0 * (i + 1)
+            )
+            bucket.start_time.seconds = 1_735_689_600 + i * request.bucket_width_seconds
+        return reply
 
     async def GetVectorAnalytics(self, request: Any, context: Any) -> Any:
         await self.recorder.record("GetVectorAnalytics", request, context)

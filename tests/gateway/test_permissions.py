@@ -108,6 +108,11 @@ SAMPLES: dict[tuple[str, str], tuple[str, dict[str, Any] | None, Permission | No
         None,
         P.CREATE_SNAPSHOTS,
     ),
+    ("GET", "/api/v1/collections/{name}/snapshots/{snapshot}"): (
+        "/api/v1/collections/alpha/snapshots/snap-1",
+        None,
+        P.CREATE_SNAPSHOTS,
+    ),
     ("POST", "/api/v1/collections/{name}/documents"): (
         "/api/v1/collections/alpha/documents",
         {"text": "Lodestar keeps documents.", "id": "doc-2"},
@@ -281,6 +286,7 @@ async def test_collection_allow_list(gateway: RunningGateway, client: httpx.Asyn
         ("GET", "/api/v1/collections/alpha/snapshots", None),
         ("POST", "/api/v1/collections/alpha/snapshots/s/restore", None),
         ("DELETE", "/api/v1/collections/alpha/snapshots/s", None),
+        ("GET", "/api/v1/collections/alpha/snapshots/s", None),
     ],
 )
 async def test_tenant_tokens_cannot_act_on_whole_collections(

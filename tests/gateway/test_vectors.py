@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from lodestar.vector.v1 import vector_service_pb2 as vpb
-from tests.gateway.fakes import DIMENSION, FakeBackends, fake_vector
+from tests.gateway.fakes import DIMENSION, SNAPSHOT_FILE, FakeBackends, fake_vector
 from tests.gateway.harness import RunningGateway
 
 
@@ -348,6 +348,35 @@ async def test_collection_not_found_and_snapshots(
     assert deleted.content == b""
 
 
+async def test_a_snapshot_downloads_as_an_attachment(
+    gateway: RunningGateway, client: httpx.AsyncClient, fakes: FakeBackends
+) -> None:
+    headers = gateway.auth("operator")
+    response = await client.get("/api/v1/collections/alpha/snapshots/snap-1", headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.content == SNAPSHOT_FILE
+    assert response.headers["content-type"] == "application/octet-stream"
+    assert response.headers["content-disposition"] == 'attachment; filename="snap-1"'
+    assert response.headers["content-length"] == str(len(SNAPSHOT_FILE))
+    request = fakes.vector.recorder.last("DownloadSnapshot")
+    assert (request.collection, request.snapshot) == ("alpha", "snap-1")
+
+    missing = await client.get("/api/v1/collections/alpha/snapshots/snap-2", headers=headers)
+    assert missing.status_code == 404
+    assert missing.headers["content-type"].startswith("application/json")
+    assert missing.json()["error"]["details"]["reason"] == "SNAPSHOT_NOT_FOUND"
+    bad = await client.get("/api/v1/collections/alpha/snapshots/.hidden", headers=headers)
+    assert bad.status_code == 422
+
+    operation = (await client.get("/openapi.json")).json()["paths"][
+        "/api/v1/collections/{name}/snapshots/{snapshot}"
+    ]["get"]
+    assert set(operation["responses"]["200"]["content"]) == {"application/octet-stream"}
+    assert operation["x-required-permissions"] == ["CreateSnapshots"]
+    for status in ("401", "403", "404", "503"):
+        assert "ErrorBody" in str(operation["responses"][status]["content"])
+
+
 async def test_analytics_passthrough(
     gateway: RunningGateway, client: httpx.AsyncClient, fakes: FakeBackends
 ) -> None:
@@ -356,9 +385,35 @@ async def test_analytics_passthrough(
         "/api/v1/analytics/search?collection=alpha&since=2025-01-01T00:00:00Z", headers=headers
     )
     assert search.json()["popular_queries"] == [{"query_text": "hello", "count": 2}]
+    assert search.json()["timeline"] == []
     request = fakes.vector.recorder.last("GetSearchAnalytics")
     assert request.collection == "alpha"
     assert request.start_time.seconds == 1735689600
+    assert request.bucket_width_seconds == 0
+    timeline = await client.get("/api/v1/analytics/search?interval=300", headers=headers)
+    assert fakes.vector.recorder.last("GetSearchAnalytics").bucket_width_seconds == 300
+    assert timeline.json()["timeline"] == [
+        {
+            "start_time": "2025-01-01T00:00:00+00:00",
+            "search_count": 1,
+            "latency_p50_ms": 1.5,
+            "latency_p95_ms": 0.0,
+            "latency_p99_ms": 2.0,
+            "zero_result_rate": 0.0,
+        },
+        {
+            "start_time": "2025-01-01T00:05:00+00:00",
+            "search_count": 2,
+            "latency_p50_ms": 1.5,
+            "latency_p95_ms": 0.0,
+            "latency_p99_ms": 4.0,
+            "zero_result_rate": 0.0,
+        },
+    ]
+    for bad in ("0", "-5", str(366 * 86_400 + 1), "soon"):
+        refused = await client.get(f"/api/v1/analytics/search?interval={bad}", headers=headers)
+        assert refused.status_code == 422, bad
+        assert refused.json()["error"]["details"]["field_violations"][0]["field"] == "interval"
     vectors = await client.get("/api/v1/analytics/vectors", headers=headers)
     assert vectors.json()["total_points"] == 3
     usage = await client.get("/api/v1/analytics/usage?subject=alice", headers=headers)

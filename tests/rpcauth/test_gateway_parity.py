@@ -5,6 +5,7 @@ gets the same answer as the same call made directly."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -133,6 +134,43 @@ async def test_requests_through_the_gateway_and_direct_calls_agree(stack: Stack)
         assert (await http.get("/api/v1/collections")).status_code == 401
     error = await rpc_error(stack.direct(None).ListCollections(pb.ListCollectionsRequest()))
     assert error.code == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_downloaded_snapshot_is_the_file_that_restores_the_collection(
+    stack: Stack,
+) -> None:
+    operator = stack.token("operator")
+    async with stack.rest(operator) as http:
+        created = await http.post("/api/v1/collections", json={"name": "kept", "dimension": 4})
+        assert created.status_code == 201, created.text
+        points = [{"id": i, "vector": [1, i, 0, 0], "payload": {"n": i}} for i in range(1, 6)]
+        inserted = await http.post(
+            "/api/v1/vectors/insert", json={"collection": "kept", "points": points}
+        )
+        assert inserted.status_code == 200, inserted.text
+        snapshot = (await http.post("/api/v1/collections/kept/snapshot")).json()
+        url = f"/api/v1/collections/kept/snapshots/{snapshot['name']}"
+        downloaded = await http.get(url)
+        assert downloaded.status_code == 200, downloaded.text
+        body = downloaded.content
+        assert len(body) == snapshot["size_bytes"]
+        assert hashlib.sha256(body).hexdigest() == snapshot["checksum"]
+        assert body == (stack.settings.snapshots_path / "kept" / snapshot["name"]).read_bytes()
+        assert downloaded.headers["content-disposition"] == (
+            f'attachment; filename="{snapshot["name"]}"'
+        )
+        # The bytes are a whole snapshot: with the collection gone, they bring it back.
+        assert (await http.delete("/api/v1/collections/kept")).status_code == 204
+        restored = await http.post(f"{url}/restore")
+        assert restored.status_code == 200, restored.text
+        assert restored.json()["points_count"] == 5
+        missing = await http.get("/api/v1/collections/kept/snapshots/none.snapshot")
+        assert missing.status_code == 404
+        assert missing.json()["error"]["details"]["reason"] == "SNAPSHOT_NOT_FOUND"
+    async with stack.rest(stack.token("editor")) as http:
+        refused = await http.get(url)
+    assert refused.status_code == 403
+    assert refused.json()["error"]["details"]["metadata"]["permission"] == "CreateSnapshots"
 
 
 async def test_the_gateways_own_token_carries_only_what_it_needs(tmp_path: Path) -> None:

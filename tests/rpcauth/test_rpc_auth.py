@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -170,6 +170,30 @@ async def test_a_viewer_can_read_but_not_write(
     assert error.metadata["permission"] == "DeleteVectors"
     listed = await admin.ListPoints(pb.ListPointsRequest(collection=name))
     assert ids_of(listed.points) == [1]
+
+
+async def _drain(stream: AsyncIterable[Any]) -> list[Any]:
+    return [message async for message in stream]
+
+
+async def test_a_snapshot_download_needs_the_snapshot_permission(
+    secured: SecuredVector, new_collection: NewCollection
+) -> None:
+    name = await new_collection("saved")
+    admin = secured.as_(secured.token("admin"))
+    await admin.UpsertPoints(
+        pb.UpsertPointsRequest(collection=name, points=[point(1, [1, 0, 0, 0])])
+    )
+    snapshot = (await admin.CreateSnapshot(pb.CreateSnapshotRequest(collection=name))).snapshot
+    request = pb.DownloadSnapshotRequest(collection=name, snapshot=snapshot.name)
+    pieces = await _drain(admin.DownloadSnapshot(request))
+    assert sum(len(p.data) for p in pieces) == snapshot.size_bytes
+    error = await rpc_error(_drain(secured.as_(secured.token("viewer")).DownloadSnapshot(request)))
+    assert error.code == grpc.StatusCode.PERMISSION_DENIED
+    assert error.reason == "MISSING_PERMISSION"
+    assert error.metadata["permission"] == "CreateSnapshots"
+    error = await rpc_error(_drain(secured.as_(secured.token("user")).DownloadSnapshot(request)))
+    assert error.metadata["permission"] == "CreateSnapshots"
 
 
 async def test_a_tenant_token_cannot_reach_another_tenants_points(
@@ -377,6 +401,7 @@ async def test_an_allow_list_binds_every_rpc_naming_a_collection(
         scoped.RestoreSnapshot(
             pb.RestoreSnapshotRequest(collection=mine, snapshot="s", target_collection=other)
         ),
+        _drain(scoped.DownloadSnapshot(pb.DownloadSnapshotRequest(collection=other, snapshot="s"))),
         secured.analytics_as(token).GetSearchAnalytics(
             apb.GetSearchAnalyticsRequest(collection=other)
         ),
@@ -406,6 +431,7 @@ async def test_usage_records_are_the_gateways_to_write(secured: SecuredVector) -
         ("ListSnapshots", lambda n: pb.ListSnapshotsRequest(collection=n)),
         ("RestoreSnapshot", lambda n: pb.RestoreSnapshotRequest(collection=n, snapshot="s")),
         ("DeleteSnapshot", lambda n: pb.DeleteSnapshotRequest(collection=n, snapshot="s")),
+        ("DownloadSnapshot", lambda n: pb.DownloadSnapshotRequest(collection=n, snapshot="s")),
     ],
 )
 async def test_tenant_tokens_cannot_act_on_whole_collections(
@@ -416,7 +442,8 @@ async def test_tenant_tokens_cannot_act_on_whole_collections(
 ) -> None:
     name = await new_collection("whole")
     tenant_admin = secured.as_(secured.token("admin", tenant="acme"))
-    error = await rpc_error(getattr(tenant_admin, method)(request_of(name)))
+    call = getattr(tenant_admin, method)(request_of(name))
+    error = await rpc_error(_drain(call) if method == "DownloadSnapshot" else call)
     assert error.code == grpc.StatusCode.PERMISSION_DENIED
     assert error.reason == "TENANT_SCOPED_TOKEN"
 

@@ -53,10 +53,13 @@ def vector_settings(data_dir: Path, **overrides: object) -> VectorSettings:
 class Running:
     """A started server and a channel to it."""
 
-    def __init__(self, server: GrpcServer, channel: grpc.aio.Channel, kind: str) -> None:
+    def __init__(
+        self, server: GrpcServer, channel: grpc.aio.Channel, kind: str, settings: VectorSettings
+    ) -> None:
         self.server = server
         self.channel = channel
         self.kind = kind
+        self.settings = settings
         self.stub = pb_grpc.VectorServiceStub(channel)
         self.analytics = analytics_grpc.AnalyticsServiceStub(channel)
 
@@ -71,7 +74,7 @@ async def _start(settings: VectorSettings, kind: str) -> Running:
         backend = RemoteBackend(settings, client=AsyncQdrantClient(location=":memory:"))
     server = await create_server(settings, backend=backend)
     port = await server.start()
-    return Running(server, grpc.aio.insecure_channel(f"127.0.0.1:{port}"), kind)
+    return Running(server, grpc.aio.insecure_channel(f"127.0.0.1:{port}"), kind, settings)
 
 
 @pytest.fixture(scope="session")

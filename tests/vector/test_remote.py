@@ -5,6 +5,7 @@ qdrant-client's local mode."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -148,3 +149,70 @@ async def test_native_snapshots(backend: RemoteBackend) -> None:
     assert call["location"] == "http://qdrant:6333/collections/docs/snapshots/docs-2.snapshot"
     assert call["checksum"] == "bb"
     assert call["api_key"] == "k"
+
+
+class _SnapshotFiles:
+    """Qdrant's HTTP download of a snapshot file, with range requests (or, with
+    ``ranges`` off, the whole file every time, as a server without them answers)."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        self.files = files
+        self.ranges = True
+        self.api_keys: list[str] = []
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode().split("\r\n")
+        path = head[0].split()[1]
+        headers = dict(line.split(": ", 1) for line in head[1:] if line)
+        headers = {k.lower(): v for k, v in headers.items()}
+        self.api_keys.append(headers.get("api-key", ""))
+        data = self.files.get(path)
+        if data is None:
+            status, body = "404 Not Found", b"{}"
+        elif not self.ranges or "range" not in headers:
+            status, body = "200 OK", data
+        else:
+            first, last = (int(v) for v in headers["range"].removeprefix("bytes=").split("-"))
+            if first >= len(data):
+                status, body = "416 Range Not Satisfiable", b""
+            else:
+                status, body = "206 Partial Content", data[first : last + 1]
+        writer.write(
+            f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\n".encode()
+            + b"Connection: close\r\n\r\n"
+            + body
+        )
+        await writer.drain()
+        writer.close()
+
+
+async def test_native_snapshot_files_are_read_a_piece_at_a_time(tmp_path: Path) -> None:
+    data = bytes(range(20))  # docs-2.snapshot's size in the fake listing
+    files = _SnapshotFiles({"/collections/docs/snapshots/docs-2.snapshot": data})
+    server = await asyncio.start_server(files.serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = vector_settings(
+        tmp_path, backend="remote", qdrant_url=f"http://127.0.0.1:{port}", qdrant_api_key="k"
+    )
+    backend = RemoteBackend(settings, client=_FakeServer())  # type: ignore[arg-type]
+    try:
+        for ranges in (True, False):
+            files.ranges = ranges
+            pieces = [
+                await backend.read_snapshot("docs", "docs-2.snapshot", o, 8) for o in (0, 8, 16)
+            ]
+            assert pieces == [data[0:8], data[8:16], data[16:20]], ranges
+        files.ranges = True
+        assert await backend.read_snapshot("docs", "docs-2.snapshot", 20, 8) == b""
+        assert set(files.api_keys) == {"k"}
+        with pytest.raises(NotFound) as missing:
+            await backend.read_snapshot("docs", "docs-9.snapshot", 0, 8)
+        assert missing.value.reason == "SNAPSHOT_NOT_FOUND"
+        # Listed, but gone from the server by the time it is read.
+        del files.files["/collections/docs/snapshots/docs-2.snapshot"]
+        with pytest.raises(NotFound) as gone:
+            await backend.read_snapshot("docs", "docs-2.snapshot", 0, 8)
+        assert gone.value.reason == "SNAPSHOT_NOT_FOUND"
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -1,16 +1,19 @@
 """The behavioural suite over real gRPC, against every backend: snapshots: create,
-list, restore and delete."""
+list, restore, delete and download."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import hashlib
+import math
+from collections.abc import AsyncIterable, Callable
 
 import grpc
 import pytest
 
+from lodestar import limits
 from lodestar.vector.v1 import vector_service_pb2 as pb
-from tests.vector.conftest import CreateCollection, expect_invalid, rpc_error
+from tests.vector.conftest import CreateCollection, Running, expect_invalid, rpc_error
 from tests.vector.suite import SCHEMA, Stub, books, field, ids_of, num, point
 
 
@@ -99,3 +102,58 @@ async def test_snapshots_create_list_restore_delete(
         stub.CreateSnapshot(pb.CreateSnapshotRequest(collection="no-such-collection"))
     )
     assert code == grpc.StatusCode.NOT_FOUND
+
+
+async def _drain(
+    stream: AsyncIterable[pb.DownloadSnapshotResponse],
+) -> list[pb.DownloadSnapshotResponse]:
+    return [message async for message in stream]
+
+
+async def test_a_download_streams_the_snapshot_file_in_bounded_pieces(
+    running: Running, collection: CreateCollection
+) -> None:
+    stub = running.stub
+    dimension = 1024  # 4 KiB a vector: 300 points make a file of more than one piece
+    source = await collection(dimension=dimension)
+    await stub.UpsertPoints(
+        pb.UpsertPointsRequest(
+            collection=source,
+            points=[
+                point(i, [float((i * 7 + j) % 13 + 1) for j in range(dimension)], {"n": i})
+                for i in range(1, 301)
+            ],
+        )
+    )
+    snapshot = (await stub.CreateSnapshot(pb.CreateSnapshotRequest(collection=source))).snapshot
+    assert snapshot.size_bytes > limits.SNAPSHOT_CHUNK_BYTES
+
+    messages = await _drain(
+        stub.DownloadSnapshot(pb.DownloadSnapshotRequest(collection=source, snapshot=snapshot.name))
+    )
+    assert len(messages) == math.ceil(snapshot.size_bytes / limits.SNAPSHOT_CHUNK_BYTES)
+    assert all(0 < len(m.data) <= limits.SNAPSHOT_CHUNK_BYTES for m in messages)
+    assert messages[0].snapshot == snapshot
+    assert not any(m.HasField("snapshot") for m in messages[1:])
+    data = b"".join(m.data for m in messages)
+    assert data == (running.settings.snapshots_path / source / snapshot.name).read_bytes()
+    assert len(data) == snapshot.size_bytes
+    assert hashlib.sha256(data).hexdigest() == snapshot.checksum
+
+    code, details = await rpc_error(
+        _drain(
+            stub.DownloadSnapshot(
+                pb.DownloadSnapshotRequest(collection=source, snapshot="none.snapshot")
+            )
+        )
+    )
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert details.reason == "SNAPSHOT_NOT_FOUND"
+    await expect_invalid(
+        _drain(
+            stub.DownloadSnapshot(
+                pb.DownloadSnapshotRequest(collection=source, snapshot="../../etc/passwd")
+            )
+        ),
+        "snapshot",
+    )

@@ -224,6 +224,61 @@ async def test_top_queries_out_of_range_is_invalid(running: _Running, top_querie
     assert "100" in details.message
 
 
+async def test_search_analytics_answers_a_timeline_with_a_bucket_width(
+    running: _Running,
+) -> None:
+    for latency in (4.0, 8.0, 12.0):
+        running.store.record_search("docs", latency, 0 if latency == 4.0 else 1, "")
+    now = time.time()
+
+    reply = await running.stub.GetSearchAnalytics(
+        pb.GetSearchAnalyticsRequest(bucket_width_seconds=3600)
+    )
+    assert len(reply.timeline) in (1, 2)  # 2 when the hour turned since the searches
+    bucket = reply.timeline[0]
+    assert bucket.start_time.seconds % 3600 == 0
+    assert bucket.start_time.seconds <= now < bucket.start_time.seconds + 3600
+    assert bucket.search_count == 3
+    assert (bucket.latency_p50_ms, bucket.latency_p95_ms, bucket.latency_p99_ms) == (
+        8.0,
+        12.0,
+        12.0,
+    )
+    assert bucket.zero_result_rate == pytest.approx(1 / 3)
+    plain = await running.stub.GetSearchAnalytics(pb.GetSearchAnalyticsRequest())
+    assert list(plain.timeline) == []
+    hour = await running.stub.GetSearchAnalytics(
+        pb.GetSearchAnalyticsRequest(start_time=_ts(int(now) - 3600), bucket_width_seconds=60)
+    )
+    assert 61 <= len(hour.timeline) <= 62
+    assert sum(b.search_count for b in hour.timeline) == 3
+    assert [b.start_time.seconds for b in hour.timeline] == sorted(
+        b.start_time.seconds for b in hour.timeline
+    )
+
+
+@pytest.mark.parametrize("width", [-1, 366 * 86_400 + 1])
+async def test_bucket_width_out_of_range_is_invalid(running: _Running, width: int) -> None:
+    details = await _invalid(
+        running.stub.GetSearchAnalytics(pb.GetSearchAnalyticsRequest(bucket_width_seconds=width)),
+        "bucket_width_seconds",
+    )
+    assert details.reason == "OUT_OF_RANGE"
+
+
+async def test_too_many_buckets_are_invalid(running: _Running) -> None:
+    details = await _invalid(
+        running.stub.GetSearchAnalytics(
+            pb.GetSearchAnalyticsRequest(
+                start_time=_ts(int(time.time()) - 86_400), bucket_width_seconds=60
+            )
+        ),
+        "bucket_width_seconds",
+    )
+    assert details.reason == "TOO_MANY_BUCKETS"
+    assert "500" in details.message
+
+
 async def test_bad_start_time_and_names_are_invalid(running: _Running) -> None:
     await _invalid(
         running.stub.GetSearchAnalytics(pb.GetSearchAnalyticsRequest(start_time=_ts(0, nanos=-1))),

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
+from lodestar import limits
+from lodestar.runtime.errors import InvalidArgument
 from lodestar.services.vector.analytics import create_analytics
 from lodestar.services.vector.analytics_db import DATABASE_FILE, normalize_query
 from lodestar.services.vector.analytics_models import UsageRecord
@@ -367,3 +369,61 @@ def test_query_days_count_each_text_per_utc_day_largest_first(
     assert [r.count for r in store.query_days(collection="docs", limit=10)] == [3, 1, 1]
     assert len(store.query_days(start_time=day + 86_400, limit=10)) == 2
     assert len(store.query_days(limit=1)) == 1
+
+
+def test_timeline_counts_each_bucket_with_its_own_percentiles(
+    store: AnalyticsStore, clock: Clock
+) -> None:
+    start = 1_700_000_400.0  # a multiple of 60: the first bucket starts here
+    clock.now = start + 1
+    for latency in range(1, 11):  # 3 of the 10 find nothing
+        store.record_search("docs", float(latency), 0 if latency <= 3 else 2, "")
+    clock.now = start + 125  # the third bucket; the second stays empty
+    store.record_search("docs", 100.0, 1, "")
+    store.record_search("docs", 200.0, 1, "")
+    store.record_search("other", 7.0, 0, "")
+    clock.now = start + 130
+
+    timeline = store.search_analytics(bucket_width_s=60).timeline
+    assert [b.start for b in timeline] == [start, start + 60, start + 120]
+    assert [b.search_count for b in timeline] == [10, 0, 3]
+    first, empty, third = timeline
+    assert (first.latency_p50_ms, first.latency_p95_ms, first.latency_p99_ms) == (5.0, 10.0, 10.0)
+    assert first.zero_result_rate == pytest.approx(0.3)
+    assert (empty.latency_p50_ms, empty.latency_p99_ms, empty.zero_result_rate) == (0.0, 0.0, 0.0)
+    assert (third.latency_p50_ms, third.latency_p95_ms, third.latency_p99_ms) == (
+        100.0,
+        200.0,
+        200.0,
+    )
+    assert third.zero_result_rate == pytest.approx(1 / 3)
+
+    docs = store.search_analytics(collection="docs", bucket_width_s=60).timeline
+    assert [b.search_count for b in docs] == [10, 0, 2]
+    assert docs[2].latency_p50_ms == 100.0
+    assert docs[2].zero_result_rate == 0.0
+    # From a start time: its bucket first, and only searches from that time on.
+    later = store.search_analytics(start_time=start + 90, bucket_width_s=60).timeline
+    assert [(b.start, b.search_count) for b in later] == [(start + 60, 0), (start + 120, 3)]
+    wide = store.search_analytics(bucket_width_s=3600).timeline
+    assert [(b.start, b.search_count) for b in wide] == [(1_699_999_200.0, 13)]
+    # Without a width, no timeline.
+    assert store.search_analytics().timeline == ()
+
+
+def test_timeline_is_bounded_in_buckets(store: AnalyticsStore, clock: Clock) -> None:
+    clock.now = 1_700_000_400.0
+    store.record_search("docs", 1.0, 1, "")
+    clock.advance(10 * 60)
+    store.record_search("docs", 2.0, 1, "")
+    # Without a start time, the newest buckets up to now, however old the oldest search.
+    newest = store.search_analytics(bucket_width_s=1).timeline
+    assert len(newest) == limits.MAX_TIMELINE_BUCKETS
+    assert newest[-1].start == clock.now
+    assert sum(b.search_count for b in newest) == 1
+    # With one, too many buckets is refused, naming the field.
+    with pytest.raises(InvalidArgument) as refused:
+        store.search_analytics(start_time=clock.now - 600, bucket_width_s=1)
+    assert refused.value.field == "bucket_width_seconds"
+    assert refused.value.reason == "TOO_MANY_BUCKETS"
+    assert len(store.search_analytics(start_time=clock.now - 600, bucket_width_s=2).timeline) == 301

@@ -235,6 +235,7 @@ RPC_RULES: Mapping[str, RpcRule] = {
         ),
     ),
     _method(_VECTOR, "DeleteSnapshot"): _SNAPSHOTS,
+    _method(_VECTOR, "DownloadSnapshot"): _SNAPSHOTS,
     _method(_ANALYTICS, "GetSearchAnalytics"): RpcRule(
         P.VIEW_ANALYTICS, _named_if_set("collection"), _screen_analytics
     ),

@@ -76,6 +76,8 @@ IDEMPOTENT: Mapping[str, Mapping[str, bool]] = {
         "ListSnapshots": True,
         "RestoreSnapshot": False,
         "DeleteSnapshot": False,
+        # Reads a file that never changes (retried only before its first message).
+        "DownloadSnapshot": True,
     },
     ANALYTICS_SERVICE.full_name: {
         "GetSearchAnalytics": True,
@@ -219,7 +221,8 @@ class VectorClient:
 
     def __init__(self, pool: ReplicaPool, own: OwnMetadata | None = None) -> None:
         self.pool = pool
-        rpc = _Service(pool, VECTOR_SERVICE, own).unary
+        service = _Service(pool, VECTOR_SERVICE, own)
+        rpc = service.unary
         self.create_collection = rpc(vpb.CreateCollectionRequest, vpb.CreateCollectionResponse)
         self.get_collection = rpc(vpb.GetCollectionRequest, vpb.GetCollectionResponse)
         self.list_collections = rpc(vpb.ListCollectionsRequest, vpb.ListCollectionsResponse)
@@ -240,6 +243,9 @@ class VectorClient:
         self.list_snapshots = rpc(vpb.ListSnapshotsRequest, vpb.ListSnapshotsResponse)
         self.restore_snapshot = rpc(vpb.RestoreSnapshotRequest, vpb.RestoreSnapshotResponse)
         self.delete_snapshot = rpc(vpb.DeleteSnapshotRequest, vpb.DeleteSnapshotResponse)
+        self.download_snapshot = service.stream(
+            vpb.DownloadSnapshotRequest, vpb.DownloadSnapshotResponse
+        )
 
 
 class AnalyticsClient:

@@ -27,6 +27,7 @@ from lodestar.runtime.telemetry import span, tracer
 from lodestar.services.vector.analytics_db import DATABASE_FILE, MAX_LABEL_CHARS
 from lodestar.services.vector.analytics_models import (
     CollectionGrowth,
+    SearchBucket,
     SearchStats,
     UsageRecord,
     UsageStats,
@@ -111,12 +112,21 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         top = _count(
             request.top_queries, "top_queries", limits.MAX_TOP_QUERIES, limits.DEFAULT_TOP_QUERIES
         )
+        width = request.bucket_width_seconds
+        if not 0 <= width <= limits.MAX_BUCKET_WIDTH_S:
+            raise InvalidArgument(
+                f"bucket_width_seconds must be between 0 and {limits.MAX_BUCKET_WIDTH_S} "
+                f"(0: no timeline); got {width}",
+                field="bucket_width_seconds",
+                reason="OUT_OF_RANGE",
+            )
         with span(_trace, "analytics.search"):
             result = await asyncio.to_thread(
                 self._store.search_analytics,
                 collection=collection or None,
                 start_time=start,
                 top_queries=top,
+                bucket_width_s=width,
             )
         return pb.GetSearchAnalyticsResponse(
             total=_search_stats(result.total),
@@ -125,6 +135,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                 pb.QueryCount(query_text=q.query_text, count=q.count)
                 for q in result.popular_queries
             ],
+            timeline=[_bucket(b) for b in result.timeline],
         )
 
     async def ListSearchQueries(
@@ -326,6 +337,17 @@ def _search_stats(stats: SearchStats) -> pb.SearchStats:
         latency_p99_ms=stats.latency_p99_ms,
         zero_result_rate=stats.zero_result_rate,
         mean_result_count=stats.mean_result_count,
+    )
+
+
+def _bucket(bucket: SearchBucket) -> pb.SearchBucket:
+    return pb.SearchBucket(
+        start_time=protojson.seconds_to_timestamp(bucket.start),
+        search_count=bucket.search_count,
+        latency_p50_ms=bucket.latency_p50_ms,
+        latency_p95_ms=bucket.latency_p95_ms,
+        latency_p99_ms=bucket.latency_p99_ms,
+        zero_result_rate=bucket.zero_result_rate,
     )
 
 

@@ -18,11 +18,13 @@ import numpy as np
 import numpy.typing as npt
 
 from lodestar import limits
+from lodestar.runtime.errors import InvalidArgument
 from lodestar.services.vector.analytics_models import (
     CollectionGrowth,
     QueryCount,
     QueryDayCount,
     SearchAnalytics,
+    SearchBucket,
     SearchStats,
     SizeSample,
     UsageAnalytics,
@@ -259,6 +261,61 @@ def search_analytics(
             )
         ]
     return SearchAnalytics(total, tuple(per_collection), tuple(popular))
+
+
+def search_timeline(
+    conn: sqlite3.Connection,
+    *,
+    collection: str | None,
+    start_time: float | None,
+    end_time: float,
+    bucket_width_s: int,
+    max_buckets: int = limits.MAX_TIMELINE_BUCKETS,
+) -> list[SearchBucket]:
+    """Searches per bucket of ``bucket_width_s`` seconds (buckets start at multiples of
+    the width since the epoch), oldest first, empty buckets included: from the bucket
+    holding ``start_time`` (without one: the oldest search's, at most ``max_buckets``
+    back) to the one holding ``end_time``. More buckets than ``max_buckets`` from an
+    explicit ``start_time`` is INVALID_ARGUMENT: the answer must stay small."""
+    width = bucket_width_s
+    last = math.floor(end_time / width)
+    where, params = _where(start_time=start_time, column="collection", value=collection)
+    if start_time is not None:
+        first = math.floor(start_time / width)
+        if last - first + 1 > max_buckets:
+            raise InvalidArgument(
+                f"bucket_width_seconds {width} makes {last - first + 1} buckets from "
+                f"start_time to now; at most {max_buckets}: widen the buckets or start later",
+                field="bucket_width_seconds",
+                reason="TOO_MANY_BUCKETS",
+                metadata={"max_buckets": str(max_buckets)},
+            )
+    else:
+        (oldest,) = conn.execute(f"SELECT MIN(ts) FROM searches {where}", params).fetchone()
+        if oldest is None:
+            return []
+        first = max(math.floor(float(oldest) / width), last - max_buckets + 1)
+    if first > last:
+        return []
+    rows = np.array(
+        conn.execute(
+            f"SELECT ts, latency_ms, result_count = 0 FROM searches {where}"
+            f"{' AND' if where else ' WHERE'} ts >= ? AND ts < ? ORDER BY ts",
+            (*params, first * width, (last + 1) * width),
+        ).fetchall(),
+        dtype=np.float64,
+    ).reshape(-1, 3)
+    # Rows are in time order, so each bucket's rows are one slice.
+    index = np.floor(rows[:, 0] / width).astype(np.int64) - first
+    bounds = np.searchsorted(index, np.arange(last - first + 2))
+    timeline = []
+    for i in range(last - first + 1):
+        bucket = rows[bounds[i] : bounds[i + 1]]
+        count = len(bucket)
+        p50, p95, p99 = nearest_ranks(bucket[:, 1].copy())
+        zero = float(bucket[:, 2].sum()) / count if count else 0.0
+        timeline.append(SearchBucket(float((first + i) * width), count, p50, p95, p99, zero))
+    return timeline
 
 
 _DAY_S: Final = 86_400

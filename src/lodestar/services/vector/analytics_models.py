@@ -32,10 +32,23 @@ class QueryDayCount:
 
 
 @dataclass(frozen=True)
+class SearchBucket:
+    """The searches of one timeline interval, from ``start`` (unix seconds)."""
+
+    start: float
+    search_count: int
+    latency_p50_ms: float
+    latency_p95_ms: float
+    latency_p99_ms: float
+    zero_result_rate: float
+
+
+@dataclass(frozen=True)
 class SearchAnalytics:
     total: SearchStats
     collections: tuple[SearchStats, ...]
     popular_queries: tuple[QueryCount, ...]
+    timeline: tuple[SearchBucket, ...] = ()  # oldest first; empty without a bucket width
 
 
 @dataclass(frozen=True)

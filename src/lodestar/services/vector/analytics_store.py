@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from contextlib import suppress
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -187,13 +188,28 @@ class AnalyticsStore:
         collection: str | None = None,
         start_time: float | None = None,
         top_queries: int = 10,
+        bucket_width_s: int = 0,
     ) -> SearchAnalytics:
-        """Volume, nearest-rank latency percentiles, zero-result rate and popular queries."""
+        """Volume, nearest-rank latency percentiles, zero-result rate and popular queries;
+        with ``bucket_width_s``, the same per bucket of time up to now (``db.search_timeline``)."""
         self._settle()
+        now = self._clock()
         with db.reading(self.path) as conn:
-            return db.search_analytics(
+            # One read transaction: the timeline counts the same searches as the totals.
+            conn.execute("BEGIN")
+            result = db.search_analytics(
                 conn, collection=collection, start_time=start_time, top_queries=top_queries
             )
+            if not bucket_width_s:
+                return result
+            timeline = db.search_timeline(
+                conn,
+                collection=collection,
+                start_time=start_time,
+                end_time=now,
+                bucket_width_s=bucket_width_s,
+            )
+        return replace(result, timeline=tuple(timeline))
 
     def query_days(
         self, *, collection: str | None = None, start_time: float | None = None, limit: int

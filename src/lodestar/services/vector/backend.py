@@ -110,6 +110,11 @@ class VectorBackend(Protocol):
 
     async def delete_snapshot(self, collection: str, snapshot: str) -> None: ...
 
+    async def read_snapshot(self, collection: str, snapshot: str, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes of the snapshot's file from ``offset``; fewer only at its
+        end. A snapshot is never changed once written, so pieces read one by one make
+        up the file."""
+
     # --- observability
     async def sizes(self) -> dict[str, tuple[int, int]]:
         """Each collection's (points, disk bytes)."""

@@ -394,6 +394,9 @@ class EmbeddedBackend:
     async def delete_snapshot(self, collection: str, snapshot: str) -> None:
         await asyncio.to_thread(self._snapshots.delete, collection, snapshot)
 
+    async def read_snapshot(self, collection: str, snapshot: str, offset: int, size: int) -> bytes:
+        return await asyncio.to_thread(self._snapshots.read, collection, snapshot, offset, size)
+
     async def restore_snapshot(self, collection: str, snapshot: str, target: str) -> CollectionInfo:
         header, chunks = await asyncio.to_thread(self._snapshots.open, collection, snapshot)
         async with self._catalog_lock:

@@ -169,6 +169,7 @@ class EngineProcess:
     list_snapshots = _remote(VectorBackend.list_snapshots)
     restore_snapshot = _remote(VectorBackend.restore_snapshot)
     delete_snapshot = _remote(VectorBackend.delete_snapshot)
+    read_snapshot = _remote(VectorBackend.read_snapshot)
     sizes = _remote(VectorBackend.sizes)
 
     async def _send(

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Final
 
 import grpc
+import httpx
 from qdrant_client import AsyncQdrantClient
 from qdrant_client import models as qm
 from qdrant_client.http.exceptions import UnexpectedResponse
@@ -67,7 +68,7 @@ from lodestar.services.vector.remote_convert import (
     vector_params,
 )
 from lodestar.services.vector.settings import VectorSettings
-from lodestar.services.vector.snapshots import PortableSnapshots
+from lodestar.services.vector.snapshots import PortableSnapshots, snapshot_not_found
 
 _SCROLL_CHUNK: Final = 1_000
 # Seconds a collection's configuration is trusted for request validation: other
@@ -442,15 +443,50 @@ class RemoteBackend:
         async with self._errors(collection):
             await self._client.delete_snapshot(collection, snapshot, wait=True)
 
+    async def read_snapshot(self, collection: str, snapshot: str, offset: int, size: int) -> bytes:
+        if self._portable is not None:
+            return await asyncio.to_thread(self._portable.read, collection, snapshot, offset, size)
+        await self._native_snapshot(collection, snapshot)
+        # Qdrant serves a snapshot's file over HTTP only; a range request reads one piece.
+        base = self._settings.qdrant_url.rstrip("/")
+        key = self._api_key()
+        headers = {"Range": f"bytes={offset}-{offset + size - 1}"}
+        if key:
+            headers["api-key"] = key
+        url = f"{base}/collections/{collection}/snapshots/{snapshot}"
+        async with self._errors(collection):
+            try:
+                async with (
+                    httpx.AsyncClient(timeout=self._settings.qdrant_timeout_s) as client,
+                    client.stream("GET", url, headers=headers) as response,
+                ):
+                    if response.status_code == 416:  # the offset is at or past the end
+                        return b""
+                    if response.status_code == 404:
+                        raise snapshot_not_found(collection, snapshot)
+                    if response.status_code not in (200, 206):
+                        await response.aread()
+                        raise UnexpectedResponse.for_response(response)
+                    # A server that ignores the range sends the whole file: skip to the piece.
+                    skip = offset if response.status_code == 200 else 0
+                    piece = bytearray()
+                    async for block in response.aiter_bytes():
+                        dropped = min(skip, len(block))
+                        skip -= dropped
+                        piece += block[dropped:][: size - len(piece)]
+                        if len(piece) >= size:
+                            break
+                    return bytes(piece)
+            except httpx.HTTPError as error:
+                raise Unavailable(
+                    f"Qdrant is unreachable: {error}", reason="BACKEND_UNAVAILABLE"
+                ) from None
+
     async def _native_snapshot(self, collection: str, snapshot: str) -> SnapshotInfo:
         for info in await self.list_snapshots(collection):
             if info.name == snapshot:
                 return info
-        raise NotFound(
-            f"collection {collection!r} has no snapshot {snapshot!r}",
-            reason="SNAPSHOT_NOT_FOUND",
-            metadata={"collection": collection, "snapshot": snapshot},
-        )
+        raise snapshot_not_found(collection, snapshot)
 
     async def restore_snapshot(self, collection: str, snapshot: str, target: str) -> CollectionInfo:
         if target != collection:

@@ -24,10 +24,10 @@ from lodestar.services.vector.models import (
     SetPayloadOp,
     UpsertOp,
 )
+from lodestar.services.vector.servicer_snapshots import SnapshotServicer
 from lodestar.services.vector.settings import VectorSettings
 from lodestar.services.vector.store import Example, PointChange, Search, VectorStore
 from lodestar.vector.v1 import vector_service_pb2 as pb
-from lodestar.vector.v1 import vector_service_pb2_grpc as pb_grpc
 
 SERVICE_NAME: Final = pb.DESCRIPTOR.services_by_name["VectorService"].full_name
 
@@ -38,8 +38,9 @@ def _invalid(field: str, message: str, reason: str = "INVALID_ARGUMENT") -> Inva
     return InvalidArgument(f"{field}: {message}", field=field, reason=reason)
 
 
-class VectorServicer(pb_grpc.VectorServiceServicer):
-    """Every VectorService RPC; bad input is INVALID_ARGUMENT naming the field."""
+class VectorServicer(SnapshotServicer):
+    """Every VectorService RPC (the snapshots' in ``SnapshotServicer``); bad input is
+    INVALID_ARGUMENT naming the field."""
 
     def __init__(self, store: VectorStore, settings: VectorSettings) -> None:
         self._store = store
@@ -546,53 +547,3 @@ class VectorServicer(pb_grpc.VectorServiceServicer):
             sampled_points=result.sampled_points,
             noise_points=result.clustering.noise,
         )
-
-    # --- snapshots ----------------------------------------------------------------------------
-
-    async def CreateSnapshot(
-        self, request: pb.CreateSnapshotRequest, context: _Context
-    ) -> pb.CreateSnapshotResponse:
-        name = convert.collection_name(request.collection)
-        snapshot = await self._store.create_snapshot(name)
-        return pb.CreateSnapshotResponse(snapshot=convert.snapshot_to_pb(snapshot))
-
-    async def ListSnapshots(
-        self, request: pb.ListSnapshotsRequest, context: _Context
-    ) -> pb.ListSnapshotsResponse:
-        name = convert.collection_name(request.collection)
-        size = convert.page_size(request.page_size)
-        state = convert.decode_page_token(request.page_token, "snapshots")
-        start = state.get("o", 0)
-        if state and (state.get("c") != name or not isinstance(start, int) or start < 0):
-            raise _invalid("page_token", "not a page token from a previous response")
-        snapshots = await self._store.list_snapshots(name)
-        page = snapshots[start : start + size]
-        more = start + size < len(snapshots)
-        return pb.ListSnapshotsResponse(
-            snapshots=[convert.snapshot_to_pb(s) for s in page],
-            next_page_token=convert.encode_page_token(
-                {"k": "snapshots", "c": name, "o": start + size}
-            )
-            if more
-            else "",
-        )
-
-    async def RestoreSnapshot(
-        self, request: pb.RestoreSnapshotRequest, context: _Context
-    ) -> pb.RestoreSnapshotResponse:
-        name = convert.collection_name(request.collection)
-        snapshot = convert.snapshot_name(request.snapshot)
-        target = (
-            convert.collection_name(request.target_collection, "target_collection")
-            if request.target_collection
-            else name
-        )
-        info = await self._store.restore_snapshot(name, snapshot, target)
-        return pb.RestoreSnapshotResponse(collection=convert.collection_to_pb(info))
-
-    async def DeleteSnapshot(
-        self, request: pb.DeleteSnapshotRequest, context: _Context
-    ) -> pb.DeleteSnapshotResponse:
-        name = convert.collection_name(request.collection)
-        await self._store.delete_snapshot(name, convert.snapshot_name(request.snapshot))
-        return pb.DeleteSnapshotResponse()

@@ -41,6 +41,14 @@ _LENGTH = struct.Struct(">I")
 _READ_CHUNK: Final = 1 << 20
 
 
+def snapshot_not_found(collection: str, name: str) -> NotFound:
+    return NotFound(
+        f"collection {collection!r} has no snapshot {name!r}",
+        reason="SNAPSHOT_NOT_FOUND",
+        metadata={"collection": collection, "snapshot": name},
+    )
+
+
 @dataclass(frozen=True)
 class SnapshotHeader:
     collection: str
@@ -80,11 +88,7 @@ class PortableSnapshots:
     def path(self, collection: str, name: str) -> Path:
         path = self._dir(collection) / name
         if not name.endswith(SUFFIX) or not path.is_file():
-            raise NotFound(
-                f"collection {collection!r} has no snapshot {name!r}",
-                reason="SNAPSHOT_NOT_FOUND",
-                metadata={"collection": collection, "snapshot": name},
-            )
+            raise snapshot_not_found(collection, name)
         return path
 
     def write(
@@ -146,6 +150,12 @@ class PortableSnapshots:
         infos.sort(key=lambda s: (s.create_time or datetime.min.replace(tzinfo=UTC), s.name))
         infos.reverse()
         return infos
+
+    def read(self, collection: str, name: str, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes of the snapshot's file from ``offset`` (fewer at its end)."""
+        with open(self.path(collection, name), "rb") as handle:
+            handle.seek(offset)
+            return handle.read(size)
 
     def delete(self, collection: str, name: str) -> None:
         path = self.path(collection, name)

@@ -49,6 +49,7 @@ from lodestar.services.vector.models import (
     tenant_condition,
     with_must,
 )
+from lodestar.services.vector.snapshots import snapshot_not_found
 
 _SCROLL_CHUNK: Final = 1_000
 _trace = tracer(__name__)
@@ -525,6 +526,16 @@ class VectorStore:
 
     async def delete_snapshot(self, collection: str, snapshot: str) -> None:
         await self.backend.delete_snapshot(collection, snapshot)
+
+    async def snapshot_info(self, collection: str, snapshot: str) -> SnapshotInfo:
+        """The snapshot's description; NOT_FOUND when the collection has no such snapshot."""
+        for info in await self.backend.list_snapshots(collection):
+            if info.name == snapshot:
+                return info
+        raise snapshot_not_found(collection, snapshot)
+
+    async def read_snapshot(self, collection: str, snapshot: str, offset: int, size: int) -> bytes:
+        return await self.backend.read_snapshot(collection, snapshot, offset, size)
 
     async def sizes(self) -> dict[str, tuple[int, int]]:
         sizes = await self.backend.sizes()

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*lodestar/vector/v1/analytics_service.proto\x12\x12lodestar.vector.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"/\n\nQueryCount\x12\x12\n\nquery_text\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"[\n\rQueryDayCount\x12\x12\n\nquery_text\x18\x01 \x01(\t\x12\'\n\x03\x64\x61y\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\"\xb4\x01\n\x0bSearchStats\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x14\n\x0csearch_count\x18\x02 \x01(\x04\x12\x16\n\x0elatency_p50_ms\x18\x03 \x01(\x01\x12\x16\n\x0elatency_p95_ms\x18\x04 \x01(\x01\x12\x16\n\x0elatency_p99_ms\x18\x05 \x01(\x01\x12\x18\n\x10zero_result_rate\x18\x06 \x01(\x01\x12\x19\n\x11mean_result_count\x18\x07 \x01(\x01\"`\n\nSizeSample\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cpoints_count\x18\x02 \x01(\x04\x12\x12\n\ndisk_bytes\x18\x03 \x01(\x04\"\x81\x01\n\x10\x43ollectionGrowth\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x14\n\x0cpoints_count\x18\x02 \x01(\x04\x12\x12\n\ndisk_bytes\x18\x03 \x01(\x04\x12/\n\x07samples\x18\x04 \x03(\x0b\x32\x1e.lodestar.vector.v1.SizeSample\"\xb1\x01\n\nUsageEvent\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\r\n\x05route\x18\x02 \x01(\t\x12\x13\n\x0bstatus_code\x18\x03 \x01(\x05\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x05 \x01(\x03\x12\x12\n\nlatency_ms\x18\x06 \x01(\x01\x12(\n\x04time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8a\x01\n\nUsageStats\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\r\n\x05route\x18\x02 \x01(\t\x12\x15\n\rrequest_count\x18\x03 \x01(\x04\x12\x13\n\x0b\x65rror_count\x18\x04 \x01(\x04\x12\x15\n\rprompt_tokens\x18\x05 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x06 \x01(\x04\"t\n\x19GetSearchAnalyticsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btop_queries\x18\x03 \x01(\x05\"\xbb\x01\n\x1aGetSearchAnalyticsResponse\x12.\n\x05total\x18\x01 \x01(\x0b\x32\x1f.lodestar.vector.v1.SearchStats\x12\x34\n\x0b\x63ollections\x18\x02 \x03(\x0b\x32\x1f.lodestar.vector.v1.SearchStats\x12\x37\n\x0fpopular_queries\x18\x03 \x03(\x0b\x32\x1e.lodestar.vector.v1.QueryCount\"_\n\x19GetVectorAnalyticsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x87\x01\n\x1aGetVectorAnalyticsResponse\x12\x39\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32$.lodestar.vector.v1.CollectionGrowth\x12\x14\n\x0ctotal_points\x18\x02 \x01(\x04\x12\x18\n\x10total_disk_bytes\x18\x03 \x01(\x04\"D\n\x12RecordUsageRequest\x12.\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1e.lodestar.vector.v1.UsageEvent\"\x15\n\x13RecordUsageResponse\"[\n\x18GetUsageAnalyticsRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"y\n\x19GetUsageAnalyticsResponse\x12-\n\x05usage\x18\x01 \x03(\x0b\x32\x1e.lodestar.vector.v1.UsageStats\x12-\n\x05total\x18\x02 \x01(\x0b\x32\x1e.lodestar.vector.v1.UsageStats\"q\n\x18ListSearchQueriesRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x03 \x01(\x05\"O\n\x19ListSearchQueriesResponse\x12\x32\n\x07queries\x18\x01 \x03(\x0b\x32!.lodestar.vector.v1.QueryDayCount2\xc0\x04\n\x10\x41nalyticsService\x12s\n\x12GetSearchAnalytics\x12-.lodestar.vector.v1.GetSearchAnalyticsRequest\x1a..lodestar.vector.v1.GetSearchAnalyticsResponse\x12s\n\x12GetVectorAnalytics\x12-.lodestar.vector.v1.GetVectorAnalyticsRequest\x1a..lodestar.vector.v1.GetVectorAnalyticsResponse\x12^\n\x0bRecordUsage\x12&.lodestar.vector.v1.RecordUsageRequest\x1a\'.lodestar.vector.v1.RecordUsageResponse\x12p\n\x11GetUsageAnalytics\x12,.lodestar.vector.v1.GetUsageAnalyticsRequest\x1a-.lodestar.vector.v1.GetUsageAnalyticsResponse\x12p\n\x11ListSearchQueries\x12,.lodestar.vector.v1.ListSearchQueriesRequest\x1a-.lodestar.vector.v1.ListSearchQueriesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*lodestar/vector/v1/analytics_service.proto\x12\x12lodestar.vector.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"/\n\nQueryCount\x12\x12\n\nquery_text\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"[\n\rQueryDayCount\x12\x12\n\nquery_text\x18\x01 \x01(\t\x12\'\n\x03\x64\x61y\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\"\xb4\x01\n\x0bSearchStats\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x14\n\x0csearch_count\x18\x02 \x01(\x04\x12\x16\n\x0elatency_p50_ms\x18\x03 \x01(\x01\x12\x16\n\x0elatency_p95_ms\x18\x04 \x01(\x01\x12\x16\n\x0elatency_p99_ms\x18\x05 \x01(\x01\x12\x18\n\x10zero_result_rate\x18\x06 \x01(\x01\x12\x19\n\x11mean_result_count\x18\x07 \x01(\x01\"\xb6\x01\n\x0cSearchBucket\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0csearch_count\x18\x02 \x01(\x04\x12\x16\n\x0elatency_p50_ms\x18\x03 \x01(\x01\x12\x16\n\x0elatency_p95_ms\x18\x04 \x01(\x01\x12\x16\n\x0elatency_p99_ms\x18\x05 \x01(\x01\x12\x18\n\x10zero_result_rate\x18\x06 \x01(\x01\"`\n\nSizeSample\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cpoints_count\x18\x02 \x01(\x04\x12\x12\n\ndisk_bytes\x18\x03 \x01(\x04\"\x81\x01\n\x10\x43ollectionGrowth\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x14\n\x0cpoints_count\x18\x02 \x01(\x04\x12\x12\n\ndisk_bytes\x18\x03 \x01(\x04\x12/\n\x07samples\x18\x04 \x03(\x0b\x32\x1e.lodestar.vector.v1.SizeSample\"\xb1\x01\n\nUsageEvent\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\r\n\x05route\x18\x02 \x01(\t\x12\x13\n\x0bstatus_code\x18\x03 \x01(\x05\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x05 \x01(\x03\x12\x12\n\nlatency_ms\x18\x06 \x01(\x01\x12(\n\x04time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8a\x01\n\nUsageStats\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\r\n\x05route\x18\x02 \x01(\t\x12\x15\n\rrequest_count\x18\x03 \x01(\x04\x12\x13\n\x0b\x65rror_count\x18\x04 \x01(\x04\x12\x15\n\rprompt_tokens\x18\x05 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x06 \x01(\x04\"\x92\x01\n\x19GetSearchAnalyticsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btop_queries\x18\x03 \x01(\x05\x12\x1c\n\x14\x62ucket_width_seconds\x18\x04 \x01(\x05\"\xef\x01\n\x1aGetSearchAnalyticsResponse\x12.\n\x05total\x18\x01 \x01(\x0b\x32\x1f.lodestar.vector.v1.SearchStats\x12\x34\n\x0b\x63ollections\x18\x02 \x03(\x0b\x32\x1f.lodestar.vector.v1.SearchStats\x12\x37\n\x0fpopular_queries\x18\x03 \x03(\x0b\x32\x1e.lodestar.vector.v1.QueryCount\x12\x32\n\x08timeline\x18\x04 \x03(\x0b\x32 .lodestar.vector.v1.SearchBucket\"_\n\x19GetVectorAnalyticsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x87\x01\n\x1aGetVectorAnalyticsResponse\x12\x39\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32$.lodestar.vector.v1.CollectionGrowth\x12\x14\n\x0ctotal_points\x18\x02 \x01(\x04\x12\x18\n\x10total_disk_bytes\x18\x03 \x01(\x04\"D\n\x12RecordUsageRequest\x12.\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1e.lodestar.vector.v1.UsageEvent\"\x15\n\x13RecordUsageResponse\"[\n\x18GetUsageAnalyticsRequest\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"y\n\x19GetUsageAnalyticsResponse\x12-\n\x05usage\x18\x01 \x03(\x0b\x32\x1e.lodestar.vector.v1.UsageStats\x12-\n\x05total\x18\x02 \x01(\x0b\x32\x1e.lodestar.vector.v1.UsageStats\"q\n\x18ListSearchQueriesRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x03 \x01(\x05\"O\n\x19ListSearchQueriesResponse\x12\x32\n\x07queries\x18\x01 \x03(\x0b\x32!.lodestar.vector.v1.QueryDayCount2\xc0\x04\n\x10\x41nalyticsService\x12s\n\x12GetSearchAnalytics\x12-.lodestar.vector.v1.GetSearchAnalyticsRequest\x1a..lodestar.vector.v1.GetSearchAnalyticsResponse\x12s\n\x12GetVectorAnalytics\x12-.lodestar.vector.v1.GetVectorAnalyticsRequest\x1a..lodestar.vector.v1.GetVectorAnalyticsResponse\x12^\n\x0bRecordUsage\x12&.lodestar.vector.v1.RecordUsageRequest\x1a\'.lodestar.vector.v1.RecordUsageResponse\x12p\n\x11GetUsageAnalytics\x12,.lodestar.vector.v1.GetUsageAnalyticsRequest\x1a-.lodestar.vector.v1.GetUsageAnalyticsResponse\x12p\n\x11ListSearchQueries\x12,.lodestar.vector.v1.ListSearchQueriesRequest\x1a-.lodestar.vector.v1.ListSearchQueriesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,34 +38,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QUERYDAYCOUNT']._serialized_end=239
   _globals['_SEARCHSTATS']._serialized_start=242
   _globals['_SEARCHSTATS']._serialized_end=422
-  _globals['_SIZESAMPLE']._serialized_start=424
-  _globals['_SIZESAMPLE']._serialized_end=520
-  _globals['_COLLECTIONGROWTH']._serialized_start=523
-  _globals['_COLLECTIONGROWTH']._serialized_end=652
-  _globals['_USAGEEVENT']._serialized_start=655
-  _globals['_USAGEEVENT']._serialized_end=832
-  _globals['_USAGESTATS']._serialized_start=835
-  _globals['_USAGESTATS']._serialized_end=973
-  _globals['_GETSEARCHANALYTICSREQUEST']._serialized_start=975
-  _globals['_GETSEARCHANALYTICSREQUEST']._serialized_end=1091
-  _globals['_GETSEARCHANALYTICSRESPONSE']._serialized_start=1094
-  _globals['_GETSEARCHANALYTICSRESPONSE']._serialized_end=1281
-  _globals['_GETVECTORANALYTICSREQUEST']._serialized_start=1283
-  _globals['_GETVECTORANALYTICSREQUEST']._serialized_end=1378
-  _globals['_GETVECTORANALYTICSRESPONSE']._serialized_start=1381
-  _globals['_GETVECTORANALYTICSRESPONSE']._serialized_end=1516
-  _globals['_RECORDUSAGEREQUEST']._serialized_start=1518
-  _globals['_RECORDUSAGEREQUEST']._serialized_end=1586
-  _globals['_RECORDUSAGERESPONSE']._serialized_start=1588
-  _globals['_RECORDUSAGERESPONSE']._serialized_end=1609
-  _globals['_GETUSAGEANALYTICSREQUEST']._serialized_start=1611
-  _globals['_GETUSAGEANALYTICSREQUEST']._serialized_end=1702
-  _globals['_GETUSAGEANALYTICSRESPONSE']._serialized_start=1704
-  _globals['_GETUSAGEANALYTICSRESPONSE']._serialized_end=1825
-  _globals['_LISTSEARCHQUERIESREQUEST']._serialized_start=1827
-  _globals['_LISTSEARCHQUERIESREQUEST']._serialized_end=1940
-  _globals['_LISTSEARCHQUERIESRESPONSE']._serialized_start=1942
-  _globals['_LISTSEARCHQUERIESRESPONSE']._serialized_end=2021
-  _globals['_ANALYTICSSERVICE']._serialized_start=2024
-  _globals['_ANALYTICSSERVICE']._serialized_end=2600
+  _globals['_SEARCHBUCKET']._serialized_start=425
+  _globals['_SEARCHBUCKET']._serialized_end=607
+  _globals['_SIZESAMPLE']._serialized_start=609
+  _globals['_SIZESAMPLE']._serialized_end=705
+  _globals['_COLLECTIONGROWTH']._serialized_start=708
+  _globals['_COLLECTIONGROWTH']._serialized_end=837
+  _globals['_USAGEEVENT']._serialized_start=840
+  _globals['_USAGEEVENT']._serialized_end=1017
+  _globals['_USAGESTATS']._serialized_start=1020
+  _globals['_USAGESTATS']._serialized_end=1158
+  _globals['_GETSEARCHANALYTICSREQUEST']._serialized_start=1161
+  _globals['_GETSEARCHANALYTICSREQUEST']._serialized_end=1307
+  _globals['_GETSEARCHANALYTICSRESPONSE']._serialized_start=1310
+  _globals['_GETSEARCHANALYTICSRESPONSE']._serialized_end=1549
+  _globals['_GETVECTORANALYTICSREQUEST']._serialized_start=1551
+  _globals['_GETVECTORANALYTICSREQUEST']._serialized_end=1646
+  _globals['_GETVECTORANALYTICSRESPONSE']._serialized_start=1649
+  _globals['_GETVECTORANALYTICSRESPONSE']._serialized_end=1784
+  _globals['_RECORDUSAGEREQUEST']._serialized_start=1786
+  _globals['_RECORDUSAGEREQUEST']._serialized_end=1854
+  _globals['_RECORDUSAGERESPONSE']._serialized_start=1856
+  _globals['_RECORDUSAGERESPONSE']._serialized_end=1877
+  _globals['_GETUSAGEANALYTICSREQUEST']._serialized_start=1879
+  _globals['_GETUSAGEANALYTICSREQUEST']._serialized_end=1970
+  _globals['_GETUSAGEANALYTICSRESPONSE']._serialized_start=1972
+  _globals['_GETUSAGEANALYTICSRESPONSE']._serialized_end=2093
+  _globals['_LISTSEARCHQUERIESREQUEST']._serialized_start=2095
+  _globals['_LISTSEARCHQUERIESREQUEST']._serialized_end=2208
+  _globals['_LISTSEARCHQUERIESRESPONSE']._serialized_start=2210
+  _globals['_LISTSEARCHQUERIESRESPONSE']._serialized_end=2289
+  _globals['_ANALYTICSSERVICE']._serialized_start=2292
+  _globals['_ANALYTICSSERVICE']._serialized_end=2868
 # @@protoc_insertion_point(module_scope)

@@ -115,6 +115,47 @@ class SearchStats(_message.Message):
 Global___SearchStats: _TypeAlias = SearchStats  # noqa: Y015
 
 @_typing.final
+class SearchBucket(_message.Message):
+    """SearchBucket summarises the searches of one interval of a timeline."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_TIME_FIELD_NUMBER: _builtins.int
+    SEARCH_COUNT_FIELD_NUMBER: _builtins.int
+    LATENCY_P50_MS_FIELD_NUMBER: _builtins.int
+    LATENCY_P95_MS_FIELD_NUMBER: _builtins.int
+    LATENCY_P99_MS_FIELD_NUMBER: _builtins.int
+    ZERO_RESULT_RATE_FIELD_NUMBER: _builtins.int
+    search_count: _builtins.int
+    latency_p50_ms: _builtins.float
+    """Nearest-rank latency percentiles (0 without searches)."""
+    latency_p95_ms: _builtins.float
+    latency_p99_ms: _builtins.float
+    zero_result_rate: _builtins.float
+    """Share of searches that returned no hit (0..1)."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """The interval's start; it lasts the request's bucket_width_seconds."""
+
+    def __init__(
+        self,
+        *,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        search_count: _builtins.int = ...,
+        latency_p50_ms: _builtins.float = ...,
+        latency_p95_ms: _builtins.float = ...,
+        latency_p99_ms: _builtins.float = ...,
+        zero_result_rate: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["latency_p50_ms", b"latency_p50_ms", "latency_p95_ms", b"latency_p95_ms", "latency_p99_ms", b"latency_p99_ms", "search_count", b"search_count", "start_time", b"start_time", "zero_result_rate", b"zero_result_rate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchBucket: _TypeAlias = SearchBucket  # noqa: Y015
+
+@_typing.final
 class SizeSample(_message.Message):
     """SizeSample is a collection's size at one time."""
 
@@ -263,10 +304,17 @@ class GetSearchAnalyticsRequest(_message.Message):
     COLLECTION_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     TOP_QUERIES_FIELD_NUMBER: _builtins.int
+    BUCKET_WIDTH_SECONDS_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     """Empty means every collection."""
     top_queries: _builtins.int
     """Most popular queries to return (default 10, at most 100)."""
+    bucket_width_seconds: _builtins.int
+    """Width in seconds of each timeline bucket; 0 means no timeline. Buckets
+    start at multiples of the width since the Unix epoch, and run from the one
+    holding start_time (without it: the oldest search, at most 500 buckets
+    back) to the one holding now; more than 500 buckets is INVALID_ARGUMENT.
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Only searches at or after this time (default: all kept)."""
@@ -277,10 +325,11 @@ class GetSearchAnalyticsRequest(_message.Message):
         collection: _builtins.str = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         top_queries: _builtins.int = ...,
+        bucket_width_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "start_time", b"start_time", "top_queries", b"top_queries"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_width_seconds", b"bucket_width_seconds", "collection", b"collection", "start_time", b"start_time", "top_queries", b"top_queries"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -295,22 +344,30 @@ class GetSearchAnalyticsResponse(_message.Message):
     TOTAL_FIELD_NUMBER: _builtins.int
     COLLECTIONS_FIELD_NUMBER: _builtins.int
     POPULAR_QUERIES_FIELD_NUMBER: _builtins.int
+    TIMELINE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def total(self) -> Global___SearchStats: ...
     @_builtins.property
     def collections(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchStats]: ...
     @_builtins.property
     def popular_queries(self) -> _containers.RepeatedCompositeFieldContainer[Global___QueryCount]: ...
+    @_builtins.property
+    def timeline(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchBucket]:
+        """The selected searches over time, one bucket per bucket_width_seconds
+        (empty ones included), oldest first; empty without a bucket width.
+        """
+
     def __init__(
         self,
         *,
         total: Global___SearchStats | None = ...,
         collections: _abc.Iterable[Global___SearchStats] | None = ...,
         popular_queries: _abc.Iterable[Global___QueryCount] | None = ...,
+        timeline: _abc.Iterable[Global___SearchBucket] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["total", b"total"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collections", b"collections", "popular_queries", b"popular_queries", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collections", b"collections", "popular_queries", b"popular_queries", "timeline", b"timeline", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -151,6 +151,11 @@ class VectorServiceStub:
                 request_serializer=lodestar_dot_vector_dot_v1_dot_vector__service__pb2.DeleteSnapshotRequest.SerializeToString,
                 response_deserializer=lodestar_dot_vector_dot_v1_dot_vector__service__pb2.DeleteSnapshotResponse.FromString,
                 _registered_method=True)
+        self.DownloadSnapshot = channel.unary_stream(
+                '/lodestar.vector.v1.VectorService/DownloadSnapshot',
+                request_serializer=lodestar_dot_vector_dot_v1_dot_vector__service__pb2.DownloadSnapshotRequest.SerializeToString,
+                response_deserializer=lodestar_dot_vector_dot_v1_dot_vector__service__pb2.DownloadSnapshotResponse.FromString,
+                _registered_method=True)
 
 
 class VectorServiceServicer:
@@ -317,6 +322,14 @@ class VectorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DownloadSnapshot(self, request, context):
+        """Streams a snapshot's file, in order, in pieces of at most 1 MiB: the bytes
+        RestoreSnapshot reads, to keep a backup elsewhere.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VectorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -429,6 +442,11 @@ def add_VectorServiceServicer_to_server(servicer, server):
                     servicer.DeleteSnapshot,
                     request_deserializer=lodestar_dot_vector_dot_v1_dot_vector__service__pb2.DeleteSnapshotRequest.FromString,
                     response_serializer=lodestar_dot_vector_dot_v1_dot_vector__service__pb2.DeleteSnapshotResponse.SerializeToString,
+            ),
+            'DownloadSnapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadSnapshot,
+                    request_deserializer=lodestar_dot_vector_dot_v1_dot_vector__service__pb2.DownloadSnapshotRequest.FromString,
+                    response_serializer=lodestar_dot_vector_dot_v1_dot_vector__service__pb2.DownloadSnapshotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1032,6 +1050,33 @@ class VectorService:
             '/lodestar.vector.v1.VectorService/DeleteSnapshot',
             lodestar_dot_vector_dot_v1_dot_vector__service__pb2.DeleteSnapshotRequest.SerializeToString,
             lodestar_dot_vector_dot_v1_dot_vector__service__pb2.DeleteSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/lodestar.vector.v1.VectorService/DownloadSnapshot',
+            lodestar_dot_vector_dot_v1_dot_vector__service__pb2.DownloadSnapshotRequest.SerializeToString,
+            lodestar_dot_vector_dot_v1_dot_vector__service__pb2.DownloadSnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -84,6 +84,10 @@ class VectorServiceStub:
     """Restores a snapshot into the same or a new collection."""
     DeleteSnapshot: _grpc.UnaryUnaryMultiCallable[_vector_service_pb2.DeleteSnapshotRequest, _vector_service_pb2.DeleteSnapshotResponse]
     """Deletes a snapshot."""
+    DownloadSnapshot: _grpc.UnaryStreamMultiCallable[_vector_service_pb2.DownloadSnapshotRequest, _vector_service_pb2.DownloadSnapshotResponse]
+    """Streams a snapshot's file, in order, in pieces of at most 1 MiB: the bytes
+    RestoreSnapshot reads, to keep a backup elsewhere.
+    """
 
 @_typing.type_check_only
 class VectorServiceAsyncStub(VectorServiceStub):
@@ -141,6 +145,10 @@ class VectorServiceAsyncStub(VectorServiceStub):
     """Restores a snapshot into the same or a new collection."""
     DeleteSnapshot: _aio.UnaryUnaryMultiCallable[_vector_service_pb2.DeleteSnapshotRequest, _vector_service_pb2.DeleteSnapshotResponse]  # type: ignore[assignment]
     """Deletes a snapshot."""
+    DownloadSnapshot: _aio.UnaryStreamMultiCallable[_vector_service_pb2.DownloadSnapshotRequest, _vector_service_pb2.DownloadSnapshotResponse]  # type: ignore[assignment]
+    """Streams a snapshot's file, in order, in pieces of at most 1 MiB: the bytes
+    RestoreSnapshot reads, to keep a backup elsewhere.
+    """
 
 class VectorServiceServicer(metaclass=_abc_1.ABCMeta):
     """VectorService is the platform's memory: collections of points (a vector
@@ -327,5 +335,15 @@ class VectorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_vector_service_pb2.DeleteSnapshotResponse, _abc.Awaitable[_vector_service_pb2.DeleteSnapshotResponse]]:
         """Deletes a snapshot."""
+
+    @_abc_1.abstractmethod
+    def DownloadSnapshot(
+        self,
+        request: _vector_service_pb2.DownloadSnapshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_vector_service_pb2.DownloadSnapshotResponse], _abc.AsyncIterator[_vector_service_pb2.DownloadSnapshotResponse]]:
+        """Streams a snapshot's file, in order, in pieces of at most 1 MiB: the bytes
+        RestoreSnapshot reads, to keep a backup elsewhere.
+        """
 
 def add_VectorServiceServicer_to_server(servicer: VectorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -27,6 +27,17 @@ def search_analytics_from_proto(response: pb.GetSearchAnalyticsResponse) -> dict
         "popular_queries": [
             {"query_text": q.query_text, "count": q.count} for q in response.popular_queries
         ],
+        "timeline": [
+            {
+                "start_time": timestamp_to_datetime(b.start_time),
+                "search_count": b.search_count,
+                "latency_p50_ms": b.latency_p50_ms,
+                "latency_p95_ms": b.latency_p95_ms,
+                "latency_p99_ms": b.latency_p99_ms,
+                "zero_result_rate": b.zero_result_rate,
+            }
+            for b in response.timeline
+        ],
     }
 
 

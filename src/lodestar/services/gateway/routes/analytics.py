@@ -50,8 +50,22 @@ async def search_analytics(
     top_queries: Annotated[
         int, Query(ge=1, le=limits.MAX_TOP_QUERIES)
     ] = limits.DEFAULT_TOP_QUERIES,
+    interval: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=limits.MAX_BUCKET_WIDTH_S,
+            description="Seconds per `timeline` bucket; without it, no timeline. The "
+            f"timeline runs from `since` (or the oldest search) to now, in at most "
+            f"{limits.MAX_TIMELINE_BUCKETS} buckets (400 past that with `since`).",
+        ),
+    ] = None,
 ) -> Response:
-    request = pb.GetSearchAnalyticsRequest(collection=collection, top_queries=top_queries)
+    """Totals and per collection; with `interval`, the same figures over time
+    (`timeline`: bucket start, count, p50/p95/p99 and zero-result rate, oldest first)."""
+    request = pb.GetSearchAnalyticsRequest(
+        collection=collection, top_queries=top_queries, bucket_width_seconds=interval or 0
+    )
     if since is not None:
         datetime_to_timestamp(since, request.start_time)
     response = await call.backends.analytics.search_analytics(request, call.options)

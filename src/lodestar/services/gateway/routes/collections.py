@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Body, Depends, Path, Query
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from lodestar import limits
 from lodestar.auth.permissions import Permission
@@ -242,3 +243,52 @@ async def delete_snapshot(
         pb.DeleteSnapshotRequest(collection=name, snapshot=snapshot), call.options
     )
     return no_content()
+
+
+@router.get(
+    "/collections/{name}/snapshots/{snapshot}",
+    tags=["snapshots"],
+    summary="Download a snapshot",
+    response_class=Response,  # no media type of its own: the file is declared below
+    responses={
+        200: {
+            "description": "The snapshot's file, as an attachment named after it.",
+            "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+            "headers": {
+                "Content-Disposition": {
+                    "description": "`attachment; filename=<snapshot>`.",
+                    "schema": {"type": "string"},
+                }
+            },
+        }
+    },
+)
+async def download_snapshot(
+    name: Name,
+    snapshot: SnapshotName,
+    call: Annotated[Call, Depends(require(Permission.CREATE_SNAPSHOTS, RouteClass.ADMIN))],
+) -> Response:
+    """The file that restoring the snapshot reads: a backup to keep elsewhere. It is
+    streamed as the vector service reads it; an unknown snapshot is a 404."""
+    call.collection(name)
+    call.whole_collection("download a snapshot")
+    pieces = call.backends.vector.download_snapshot(
+        pb.DownloadSnapshotRequest(collection=name, snapshot=snapshot), call.options
+    )
+    # The first piece comes before the status: a missing snapshot is still a 404.
+    first = await anext(pieces)
+    headers = {"Content-Disposition": f'attachment; filename="{snapshot}"'}
+    if first.snapshot.size_bytes:
+        # A transfer cut short is then seen as one by the client.
+        headers["Content-Length"] = str(first.snapshot.size_bytes)
+    return StreamingResponse(
+        _file(first.data, pieces), media_type="application/octet-stream", headers=headers
+    )
+
+
+async def _file(
+    first: bytes, pieces: AsyncIterator[pb.DownloadSnapshotResponse]
+) -> AsyncIterator[bytes]:
+    yield first
+    async for piece in pieces:
+        yield piece.data

@@ -1,8 +1,8 @@
 // Collections: list, create (dimension or the served embedding model, distance,
 // typed payload schema), details (config, payload indexes), delete with
-// confirmation, and snapshots (create, list, restore).
+// confirmation, and snapshots (create, list, restore, download).
 
-import { api, bytes, confirmAction, fail, field, h, jsonText, say, select, table } from "../lib.js";
+import { api, ApiError, bytes, confirmAction, fail, field, h, jsonText, say, select, table } from "../lib.js";
 
 const FIELD_TYPES = ["keyword", "text", "integer", "float", "datetime", "bool"];
 
@@ -136,7 +136,12 @@ async function snapshots(name, refreshCollections) {
                 s.name,
                 s.create_time || "",
                 bytes(s.size_bytes),
-                h("button", { type: "button", onclick: () => restore(s.name) }, `Restore ${s.name}`),
+                h(
+                  "div",
+                  { class: "row" },
+                  h("button", { type: "button", onclick: () => restore(s.name) }, `Restore ${s.name}`),
+                  h("button", { type: "button", onclick: () => download(s.name) }, `Download ${s.name}`),
+                ),
               ]),
             )
           : h("p", {}, "No snapshots."),
@@ -151,6 +156,24 @@ async function snapshots(name, refreshCollections) {
       await api("POST", `${base}/snapshots/${encodeURIComponent(snapshot)}/restore`);
       say(`Restored ${snapshot}.`);
       await refreshCollections();
+    } catch (error) {
+      fail(error);
+    }
+  }
+  // The file comes through fetch (the token in its Authorization header, never in a
+  // URL) and is saved from an object URL by a temporary download link.
+  async function download(snapshot) {
+    try {
+      const response = await api("GET", `${base}/snapshots/${encodeURIComponent(snapshot)}`, undefined, { raw: true });
+      if (!response.ok) throw new ApiError(response.status, await response.json().catch(() => null));
+      const blob = await response.blob();
+      const url = URL.createObjectURL(blob);
+      const link = h("a", { href: url, download: snapshot, hidden: true });
+      document.body.append(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 1000);
+      say(`Downloaded ${snapshot} (${bytes(blob.size)}).`);
     } catch (error) {
       fail(error);
     }
