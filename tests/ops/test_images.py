@@ -56,6 +56,7 @@ def test_policy_catches_a_bad_dockerfile(tmp_path: Path) -> None:
         "expected only [gateway]",
         "ENTRYPOINT",
         "mentions torch",
+        "console's scripts",
         "dockerignore",
     ):
         assert expected in problems
@@ -80,3 +81,17 @@ def test_vector_image_runs_under_an_init(tmp_path: Path) -> None:
     problems = dc.dockerfile_policy_problems(bare)
     assert len(problems) == 1, problems
     assert "does not start with tini" in problems[0]
+
+
+def test_gateway_image_fetches_the_consoles_scripts_in_its_own_stage() -> None:
+    # The console's vendored scripts are git-ignored: the image makes its own copy
+    # with the same script (and so the same pinned versions) as make console-assets.
+    text = (dc.DOCKER / "gateway.Dockerfile").read_text()
+    assert "RUN ./console_assets.sh /tmp/npm /console/vendor" in text
+    copy = (
+        "COPY --from=console /console/vendor ./src/lodestar/services/gateway/console/static/vendor"
+    )
+    assert copy in text
+    assert text.index(copy) < text.index('RUN pip install --no-cache-dir "./[gateway]"')
+    makefile = (dc.REPO / "Makefile").read_text()
+    assert "scripts/console_assets.sh $(CONSOLE_NPM) $(CONSOLE_VENDOR)" in makefile
