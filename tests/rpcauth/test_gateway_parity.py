@@ -24,6 +24,8 @@ from lodestar.services.gateway.settings import GatewaySettings
 from lodestar.services.vector.embedded import EmbeddedBackend
 from lodestar.services.vector.server import create_server
 from lodestar.services.vector.settings import VectorSettings
+from lodestar.vector.v1 import analytics_service_pb2 as apb
+from lodestar.vector.v1 import analytics_service_pb2_grpc as analytics_grpc
 from lodestar.vector.v1 import vector_service_pb2 as pb
 from lodestar.vector.v1 import vector_service_pb2_grpc as pb_grpc
 from tests.gateway.harness import RunningGateway, gateway_settings, run_gateway
@@ -237,3 +239,39 @@ async def test_certificate_changes_are_watched(tmp_path: Path) -> None:
         await asyncio.wait_for(changed.wait(), 5)
     finally:
         watch.cancel()
+
+
+async def test_analytics_through_the_gateway_count_only_the_allow_listed_collections(
+    stack: Stack,
+) -> None:
+    admin = stack.token("admin")
+    for name, text in (("stats-a", "allowed question"), ("hush-b", "hushed question")):
+        await stack.direct(admin).CreateCollection(
+            pb.CreateCollectionRequest(name=name, config=pb.CollectionConfig(dimension=4))
+        )
+        await stack.direct(admin).UpsertPoints(
+            pb.UpsertPointsRequest(collection=name, points=[point(1, [1, 0, 0, 0])])
+        )
+        await stack.direct(admin).SearchPoints(
+            pb.SearchPointsRequest(collection=name, vector=[1, 0, 0, 0], query_text=text)
+        )
+    scoped = stack.token("operator", collections=["stats-*"])
+    request = apb.GetSearchAnalyticsRequest(top_queries=100, bucket_width_seconds=3600)
+
+    direct = await Caller(
+        analytics_grpc.AnalyticsServiceStub(stack.channel), scoped
+    ).GetSearchAnalytics(request)
+    async with stack.rest(scoped) as http:
+        answered = await http.get(
+            "/api/v1/analytics/search", params={"top_queries": 100, "interval": 3600}
+        )
+    assert answered.status_code == 200, answered.text
+    body = answered.json()
+    assert body["total"]["search_count"] == direct.total.search_count == 1
+    assert [q["query_text"] for q in body["popular_queries"]] == ["allowed question"]
+    assert [q.query_text for q in direct.popular_queries] == ["allowed question"]
+    assert sum(b["search_count"] for b in body["timeline"]) == 1
+    async with stack.rest(stack.token("operator")) as http:
+        everything = (await http.get("/api/v1/analytics/search")).json()
+    assert everything["total"]["search_count"] >= 2
+    assert "hushed question" in {q["query_text"] for q in everything["popular_queries"]}

@@ -359,3 +359,44 @@ async def test_search_queries_are_counted_per_day(running: _Running) -> None:
     await _invalid(
         running.stub.ListSearchQueries(pb.ListSearchQueriesRequest(page_size=10_001)), "page_size"
     )
+
+
+async def test_a_collections_restriction_applies_to_every_figure(running: _Running) -> None:
+    running.store.record_search("docs", 5.0, 1, "open question")
+    running.store.record_search("secret", 500.0, 0, "merger plans")
+    running.sizes.sizes = {"docs": (3, 300), "secret": (70, 7000)}
+    only_docs = ["do*"]
+
+    search = await running.stub.GetSearchAnalytics(
+        pb.GetSearchAnalyticsRequest(collections=only_docs, bucket_width_seconds=60)
+    )
+    assert [s.collection for s in search.collections] == ["docs"]
+    assert (search.total.search_count, search.total.latency_p99_ms) == (1, 5.0)
+    assert [q.query_text for q in search.popular_queries] == ["open question"]
+    assert sum(b.search_count for b in search.timeline) == 1
+
+    queries = await running.stub.ListSearchQueries(
+        pb.ListSearchQueriesRequest(collections=only_docs)
+    )
+    assert [q.query_text for q in queries.queries] == ["open question"]
+
+    sizes = await running.stub.GetVectorAnalytics(
+        pb.GetVectorAnalyticsRequest(collections=only_docs)
+    )
+    assert [c.collection for c in sizes.collections] == ["docs"]
+    assert (sizes.total_points, sizes.total_disk_bytes) == (3, 300)
+
+
+async def test_a_collections_restriction_is_bounded(running: _Running) -> None:
+    too_long = await _invalid(
+        running.stub.GetSearchAnalytics(pb.GetSearchAnalyticsRequest(collections=["x" * 256])),
+        "collections[0]",
+    )
+    assert too_long.reason == "NAME_TOO_LONG"
+    too_many = await _invalid(
+        running.stub.ListSearchQueries(
+            pb.ListSearchQueriesRequest(collections=[f"c{i}" for i in range(1001)])
+        ),
+        "collections",
+    )
+    assert too_many.reason == "TOO_MANY_COLLECTIONS"

@@ -81,7 +81,13 @@ class Principal:
     def may_use_collection(self, name: str) -> bool:
         if self.collections is None:
             return True
-        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.collections)
+        return matches_collection_patterns(name, self.collections)
+
+
+def matches_collection_patterns(name: str, patterns: Iterable[str]) -> bool:
+    """Whether ``name`` matches one of ``patterns`` (shell-style, case-sensitive): how
+    a token's collections claim is read wherever collections are filtered by it."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
 def permissions_for(

@@ -11,8 +11,10 @@ The token's tenant and collection allow-list bind the call, as the gateway's ``C
 binds a REST request: a request's ``tenant`` may only repeat the token's tenant (an
 empty one is filled in), so that the vector service confines every read and write to
 it; every collection a request names must be on the allow-list, and lists are
-filtered to it; a tenant-scoped token cannot change, delete or snapshot a whole
-collection, which would touch other tenants' points.
+filtered to it (analytics at their source: the allow-list restricts the request, so
+that totals and popular queries count only the collections the token may use); a
+tenant-scoped token cannot change, delete or snapshot a whole collection, which would
+touch other tenants' points.
 
 Health and reflection stay open: orchestrators probe health without credentials, and
 reflection describes the API that the repository publishes anyway.
@@ -165,9 +167,39 @@ def _screen_collections(response: vpb.ListCollectionsResponse, principal: Princi
         _keep(response.collections, lambda c: principal.may_use_collection(c.name))
 
 
-def _screen_analytics(response: Any, principal: Principal) -> None:
-    if principal.collections is not None:
-        _keep(response.collections, lambda c: principal.may_use_collection(c.collection))
+_GLOB_CHARACTERS: Final = frozenset("*?[")
+
+
+def _bind_analytics(request: Any, principal: Principal) -> None:
+    """Analytics over the collections the token may use alone, as a list call is
+    filtered: the allow-list becomes the request's ``collections`` restriction, which
+    the service applies before it computes any figure (totals and popular queries
+    included). The request may narrow it to names the token may use or to the
+    token's own patterns; any other entry is PERMISSION_DENIED, as a named
+    collection off the list is. A token that may use no collection is refused."""
+    _named_if_set("collection")(request, principal)
+    allowed = principal.collections
+    if allowed is None:
+        return
+    if not allowed:
+        raise PermissionDenied(
+            "this token may use no collection, so it may see no analytics of one",
+            reason="COLLECTION_NOT_ALLOWED",
+            metadata={"collection": request.collection or "*"},
+        )
+    for entry in request.collections:
+        if entry in allowed:
+            continue
+        if _GLOB_CHARACTERS.isdisjoint(entry):
+            allowed_collection(entry, principal)
+        else:
+            raise PermissionDenied(
+                f"this token may not use every collection matching {entry!r}",
+                reason="COLLECTION_NOT_ALLOWED",
+                metadata={"collection": entry},
+            )
+    if not request.collections:
+        request.collections.extend(allowed)
 
 
 def _method(service: Any, name: str) -> str:
@@ -236,16 +268,10 @@ RPC_RULES: Mapping[str, RpcRule] = {
     ),
     _method(_VECTOR, "DeleteSnapshot"): _SNAPSHOTS,
     _method(_VECTOR, "DownloadSnapshot"): _SNAPSHOTS,
-    _method(_ANALYTICS, "GetSearchAnalytics"): RpcRule(
-        P.VIEW_ANALYTICS, _named_if_set("collection"), _screen_analytics
-    ),
-    _method(_ANALYTICS, "GetVectorAnalytics"): RpcRule(
-        P.VIEW_ANALYTICS, _named_if_set("collection"), _screen_analytics
-    ),
+    _method(_ANALYTICS, "GetSearchAnalytics"): RpcRule(P.VIEW_ANALYTICS, _bind_analytics),
+    _method(_ANALYTICS, "GetVectorAnalytics"): RpcRule(P.VIEW_ANALYTICS, _bind_analytics),
     _method(_ANALYTICS, "GetUsageAnalytics"): RpcRule(P.VIEW_ANALYTICS),
-    _method(_ANALYTICS, "ListSearchQueries"): RpcRule(
-        P.VIEW_ANALYTICS, _named_if_set("collection")
-    ),
+    _method(_ANALYTICS, "ListSearchQueries"): RpcRule(P.VIEW_ANALYTICS, _bind_analytics),
     # Usage records are the gateway's to write: the analytics they feed must not be
     # forged by a caller.
     _method(_ANALYTICS, "RecordUsage"): RpcRule(P.ADMINISTER_SYSTEM),

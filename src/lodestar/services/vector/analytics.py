@@ -12,7 +12,7 @@ import asyncio
 import logging
 import math
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -53,6 +53,8 @@ _trace = tracer(__name__)
 SERVICE_NAME: Final = pb.DESCRIPTOR.services_by_name["AnalyticsService"].full_name
 USAGE_COMMIT_TIMEOUT_S: Final = 30.0
 MAX_NAME_CHARS: Final = 255
+# Entries of a request's ``collections`` restriction (a token's allow-list) at most.
+MAX_COLLECTION_PATTERNS: Final = 1_000
 
 _Context = grpc.aio.ServicerContext
 # Live collection sizes: name → (points, disk bytes).
@@ -127,6 +129,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                 start_time=start,
                 top_queries=top,
                 bucket_width_s=width,
+                collections=_patterns(request.collections),
             )
         return pb.GetSearchAnalyticsResponse(
             total=_search_stats(result.total),
@@ -154,6 +157,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                 collection=collection or None,
                 start_time=start,
                 limit=size,
+                collections=_patterns(request.collections),
             )
         response = pb.ListSearchQueriesResponse()
         for row in rows:
@@ -167,6 +171,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         context: _Context[pb.GetVectorAnalyticsRequest, pb.GetVectorAnalyticsResponse],
     ) -> pb.GetVectorAnalyticsResponse:
         collection = _name(request.collection, "collection")
+        patterns = _patterns(request.collections)
         start = _start_time(request.start_time) if request.HasField("start_time") else None
         current: dict[str, tuple[int, int]] | None = None
         if self._sizes_provider is not None:
@@ -183,6 +188,7 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
                 collection=collection or None,
                 start_time=start,
                 current=current,
+                collections=patterns,
             )
         if collection and not result.collections:
             raise NotFound(
@@ -261,6 +267,17 @@ def _name(value: str, field: str) -> str:
             reason="NAME_TOO_LONG",
         )
     return value
+
+
+def _patterns(values: Sequence[str]) -> tuple[str, ...]:
+    """A ``collections`` restriction, each entry as long as a name at most."""
+    if len(values) > MAX_COLLECTION_PATTERNS:
+        raise InvalidArgument(
+            f"collections holds {len(values)} entries; at most {MAX_COLLECTION_PATTERNS} allowed",
+            field="collections",
+            reason="TOO_MANY_COLLECTIONS",
+        )
+    return tuple(_name(v, f"collections[{i}]") for i, v in enumerate(values))
 
 
 def _label(value: str, field: str) -> str:

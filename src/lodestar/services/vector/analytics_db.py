@@ -7,9 +7,10 @@ connection) reads while the writer commits.
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -18,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from lodestar import limits
+from lodestar.auth.permissions import matches_collection_patterns
 from lodestar.runtime.errors import InvalidArgument
 from lodestar.services.vector.analytics_models import (
     CollectionGrowth,
@@ -210,6 +212,11 @@ def prune(conn: sqlite3.Connection, cutoff: float, max_rows: int) -> int:
 
 
 # --- queries ---------------------------------------------------------------------------
+#
+# ``collections`` (names or shell-style patterns, as a token's allow-list; empty: every
+# collection) restricts every query at its source: totals, percentiles, popular
+# queries, timelines and growth are computed over the matching collections alone, so
+# that a figure never tells of a collection its reader may not see.
 
 
 def search_analytics(
@@ -218,8 +225,9 @@ def search_analytics(
     collection: str | None,
     start_time: float | None,
     top_queries: int,
+    collections: Sequence[str] = (),
 ) -> SearchAnalytics:
-    where, params = _where(start_time=start_time, column="collection", value=collection)
+    where, params = _search_where(conn, collection, collections, start_time)
     per_collection: list[SearchStats] = []
     latencies: list[npt.NDArray[np.float64]] = []
     rows = conn.execute(
@@ -271,6 +279,7 @@ def search_timeline(
     end_time: float,
     bucket_width_s: int,
     max_buckets: int = limits.MAX_TIMELINE_BUCKETS,
+    collections: Sequence[str] = (),
 ) -> list[SearchBucket]:
     """Searches per bucket of ``bucket_width_s`` seconds (buckets start at multiples of
     the width since the epoch), oldest first, empty buckets included: from the bucket
@@ -279,7 +288,7 @@ def search_timeline(
     explicit ``start_time`` is INVALID_ARGUMENT: the answer must stay small."""
     width = bucket_width_s
     last = math.floor(end_time / width)
-    where, params = _where(start_time=start_time, column="collection", value=collection)
+    where, params = _search_where(conn, collection, collections, start_time)
     if start_time is not None:
         first = math.floor(start_time / width)
         if last - first + 1 > max_buckets:
@@ -322,10 +331,15 @@ _DAY_S: Final = 86_400
 
 
 def query_days(
-    conn: sqlite3.Connection, *, collection: str | None, start_time: float | None, limit: int
+    conn: sqlite3.Connection,
+    *,
+    collection: str | None,
+    start_time: float | None,
+    limit: int,
+    collections: Sequence[str] = (),
 ) -> list[QueryDayCount]:
     """Searches counted per (query text, UTC day), the largest counts first."""
-    where, params = _where(start_time=start_time, column="collection", value=collection)
+    where, params = _search_where(conn, collection, collections, start_time)
     return [
         QueryDayCount(text, float(day) * _DAY_S, int(count))
         for text, day, count in conn.execute(
@@ -344,6 +358,7 @@ def vector_analytics(
     start_time: float | None,
     current: Mapping[str, tuple[int, int]] | None,
     max_samples: int,
+    collections: Sequence[str] = (),
 ) -> VectorAnalytics:
     latest: dict[str, tuple[int, int]]
     if current is not None:
@@ -356,7 +371,12 @@ def vector_analytics(
                 "GROUP BY collection"
             )
         }
-    names = sorted(n for n in latest if not collection or n == collection)
+    names = sorted(
+        n
+        for n in latest
+        if (not collection or n == collection)
+        and (not collections or matches_collection_patterns(n, collections))
+    )
     growth = [
         CollectionGrowth(
             name,
@@ -432,14 +452,55 @@ def row_counts(conn: sqlite3.Connection) -> dict[str, int]:
     return {t: int(conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]) for t in _TABLES}
 
 
-def _where(
-    *, start_time: float | None, column: str, value: str | None
+def _search_where(
+    conn: sqlite3.Connection,
+    collection: str | None,
+    collections: Sequence[str],
+    start_time: float | None,
 ) -> tuple[str, tuple[Any, ...]]:
+    """The searches of ``collection`` (if any) among those matching ``collections``
+    (if any) since ``start_time`` (if any), as a WHERE clause and its parameters."""
+    names = None
+    if collections:
+        names = [
+            n for n in _search_collections(conn) if matches_collection_patterns(n, collections)
+        ]
+    return _where(start_time=start_time, column="collection", value=collection, among=names)
+
+
+def _search_collections(conn: sqlite3.Connection) -> list[str]:
+    """Every collection with a search record, by stepping through the collection index
+    (one lookup per collection rather than a scan of every search)."""
+    return [
+        name
+        for (name,) in conn.execute(
+            "WITH RECURSIVE names(name) AS ("
+            " SELECT MIN(collection) FROM searches"
+            " UNION ALL SELECT (SELECT MIN(collection) FROM searches WHERE collection > name)"
+            " FROM names WHERE name IS NOT NULL"
+            ") SELECT name FROM names WHERE name IS NOT NULL"
+        )
+    ]
+
+
+def _where(
+    *,
+    start_time: float | None,
+    column: str,
+    value: str | None,
+    among: Sequence[str] | None = None,
+) -> tuple[str, tuple[Any, ...]]:
+    """``column`` equal to ``value`` (if any) and one of ``among`` (if not None; an
+    empty list selects nothing), at or after ``start_time`` (if any)."""
     clauses: list[str] = []
     params: list[Any] = []
     if value:
         clauses.append(f"{column} = ?")
         params.append(value)
+    if among is not None:
+        # One parameter however many names: SQLite caps the number of parameters.
+        clauses.append(f"{column} IN (SELECT value FROM json_each(?))")
+        params.append(json.dumps(list(among)))
     if start_time is not None:
         clauses.append("ts >= ?")
         params.append(start_time)

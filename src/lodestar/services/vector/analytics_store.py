@@ -19,7 +19,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import suppress
 from dataclasses import replace
@@ -189,16 +189,22 @@ class AnalyticsStore:
         start_time: float | None = None,
         top_queries: int = 10,
         bucket_width_s: int = 0,
+        collections: Sequence[str] = (),
     ) -> SearchAnalytics:
         """Volume, nearest-rank latency percentiles, zero-result rate and popular queries;
-        with ``bucket_width_s``, the same per bucket of time up to now (``db.search_timeline``)."""
+        with ``bucket_width_s``, the same per bucket of time up to now (``db.search_timeline``).
+        ``collections`` (names or patterns; empty: all) restricts every figure."""
         self._settle()
         now = self._clock()
         with db.reading(self.path) as conn:
             # One read transaction: the timeline counts the same searches as the totals.
             conn.execute("BEGIN")
             result = db.search_analytics(
-                conn, collection=collection, start_time=start_time, top_queries=top_queries
+                conn,
+                collection=collection,
+                start_time=start_time,
+                top_queries=top_queries,
+                collections=collections,
             )
             if not bucket_width_s:
                 return result
@@ -208,16 +214,29 @@ class AnalyticsStore:
                 start_time=start_time,
                 end_time=now,
                 bucket_width_s=bucket_width_s,
+                collections=collections,
             )
         return replace(result, timeline=tuple(timeline))
 
     def query_days(
-        self, *, collection: str | None = None, start_time: float | None = None, limit: int
+        self,
+        *,
+        collection: str | None = None,
+        start_time: float | None = None,
+        limit: int,
+        collections: Sequence[str] = (),
     ) -> list[QueryDayCount]:
-        """Searches counted per query text and UTC day, the largest counts first."""
+        """Searches counted per query text and UTC day, the largest counts first, of the
+        collections matching ``collections`` (names or patterns; empty: all)."""
         self._settle()
         with db.reading(self.path) as conn:
-            return db.query_days(conn, collection=collection, start_time=start_time, limit=limit)
+            return db.query_days(
+                conn,
+                collection=collection,
+                start_time=start_time,
+                limit=limit,
+                collections=collections,
+            )
 
     def vector_analytics(
         self,
@@ -225,11 +244,14 @@ class AnalyticsStore:
         collection: str | None = None,
         start_time: float | None = None,
         current: Mapping[str, tuple[int, int]] | None = None,
+        collections: Sequence[str] = (),
     ) -> VectorAnalytics:
         """Sizes and their samples, oldest first, at most ``max_samples`` per collection.
 
         ``current`` (the live sizes) decides which collections are reported; without
-        it, every collection with a sample is, at its latest sampled size.
+        it, every collection with a sample is, at its latest sampled size. Only those
+        matching ``collections`` (names or patterns; empty: all) are, and counted in
+        the totals.
         """
         self._settle()
         with db.reading(self.path) as conn:
@@ -239,6 +261,7 @@ class AnalyticsStore:
                 start_time=start_time,
                 current=current,
                 max_samples=self.max_samples,
+                collections=collections,
             )
 
     def usage_analytics(

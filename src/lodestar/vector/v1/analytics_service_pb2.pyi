@@ -305,6 +305,7 @@ class GetSearchAnalyticsRequest(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     TOP_QUERIES_FIELD_NUMBER: _builtins.int
     BUCKET_WIDTH_SECONDS_FIELD_NUMBER: _builtins.int
+    COLLECTIONS_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     """Empty means every collection."""
     top_queries: _builtins.int
@@ -319,6 +320,15 @@ class GetSearchAnalyticsRequest(_message.Message):
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Only searches at or after this time (default: all kept)."""
 
+    @_builtins.property
+    def collections(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only collections that match one of these names or shell-style patterns
+        (`*`, `?`, `[seq]`, as in a token's collections claim); empty: every
+        collection. Every figure is computed over these collections alone. The
+        service puts a token's allow-list here; the token may narrow it to names
+        it may use or to its own patterns, never widen it.
+        """
+
     def __init__(
         self,
         *,
@@ -326,10 +336,11 @@ class GetSearchAnalyticsRequest(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         top_queries: _builtins.int = ...,
         bucket_width_seconds: _builtins.int = ...,
+        collections: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_width_seconds", b"bucket_width_seconds", "collection", b"collection", "start_time", b"start_time", "top_queries", b"top_queries"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket_width_seconds", b"bucket_width_seconds", "collection", b"collection", "collections", b"collections", "start_time", b"start_time", "top_queries", b"top_queries"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -381,19 +392,30 @@ class GetVectorAnalyticsRequest(_message.Message):
 
     COLLECTION_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
+    COLLECTIONS_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     """Empty means every collection."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def collections(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only collections that match one of these names or shell-style patterns
+        (`*`, `?`, `[seq]`, as in a token's collections claim); empty: every
+        collection. Every figure is computed over these collections alone. The
+        service puts a token's allow-list here; the token may narrow it to names
+        it may use or to its own patterns, never widen it.
+        """
+
     def __init__(
         self,
         *,
         collection: _builtins.str = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
+        collections: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "collections", b"collections", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -527,6 +549,7 @@ class ListSearchQueriesRequest(_message.Message):
     COLLECTION_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    COLLECTIONS_FIELD_NUMBER: _builtins.int
     collection: _builtins.str
     """Empty means every collection."""
     page_size: _builtins.int
@@ -537,16 +560,26 @@ class ListSearchQueriesRequest(_message.Message):
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Only searches at or after this time (default: all kept)."""
 
+    @_builtins.property
+    def collections(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only collections that match one of these names or shell-style patterns
+        (`*`, `?`, `[seq]`, as in a token's collections claim); empty: every
+        collection. Every figure is computed over these collections alone. The
+        service puts a token's allow-list here; the token may narrow it to names
+        it may use or to its own patterns, never widen it.
+        """
+
     def __init__(
         self,
         *,
         collection: _builtins.str = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         page_size: _builtins.int = ...,
+        collections: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "page_size", b"page_size", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "collections", b"collections", "page_size", b"page_size", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
