@@ -1,0 +1,157 @@
+"""Replacing a document while others replace it too: concurrent uploads of one
+document id (in one gateway, and through Redis across a gateway and a worker)
+leave exactly one whole version; and the document list says which documents a
+job is writing."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.flows.conftest import Stack, create_collection, flows_settings, fresh
+from tests.flows.harness import RunningGateway, gateway_settings, run_gateway
+from tests.flows.test_document_workers import start_worker, wait_for
+from tests.flows.test_documents import FINISHED, chunk_payloads
+from tests.gateway.harness import redis_server
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+# Different lengths, so that the versions have different chunk counts.
+SIZES = (6, 17, 31, 48)
+
+
+def text(paragraphs: int, word: str) -> str:
+    return "\n\n".join(
+        f"Paragraph {i} of version {word} tells of the harbour's {word} boats." for i in range(paragraphs)
+    )
+
+
+def upload_body(document_id: str, paragraphs: int, word: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "text": text(paragraphs, word),
+        "id": document_id,
+        "chunk_size": 120,
+        "chunk_overlap": 10,
+        **extra,
+    }
+
+
+async def assert_one_whole_version(
+    http: httpx.AsyncClient, headers: dict[str, str], collection: str, document_id: str
+) -> dict[str, Any]:
+    """The document's stored points are exactly one version, whole, as its chunk 0 says."""
+    payloads = await chunk_payloads(http, headers, collection, document_id)
+    versions = {p["document_version"] for p in payloads}
+    assert len(versions) == 1, sorted(versions)
+    heads = [p for p in payloads if p["chunk_index"] == 0]
+    assert len(heads) == 1
+    count = heads[0]["chunk_count"]
+    assert sorted(p["chunk_index"] for p in payloads) == list(range(count))
+    assert all(p["chunk_count"] == count for p in payloads)
+    word = heads[0]["text"].split("version ", 1)[1].split(" ", 1)[0]
+    assert all(f"version {word} " in p["text"] for p in payloads)
+    got = await http.get(
+        f"/api/v1/collections/{collection}/documents/{document_id}", headers=headers
+    )
+    assert got.status_code == 200, got.text
+    body = got.json()
+    assert body["document"]["version"] == heads[0]["document_version"]
+    assert body["document"]["chunks"] == count == len(body["chunks"])
+    return body
+
+
+async def test_concurrent_uploads_of_one_document_leave_one_whole_version(
+    client: httpx.AsyncClient, gateway: RunningGateway
+) -> None:
+    admin = gateway.auth("admin")
+    collection = fresh("kbc")
+    await create_collection(client, admin, collection)
+    url = f"/api/v1/collections/{collection}/documents"
+    for round_ in range(3):
+        # Inline puts and job puts of the same id, all at once.
+        replies = await asyncio.gather(
+            *(
+                client.post(
+                    url,
+                    json=upload_body("shared", n, f"r{round_}v{i}", background=i % 2 == 1),
+                    headers=admin,
+                )
+                for i, n in enumerate(SIZES)
+            )
+        )
+        jobs = []
+        for reply in replies:
+            assert reply.status_code in (201, 202), reply.text
+            if reply.status_code == 202:
+                jobs.append(reply.json()["job"]["id"])
+        for job_id in jobs:
+            for _ in range(600):
+                status = (await client.get(f"/api/v1/jobs/{job_id}", headers=admin)).json()
+                if status["status"] in FINISHED:
+                    break
+                await asyncio.sleep(0.05)
+            assert status["status"] == "succeeded", status
+        await assert_one_whole_version(client, admin, collection, "shared")
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with redis_server() as url:
+        yield url
+
+
+async def test_concurrent_uploads_through_redis_leave_one_whole_version(
+    stack: Stack, redis_url: str
+) -> None:
+    """A gateway writing an upload itself while two worker processes write others."""
+    prefix = fresh("t") + ":"
+    settings = gateway_settings(
+        stack.embedding,
+        stack.vector,
+        stack.inference,
+        redis_url=redis_url,
+        redis_key_prefix=prefix,
+        document_jobs_per_process=0,
+    )
+    workers = [start_worker(stack, redis_url, prefix) for _ in range(2)]
+    try:
+        async with run_gateway(settings, flows_settings()) as running, running.client() as http:
+            admin = running.auth("admin")
+            collection = fresh("kbr")
+            await create_collection(http, admin, collection)
+            url = f"/api/v1/collections/{collection}/documents"
+            for round_ in range(3):
+                replies = await asyncio.gather(
+                    *(
+                        http.post(
+                            url,
+                            json=upload_body("shared", n, f"r{round_}v{i}", background=i > 0),
+                            headers=admin,
+                        )
+                        for i, n in enumerate(SIZES)
+                    )
+                )
+                pids = set()
+                for reply in replies[1:]:
+                    assert reply.status_code == 202, reply.text
+                    done = await wait_for(
+                        http,
+                        admin,
+                        reply.json()["job"]["id"],
+                        lambda s: s["status"] in FINISHED,
+                        timeout_s=120,
+                    )
+                    assert done["status"] == "succeeded", done
+                    pids.add(int(str(done["worker"]).rsplit(":", 1)[1]))
+                assert pids <= {w.pid for w in workers}
+                await assert_one_whole_version(http, admin, collection, "shared")
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            worker.wait(timeout=30)
