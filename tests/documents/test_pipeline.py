@@ -152,10 +152,12 @@ async def test_concurrent_puts_leave_exactly_one_whole_version(seed: int) -> Non
     )
     (version,) = calls.versions()
     current = await store.current("d")
-    assert current is not None and current.version == version
+    assert current is not None
+    assert current.version == version
     chunks = await store.chunks("d", version)
     assert [c.position for c in chunks] == list(range(current.chunks))
     assert len(calls.points) == current.chunks
     # The survivor is the greatest version, and its put knows it was not superseded.
     winner = max(results, key=lambda r: r.document.version)
-    assert winner.document.version == version and not winner.superseded
+    assert winner.document.version == version
+    assert not winner.superseded
