@@ -117,8 +117,8 @@ class JobStore(Protocol):
 
     async def update(self, job_id: str, **fields: Any) -> None: ...
 
-    async def indexed(self, tenant: str, collection: str) -> list[str]:
-        """The ids of the collection's jobs not yet unindexed."""
+    async def indexed(self, tenant: str, collection: str) -> dict[str, str]:
+        """The collection's jobs not yet unindexed: job id -> document id."""
 
     async def unindex(self, tenant: str, collection: str, job_id: str) -> None: ...
 
@@ -128,17 +128,18 @@ class JobStore(Protocol):
 class MemoryJobStore:
     def __init__(self) -> None:
         self._records: dict[str, JobRecord] = {}
-        self._index: dict[tuple[str, str], set[str]] = {}
+        self._index: dict[tuple[str, str], dict[str, str]] = {}
 
     async def create(self, record: JobRecord) -> None:
         self._records[record.id] = record
-        self._index.setdefault((record.tenant, record.collection), set()).add(record.id)
+        index = self._index.setdefault((record.tenant, record.collection), {})
+        index[record.id] = record.document_id
 
-    async def indexed(self, tenant: str, collection: str) -> list[str]:
-        return sorted(self._index.get((tenant, collection), ()))
+    async def indexed(self, tenant: str, collection: str) -> dict[str, str]:
+        return dict(self._index.get((tenant, collection), {}))
 
     async def unindex(self, tenant: str, collection: str, job_id: str) -> None:
-        self._index.get((tenant, collection), set()).discard(job_id)
+        self._index.get((tenant, collection), {}).pop(job_id, None)
 
     async def get(self, job_id: str) -> JobRecord | None:
         return self._records.get(job_id)
@@ -182,9 +183,9 @@ class RedisJobStore:
             pipe.expire(index, RECORD_TTL_S)
             await pipe.execute()
 
-    async def indexed(self, tenant: str, collection: str) -> list[str]:
-        keys = await self.redis.hkeys(self._index_key(tenant, collection))  # type: ignore[misc]
-        return sorted(k.decode() for k in keys)
+    async def indexed(self, tenant: str, collection: str) -> dict[str, str]:
+        raw = await self.redis.hgetall(self._index_key(tenant, collection))  # type: ignore[misc]
+        return {k.decode(): v.decode() for k, v in raw.items()}
 
     async def unindex(self, tenant: str, collection: str, job_id: str) -> None:
         await self.redis.hdel(self._index_key(tenant, collection), job_id)  # type: ignore[misc]

@@ -12,6 +12,7 @@ a job once it succeeded, was cancelled, or was outdated by a later version.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 from lodestar.documents.model import DocumentInfo, version_time
@@ -24,6 +25,8 @@ from lodestar.services.gateway.documents.jobs import (
 )
 
 PROCESSING, READY = "processing", "ready"
+# Job records read at once for one listing.
+READ_CONCURRENCY = 16
 
 
 async def latest_jobs(
@@ -31,14 +34,22 @@ async def latest_jobs(
 ) -> dict[str, JobRecord]:
     """Per document (or for one), its newest job that is queued, running or failed."""
     store = runner.store
+    indexed = await store.indexed(tenant, collection)
+    limit = asyncio.Semaphore(READ_CONCURRENCY)
+
+    async def read(job_id: str) -> JobRecord | None:
+        async with limit:
+            # The runner's view: a job its queue gave up on reads as failed.
+            record = await runner.get(job_id)
+            if record is None or record.status not in (QUEUED, RUNNING, FAILED):
+                await store.unindex(tenant, collection, job_id)
+                return None
+            return record
+
+    wanted = [j for j, d in sorted(indexed.items()) if document_id in (None, d)]
     out: dict[str, JobRecord] = {}
-    for job_id in await store.indexed(tenant, collection):
-        # The runner's view: a job its queue gave up on reads as failed.
-        record = await runner.get(job_id)
-        if record is None or record.status not in (QUEUED, RUNNING, FAILED):
-            await store.unindex(tenant, collection, job_id)
-            continue
-        if document_id is not None and record.document_id != document_id:
+    for record in await asyncio.gather(*(read(job_id) for job_id in wanted)):
+        if record is None:
             continue
         seen = out.get(record.document_id)
         if seen is None or seen.created_at < record.created_at:
