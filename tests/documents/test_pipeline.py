@@ -3,6 +3,8 @@ a failure leaves the previous version whole, a new version replaces the old."""
 
 from __future__ import annotations
 
+import asyncio
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +25,8 @@ def _matches(condition: vpb.Condition, payload: dict[str, Any]) -> bool:
     if kind == "is_empty":
         return payload.get(condition.is_empty.key) in (None, "", [])
     match = condition.field.match
+    if match.WhichOneof("kind") == "any_keywords":
+        return payload.get(condition.field.key) in match.any_keywords.values
     value = match.keyword if match.WhichOneof("kind") == "keyword" else match.integer
     return payload.get(condition.field.key) == value
 
@@ -40,8 +44,16 @@ class MemoryCalls:
         self.points: dict[str, dict[str, Any]] = {}
         self.upserts: list[list[int]] = []
         self.fail_after: int | None = None
+        # Set to interleave concurrent puts at random.
+        self.jitter: random.Random | None = None
+
+    async def _pause(self) -> None:
+        if self.jitter is not None:
+            for _ in range(self.jitter.randrange(4)):
+                await asyncio.sleep(0)
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        await self._pause()
         return [[1.0, 0.0, 0.0] for _ in texts]
 
     async def upsert(self, request: vpb.UpsertPointsRequest) -> None:
@@ -55,6 +67,7 @@ class MemoryCalls:
         self.upserts.append(positions)
 
     async def list(self, request: vpb.ListPointsRequest) -> vpb.ListPointsResponse:
+        await self._pause()
         found = [
             vpb.Point(id=vpb.PointId(uuid=i))
             for i, payload in self.points.items()
@@ -65,6 +78,7 @@ class MemoryCalls:
         return vpb.ListPointsResponse(points=found)
 
     async def delete(self, request: vpb.DeletePointsRequest) -> int:
+        await self._pause()
         doomed = [i for i, p in self.points.items() if _filter(request.selector.filter, p)]
         for i in doomed:
             del self.points[i]
@@ -124,3 +138,26 @@ async def test_a_failure_midway_leaves_the_previous_version_whole() -> None:
     assert [c.position for c in chunks] == list(range(second.document.chunks))
     assert await store.delete("d") == second.document.chunks
     assert calls.points == {}
+
+
+@pytest.mark.parametrize("seed", range(40))
+async def test_concurrent_puts_leave_exactly_one_whole_version(seed: int) -> None:
+    calls = MemoryCalls()
+    store = DocumentStore(calls, "c")
+    await put_document(store, document(9, "first"), OPTIONS)
+    calls.jitter = random.Random(seed)
+    sizes = [5, 12, 23, 31]
+    results = await asyncio.gather(
+        *(put_document(store, document(n, f"v{n}"), OPTIONS) for n in sizes)
+    )
+    (version,) = calls.versions()
+    current = await store.current("d")
+    assert current is not None
+    assert current.version == version
+    chunks = await store.chunks("d", version)
+    assert [c.position for c in chunks] == list(range(current.chunks))
+    assert len(calls.points) == current.chunks
+    # The survivor is the greatest version, and its put knows it was not superseded.
+    winner = max(results, key=lambda r: r.document.version)
+    assert winner.document.version == version
+    assert not winner.superseded

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from fpdf import FPDF
 
@@ -75,6 +77,10 @@ def test_document_ids_and_versions() -> None:
     assert not model.valid_document_id("")
     first, second = model.new_version(), model.new_version()
     assert first < second
+    # A replacement sorts after the version it replaces, even one from a clock ahead.
+    ahead = f"{(int(first.split('-')[0]) + 10**12):020d}-abcdef12"
+    assert model.new_version(ahead) > ahead
+    assert abs(model.version_time(first) - time.time()) < 60
 
 
 def test_markers_naming_no_source_are_removed() -> None:

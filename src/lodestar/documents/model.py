@@ -12,8 +12,10 @@ itself, and a document can never exist without its chunks.
 A version is committed when its chunk 0 is stored, which is written last: a
 version cut off half-way has no chunk 0 and is invisible to the documents API
 (and deleted by the next write or delete of the document), while the previous
-version stays whole until the new one is committed. Versions sort by time, so
-that should a crash leave two committed versions, the newer one is current.
+version stays whole until the new one is committed. Versions are totally
+ordered (as strings: creation time, then a random tie-break), and the greatest
+committed version is the current one: every writer and reader agrees on it
+without talking to the others (see ``pipeline``).
 """
 
 from __future__ import annotations
@@ -65,9 +67,22 @@ def document_id_for(source: str) -> str:
     return "doc-" + uuid.uuid5(_NAMESPACE, source).hex[:24]
 
 
-def new_version() -> str:
-    """A version id that sorts by creation time (then at random)."""
-    return f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+def new_version(after: str = "") -> str:
+    """A version id that sorts by creation time (then at random), and after
+    ``after`` (the current version), so that a replacement outranks what it
+    replaces even where the clocks of two writers disagree."""
+    floor = _version_ns(after) + 1 if after else 0
+    return f"{max(time.time_ns(), floor):020d}-{uuid.uuid4().hex[:8]}"
+
+
+def _version_ns(version: str) -> int:
+    head = version.partition("-")[0]
+    return int(head) if head.isdigit() else 0
+
+
+def version_time(version: str) -> float:
+    """When a version was made, in seconds since the epoch (0 if unknown)."""
+    return _version_ns(version) / 1e9
 
 
 def chunk_point_id(document_id: str, version: str, position: int) -> str:
@@ -91,7 +106,11 @@ class DocumentInfo:
     bytes: int
     created_at: str
     updated_at: str
+    # ready, processing (a job is writing a new version) or failed (the last
+    # job failed and nothing was committed since); see the README.
     status: str = "ready"
+    job: str = ""
+    error: str = ""
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> DocumentInfo:
@@ -113,7 +132,7 @@ class DocumentInfo:
         return cls(**{k: body[k] for k in cls.__dataclass_fields__ if k in body})
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "id": self.id,
             "version": self.version,
             "title": self.title,
@@ -125,6 +144,11 @@ class DocumentInfo:
             "updated_at": self.updated_at,
             "status": self.status,
         }
+        if self.job:
+            out["job"] = self.job
+        if self.error:
+            out["error"] = self.error
+        return out
 
 
 @dataclass(frozen=True)

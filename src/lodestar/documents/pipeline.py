@@ -1,11 +1,23 @@
 """Putting a document: chunk it with the ingest chunker, embed and upsert its
-chunks as a new version, commit the version, then delete every other version.
+chunks as a new version, commit the version, then delete the versions it
+supersedes.
 
 Chunks 1..n are written first, in batches (several in flight), and chunk 0,
 which carries the document's metadata, last: its write commits the version
 (see ``model``). A failure or cancellation before the commit deletes what was
-written of the new version and leaves the previous version as it was; after the
-commit, the previous version's chunks are deleted.
+written of the new version and leaves the previous version as it was.
+
+Puts of one document may run at once (in one gateway, in several replicas, in
+workers, in the ingest command) with no lock between them: versions are totally
+ordered, the current version is the greatest committed one, and after its
+commit a put deletes only versions older than its own, or its own version when
+a newer one is already committed. Invariant: no put ever deletes a version
+newer than its own but its own, so the greatest committed version stays whole;
+and every other version's chunks are deleted by the put that wrote them or by
+a newer one that saw them, so that once the puts are done exactly one version
+remains, the one its chunk 0 names, with all of its chunks. (The put of an
+older version that is still writing when a newer one commits loses chunks to
+the newer one's cleanup, and then deletes the rest itself.)
 """
 
 from __future__ import annotations
@@ -46,6 +58,9 @@ class PutResult:
     document: DocumentInfo
     # Chunks of earlier versions deleted once this one was committed.
     replaced: int
+    # The version this put wrote was outranked by another put's, committed at
+    # the same time, and deleted again.
+    superseded: bool = False
 
 
 @dataclass(frozen=True)
@@ -135,7 +150,7 @@ async def put_document(
     options = options or WriteOptions()
     chunks = plan_chunks(document, options.chunking)
     previous = await store.current(document.id)
-    version = model.new_version()
+    version = model.new_version(previous.version if previous else "")
     points = _payloads(
         document, chunks, version, previous.created_at if previous else "", store.text_key
     )
@@ -163,10 +178,17 @@ async def put_document(
         await write([points[0]])  # the commit
     except BaseException as error:
         with contextlib.suppress(Exception):
-            await asyncio.shield(store.delete(document.id, only_version=version))
+            await asyncio.shield(store.delete(document.id, versions=[version]))
         # One failure is reported, as a write of one batch at a time would.
         while isinstance(error, BaseExceptionGroup):
             error = error.exceptions[0]
         raise error from None
-    replaced = await store.delete(document.id, keep_version=version)
-    return PutResult(DocumentInfo.from_payload(points[0].payload), replaced)
+    # Read after the commit: a version committed before this read is seen
+    # here, and one committed after it sees this one (see the module docstring).
+    others = await store.other_versions(document.id, version)
+    older = sorted(v for v in others if v < version)
+    superseded = any(committed and v > version for v, committed in others.items())
+    replaced = await store.delete(document.id, versions=older) if older else 0
+    if superseded:
+        await store.delete(document.id, versions=[version])
+    return PutResult(DocumentInfo.from_payload(points[0].payload), replaced, superseded)

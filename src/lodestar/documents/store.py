@@ -132,6 +132,23 @@ class DocumentStore:
         out.sort(key=lambda chunk: chunk.position)
         return out
 
+    async def other_versions(self, document_id: str, version: str) -> dict[str, bool]:
+        """Every version of a document but ``version`` that has chunks stored,
+        each with whether it is committed (its chunk 0 is stored)."""
+        points = await self._all(
+            vpb.Filter(
+                must=[_keyword(model.DOCUMENT_ID, document_id)],
+                must_not=[_keyword(model.DOCUMENT_VERSION, version)],
+            )
+        )
+        out: dict[str, bool] = {}
+        for point in points:
+            payload = struct_to_dict(point.payload)
+            other = str(payload.get(model.DOCUMENT_VERSION, ""))
+            head = int(payload.get(model.POSITION, -1)) == 0
+            out[other] = out.get(other, False) or head
+        return out
+
     async def list(self, page_size: int, page_token: str) -> tuple[list[DocumentInfo], str]:
         """One page of committed documents, and the next page's token."""
         page = await self.calls.list(
@@ -151,15 +168,18 @@ class DocumentStore:
                 newest[info.id] = info
         return list(newest.values()), page.next_page_token
 
-    async def delete(
-        self, document_id: str, *, keep_version: str = "", only_version: str = ""
-    ) -> int:
-        """Delete a document's chunks: all, all but one version, or one version."""
+    async def delete(self, document_id: str, *, versions: Sequence[str] = ()) -> int:
+        """Delete a document's chunks: all, or those of the given versions."""
         filter = vpb.Filter(must=[_keyword(model.DOCUMENT_ID, document_id)])
-        if keep_version:
-            filter.must_not.append(_keyword(model.DOCUMENT_VERSION, keep_version))
-        if only_version:
-            filter.must.append(_keyword(model.DOCUMENT_VERSION, only_version))
+        if versions:
+            filter.must.append(
+                vpb.Condition(
+                    field=vpb.FieldCondition(
+                        key=model.DOCUMENT_VERSION,
+                        match=vpb.Match(any_keywords=vpb.Keywords(values=list(versions))),
+                    )
+                )
+            )
         return await self.calls.delete(
             vpb.DeletePointsRequest(
                 collection=self.collection,

@@ -12,6 +12,11 @@ records the failure, which ``get`` reports). Cancelling sets a flag that the
 job reads after every batch of chunks; an in-process job's task is also
 cancelled at once. A try that starts over writes a new version: the document
 pipeline removes whatever an earlier, unfinished try left.
+
+The store also indexes the jobs of each (tenant, collection) from their
+creation until they succeed or are cancelled, so that the document list can
+say which documents a job is writing (or last failed to write) without
+reading every job record.
 """
 
 from __future__ import annotations
@@ -59,6 +64,8 @@ class JobRecord:
     tenant: str
     subject: str
     document_id: str
+    title: str = ""
+    source: str = ""
     status: str = QUEUED
     chunks_done: int = 0
     chunks_total: int = 0
@@ -103,11 +110,17 @@ class JobCancelled(Exception):
 
 
 class JobStore(Protocol):
-    async def create(self, record: JobRecord) -> None: ...
+    async def create(self, record: JobRecord) -> None:
+        """Store a new record, and index it under its tenant and collection."""
 
     async def get(self, job_id: str) -> JobRecord | None: ...
 
     async def update(self, job_id: str, **fields: Any) -> None: ...
+
+    async def indexed(self, tenant: str, collection: str) -> dict[str, str]:
+        """The collection's jobs not yet unindexed: job id -> document id."""
+
+    async def unindex(self, tenant: str, collection: str, job_id: str) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -115,9 +128,18 @@ class JobStore(Protocol):
 class MemoryJobStore:
     def __init__(self) -> None:
         self._records: dict[str, JobRecord] = {}
+        self._index: dict[tuple[str, str], dict[str, str]] = {}
 
     async def create(self, record: JobRecord) -> None:
         self._records[record.id] = record
+        index = self._index.setdefault((record.tenant, record.collection), {})
+        index[record.id] = record.document_id
+
+    async def indexed(self, tenant: str, collection: str) -> dict[str, str]:
+        return dict(self._index.get((tenant, collection), {}))
+
+    async def unindex(self, tenant: str, collection: str, job_id: str) -> None:
+        self._index.get((tenant, collection), {}).pop(job_id, None)
 
     async def get(self, job_id: str) -> JobRecord | None:
         return self._records.get(job_id)
@@ -145,13 +167,28 @@ class RedisJobStore:
     def _key(self, job_id: str) -> str:
         return f"{self._prefix}{job_id}"
 
+    def _index_key(self, tenant: str, collection: str) -> str:
+        # A hash of job id -> document id; job ids start "job-", so no record
+        # key is an index key.
+        return f"{self._prefix}index:{len(tenant)}:{tenant}:{collection}"
+
     async def create(self, record: JobRecord) -> None:
         key = self._key(record.id)
+        index = self._index_key(record.tenant, record.collection)
         values = {k: orjson.dumps(v) for k, v in asdict(record).items()}
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=values)  # type: ignore[arg-type]
             pipe.expire(key, RECORD_TTL_S)
+            pipe.hset(index, record.id, record.document_id)
+            pipe.expire(index, RECORD_TTL_S)
             await pipe.execute()
+
+    async def indexed(self, tenant: str, collection: str) -> dict[str, str]:
+        raw = await self.redis.hgetall(self._index_key(tenant, collection))  # type: ignore[misc]
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def unindex(self, tenant: str, collection: str, job_id: str) -> None:
+        await self.redis.hdel(self._index_key(tenant, collection), job_id)  # type: ignore[misc]
 
     async def get(self, job_id: str) -> JobRecord | None:
         raw = await self.redis.hgetall(self._key(job_id))  # type: ignore[misc]
@@ -236,10 +273,12 @@ async def run_job(
         info = (await put_document(store, document, options, progress)).document
     except JobCancelled:
         await jobs.update(spec.job_id, status=CANCELLED)
+        await jobs.unindex(spec.tenant, spec.collection, spec.job_id)
     except asyncio.CancelledError:
         current = await jobs.get(spec.job_id)
         if current is not None and current.cancel_requested:
             await jobs.update(spec.job_id, status=CANCELLED)
+            await jobs.unindex(spec.tenant, spec.collection, spec.job_id)
             return
         raise
     except (DocumentFormatError, EmptyDocument, LodestarError) as error:
@@ -251,6 +290,7 @@ async def run_job(
         await jobs.update(
             spec.job_id, status=SUCCEEDED, chunks_done=info.chunks, document=info.as_dict()
         )
+        await jobs.unindex(spec.tenant, spec.collection, spec.job_id)
 
 
 class JobRunner(Protocol):

@@ -44,7 +44,15 @@ from lodestar.services.gateway.call import Call
 from lodestar.services.gateway.context import gateway_of
 from lodestar.services.gateway.deps import require
 from lodestar.services.gateway.documents.calls import BackendCalls
-from lodestar.services.gateway.documents.jobs import JobRecord, JobRunner, JobSpec, new_job_id
+from lodestar.services.gateway.documents.jobs import (
+    QUEUED,
+    RUNNING,
+    JobRecord,
+    JobRunner,
+    JobSpec,
+    new_job_id,
+)
+from lodestar.services.gateway.documents.status import latest_jobs, processing, with_status
 from lodestar.services.gateway.flows import semantic_cache
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.responses import respond_json
@@ -240,7 +248,13 @@ async def upload_document(
         )
         runner = _runner(request)
         record = JobRecord(
-            spec.job_id, collection, call.tenant, call.principal.subject, document_id
+            spec.job_id,
+            collection,
+            call.tenant,
+            call.principal.subject,
+            document_id,
+            title=title,
+            source=source,
         )
         await runner.store.create(record)
         await runner.submit(spec)
@@ -265,40 +279,66 @@ async def upload_document(
 @router.get("/collections/{name}/documents", summary="List documents")
 async def list_documents(
     collection: CollectionPath,
+    request: Request,
     call: Annotated[Call, Depends(require(Permission.SEARCH_VECTORS, RouteClass.READ))],
     page_size: Annotated[int, Query(ge=1, le=1000)] = 100,
     page_token: Annotated[str, Query(max_length=1000)] = "",
 ) -> Response:
-    """The collection's documents, a page at a time (``next_page_token`` empty on the last)."""
+    """The collection's documents, a page at a time (``next_page_token`` empty on the last),
+    each with its status (ready, processing, failed); the first page also lists the
+    documents whose first version a job is still writing."""
     call.collection(collection)
-    documents, token = await _store(call, collection).list(page_size, page_token)
-    return respond_json({"documents": [d.as_dict() for d in documents], "next_page_token": token})
+    store = _store(call, collection)
+    documents, token = await store.list(page_size, page_token)
+    runner = _runner(request)
+    jobs = await latest_jobs(runner, call.tenant, collection)
+    rows = [await with_status(runner, d, jobs.get(d.id)) for d in documents]
+    if not page_token:
+        listed = {d.id for d in documents}
+        for document_id, job in sorted(jobs.items()):
+            if document_id in listed or job.status not in (QUEUED, RUNNING):
+                continue
+            if await store.current(document_id) is None:
+                rows.append(processing(job))
+    return respond_json({"documents": [d.as_dict() for d in rows], "next_page_token": token})
 
 
-async def _current(call: Call, collection: str, document_id: str) -> model.DocumentInfo:
+async def _current(
+    request: Request, call: Call, collection: str, document_id: str
+) -> model.DocumentInfo:
+    """The current version with its status; a document whose first version a job
+    is writing is processing (with no chunks)."""
     _document_id(document_id)
     info = await _store(call, collection).current(document_id)
-    if info is None:
-        raise NotFound(
-            f"no document {document_id!r} in collection {collection!r}",
-            reason="DOCUMENT_NOT_FOUND",
-            metadata={"collection": collection, "document_id": document_id},
-        )
-    return info
+    runner = _runner(request)
+    job = (await latest_jobs(runner, call.tenant, collection, document_id)).get(document_id)
+    if info is not None:
+        return await with_status(runner, info, job)
+    if job is not None and job.status in (QUEUED, RUNNING):
+        return processing(job)
+    raise NotFound(
+        f"no document {document_id!r} in collection {collection!r}",
+        reason="DOCUMENT_NOT_FOUND",
+        metadata={"collection": collection, "document_id": document_id},
+    )
 
 
 @router.get("/collections/{name}/documents/{document_id}", summary="Get a document")
 async def get_document(
     collection: CollectionPath,
     document_id: DocumentIdPath,
+    request: Request,
     call: Annotated[Call, Depends(require(Permission.SEARCH_VECTORS, RouteClass.READ))],
     with_chunks: bool = True,
 ) -> Response:
-    """A document's metadata and (unless ``with_chunks=false``) its chunks in order."""
+    """A document's metadata and status, and (unless ``with_chunks=false``) its chunks in
+    order: while a job rewrites it, those of the version it replaces."""
     call.collection(collection)
-    info = await _current(call, collection, document_id)
+    info = await _current(request, call, collection, document_id)
     out: dict[str, Any] = {"document": info.as_dict()}
-    if with_chunks:
+    if not info.version:
+        out["chunks"] = []
+    elif with_chunks:
         chunks = await _store(call, collection).chunks(document_id, info.version)
         out["chunks"] = [c.as_dict() for c in chunks]
     return respond_json(out)
