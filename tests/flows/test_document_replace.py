@@ -175,7 +175,7 @@ async def test_a_document_a_job_is_writing_is_listed_as_processing(
     url = f"/api/v1/collections/{collection}/documents"
     first = (await client.post(url, json=upload_body("doc", 3, "one"), headers=admin)).json()
     replies = [
-        await client.post(url, json=upload_body(i, 1500, "two", background=True), headers=admin)
+        await client.post(url, json=upload_body(i, 300, "two", background=True), headers=admin)
         for i in ("doc", "new")
     ]
     jobs = [reply.json()["job"]["id"] for reply in replies]
