@@ -48,8 +48,6 @@ async def test_schemathesis_finds_nothing(gateway: RunningGateway, tmp_path: Pat
         str(HERE / "schemathesis.toml"),
         "run",
         f"{gateway.url}/openapi.json",
-        "--checks",
-        "all",
         "--max-examples",
         str(MAX_EXAMPLES),
         "--seed",

@@ -87,6 +87,16 @@ async def test_the_experiment_resource(http: httpx.AsyncClient, lab: RunningGate
     assert changed.json()["description"] == "x"
     listed = await http.get("/api/v1/experiments", headers=admin)
     assert experiment["id"] in [e["id"] for e in listed.json()["experiments"]]
+    # Nothing measured yet: the unknowns are null, as the schema says, not left out.
+    results = (await http.get(f"{path}/results", headers=admin)).json()
+    assert results["winner"] is None
+    assert all(variant["mean_score"] is None for variant in results["variants"])
+    # The largest seed a stored experiment keeps exactly, stored and listed back.
+    seeded = {**DEFINITION, "variants": [{"name": "a", "seed": 2**53}]}
+    assert (await http.put(path, json=seeded, headers=admin)).status_code == 200
+    listed = await http.get("/api/v1/experiments", headers=admin)
+    assert listed.status_code == 200, listed.text
+    assert (await http.get(path, headers=admin)).json()["variants"][0]["seed"] == 2**53
     assert (await http.delete(path, headers=admin)).status_code == 204
     assert (await http.get(path, headers=admin)).status_code == 404
     assert (await http.get("/api/v1/experiments/not-an-id", headers=admin)).status_code == 404

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, 
 from pydantic_core import PydanticCustomError
 
 from lodestar import limits
-from lodestar.services.gateway.schemas.common import refuse_bool_numbers
+from lodestar.services.gateway.schemas.common import TopP, given, refuse_bool_numbers
 
 _MAX_STOP = 4
 # Most choices (``n``) one request may ask for; each is a sequence decoded in parallel.
@@ -59,9 +59,28 @@ class ToolCallIn(OpenAIModel):
     function: FunctionCallIn
 
 
+# The rules of _tool_fields below, as the schema states them: only an assistant
+# message calls tools, and a tool message names the call it answers.
+_TOOL_FIELDS_SCHEMA: dict[str, Any] = {
+    "allOf": [
+        {
+            "anyOf": [
+                {"properties": {"role": {"const": "assistant"}}},
+                {"not": given(tool_calls={"type": "array", "minItems": 1})},
+            ]
+        },
+        {"anyOf": [{"not": given(role={"const": "tool"})}, given("tool_call_id")]},
+    ]
+}
+
+
 class ChatMessageIn(OpenAIModel):
+    model_config = ConfigDict(json_schema_extra=_TOOL_FIELDS_SCHEMA)
+
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    # An empty text is a message that says nothing (answered, as by OpenAI's API); an
+    # empty list of parts is refused, as there.
+    content: str | Annotated[list[TextPart], Field(min_length=1)] | None = None
     name: str | None = None
     refusal: str | None = None
     tool_calls: list[ToolCallIn] | None = None
@@ -118,7 +137,7 @@ class SamplingIn(OpenAIModel):
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=limits.TEMPERATURE[0], le=limits.TEMPERATURE[1])
-    top_p: float | None = Field(None, gt=limits.TOP_P[0], le=limits.TOP_P[1])
+    top_p: TopP | None = None
     stop: Stop | None = None
     seed: int | None = Field(None, ge=0, lt=2**63)
     n: int | None = Field(None, ge=1, le=MAX_CHOICES)
@@ -127,7 +146,7 @@ class SamplingIn(OpenAIModel):
     logit_bias: dict[str, float] | None = None
     user: str | None = None
     # Lodestar's own: false never answers from the semantic cache, nor stores in it.
-    cache: bool = True
+    cache: StrictBool = True
 
     @field_validator("presence_penalty", "frequency_penalty")
     @classmethod
@@ -158,7 +177,7 @@ class FunctionIn(OpenAIModel):
     name: str = Field(pattern=_TOOL_NAME)
     description: str | None = None
     parameters: dict[str, Any] | None = None
-    strict: bool | None = None
+    strict: StrictBool | None = None
 
 
 class ToolIn(OpenAIModel):
