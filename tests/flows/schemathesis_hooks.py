@@ -2,7 +2,9 @@
 
 A page token in a request body is sent empty, as the query's is (see
 ``_first_page``), and an experiment's repeated variant names are made unique
-(``_unique_variant_names``): facts of a valid request that no schema can state.
+(``_unique_variant_names``), as a chat request's tool names are, with a named
+``tool_choice`` one of them (``_tools_agree``): facts of a valid request that no
+schema can state.
 
 Generation is the one expensive operation: a schema-valid request may ask for a
 whole context of tokens from a long prompt, a minute a request on a test
@@ -83,10 +85,33 @@ def _unique_variant_names(case: Any) -> None:
             seen.add(variant["name"])
 
 
+def _tools_agree(body: dict[str, Any]) -> None:
+    """A chat request's tools have unique names and a named ``tool_choice`` is one of
+    them: relations between items that no schema can state. A valid request's are
+    made so (repeated names made unique, the choice naming the first tool)."""
+    tools = body.get("tools")
+    if not isinstance(tools, list) or not tools:
+        return
+    names: list[str] = []
+    for index, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            if function["name"] in names:
+                function["name"] = f"{function['name'][:56]}_{index}"
+            names.append(function["name"])
+    choice = body.get("tool_choice")
+    function = choice.get("function") if isinstance(choice, dict) else None
+    if names and isinstance(function, dict) and function.get("name") not in names:
+        function["name"] = names[0]
+
+
 @schemathesis.hook
 def before_call(ctx: Any, case: Any, **kwargs: Any) -> None:
     _first_page(case)
     _unique_variant_names(case)
+    negative = case.meta is not None and case.meta.generation.mode.is_negative
+    if not negative and case.path == "/v1/chat/completions" and isinstance(case.body, dict):
+        _tools_agree(case.body)
     if not case.path.startswith(_GENERATION_PATHS) or not isinstance(case.body, dict):
         return
     _cap(case.body)

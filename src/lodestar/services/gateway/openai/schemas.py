@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, 
 from pydantic_core import PydanticCustomError
 
 from lodestar import limits
-from lodestar.services.gateway.schemas.common import TopP, given, refuse_bool_numbers
+from lodestar.services.gateway.schemas.common import TopP, given, none_of, refuse_bool_numbers
 
 _MAX_STOP = 4
 # Most choices (``n``) one request may ask for; each is a sequence decoded in parallel.
@@ -197,7 +197,49 @@ class NamedToolChoice(OpenAIModel):
 ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
+_CALLS_TOOLS = {
+    "allOf": [
+        given(tools={"type": "array", "minItems": 1}),
+        {"not": given(tool_choice={"const": "none"})},
+    ]
+}
+# The rules of tools.check_chat that a schema can state: top_logprobs needs logprobs,
+# tool_choice needs tools, and a request that may call tools asks for no other format.
+# (That a named tool_choice is one of the tools, and that their names are unique,
+# relate items no schema can compare.)
+_CHAT_RULES: dict[str, Any] = {
+    "allOf": [
+        {"anyOf": [none_of("top_logprobs"), given(logprobs={"const": True})]},
+        {
+            "anyOf": [
+                none_of("tool_choice"),
+                given(tool_choice={"const": "none"}),
+                given(tools={"type": "array", "minItems": 1}),
+            ]
+        },
+        {
+            "not": {
+                "allOf": [
+                    _CALLS_TOOLS,
+                    given(response_format={"properties": {"type": {"not": {"const": "text"}}}}),
+                ]
+            }
+        },
+    ]
+}
+# best_of, if sent, equals n (1 when n is left out): candidates are not ranked here.
+_BEST_OF_IS_N: dict[str, Any] = {
+    "anyOf": [
+        none_of("best_of"),
+        {**given(best_of={"const": 1}), "not": given("n")},
+        *(given(best_of={"const": k}, n={"const": k}) for k in range(1, MAX_CHOICES + 1)),
+    ]
+}
+
+
 class ChatCompletionRequest(SamplingIn):
+    model_config = ConfigDict(json_schema_extra=_CHAT_RULES)
+
     messages: Annotated[list[ChatMessageIn], Field(min_length=1)]
     max_tokens: int | None = Field(None, ge=1, le=limits.MAX_CONTEXT_TOKENS)
     max_completion_tokens: int | None = Field(None, ge=1, le=limits.MAX_CONTEXT_TOKENS)
@@ -234,6 +276,8 @@ class ChatCompletionRequest(SamplingIn):
 
 
 class CompletionRequest(SamplingIn):
+    model_config = ConfigDict(json_schema_extra=_BEST_OF_IS_N)
+
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
     max_tokens: int | None = Field(16, ge=1, le=limits.MAX_CONTEXT_TOKENS)
     echo: StrictBool | None = None
@@ -260,9 +304,14 @@ class CompletionRequest(SamplingIn):
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
 
+# A text to embed has something besides whitespace (as OpenAI's API, which refuses an
+# empty one); the embedding service words the refusal, naming the input.
+_EmbedText = Annotated[str, Field(json_schema_extra={"pattern": r"\S"})]
+
+
 class EmbeddingRequest(OpenAIModel):
     model: str = Field(min_length=1)
-    input: str | Annotated[list[str], Field(min_length=1, max_length=2048)]
+    input: _EmbedText | Annotated[list[_EmbedText], Field(min_length=1, max_length=2048)]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1, le=limits.MAX_DIMENSION)
     user: str | None = None
