@@ -48,8 +48,7 @@ class Variant(RequestModel):
     repeat_penalty: float | None = Field(
         None, ge=limits.REPEAT_PENALTY[0], le=limits.REPEAT_PENALTY[1]
     )
-    # Kept in the stored experiment's payload, whose numbers are doubles: exact up to 2^53.
-    seed: int | None = Field(None, ge=0, le=2**53)
+    seed: int | None = Field(None, ge=0, lt=2**63)
     limit: int | None = Field(
         None, ge=1, le=50, description="Passages retrieved, for requests with context."
     )
