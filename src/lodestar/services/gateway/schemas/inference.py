@@ -135,6 +135,7 @@ class GenerateRequest(GenerateItem):
                         given(use_feedback={"const": True}),
                     ]
                 },
+                {"anyOf": [none_of("conversation_id"), given("messages")]},
             ]
         }
     )
