@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import schemathesis
+import schemathesis.config
 
 from tests.flows.harness import RunningGateway
 
@@ -81,3 +83,35 @@ async def test_schemathesis_finds_nothing(gateway: RunningGateway, tmp_path: Pat
     assert process.returncode == 0, text[-20000:]
     summary = json.loads(await asyncio.to_thread(report.read_text))
     assert summary, text[-5000:]
+
+
+def test_the_exceptions_hold_in_every_phase() -> None:
+    """An operation's exception in the config file holds in the stateful phase too: a
+    check named on the command line (``--checks all``) would override it there."""
+    config = schemathesis.config.SchemathesisConfig.from_path(str(HERE / "schemathesis.toml"))
+    project = config.projects.default
+    document = {
+        "openapi": "3.1.0",
+        "info": {"title": "snapshots", "version": "1"},
+        "paths": {
+            "/api/v1/collections/{name}/snapshots": {
+                "get": {
+                    "parameters": [
+                        {
+                            "name": "name",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "responses": {"200": {"description": "the list"}},
+                }
+            }
+        },
+    }
+    schema = schemathesis.openapi.from_dict(document, config=config)
+    (operation,) = [result.ok() for result in schema.get_all_operations()]
+    for phase in (None, "coverage", "fuzzing", "stateful"):
+        checks = project.checks_config_for(operation=operation, phase=phase)
+        assert not checks.use_after_free.enabled, phase
+        assert checks.not_a_server_error.enabled, phase

@@ -16,7 +16,7 @@ import hashlib
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Path, Query
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, StrictBool, ValidationError
 from pydantic.config import JsonDict
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
@@ -101,7 +101,7 @@ class TextUpload(BaseModel):
     title: str | None = Field(None, max_length=500)
     source: str | None = Field(None, max_length=2000, description="Where it comes from.")
     format: str = Field("text", description="The text's format.", json_schema_extra=_FORMATS)
-    background: bool = Field(False, description="Write it in a job even if it is small.")
+    background: StrictBool = Field(False, description="Write it in a job even if it is small.")
     chunk_size: int | None = Field(
         None, description="Most characters in a chunk.", json_schema_extra=_CHUNK_SIZE
     )
