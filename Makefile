@@ -89,10 +89,10 @@ lint: $(VENV)/.installed $(BUF) ## ruff, mypy (strict), buf lint/format/breaking
 .PHONY: test
 test: $(VENV)/.installed $(BUF) $(CONSOLE_VENDOR)/.fetched system-deps ## Run the whole test suite
 	$(MAKE) --no-print-directory lint
-	$(PY) -m pytest -q -m "not contract" $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 .PHONY: contract
-contract: $(VENV)/.installed $(CONSOLE_VENDOR)/.fetched system-deps ## Check the OpenAPI contract with schemathesis against the running stack
+contract: $(VENV)/.installed $(CONSOLE_VENDOR)/.fetched system-deps ## Check the OpenAPI contract with schemathesis against the running stack (alone; make test runs it too)
 	$(PY) -m pytest -q -m contract tests/flows/test_contract.py
 
 .PHONY: run

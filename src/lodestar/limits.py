@@ -21,8 +21,12 @@ MAX_TENANT_CHARS: Final = 256
 COLLECTION_NAME_PATTERN: Final = (
     rf"^[A-Za-z0-9][A-Za-z0-9_.\-]{{0,{MAX_COLLECTION_NAME_CHARS - 1}}}$"
 )
-# A payload key: dotted JSON paths such as "a", "a.b", "a[].b", "a[0]".
-PAYLOAD_KEY_PATTERN: Final = r"^[A-Za-z0-9_\-]+(\[\d*\])?(\.[A-Za-z0-9_\-]+(\[\d*\])?)*$"
+# A payload key: dotted JSON paths such as "a", "a.b", "a[].b", "a[0]". An array
+# index has at most 19 digits: every such number fits the engines' unsigned 64-bit
+# index, so a key the pattern allows is one the engines can parse.
+MAX_INDEX_DIGITS: Final = 19
+_KEY_PART = rf"[A-Za-z0-9_\-]+(\[\d{{0,{MAX_INDEX_DIGITS}}}\])?"
+PAYLOAD_KEY_PATTERN: Final = rf"^{_KEY_PART}(\.{_KEY_PART})*$"
 SNAPSHOT_NAME_PATTERN: Final = rf"^[A-Za-z0-9][A-Za-z0-9_.\-]{{0,{MAX_SNAPSHOT_NAME_CHARS - 1}}}$"
 
 # --- vector service: collections --------------------------------------------------------

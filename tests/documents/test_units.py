@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -75,6 +76,12 @@ def test_document_ids_and_versions() -> None:
     assert not model.valid_document_id("../etc")
     assert not model.valid_document_id("a/b")
     assert not model.valid_document_id("")
+    assert not model.valid_document_id("a..b")
+    assert model.valid_document_id("a.b.")
+    # The schemas state the rule as this pattern: it is the whole rule (with the length).
+    assert re.fullmatch(model.DOCUMENT_ID_PATTERN, "a.b:c@d+e-f_g")
+    assert not re.fullmatch(model.DOCUMENT_ID_PATTERN, "a..b")
+    assert not re.fullmatch(model.DOCUMENT_ID_PATTERN, ".a")
     first, second = model.new_version(), model.new_version()
     assert first < second
     # A replacement sorts after the version it replaces, even one from a clock ahead.

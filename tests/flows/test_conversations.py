@@ -509,8 +509,8 @@ async def test_tenants_and_subjects_stay_separate(
         ("GET", "/api/v1/conversations?page_size=0", None, 422, "page_size"),
         ("GET", "/api/v1/conversations?page_token=%25%25", None, 400, "page_token"),
         ("GET", "/api/v1/conversations/bad%20id", None, 422, "conversation_id"),
-        ("DELETE", "/api/v1/memory/not-an-id", None, 400, "id"),
-        ("POST", "/api/v1/interactions/not-an-id/share", None, 400, "id"),
+        ("DELETE", "/api/v1/memory/not-an-id", None, 422, "id"),
+        ("POST", "/api/v1/interactions/not-an-id/share", None, 422, "id"),
         (
             "POST",
             "/api/v1/vectors/search/batch",

@@ -303,6 +303,9 @@ async def test_permissions_tenants_and_allow_lists(
         ({"file": ("broken.pdf", b"%PDF-1.4 not really")}, None, "BAD_PDF", 400),
         (None, {"text": "x", "id": "../etc"}, "BAD_DOCUMENT_ID", 400),
         (None, {"text": "x", "format": "docx"}, "UNSUPPORTED_FORMAT", 400),
+        # 0 is a size (below the least), not the default.
+        (None, {"text": "x", "chunk_size": 0}, "BAD_CHUNKING", 400),
+        ({"file": ("a.txt", b"x")}, {"chunk_size": "0"}, "BAD_CHUNKING", 400),
     ],
 )
 async def test_bad_input_is_a_clear_4xx(
@@ -317,7 +320,9 @@ async def test_bad_input_is_a_clear_4xx(
     reply = await client.post(
         f"/api/v1/collections/{collection}/documents",
         files=files,
-        json=json_body,
+        # With a file, the fields are the form's.
+        data=json_body if files else None,
+        json=None if files else json_body,
         headers=gateway.auth("admin"),
     )
     assert reply.status_code == status, reply.text

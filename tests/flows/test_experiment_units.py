@@ -7,6 +7,8 @@ import random
 from collections import Counter
 from typing import Any
 
+import jsonschema  # type: ignore[import-untyped]
+import pydantic
 import pytest
 
 from lodestar.services.gateway.flows import experiment_stats as stats
@@ -128,3 +130,13 @@ def test_results_name_no_winner_without_a_significant_difference() -> None:
     # Too few scores in one variant: no comparison at all.
     few = _answers(rng, "control", 1.0, 20) + _answers(rng, "concise", 5.0, 2)
     assert results_of(_experiment(), few).winner is None
+
+
+def test_the_variant_schema_states_its_rules() -> None:
+    """What a variant refuses, its schema says: a template without {question}."""
+    schema = Variant.model_json_schema()["properties"]
+    validator = jsonschema.Draft202012Validator(schema["prompt_template"])
+    assert not validator.is_valid("no placeholder")
+    assert validator.is_valid("Q: {question}")
+    with pytest.raises(pydantic.ValidationError, match=r"must contain \{question\}"):
+        Variant(name="a", prompt_template="no placeholder")

@@ -87,6 +87,19 @@ async def test_the_experiment_resource(http: httpx.AsyncClient, lab: RunningGate
     assert changed.json()["description"] == "x"
     listed = await http.get("/api/v1/experiments", headers=admin)
     assert experiment["id"] in [e["id"] for e in listed.json()["experiments"]]
+    # Nothing measured yet: the unknowns are null, as the schema says, not left out.
+    results = (await http.get(f"{path}/results", headers=admin)).json()
+    assert results["winner"] is None
+    assert all(variant["mean_score"] is None for variant in results["variants"])
+    # Stored as given, even where the engine's payload numbers would not keep it (a
+    # seed above 2^53, a threshold at the largest 32-bit float).
+    extremes = {"name": "a", "seed": 2**63 - 1, "score_threshold": 3.4028234663852886e38}
+    seeded = {**DEFINITION, "variants": [extremes]}
+    assert (await http.put(path, json=seeded, headers=admin)).status_code == 200
+    listed = await http.get("/api/v1/experiments", headers=admin)
+    assert listed.status_code == 200, listed.text
+    stored = (await http.get(path, headers=admin)).json()["variants"][0]
+    assert {k: stored[k] for k in extremes} == extremes
     assert (await http.delete(path, headers=admin)).status_code == 204
     assert (await http.get(path, headers=admin)).status_code == 404
     assert (await http.get("/api/v1/experiments/not-an-id", headers=admin)).status_code == 404

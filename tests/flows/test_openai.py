@@ -209,6 +209,49 @@ async def test_embeddings_match_the_embedding_service(
     assert len(one.data) == 1
 
 
+async def test_empty_texts_are_answered_as_openai_answers_them(
+    oai: AsyncOpenAI, models: dict[str, str]
+) -> None:
+    """OpenAI's API answers an empty message and an empty prompt (its default prompt
+    is the start-of-text token), and refuses an empty list of content parts."""
+    options = {"model": models["chat"], "max_tokens": 4, "temperature": 0}
+    chat = await oai.chat.completions.create(
+        messages=[{"role": "user", "content": ""}],
+        **options,  # type: ignore[arg-type]
+    )
+    assert chat.choices[0].finish_reason in ("stop", "length")
+    assert chat.usage is not None
+    assert chat.usage.prompt_tokens > 0
+    empty = await oai.completions.create(prompt="", **options)  # type: ignore[call-overload]
+    assert empty.usage is not None
+    assert empty.usage.prompt_tokens == 1
+    blank = await oai.completions.create(prompt="   ", **options)  # type: ignore[call-overload]
+    assert blank.usage is not None
+    assert blank.usage.prompt_tokens > 0
+    with pytest.raises(openai.BadRequestError) as parts:
+        await oai.chat.completions.create(
+            messages=[{"role": "user", "content": []}],
+            **options,  # type: ignore[arg-type]
+        )
+    assert parts.value.param is not None
+    assert parts.value.param.startswith("messages[0].content")
+
+
+async def test_a_top_p_a_32_bit_float_cannot_hold_is_refused_naming_it(
+    oai: AsyncOpenAI, models: dict[str, str]
+) -> None:
+    """top_p is above 0 and travels as a 32-bit float: 5e-324 would arrive as 0."""
+    with pytest.raises(openai.BadRequestError) as tiny:
+        await oai.chat.completions.create(
+            model=models["chat"], messages=QUESTION, max_tokens=1, top_p=5e-324
+        )
+    assert tiny.value.param == "top_p"
+    smallest = await oai.chat.completions.create(
+        model=models["chat"], messages=QUESTION, max_tokens=1, top_p=2.0**-149
+    )
+    assert smallest.choices[0].finish_reason in ("stop", "length")
+
+
 async def test_errors_have_openai_shape(
     gateway: RunningGateway, oai: AsyncOpenAI, models: dict[str, str]
 ) -> None:

@@ -157,3 +157,11 @@ async def test_stored_answers_add_their_questions_and_cited_sources(
     # Only holders of view_analytics see it.
     denied = await client.get("/api/v1/analytics/topics", headers=gateway.auth("user"))
     assert denied.status_code == 403
+    # since is an RFC 3339 time (not a number), collection a collection name.
+    for params in ({"since": "0.5"}, {"collection": "no such/name"}):
+        bad = await client.get(
+            "/api/v1/analytics/topics", params=params, headers=gateway.auth("operator")
+        )
+        assert bad.status_code == 422, bad.text
+        violations = bad.json()["error"]["details"]["field_violations"]
+        assert [v["field"] for v in violations] == list(params), violations

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import annotated_types
+import numpy as np
 import pytest
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from pydantic import BaseModel, ValidationError
@@ -218,6 +219,32 @@ def test_numeric_fields_fit_their_proto_field(model: type[BaseModel], name: str)
         shown = f"{model.__name__}.{name}: [{low}, {high}] exceeds {target.full_name}"
         assert type_low <= low, shown
         assert high <= type_high, shown
+
+
+def _is_float32(model: type[BaseModel], name: str) -> bool:
+    target = _proto_field(model, name)
+    return target is not None and target.type == F.TYPE_FLOAT
+
+
+@pytest.mark.parametrize(
+    ("model", "name"),
+    [(m, n) for m, n in (case.values for case in CASES) if _is_float32(m, n)],  # type: ignore[arg-type]
+)
+def test_a_32_bit_float_field_has_bounds_a_32_bit_float_holds(
+    model: type[BaseModel], name: str
+) -> None:
+    """A value crosses as its nearest 32-bit float: past an exclusive bound it may land
+    on the bound (5e-324 > 0 arrives as 0), past an inexact one beyond it. So a 32-bit
+    float field's bounds are inclusive and exact in 32 bits: every value they let
+    through arrives within them."""
+    field = model.model_fields[name]
+    for _kind, metadata in _numbers(field.annotation, list(field.metadata)):
+        for item in metadata:
+            shown = f"{model.__name__}.{name}: {item!r}"
+            assert not isinstance(item, annotated_types.Gt | annotated_types.Lt), shown
+            if isinstance(item, annotated_types.Ge | annotated_types.Le):
+                bound = item.ge if isinstance(item, annotated_types.Ge) else item.le
+                assert float(np.float32(bound)) == bound, shown
 
 
 @pytest.mark.parametrize(

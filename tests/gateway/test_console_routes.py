@@ -79,6 +79,14 @@ async def test_scroll_refuses_collections_outside_the_allow_list(
         headers=gateway.auth("viewer"),
     )
     assert bad.status_code in (400, 422)
+    # A boolean is true or false, not a number.
+    number = await client.post(
+        "/api/v1/collections/alpha/points/scroll",
+        json={"with_vector": 0},
+        headers=gateway.auth("viewer"),
+    )
+    assert number.status_code == 422
+    assert number.json()["error"]["details"]["field_violations"][0]["field"] == "with_vector"
 
 
 async def test_console_is_served_with_a_strict_content_security_policy(

@@ -8,6 +8,8 @@ import json
 from collections.abc import Iterable
 
 import httpx
+import jsonschema  # type: ignore[import-untyped]
+import pydantic
 import pytest
 
 from lodestar.auth.permissions import Permission
@@ -224,3 +226,28 @@ async def test_batch_generation_keeps_order_and_item_errors(
         headers=gateway.auth("user"),
     )
     assert batch_items.status_code == 422
+
+
+_MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"prompt": "hi"},
+        {"prompt": "hi", "messages": _MESSAGES},
+        {"prompt": "hi", "conversation_id": "c1"},
+        {"messages": _MESSAGES, "conversation_id": "c1"},
+        {"prompt": "hi", "collection": "kb"},
+        {"prompt": "hi", "collection": "kb", "store_embedding": True},
+    ],
+)
+def test_the_generate_schema_states_which_fields_go_together(body: dict[str, object]) -> None:
+    """The OpenAPI schema and the model agree on whether a request is valid."""
+    try:
+        GenerateRequest.model_validate(body)
+        accepted = True
+    except pydantic.ValidationError:
+        accepted = False
+    schema = jsonschema.Draft202012Validator(GenerateRequest.model_json_schema())
+    assert schema.is_valid(body) == accepted

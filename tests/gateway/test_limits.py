@@ -18,6 +18,7 @@ from lodestar.services.embedding.settings import EmbeddingSettings
 from lodestar.services.gateway.flows import usage
 from lodestar.services.gateway.schemas import inference as rest_inference
 from lodestar.services.gateway.schemas import vector as rest
+from lodestar.services.gateway.schemas.common import FLOAT32_SMALLEST
 from lodestar.services.gateway.settings import GatewaySettings
 from lodestar.services.inference.settings import InferenceSettings
 from lodestar.services.vector import convert
@@ -113,7 +114,8 @@ def _bounds(model: type[BaseModel], field: str) -> dict[str, Any]:
         (
             rest_inference.GenerateItem,
             "top_p",
-            {"exclusiveMinimum": limits.TOP_P[0], "maximum": limits.TOP_P[1]},
+            # Above 0 (the open lowest), as a 32-bit float can carry it.
+            {"minimum": FLOAT32_SMALLEST, "maximum": limits.TOP_P[1]},
         ),
         (rest_inference.GenerateItem, "top_k", {"maximum": limits.MAX_TOP_K}),
         (

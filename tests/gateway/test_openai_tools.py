@@ -7,12 +7,15 @@ import json
 import re
 from typing import Any
 
+import jsonschema  # type: ignore[import-untyped]
+import pydantic
 import pytest
 
 from lodestar.inference.v1 import inference_service_pb2 as ipb
 from lodestar.runtime.errors import InvalidArgument
 from lodestar.services.gateway.openai.logprobs import CompletionLogprobs
-from lodestar.services.gateway.openai.tools import ToolCallDeltas, parse_call
+from lodestar.services.gateway.openai.schemas import ChatCompletionRequest, CompletionRequest
+from lodestar.services.gateway.openai.tools import ToolCallDeltas, check_chat, parse_call
 from lodestar.services.inference.tools import ToolSpec, call_grammar, parse_tool, with_tools
 
 CALL = '{"name": "get_weather", "arguments": {"city": "Paris", "days": [1, 2]} } '
@@ -115,3 +118,52 @@ def test_the_call_grammar_and_its_refusals() -> None:
     with pytest.raises(InvalidArgument) as bad:
         parse_tool(3, "no spaces allowed", "", "")
     assert bad.value.field == "tools[3].name"
+
+
+_TOOLS = [{"type": "function", "function": {"name": "f"}}]
+_CALL = {"name": "f", "arguments": "{}"}
+_CHAT_CASES: list[dict[str, Any]] = [
+    {},
+    {"top_logprobs": 2},
+    {"top_logprobs": 2, "logprobs": True},
+    {"top_logprobs": 2, "logprobs": False},
+    {"tool_choice": "auto"},
+    {"tool_choice": "none"},
+    {"tool_choice": "auto", "tools": _TOOLS},
+    {"tools": [], "tool_choice": "required"},
+    {"tools": _TOOLS, "response_format": {"type": "json_object"}},
+    {"tools": _TOOLS, "tool_choice": "none", "response_format": {"type": "json_object"}},
+    {"tools": _TOOLS, "response_format": {"type": "text"}},
+    {"messages": [{"role": "tool"}]},
+    {"messages": [{"role": "tool", "tool_call_id": "c1", "content": "42"}]},
+    {"messages": [{"role": "user", "tool_calls": [{"id": "c", "function": _CALL}]}]},
+    {"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "function": _CALL}]}]},
+    {"messages": [{"role": "user", "content": ""}]},
+    {"messages": [{"role": "user", "content": []}]},
+]
+
+
+def _accepted(body: dict[str, Any]) -> bool:
+    try:
+        check_chat(ChatCompletionRequest.model_validate(body))
+    except (pydantic.ValidationError, InvalidArgument):
+        return False
+    return True
+
+
+@pytest.mark.parametrize("fields", _CHAT_CASES)
+def test_the_chat_schema_states_what_the_route_refuses(fields: dict[str, Any]) -> None:
+    """The OpenAPI schema of a chat request and the route agree on whether it is valid."""
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields}
+    schema = jsonschema.Draft202012Validator(ChatCompletionRequest.model_json_schema())
+    assert schema.is_valid(body) == _accepted(body)
+
+
+@pytest.mark.parametrize(
+    "fields", [{}, {"best_of": 1}, {"best_of": 2}, {"best_of": 2, "n": 2}, {"best_of": 3, "n": 2}]
+)
+def test_the_completion_schema_states_best_of_is_n(fields: dict[str, Any]) -> None:
+    body = {"model": "m", "prompt": "p", **fields}
+    request = CompletionRequest.model_validate(body)
+    schema = jsonschema.Draft202012Validator(CompletionRequest.model_json_schema())
+    assert schema.is_valid(body) == (request.best_of in (None, request.choices))

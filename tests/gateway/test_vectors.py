@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from lodestar import limits
 from lodestar.vector.v1 import vector_service_pb2 as vpb
 from tests.gateway.fakes import DIMENSION, SNAPSHOT_FILE, FakeBackends, fake_vector
 from tests.gateway.harness import RunningGateway
@@ -60,6 +61,32 @@ async def test_non_finite_numbers_are_refused(
         headers={**gateway.auth("viewer"), "content-type": "application/json"},
     )
     assert response.status_code in (400, 422)
+
+
+async def test_a_key_with_an_array_index_beyond_64_bits_is_refused_naming_it(
+    gateway: RunningGateway, client: httpx.AsyncClient, fakes: FakeBackends
+) -> None:
+    def body(key: str) -> dict[str, Any]:
+        return {
+            "collection": "alpha",
+            "vector": [0, 1, 0, 0],
+            "filter": {"must": [{"key": key, "match": {"keyword": "x"}}]},
+        }
+
+    longest = f"a[{'9' * limits.MAX_INDEX_DIGITS}]"
+    found = await client.post(
+        "/api/v1/vectors/search", json=body(longest), headers=gateway.auth("viewer")
+    )
+    assert found.status_code == 200, found.text
+    assert fakes.vector.recorder.last("SearchPoints").filter.must[0].field.key == longest
+    refused = await client.post(
+        "/api/v1/vectors/search",
+        json=body("a[18446744073709551616]"),
+        headers=gateway.auth("viewer"),
+    )
+    assert refused.status_code == 422, refused.text
+    violations = refused.json()["error"]["details"]["field_violations"]
+    assert [v["field"] for v in violations] == ["filter.must[0].key"], violations
 
 
 async def test_search_by_text_with_filter(

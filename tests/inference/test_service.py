@@ -207,7 +207,7 @@ async def test_json_object_and_gbnf_grammar_constrain_the_output(stub: Stub) -> 
 
 async def test_batch_returns_results_in_order_with_per_item_errors(stub: Stub) -> None:
     first = pb.GenerateTextRequest(prompt="Hello", sampling=GREEDY)
-    bad = pb.GenerateTextRequest(prompt="", sampling=GREEDY)
+    bad = pb.GenerateTextRequest(prompt="Hi", messages=chat("Hi"), sampling=GREEDY)
     out_of_range = pb.GenerateTextRequest(prompt="Hi", sampling=pb.SamplingOptions(temperature=5.0))
     last = pb.GenerateTextRequest(messages=chat("What is two plus two?"), sampling=GREEDY)
     reply = await stub.BatchGenerateText(
@@ -224,7 +224,7 @@ async def test_batch_returns_results_in_order_with_per_item_errors(stub: Stub) -
         == (await generate(stub, prompt="Hello", sampling=GREEDY)).text
     )
     assert reply.results[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
-    assert reply.results[1].error.reason == "EMPTY_PROMPT"
+    assert reply.results[1].error.reason == "PROMPT_AND_MESSAGES"
     assert "requests[1].prompt" in reply.results[1].error.message
     assert reply.results[2].error.reason == "OUT_OF_RANGE"
     assert "requests[2].sampling.temperature" in reply.results[2].error.message
@@ -244,6 +244,19 @@ async def test_model_info_describes_the_model_and_limits(stub: Stub) -> None:
     assert 0 < info.default_max_tokens <= CONTEXT_SIZE
 
 
+async def test_an_empty_prompt_or_message_is_answered(stub: Stub) -> None:
+    """As in OpenAI's API: an empty prompt is generated from the start of a document
+    (the model's start-of-text token), a blank one is text like any other, and an
+    empty message is a turn that says nothing."""
+    empty = await generate(stub, prompt="", sampling=GREEDY)
+    assert empty.usage.prompt_tokens == 1
+    assert empty.usage.completion_tokens > 0
+    for fields in ({"prompt": "   "}, {"messages": [pb.ChatMessage(role=pb.ROLE_USER)]}):
+        answer = await generate(stub, sampling=GREEDY, **fields)
+        assert answer.usage.prompt_tokens > 0
+        assert answer.usage.completion_tokens > 0
+
+
 # -- bad input ------------------------------------------------------------------------
 
 _LONG_PROMPT = "word " * (CONTEXT_SIZE + 50)
@@ -252,11 +265,8 @@ _LONG_PROMPT = "word " * (CONTEXT_SIZE + 50)
 @pytest.mark.parametrize(
     ("fields", "field", "reason"),
     [
-        ({"prompt": ""}, "prompt", "EMPTY_PROMPT"),
-        ({"prompt": "   "}, "prompt", "EMPTY_PROMPT"),
         ({"prompt": "hi", "messages": chat("hi")}, "prompt", "PROMPT_AND_MESSAGES"),
         ({"messages": [pb.ChatMessage(content="hi")]}, "messages[0].role", "INVALID_ROLE"),
-        ({"messages": [pb.ChatMessage(role=pb.ROLE_USER)]}, "messages[0].content", "EMPTY_MESSAGE"),
         ({"prompt": _LONG_PROMPT}, "prompt", "PROMPT_TOO_LONG"),
         ({"messages": chat(_LONG_PROMPT)}, "messages", "PROMPT_TOO_LONG"),
         ({"sampling": pb.SamplingOptions(max_tokens=0)}, "sampling.max_tokens", "OUT_OF_RANGE"),

@@ -16,6 +16,7 @@ from lodestar import limits
 from lodestar.runtime.errors import InvalidArgument
 from lodestar.services.vector import convert, filter_convert
 from lodestar.services.vector import models as m
+from lodestar.services.vector.filters import to_edge_filter
 from lodestar.vector.v1 import vector_service_pb2 as pb
 
 
@@ -95,6 +96,18 @@ def test_valid_payload_keys(key: str) -> None:
 def test_invalid_payload_keys(key: str) -> None:
     with pytest.raises(InvalidArgument):
         convert.payload_key(key, "k")
+
+
+def test_an_array_index_in_a_key_is_one_the_engine_can_hold() -> None:
+    """The engine's index is 64 bits: a key whose index has more digits than every
+    such number has is refused naming the field, never passed on to fail there."""
+    longest = f"a[{'9' * limits.MAX_INDEX_DIGITS}].b"
+    assert convert.payload_key(longest, "k") == longest
+    to_edge_filter(m.Filter(must=(m.FieldCondition(longest, match=m.MatchValue("x")),)))
+    with pytest.raises(InvalidArgument) as error:
+        convert.payload_key("a[18446744073709551616]", "filter.must[0].key")
+    assert _field_of(error) == "filter.must[0].key"
+    assert f"at most {limits.MAX_INDEX_DIGITS} digits" in str(error.value)
 
 
 def test_point_ids() -> None:

@@ -49,16 +49,15 @@ PAYLOAD_SCHEMA: dict[str, str] = {
 }
 
 MAX_DOCUMENT_ID_CHARS = 200
-_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]*")
+# Letters, digits and . _ : @ + -, starting with a letter or digit, never "..":
+# written without lookarounds so that an OpenAPI schema can state it as it is.
+DOCUMENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_:@+-]*(?:\.[A-Za-z0-9_:@+-]+)*\.?$"
+_ID_PATTERN = re.compile(DOCUMENT_ID_PATTERN)
 _NAMESPACE = uuid.UUID("0d6f1c2e-8a4b-5f1e-9c3d-646f63756d65")
 
 
 def valid_document_id(text: str) -> bool:
-    return (
-        0 < len(text) <= MAX_DOCUMENT_ID_CHARS
-        and _ID_PATTERN.fullmatch(text) is not None
-        and ".." not in text
-    )
+    return 0 < len(text) <= MAX_DOCUMENT_ID_CHARS and _ID_PATTERN.fullmatch(text) is not None
 
 
 def document_id_for(source: str) -> str:

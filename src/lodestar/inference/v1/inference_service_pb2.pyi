@@ -441,8 +441,8 @@ Global___Timing: _TypeAlias = Timing  # noqa: Y015
 
 @_typing.final
 class GenerateTextRequest(_message.Message):
-    """GenerateTextRequest asks for one answer. Exactly one of prompt or messages
-    must be set.
+    """GenerateTextRequest asks for one answer, to a prompt or to messages (not
+    both).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -454,7 +454,9 @@ class GenerateTextRequest(_message.Message):
     TOOLS_FIELD_NUMBER: _builtins.int
     TOP_LOGPROBS_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
-    """Raw prompt, sent to the model as is."""
+    """Raw prompt, sent to the model as is. An empty prompt (and no messages) is
+    answered from the start of a document: the model's start-of-text token.
+    """
     top_logprobs: _builtins.int
     """When set, every generated token comes with its log probability and this many
     (0..20) most likely alternatives.

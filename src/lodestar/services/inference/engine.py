@@ -137,6 +137,11 @@ class InferenceEngine:
     def tokenize(self, text: str) -> list[int]:
         return self.model.tokenize(text)
 
+    def document_start(self) -> list[int]:
+        """What an empty prompt is generated from: the model's start-of-text token (what
+        a tokenizer that adds one gives for an empty text), or nothing if it has none."""
+        return [self.model.bos_token] if self.model.bos_token >= 0 else []
+
     def render_chat(
         self,
         messages: Sequence[Mapping[str, Any] | tuple[str, str]],

@@ -196,7 +196,9 @@ class LlamaModel:
         for token in range(self.vocab_size):
             eog[token] = bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
         self.end_of_generation: frozenset[int] = frozenset(int(t) for t in np.flatnonzero(eog))
-        self.bos_text = self._special_text(llama_cpp.llama_vocab_bos(self.vocab))
+        # The start-of-text token (-1 when the model has none).
+        self.bos_token = int(llama_cpp.llama_vocab_bos(self.vocab))
+        self.bos_text = self._special_text(self.bos_token)
         self.eos_text = self._special_text(llama_cpp.llama_vocab_eos(self.vocab))
         self.chat_template = self._meta("tokenizer.chat_template")
         self._chat_formatter: Any = None

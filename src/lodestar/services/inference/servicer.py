@@ -143,12 +143,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                 field=f"messages[{index}].tool_calls",
                 reason="INVALID_TOOL_CALLS",
             )
-        if not message.content.strip() and not calls:
-            raise InvalidArgument(
-                f"messages[{index}].content is empty",
-                field=f"messages[{index}].content",
-                reason="EMPTY_MESSAGE",
-            )
+        # A message may be empty (as in OpenAI's API): the template still marks its turn.
         turn: dict[str, Any] = {"role": role, "content": message.content}
         if role == "tool" and message.tool_call_id:
             turn["tool_call_id"] = message.tool_call_id
@@ -181,12 +176,6 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         if messages:
             turns = [self._turn(index, message) for index, message in enumerate(messages)]
             return self._engine.render_chat(turns, tools=tools), "messages"
-        if not prompt.strip():
-            raise InvalidArgument(
-                "prompt is empty and no messages are set; set exactly one of prompt or messages",
-                field="prompt",
-                reason="EMPTY_PROMPT",
-            )
         return prompt, "prompt"
 
     def _params(self, request: _GenerationMessage, tools: Sequence[ToolSpec]) -> GenerationParams:
@@ -300,6 +289,10 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         params = self._params(request, tools)
         text, field = self._prompt_text(request, tools)
         tokens = await self._tokenize(text)
+        if not tokens and field == "prompt":
+            # An empty prompt asks for text from the start of a document, as in OpenAI's
+            # API (whose default prompt is the start-of-text token).
+            tokens = self._engine.document_start()
         if not tokens:
             raise InvalidArgument(f"{field} has no tokens", field=field, reason="EMPTY_PROMPT")
         self._engine.check_prompt_length(len(tokens), field=field)

@@ -108,7 +108,8 @@ def payload_key(value: str, field: str) -> str:
         raise invalid(
             field,
             f"{_shown(value)} is not a valid payload key: use letters, digits, '_' and '-', "
-            "with '.' between nested keys and '[]' after arrays",
+            "with '.' between nested keys and '[]' after arrays (an index in it of at most "
+            f"{limits.MAX_INDEX_DIGITS} digits)",
             "INVALID_KEY",
         )
     return value

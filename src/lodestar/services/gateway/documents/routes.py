@@ -16,7 +16,8 @@ import hashlib
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Path, Query
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, StrictBool, ValidationError
+from pydantic.config import JsonDict
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
@@ -38,7 +39,12 @@ from lodestar.documents.pipeline import (
     put_document,
 )
 from lodestar.documents.store import DocumentStore
-from lodestar.ingest.chunking import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, ChunkingOptions
+from lodestar.ingest.chunking import (
+    DEFAULT_CHUNK_OVERLAP,
+    DEFAULT_CHUNK_SIZE,
+    MIN_CHUNK_SIZE,
+    ChunkingOptions,
+)
 from lodestar.runtime.errors import InvalidArgument, NotFound
 from lodestar.services.gateway.call import Call
 from lodestar.services.gateway.context import gateway_of
@@ -62,22 +68,56 @@ from lodestar.vector.v1 import vector_service_pb2 as vpb
 router = api_router("documents")
 
 CollectionPath = Annotated[
-    str, Path(alias="name", min_length=1, max_length=limits.MAX_COLLECTION_NAME_CHARS)
+    str,
+    Path(
+        alias="name",
+        min_length=1,
+        max_length=limits.MAX_COLLECTION_NAME_CHARS,
+        pattern=limits.COLLECTION_NAME_PATTERN,
+    ),
 ]
-DocumentIdPath = Annotated[str, Path(alias="document_id", max_length=model.MAX_DOCUMENT_ID_CHARS)]
+DocumentIdPath = Annotated[
+    str,
+    Path(
+        alias="document_id",
+        max_length=model.MAX_DOCUMENT_ID_CHARS,
+        pattern=model.DOCUMENT_ID_PATTERN,
+    ),
+]
+
+
+# What the schema states of the fields; the route's own checks word each refusal
+# (BAD_DOCUMENT_ID, BAD_CHUNKING) and relate them (an overlap of at most half the size).
+_ID_SCHEMA: JsonDict = {
+    "pattern": model.DOCUMENT_ID_PATTERN,
+    "maxLength": model.MAX_DOCUMENT_ID_CHARS,
+}
+_FORMATS: JsonDict = {"enum": [f.value for f in DocumentFormat]}
+_CHUNK_SIZE: JsonDict = {"minimum": MIN_CHUNK_SIZE}
+_CHUNK_OVERLAP: JsonDict = {"minimum": 0}
 
 
 class TextUpload(BaseModel):
     """A document sent as text."""
 
     text: str = Field(description="The document's text.")
-    id: str | None = Field(None, description="Document id (default: derived from source).")
+    id: str | None = Field(
+        None,
+        description="Document id (default: derived from source).",
+        json_schema_extra=_ID_SCHEMA,
+    )
     title: str | None = Field(None, max_length=500)
     source: str | None = Field(None, max_length=2000, description="Where it comes from.")
-    format: str = Field("text", description="text, markdown or html.")
-    background: bool = Field(False, description="Write it in a job even if it is small.")
-    chunk_size: int | None = Field(None, description="Most characters in a chunk.")
-    chunk_overlap: int | None = Field(None, description="Characters shared by neighbours.")
+    format: str = Field("text", description="The text's format.", json_schema_extra=_FORMATS)
+    background: StrictBool = Field(False, description="Write it in a job even if it is small.")
+    chunk_size: int | None = Field(
+        None, description="Most characters in a chunk.", json_schema_extra=_CHUNK_SIZE
+    )
+    chunk_overlap: int | None = Field(
+        None,
+        description="Characters shared by neighbours (at most half the chunk size).",
+        json_schema_extra=_CHUNK_OVERLAP,
+    )
 
 
 _UPLOAD_BODY = {
@@ -90,13 +130,13 @@ _UPLOAD_BODY = {
                     "required": ["file"],
                     "properties": {
                         "file": {"type": "string", "format": "binary"},
-                        "id": {"type": "string"},
+                        "id": {"type": "string", **_ID_SCHEMA},
                         "title": {"type": "string"},
                         "source": {"type": "string"},
-                        "format": {"type": "string", "enum": [f.value for f in DocumentFormat]},
+                        "format": {"type": "string", **_FORMATS},
                         "background": {"type": "boolean"},
-                        "chunk_size": {"type": "integer"},
-                        "chunk_overlap": {"type": "integer"},
+                        "chunk_size": {"type": "integer", **_CHUNK_SIZE},
+                        "chunk_overlap": {"type": "integer", **_CHUNK_OVERLAP},
                     },
                 }
             },
@@ -178,10 +218,16 @@ async def _read_upload(request: Request, max_bytes: int) -> _Upload:
 
 
 def _chunking(fields: dict[str, Any]) -> ChunkingOptions:
+    """The options sent (an empty form field is one left out): 0 is a value, not the
+    default, so an overlap of 0 is none and a size of 0 is refused."""
+
+    def given(name: str, default: int) -> int:
+        value = fields.get(name)
+        return default if value is None or value == "" else int(value)
+
     try:
         return ChunkingOptions(
-            int(fields.get("chunk_size") or DEFAULT_CHUNK_SIZE),
-            int(fields.get("chunk_overlap") or DEFAULT_CHUNK_OVERLAP),
+            given("chunk_size", DEFAULT_CHUNK_SIZE), given("chunk_overlap", DEFAULT_CHUNK_OVERLAP)
         )
     except ValueError as error:
         raise InvalidArgument(str(error), field="chunk_size", reason="BAD_CHUNKING") from None

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, StrictBool, model_validator
+from pydantic.config import JsonDict
 
 from lodestar import limits
-from lodestar.services.gateway.schemas.common import Float32, RequestModel, ResponseModel
+from lodestar.services.gateway.schemas.common import Float32, RequestModel, ResponseModel, TopP
 
 ExperimentStatus = Literal["draft", "running", "stopped"]
 # The generation routes an experiment can apply to: /api/v1/generate and the
@@ -37,29 +38,47 @@ class Variant(RequestModel):
         None,
         max_length=8000,
         description="Wraps the question: must contain {question}.",
+        # The rule as the schema states it; the validator below words the refusal.
+        json_schema_extra={"pattern": r"\{question\}"},
     )
     max_tokens: int | None = Field(None, ge=1, le=limits.MAX_CONTEXT_TOKENS)
     temperature: float | None = Field(None, ge=limits.TEMPERATURE[0], le=limits.TEMPERATURE[1])
-    top_p: float | None = Field(None, gt=limits.TOP_P[0], le=limits.TOP_P[1])
+    top_p: TopP | None = None
     top_k: int | None = Field(None, ge=0, le=limits.MAX_TOP_K)
     repeat_penalty: float | None = Field(
         None, ge=limits.REPEAT_PENALTY[0], le=limits.REPEAT_PENALTY[1]
     )
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    seed: int | None = Field(None, ge=0, lt=2**63)
     limit: int | None = Field(
         None, ge=1, le=50, description="Passages retrieved, for requests with context."
     )
     score_threshold: Float32 | None = Field(
         None, description="Least passage score, for requests with context."
     )
-    use_feedback: bool | None = Field(None, description="Well-scored interactions as examples.")
-    memory: bool | None = Field(None, description="The caller's personal memory, where served.")
+    use_feedback: StrictBool | None = Field(
+        None, description="Well-scored interactions as examples."
+    )
+    memory: StrictBool | None = Field(
+        None, description="The caller's personal memory, where served."
+    )
 
     @model_validator(mode="after")
     def _template_has_question(self) -> Variant:
         if self.prompt_template is not None and QUESTION_PLACEHOLDER not in self.prompt_template:
             raise ValueError(f"prompt_template must contain {QUESTION_PLACEHOLDER}")
         return self
+
+
+# The schema's statement of "at least one variant needs a weight above 0" (a variant
+# without one weighs 1). That names are unique is checked below; no schema can say it.
+_SOME_WEIGHT: JsonDict = {
+    "contains": {
+        "anyOf": [
+            {"not": {"required": ["weight"]}},
+            {"properties": {"weight": {"exclusiveMinimum": 0}}},
+        ]
+    }
+}
 
 
 class ExperimentIn(RequestModel):
@@ -71,7 +90,9 @@ class ExperimentIn(RequestModel):
     routes: Annotated[list[ExperimentRoute], Field(min_length=1)] = Field(
         default_factory=lambda: list[ExperimentRoute](["generate"])
     )
-    variants: Annotated[list[Variant], Field(min_length=1, max_length=16)]
+    variants: Annotated[
+        list[Variant], Field(min_length=1, max_length=16, json_schema_extra=_SOME_WEIGHT)
+    ]
 
     @model_validator(mode="after")
     def _variants(self) -> ExperimentIn:

@@ -136,4 +136,5 @@ async def experiment_results(experiment_id: str, call: Admin, runtime: Flows) ->
     Bonferroni-corrected); otherwise ``winner`` is null."""
     experiment = await experiments.load(_system_wide(call), runtime, experiment_id)
     answers = await experiments.answers(call, runtime, experiment_id)
-    return respond(results_of(experiment, answers))
+    # Unknowns (no winner, no scores yet) are null, as the schema says, not left out.
+    return respond_json(results_of(experiment, answers).model_dump(mode="json"))

@@ -49,6 +49,8 @@ from lodestar.services.gateway.schemas.inference import ChatMessage, ChatRole, G
 from lodestar.vector.v1 import vector_service_pb2 as vpb
 
 EXPERIMENT_KIND = "experiment"
+# The payload key of a stored experiment's definition, as JSON text (see _experiment).
+_DEFINITION = "definition"
 ANSWER_KIND = "answer"
 # Header naming the experiment and variant a response was made under.
 EXPERIMENT_HEADER = "X-Lodestar-Experiment"
@@ -214,13 +216,25 @@ async def save(
     experiment = Experiment(
         id=experiment_id, created_at=created, updated_at=now, **body.model_dump()
     )
-    payload = {"kind": EXPERIMENT_KIND, "experiment": experiment_id, **experiment.model_dump()}
+    payload = {
+        "kind": EXPERIMENT_KIND,
+        "experiment": experiment_id,
+        **experiment.model_dump(),
+        _DEFINITION: experiment.model_dump_json(),
+    }
     await _upsert(call, runtime, _point(_point_id(experiment_id), payload))
     forget_running(runtime)
     return experiment
 
 
 def _experiment(payload: dict[str, Any]) -> Experiment:
+    """The stored experiment, read from its definition text: the engine keeps payload
+    numbers as doubles it may move by an ulp (FLOAT32_MAX comes back above itself,
+    past a variant's bounds) and a seed above 2^53 inexactly, which the text does not.
+    (An experiment stored before it was kept is read from its fields.)"""
+    definition = payload.get(_DEFINITION)
+    if isinstance(definition, str):
+        return Experiment.model_validate_json(definition)
     fields = {k: v for k, v in payload.items() if k in Experiment.model_fields}
     return Experiment.model_validate(fields)
 

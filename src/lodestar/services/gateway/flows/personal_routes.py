@@ -34,7 +34,7 @@ from lodestar.services.gateway.flows.runtime import FlowsRuntime
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.responses import respond_json
 from lodestar.services.gateway.routes.base import api_router
-from lodestar.services.gateway.schemas.common import parse_point_id
+from lodestar.services.gateway.schemas.common import POINT_ID_PATTERN, parse_point_id
 from lodestar.vector.v1 import vector_service_pb2 as vpb
 
 router = api_router("memory")
@@ -45,7 +45,12 @@ ConversationId = Annotated[
     str,
     Path(alias="conversation_id", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$"),
 ]
-ItemId = Annotated[str, Path(alias="id", description="Unsigned integer or UUID.", max_length=64)]
+ItemId = Annotated[
+    str,
+    Path(
+        alias="id", description="Unsigned integer or UUID.", max_length=64, pattern=POINT_ID_PATTERN
+    ),
+]
 
 Reader = Annotated[Call, Depends(require(Permission.GENERATE_TEXT, RouteClass.READ))]
 Writer = Annotated[Call, Depends(require(Permission.GENERATE_TEXT, RouteClass.WRITE))]
@@ -207,7 +212,12 @@ async def _set_shared(
 
 
 CollectionParam = Annotated[
-    str | None, Query(min_length=1, max_length=limits.MAX_COLLECTION_NAME_CHARS)
+    str | None,
+    Query(
+        min_length=1,
+        max_length=limits.MAX_COLLECTION_NAME_CHARS,
+        pattern=limits.COLLECTION_NAME_PATTERN,
+    ),
 ]
 Operator = Annotated[Call, Depends(require(Permission.MANAGE_COLLECTIONS, RouteClass.WRITE))]
 

@@ -33,6 +33,7 @@ from lodestar.services.gateway.flows.runtime import FlowsRuntime
 from lodestar.services.gateway.ratelimit import RouteClass
 from lodestar.services.gateway.responses import respond_json
 from lodestar.services.gateway.routes.base import api_router
+from lodestar.services.gateway.schemas.common import Moment, OptionalCollectionName
 from lodestar.vector.v1 import analytics_service_pb2 as apb
 from lodestar.vector.v1 import vector_service_pb2 as vpb
 
@@ -118,14 +119,13 @@ async def question_topics(
     call: Annotated[Call, Depends(require(Permission.VIEW_ANALYTICS, RouteClass.READ))],
     runtime: Annotated[FlowsRuntime, Depends(flows_of)],
     collection: Annotated[
-        str,
+        OptionalCollectionName,
         Query(
-            max_length=limits.MAX_COLLECTION_NAME_CHARS,
             description="Only searches of this collection (stored interactions are then left out).",
         ),
     ] = "",
     since: Annotated[
-        datetime | None, Query(description="Only questions at or after this time.")
+        Moment | None, Query(description="Only questions at or after this time (RFC 3339).")
     ] = None,
     days: Annotated[int, Query(ge=1, le=366, description="Without since: the last days.")] = 7,
     num_topics: Annotated[

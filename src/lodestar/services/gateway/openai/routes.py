@@ -215,8 +215,6 @@ async def completions(body: CompletionRequest, call: Generate, flows: Flows) -> 
     ``logprobs`` (0..5) returns the tokens' log probabilities, ``n`` parallel
     choices (``best_of``, if sent, must equal ``n``)."""
     model = await _inference_model(call, flows, body.model)
-    if not body.prompt_text.strip():
-        raise InvalidArgument("prompt is empty", field="prompt", reason="EMPTY_PROMPT")
     if body.best_of is not None and body.best_of != body.choices:
         raise InvalidArgument(
             "best_of must equal n (or be left out): candidates are not ranked here",

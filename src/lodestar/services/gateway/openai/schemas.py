@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, 
 from pydantic_core import PydanticCustomError
 
 from lodestar import limits
-from lodestar.services.gateway.schemas.common import refuse_bool_numbers
+from lodestar.services.gateway.schemas.common import TopP, given, none_of, refuse_bool_numbers
 
 _MAX_STOP = 4
 # Most choices (``n``) one request may ask for; each is a sequence decoded in parallel.
@@ -59,9 +59,28 @@ class ToolCallIn(OpenAIModel):
     function: FunctionCallIn
 
 
+# The rules of _tool_fields below, as the schema states them: only an assistant
+# message calls tools, and a tool message names the call it answers.
+_TOOL_FIELDS_SCHEMA: dict[str, Any] = {
+    "allOf": [
+        {
+            "anyOf": [
+                {"properties": {"role": {"const": "assistant"}}},
+                {"not": given(tool_calls={"type": "array", "minItems": 1})},
+            ]
+        },
+        {"anyOf": [{"not": given(role={"const": "tool"})}, given("tool_call_id")]},
+    ]
+}
+
+
 class ChatMessageIn(OpenAIModel):
+    model_config = ConfigDict(json_schema_extra=_TOOL_FIELDS_SCHEMA)
+
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    # An empty text is a message that says nothing (answered, as by OpenAI's API); an
+    # empty list of parts is refused, as there.
+    content: str | Annotated[list[TextPart], Field(min_length=1)] | None = None
     name: str | None = None
     refusal: str | None = None
     tool_calls: list[ToolCallIn] | None = None
@@ -118,7 +137,7 @@ class SamplingIn(OpenAIModel):
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=limits.TEMPERATURE[0], le=limits.TEMPERATURE[1])
-    top_p: float | None = Field(None, gt=limits.TOP_P[0], le=limits.TOP_P[1])
+    top_p: TopP | None = None
     stop: Stop | None = None
     seed: int | None = Field(None, ge=0, lt=2**63)
     n: int | None = Field(None, ge=1, le=MAX_CHOICES)
@@ -127,7 +146,7 @@ class SamplingIn(OpenAIModel):
     logit_bias: dict[str, float] | None = None
     user: str | None = None
     # Lodestar's own: false never answers from the semantic cache, nor stores in it.
-    cache: bool = True
+    cache: StrictBool = True
 
     @field_validator("presence_penalty", "frequency_penalty")
     @classmethod
@@ -158,7 +177,7 @@ class FunctionIn(OpenAIModel):
     name: str = Field(pattern=_TOOL_NAME)
     description: str | None = None
     parameters: dict[str, Any] | None = None
-    strict: bool | None = None
+    strict: StrictBool | None = None
 
 
 class ToolIn(OpenAIModel):
@@ -178,7 +197,49 @@ class NamedToolChoice(OpenAIModel):
 ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
+_CALLS_TOOLS = {
+    "allOf": [
+        given(tools={"type": "array", "minItems": 1}),
+        {"not": given(tool_choice={"const": "none"})},
+    ]
+}
+# The rules of tools.check_chat that a schema can state: top_logprobs needs logprobs,
+# tool_choice needs tools, and a request that may call tools asks for no other format.
+# (That a named tool_choice is one of the tools, and that their names are unique,
+# relate items no schema can compare.)
+_CHAT_RULES: dict[str, Any] = {
+    "allOf": [
+        {"anyOf": [none_of("top_logprobs"), given(logprobs={"const": True})]},
+        {
+            "anyOf": [
+                none_of("tool_choice"),
+                given(tool_choice={"const": "none"}),
+                given(tools={"type": "array", "minItems": 1}),
+            ]
+        },
+        {
+            "not": {
+                "allOf": [
+                    _CALLS_TOOLS,
+                    given(response_format={"properties": {"type": {"not": {"const": "text"}}}}),
+                ]
+            }
+        },
+    ]
+}
+# best_of, if sent, equals n (1 when n is left out): candidates are not ranked here.
+_BEST_OF_IS_N: dict[str, Any] = {
+    "anyOf": [
+        none_of("best_of"),
+        {**given(best_of={"const": 1}), "not": given("n")},
+        *(given(best_of={"const": k}, n={"const": k}) for k in range(1, MAX_CHOICES + 1)),
+    ]
+}
+
+
 class ChatCompletionRequest(SamplingIn):
+    model_config = ConfigDict(json_schema_extra=_CHAT_RULES)
+
     messages: Annotated[list[ChatMessageIn], Field(min_length=1)]
     max_tokens: int | None = Field(None, ge=1, le=limits.MAX_CONTEXT_TOKENS)
     max_completion_tokens: int | None = Field(None, ge=1, le=limits.MAX_CONTEXT_TOKENS)
@@ -215,6 +276,8 @@ class ChatCompletionRequest(SamplingIn):
 
 
 class CompletionRequest(SamplingIn):
+    model_config = ConfigDict(json_schema_extra=_BEST_OF_IS_N)
+
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
     max_tokens: int | None = Field(16, ge=1, le=limits.MAX_CONTEXT_TOKENS)
     echo: StrictBool | None = None
@@ -241,9 +304,14 @@ class CompletionRequest(SamplingIn):
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
 
+# A text to embed has something besides whitespace (as OpenAI's API, which refuses an
+# empty one); the embedding service words the refusal, naming the input.
+_EmbedText = Annotated[str, Field(json_schema_extra={"pattern": r"\S"})]
+
+
 class EmbeddingRequest(OpenAIModel):
     model: str = Field(min_length=1)
-    input: str | Annotated[list[str], Field(min_length=1, max_length=2048)]
+    input: _EmbedText | Annotated[list[_EmbedText], Field(min_length=1, max_length=2048)]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1, le=limits.MAX_DIMENSION)
     user: str | None = None

@@ -29,7 +29,14 @@ from lodestar.vector.v1 import vector_service_pb2 as pb
 
 router = api_router("points")
 
-Name = Annotated[str, Path(min_length=1, max_length=limits.MAX_COLLECTION_NAME_CHARS)]
+Name = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=limits.MAX_COLLECTION_NAME_CHARS,
+        pattern=limits.COLLECTION_NAME_PATTERN,
+    ),
+]
 
 
 @router.post("/collections/{name}/points/scroll", response_model=ScrollResponse, summary="Scroll")

@@ -29,6 +29,10 @@ MAX_POINT_NUM = 2**64 - 1
 # floats, which is how the OpenAPI document carries its bounds.
 FLOAT32_MAX = 3.4028234663852886e38  # the largest finite 32-bit float
 Float32 = Annotated[float, Field(ge=-FLOAT32_MAX, le=FLOAT32_MAX, allow_inf_nan=False)]
+# The smallest positive 32-bit float. top_p travels as a 32-bit float and must be
+# above 0: a positive value below this one would arrive as 0, so this is its lowest.
+FLOAT32_SMALLEST = 2.0**-149
+TopP = Annotated[float, Field(ge=FLOAT32_SMALLEST, le=limits.TOP_P[1])]
 Int32 = Annotated[int, Field(ge=-(2**31), lt=2**31)]
 UInt32 = Annotated[int, Field(ge=0, lt=2**32)]
 Int64 = Annotated[int, Field(ge=-(2**63), lt=2**63)]

@@ -13,6 +13,7 @@ from lodestar.services.gateway.schemas.common import (
     Float32,
     RequestModel,
     ResponseModel,
+    TopP,
     UInt64,
     exactly_one_of,
     given,
@@ -88,7 +89,7 @@ class GenerateItem(RequestModel):
     messages: Annotated[list[ChatMessage], Field(min_length=1)] | None = None
     max_tokens: int | None = Field(None, ge=1, le=limits.MAX_CONTEXT_TOKENS)
     temperature: float | None = Field(None, ge=limits.TEMPERATURE[0], le=limits.TEMPERATURE[1])
-    top_p: float | None = Field(None, gt=limits.TOP_P[0], le=limits.TOP_P[1])
+    top_p: TopP | None = None
     top_k: int | None = Field(None, ge=0, le=limits.MAX_TOP_K)
     min_p: float | None = Field(None, ge=limits.MIN_P[0], le=limits.MIN_P[1])
     repeat_penalty: float | None = Field(
@@ -134,6 +135,7 @@ class GenerateRequest(GenerateItem):
                         given(use_feedback={"const": True}),
                     ]
                 },
+                {"anyOf": [none_of("conversation_id"), given("messages")]},
             ]
         }
     )
@@ -167,12 +169,12 @@ class GenerateRequest(GenerateItem):
         "starts one); the model sees the earlier turns, oldest dropped when they do not fit. "
         "Send only the new messages.",
     )
-    memory: bool = Field(
+    memory: StrictBool = Field(
         False,
         description="Recall the caller's own relevant past interactions into the context, "
         "and remember this one.",
     )
-    cache: bool = Field(
+    cache: StrictBool = Field(
         True, description="false: never answer from the semantic cache, nor store in it."
     )
 

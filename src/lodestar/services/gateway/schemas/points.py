@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, StrictBool
 
 from lodestar import limits
 from lodestar.services.gateway.schemas.common import Page, RequestModel, ResponseModel
@@ -15,8 +15,8 @@ class ScrollRequest(RequestModel):
     filter: Filter | None = None
     page_size: int = Field(100, ge=1, le=limits.MAX_PAGE_SIZE)
     page_token: str = Field("", max_length=4096, description="From the previous page.")
-    with_payload: bool = True
-    with_vector: bool = False
+    with_payload: StrictBool = True
+    with_vector: StrictBool = False
 
 
 class ScrollResponse(Page):

@@ -341,7 +341,7 @@ class SearchRequest(RequestModel):
 class PersonalizedSearchRequest(SearchRequest):
     """``POST /vectors/search``: one search, which may be personalised."""
 
-    personalize: bool = Field(
+    personalize: StrictBool = Field(
         False,
         description="Re-rank the hits for the caller: each score is blended with the hit's "
         "similarity to the caller's profile (what they have talked about); needs the flows.",
@@ -480,7 +480,7 @@ class HnswConfig(RequestModel):
 
 
 class ScalarQuantization(RequestModel):
-    quantile: float | None = Field(None, gt=0.5, le=1.0)
+    quantile: float | None = Field(None, ge=0.5, le=1.0)
     always_ram: StrictBool = False
 
 
