@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,9 +17,9 @@ import pytest
 
 from lodestar.auth.tokens import mint_token
 from lodestar.services.gateway.settings import GatewaySettings
+from tests.stack.launch import run_env, start_run
 
 CHROMIUM = "/usr/bin/chromium"
-READY_LINE = "Ctrl-C stops everything."
 STARTUP_TIMEOUT_S = 300
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-results" / "console"
 AXE = Path(__file__).resolve().parents[2] / ".tools" / "console-npm" / "axe-core" / "axe.min.js"
@@ -42,12 +38,6 @@ PASSAGES = [
     "Vectors are stored in Qdrant collections.",
     "Embeddings map texts to points in a vector space.",
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -77,35 +67,9 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if not os.access(CHROMIUM, os.X_OK):
         pytest.skip(f"the browser tests need {CHROMIUM} (make system-deps)")
-    env = dict(os.environ)
-    for name in ("EMBEDDING", "VECTOR", "INFERENCE", "GATEWAY"):
-        env[f"LODESTAR_{name}_PORT"] = str(_free_port())
-        env.pop(f"LODESTAR_{name}_HOST", None)
-        if name != "GATEWAY":
-            env[f"LODESTAR_{name}_METRICS_PORT"] = str(_free_port())
-    env["LODESTAR_VECTOR_DATA_DIR"] = str(tmp_path_factory.mktemp("console-stack"))
-    for key in [k for k in env if k.startswith("OTEL_")]:
-        del env[key]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "lodestar.cli", "run"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert process.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    env = run_env(tmp_path_factory.mktemp("console-stack"))
+    process, banner = start_run(env, STARTUP_TIMEOUT_S)
     try:
-        while time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line:
-                break
-            lines.append(line.rstrip())
-            if READY_LINE in line:
-                break
-        banner = "\n".join(lines)
-        assert READY_LINE in banner, f"stack did not become ready:\n{banner}"
         url = f"http://127.0.0.1:{env['LODESTAR_GATEWAY_PORT']}"
         assert f"{url}/console/" in banner, banner
         running = Stack(url, GatewaySettings())

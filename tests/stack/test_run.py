@@ -12,26 +12,19 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests.stack.launch import run_env, start_run
+
 pytestmark = pytest.mark.slow
 
-READY_LINE = "Ctrl-C stops everything."
 README = Path(__file__).resolve().parents[2] / "README.md"
 STARTUP_TIMEOUT_S = 240
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _get(url: str, token: str | None = None) -> tuple[int, dict[str, object]]:
@@ -69,35 +62,9 @@ def _run_quick_start(gateway: str, token: str) -> str:
 
 
 def test_run_starts_every_service_prints_a_token_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    env = dict(os.environ)
-    for name in ("EMBEDDING", "VECTOR", "INFERENCE", "GATEWAY"):
-        env[f"LODESTAR_{name}_PORT"] = str(_free_port())
-        env.pop(f"LODESTAR_{name}_HOST", None)
-        if name != "GATEWAY":
-            env[f"LODESTAR_{name}_METRICS_PORT"] = str(_free_port())
-    env["LODESTAR_VECTOR_DATA_DIR"] = str(tmp_path / "vector")
-    for key in [k for k in env if k.startswith("OTEL_")]:
-        del env[key]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "lodestar.cli", "run"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert process.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    env = run_env(tmp_path / "vector")
+    process, banner = start_run(env, STARTUP_TIMEOUT_S)
     try:
-        while time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line:
-                break
-            lines.append(line.rstrip())
-            if READY_LINE in line:
-                break
-        banner = "\n".join(lines)
-        assert READY_LINE in banner, f"stack did not become ready:\n{banner}"
         for service in ("embedding", "vector", "inference", "gateway"):
             assert re.search(rf"{service}\s+ready at 127\.0\.0\.1:\d+", banner), banner
         token_match = re.search(r"LODESTAR_TOKEN=(\S+)", banner)
