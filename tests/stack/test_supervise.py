@@ -25,7 +25,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.stack.test_run import READY_LINE, _free_port
+from tests.stack.launch import READY_LINE
+from tests.stack.launch import free_port as _free_port
 
 pytestmark = pytest.mark.slow
 
